@@ -1,0 +1,20 @@
+//! What every shard shares: configuration, the store handle, the message writer,
+//! token keys, the password pool and the cross-shard bus. Built once at start-up and
+//! read-only afterwards, so shards share it without locks.
+
+use std::sync::Arc;
+
+use crate::auth::{JwtKeys, PasswordPool};
+use crate::config::Config;
+use crate::hub::bus::Bus;
+use crate::store::writer::WriterHandle;
+use crate::store::Db;
+
+pub struct App {
+    pub config: Config,
+    pub db: Db,
+    pub writer: WriterHandle,
+    pub jwt: JwtKeys,
+    pub passwords: PasswordPool,
+    pub bus: Arc<Bus>,
+}

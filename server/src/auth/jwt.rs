@@ -1,0 +1,134 @@
+//! HS256 access tokens: `sub` is the user id, `exp` and `iat` are always set.
+//! Verification accepts HS256 only, so `alg: none` and key-confusion tokens fail.
+
+use std::time::Duration;
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::UserId;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    iat: u64,
+}
+
+/// Any reason a token is not accepted; callers answer all of them the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid token")]
+pub struct TokenError;
+
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+        }
+    }
+
+    pub fn issue(&self, user: UserId) -> Result<String, TokenError> {
+        let iat = jsonwebtoken::get_current_timestamp();
+        let claims = Claims { sub: user.to_string(), iat, exp: iat + self.ttl.as_secs() };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| TokenError)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError)?;
+        data.claims.sub.parse().map_err(|_| TokenError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::new(b"test-secret-key-of-some-length", Duration::from_secs(3600))
+    }
+
+    fn forge(claims: &serde_json::Value, secret: &[u8]) -> String {
+        encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+            .expect("encode")
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = keys();
+        let user = UserId::random();
+        let token = k.issue(user).expect("issue");
+        assert_eq!(k.verify(&token).expect("verify"), user);
+    }
+
+    #[test]
+    fn expired_is_refused() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = forge(
+            &serde_json::json!({"sub": UserId::random().to_string(), "iat": now - 7200, "exp": now - 3600}),
+            b"test-secret-key-of-some-length",
+        );
+        assert!(keys().verify(&token).is_err());
+    }
+
+    #[test]
+    fn wrong_key_is_refused() {
+        let other = JwtKeys::new(b"another-key", Duration::from_secs(3600));
+        let token = other.issue(UserId::random()).expect("issue");
+        assert!(keys().verify(&token).is_err());
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        use base64_like::encode_segment;
+        let now = jsonwebtoken::get_current_timestamp();
+        let header = encode_segment(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = encode_segment(
+            format!(r#"{{"sub":"{}","iat":{now},"exp":{}}}"#, UserId::random(), now + 3600)
+                .as_bytes(),
+        );
+        assert!(keys().verify(&format!("{header}.{body}.")).is_err());
+    }
+
+    #[test]
+    fn missing_sub_or_bad_sub_is_refused() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let secret = b"test-secret-key-of-some-length";
+        let no_sub = forge(&serde_json::json!({"iat": now, "exp": now + 60}), secret);
+        assert!(keys().verify(&no_sub).is_err());
+        let bad_sub = forge(&serde_json::json!({"sub": "bob", "iat": now, "exp": now + 60}), secret);
+        assert!(keys().verify(&bad_sub).is_err());
+        let no_exp = forge(&serde_json::json!({"sub": UserId::random().to_string()}), secret);
+        assert!(keys().verify(&no_exp).is_err());
+    }
+
+    /// Unpadded URL-safe base64, enough to hand-build a token.
+    mod base64_like {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+        pub fn encode_segment(input: &[u8]) -> String {
+            let mut out = String::new();
+            for chunk in input.chunks(3) {
+                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+                for i in 0..=chunk.len() {
+                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+                }
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The server's whole configuration: one struct, every flag also an environment
+//! variable, every default documented in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which I/O driver the shards run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IoDriver {
+    /// io_uring when the kernel allows it, otherwise epoll (logged).
+    Auto,
+    /// io_uring only; refuse to start without it.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "chat-server", version, about = "Thread-per-core WebSocket chat server")]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT). Port 0 picks a free port.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// Number of shards (threads, one runtime each). Default: available cores.
+    #[arg(long, env = "SHARDS")]
+    pub shards: Option<usize>,
+
+    /// I/O driver of the shards.
+    #[arg(long, env = "IO_DRIVER", value_enum, default_value = "auto")]
+    pub io_driver: IoDriver,
+
+    /// PostgreSQL URL (`postgres://...`). Absent: the embedded SQLite store in `--data-dir`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory of the embedded store and of the generated development key.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// JWT signing key (HS256). Absent: a development key generated into `--data-dir`.
+    #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Refuse to start without a real `SECRET_KEY`.
+    #[arg(long, env = "PRODUCTION")]
+    pub production: bool,
+
+    /// Lifetime of access tokens, in minutes.
+    #[arg(long, env = "ACCESS_TOKEN_EXPIRE_MINUTES", default_value_t = 1440)]
+    pub token_ttl_minutes: u64,
+
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Threads hashing passwords (argon2id), off the shards.
+    #[arg(long, env = "HASH_THREADS", default_value_t = 2)]
+    pub hash_threads: usize,
+
+    /// Password hashes waiting beyond this are refused with 503 instead of queued.
+    #[arg(long, env = "HASH_QUEUE", default_value_t = 1024)]
+    pub hash_queue: usize,
+
+    /// Connections per store pool (PostgreSQL) or reader connections (SQLite).
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: usize,
+
+    /// Most messages committed in one batch.
+    #[arg(long, env = "WRITER_MAX_BATCH", default_value_t = 1024)]
+    pub writer_max_batch: usize,
+
+    /// Longest a message waits for its batch to fill, in microseconds.
+    #[arg(long, env = "WRITER_MAX_DELAY_US", default_value_t = 1000)]
+    pub writer_max_delay_us: u64,
+
+    /// Largest WebSocket message accepted, in bytes (larger: close 1009).
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub ws_max_message_bytes: usize,
+
+    /// Bytes queued for one connection before it is closed with 1013.
+    #[arg(long, env = "WS_OUTBOUND_LIMIT_BYTES", default_value_t = 1024 * 1024)]
+    pub ws_outbound_limit_bytes: usize,
+
+    /// Sustained events per second one user may send (over all their connections).
+    #[arg(long, env = "WS_RATE_PER_SECOND", default_value_t = 20.0)]
+    pub ws_rate_per_second: f64,
+
+    /// Burst of events a user may send above the sustained rate.
+    #[arg(long, env = "WS_RATE_BURST", default_value_t = 60.0)]
+    pub ws_rate_burst: f64,
+
+    /// Messages waiting for the writer beyond this are refused with an error event.
+    #[arg(long, env = "WRITER_QUEUE_LIMIT", default_value_t = 100_000)]
+    pub writer_queue_limit: usize,
+
+    /// How long shutdown waits for in-flight requests and connections, in seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Config {
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_minutes.saturating_mul(60))
+    }
+
+    pub fn writer_max_delay(&self) -> Duration {
+        Duration::from_micros(self.writer_max_delay_us)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::try_parse_from(["chat-server"]).expect("defaults parse");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8000");
+        assert_eq!(c.io_driver, IoDriver::Auto);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.token_ttl(), Duration::from_secs(24 * 3600));
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.ws_max_message_bytes, 64 << 10);
+        assert!(c.shard_count() >= 1);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "chat-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "4",
+            "--io-driver",
+            "epoll",
+            "--database-url",
+            "postgres://postgres@127.0.0.1/x",
+            "--production",
+        ])
+        .expect("flags parse");
+        assert_eq!(c.shard_count(), 4);
+        assert_eq!(c.io_driver, IoDriver::Epoll);
+        assert!(c.production);
+        assert!(c.database_url.is_some());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::try_parse_from(["chat-server", "--io-driver", "kqueue"]).is_err());
+        assert!(Config::try_parse_from(["chat-server", "--listen", "nowhere"]).is_err());
+        assert!(Config::try_parse_from(["chat-server", "--shards", "-1"]).is_err());
+    }
+}

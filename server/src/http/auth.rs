@@ -1,0 +1,136 @@
+//! Accounts: register, login, who-am-I, and the username lookup clients use to find
+//! participant ids.
+
+use std::rc::Rc;
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use hyper::Request;
+
+use super::dto::{Credentials, ErrorBody, Token, UserOut, UserSummary};
+use super::{json, request, Reply};
+use crate::auth::{check_password, check_username};
+use crate::error::ApiError;
+use crate::ids::{now_micros, UserId};
+use crate::shard::Shard;
+use crate::store::{StoreError, UserRecord};
+
+/// Create an account.
+#[utoipa::path(
+    post,
+    path = "/api/auth/register",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Account created", body = UserOut),
+        (status = 409, description = "Username already registered", body = ErrorBody),
+        (status = 413, description = "Request body too large", body = ErrorBody),
+        (status = 422, description = "Malformed body, or username or password outside the rules", body = ErrorBody),
+        (status = 503, description = "Store or password hashing unavailable; retry", body = ErrorBody),
+    )
+)]
+pub async fn register(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+    let body = request::body(req, shard.app.config.max_body_bytes).await?;
+    let creds: Credentials = request::json(&body)?;
+    let mut errors = Vec::new();
+    if let Err(msg) = check_username(&creds.username) {
+        errors.push(crate::error::FieldError::new("body", "username", "value_error", msg));
+    }
+    if let Err(msg) = check_password(&creds.password) {
+        errors.push(crate::error::FieldError::new("body", "password", "value_error", msg));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let password_hash = shard.app.passwords.hash(creds.password).await?;
+    let user = UserRecord {
+        id: UserId::random(),
+        username: creds.username,
+        password_hash,
+        created_at: now_micros(),
+    };
+    let stored = user.clone();
+    match shard.app.db.call(move |s| async move { s.create_user(&stored).await }).await {
+        Ok(()) => Ok(json(StatusCode::CREATED, &UserOut::from(&user))),
+        Err(StoreError::Conflict(_)) => Err(ApiError::Conflict("Username already registered")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Exchange a username and password for a bearer token.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Access token (HS256 JWT)", body = Token),
+        (status = 401, description = "Incorrect username or password", body = ErrorBody,
+            example = json!({"detail": "Incorrect username or password"})),
+        (status = 413, description = "Request body too large", body = ErrorBody),
+        (status = 422, description = "Malformed body", body = ErrorBody),
+        (status = 503, description = "Store or password hashing unavailable; retry", body = ErrorBody),
+    )
+)]
+pub async fn login(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+    let body = request::body(req, shard.app.config.max_body_bytes).await?;
+    let creds: Credentials = request::json(&body)?;
+    let name = creds.username.clone();
+    let user = shard.app.db.call(move |s| async move { s.user_by_name(&name).await }).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    if !shard.app.passwords.verify(creds.password, hash).await? {
+        return Err(ApiError::BadCredentials);
+    }
+    let user = user.ok_or(ApiError::BadCredentials)?;
+    let access_token = shard.app.jwt.issue(user.id).map_err(|_| ApiError::InvalidToken)?;
+    Ok(json(
+        StatusCode::OK,
+        &Token { access_token, token_type: "bearer", user_id: user.id.to_string() },
+    ))
+}
+
+/// The authenticated user.
+#[utoipa::path(
+    get,
+    path = "/api/auth/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account", body = UserOut),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+    )
+)]
+pub async fn me(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+    let me = request::bearer(shard, &req)?;
+    let user = shard.app.db.call(move |s| async move { s.user_by_id(me).await }).await?;
+    // A valid signature over a user that no longer exists is still not a valid login.
+    let user = user.ok_or(ApiError::InvalidToken)?;
+    Ok(json(StatusCode::OK, &UserOut::from(&user)))
+}
+
+/// Find a user by exact username, to learn the id to add as a participant.
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("username" = String, Query, description = "Exact username to look up")),
+    responses(
+        (status = 200, description = "The matching user, or an empty list", body = Vec<UserSummary>),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 422, description = "`username` missing", body = ErrorBody),
+        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+    )
+)]
+pub async fn lookup(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+    request::bearer(shard, &req)?;
+    let name = request::query_param(&req, "username")
+        .ok_or_else(|| ApiError::field("query", "username", "missing", "Field required"))?;
+    let user = shard.app.db.call(move |s| async move { s.user_by_name(&name).await }).await?;
+    let found: Vec<UserSummary> = user
+        .into_iter()
+        .map(|u| UserSummary { id: u.id.to_string(), username: u.username })
+        .collect();
+    Ok(json(StatusCode::OK, &found))
+}

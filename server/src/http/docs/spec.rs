@@ -1,0 +1,475 @@
+//! The OpenAPI 3 document. REST operations come from the `#[utoipa::path]` attributes
+//! on the real handlers (so a handler and its documentation sit side by side);
+//! the routes without a handler of their own (`/health`, answered inline by the
+//! router, and the WebSocket upgrade, which is not REST) are added with utoipa's
+//! builder. The document is serialized once per process; this module never changes
+//! it afterwards.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use utoipa::openapi::path::{
+    HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
+};
+use utoipa::openapi::schema::{
+    ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use crate::http::dto::{
+    ConversationOut, Credentials, ErrorBody, Liveness, MessageOut, NewConversation, NewParticipant,
+    Readiness, Token, UserOut, UserSummary,
+};
+use crate::protocol::{CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
+
+/// Name of the security scheme the protected operations refer to (`security(("bearer" = []))`).
+pub const BEARER: &str = "bearer";
+
+pub const WS_PATH: &str = "/api/chat/ws/{conversation_id}";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Chat API",
+        description = "REST and WebSocket API of the chat server. Protected routes take \
+            `Authorization: Bearer <jwt>`, the `access_token` of `POST /api/auth/login`. \
+            Errors are `{\"detail\": ...}` with the status that says why."
+    ),
+    paths(
+        crate::http::auth::register,
+        crate::http::auth::login,
+        crate::http::auth::me,
+        crate::http::auth::lookup,
+        crate::http::conversations::create,
+        crate::http::conversations::list,
+        crate::http::conversations::get,
+        crate::http::conversations::add_participant,
+        crate::http::conversations::remove_participant,
+        crate::http::conversations::history,
+        super::ready,
+    ),
+    components(schemas(
+        Credentials,
+        UserOut,
+        UserSummary,
+        Token,
+        NewConversation,
+        NewParticipant,
+        ConversationOut,
+        MessageOut,
+        ErrorBody,
+        Liveness,
+        Readiness,
+    )),
+    modifiers(&BearerScheme, &UnroutedPaths),
+    tags(
+        (name = "auth", description = "Accounts and access tokens"),
+        (name = "users", description = "Finding other users"),
+        (name = "conversations", description = "Conversations and their participants"),
+        (name = "messages", description = "Message history"),
+        (name = "websocket", description = "Real-time messaging over a WebSocket"),
+        (name = "health", description = "Liveness and readiness probes"),
+    )
+)]
+struct ApiDoc;
+
+/// The document, built fresh; `json()` is the cached form the route serves.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    // utoipa already defaults to the crate version; set it explicitly so a change in
+    // that default cannot silently change what clients see.
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+/// The serialized document, built on first use and shared by every shard.
+pub fn json() -> Bytes {
+    static JSON: OnceLock<Bytes> = OnceLock::new();
+    JSON.get_or_init(|| {
+        // Serializing maps of strings cannot fail; should it ever, an empty document is
+        // better than a panic on a shard thread (the unit tests catch it first).
+        let body = serde_json::to_vec(&document()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "serializing the OpenAPI document failed");
+            b"{}".to_vec()
+        });
+        Bytes::from(body)
+    })
+    .clone()
+}
+
+/// The `detail` of an error body: a message, or on 422 FastAPI's list of field errors.
+/// `serde_json::Value` in the type says nothing, so the shape is spelled out here.
+pub fn error_detail_schema() -> Schema {
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let field_error = ObjectBuilder::new()
+        .property(
+            "type",
+            string().description(Some("Which rule failed, e.g. `missing`")),
+        )
+        .property(
+            "loc",
+            ArrayBuilder::new()
+                .items(
+                    OneOfBuilder::new()
+                        .item(string())
+                        .item(ObjectBuilder::new().schema_type(Type::Integer)),
+                )
+                .description(Some("Where: `body`, `query` or `path`, then the field"))
+                .examples([serde_json::json!(["body", "password"])]),
+        )
+        .property(
+            "msg",
+            string().description(Some("What is wrong, for humans")),
+        )
+        .required("type")
+        .required("loc")
+        .required("msg");
+    OneOfBuilder::new()
+        .item(string().description(Some("What went wrong, for humans")))
+        .item(
+            ArrayBuilder::new()
+                .items(field_error)
+                .description(Some("422 only: one entry per invalid field")),
+        )
+        .into()
+}
+
+/// The bearer-JWT scheme the protected operations name.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "The `access_token` from `POST /api/auth/login` (HS256, 24 h by default).",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+    }
+}
+
+/// Routes served without a handler function to hang a path attribute on.
+struct UnroutedPaths;
+
+impl Modify for UnroutedPaths {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.paths
+            .add_path_operation("/health", vec![HttpMethod::Get], health());
+        doc.paths
+            .add_path_operation(WS_PATH, vec![HttpMethod::Get], websocket());
+    }
+}
+
+fn health() -> Operation {
+    let body = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("Liveness")))
+        .example(Some(serde_json::json!({"status": "ok"})))
+        .build();
+    OperationBuilder::new()
+        .tag("health")
+        .operation_id(Some("health"))
+        .summary(Some("Liveness: the process answers"))
+        .description(Some("Says nothing about the store; `GET /ready` does."))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("Alive")
+                .content("application/json", body)
+                .build(),
+        )
+        .build()
+}
+
+fn websocket() -> Operation {
+    let uuid = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+    };
+    let conversation = ParameterBuilder::new()
+        .name("conversation_id")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .schema(Some(uuid()))
+        .description(Some("The conversation to join"));
+    // Browsers cannot set headers on a WebSocket handshake, hence a query parameter
+    // rather than the bearer scheme of the REST routes.
+    let token = ParameterBuilder::new()
+        .name("token")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::True)
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .description(Some("The `access_token` from `POST /api/auth/login`"));
+    OperationBuilder::new()
+        .tag("websocket")
+        .operation_id(Some("websocket"))
+        .summary(Some("Join a conversation in real time (WebSocket upgrade)"))
+        .description(Some(websocket_description()))
+        .parameter(conversation)
+        .parameter(token)
+        .response(
+            "101",
+            ResponseBuilder::new()
+                .description(
+                    "Switching Protocols: the connection is now a WebSocket carrying the JSON \
+                     events described above. Token and membership failures are reported on the \
+                     socket (an `error` event, then close 1008), not as an HTTP status.",
+                )
+                .build(),
+        )
+        .build()
+}
+
+/// The event protocol of API.md, rendered as Markdown. Limits come from the protocol
+/// module so the page cannot drift from what the server enforces.
+fn websocket_description() -> String {
+    format!(
+        r#"Open a WebSocket (`ws://` or `wss://`) to this path with a valid token. Every frame
+is one JSON object in a text frame, with a `type`.
+
+**Joining.** A bad or expired token gets `{{"type":"error","detail":"Invalid token"}}` and
+close code 1008 (`Invalid token`). A user who is not a participant, or an unknown
+conversation, gets `{{"type":"error","detail":"Not a member of this conversation"}}` and
+close 1008 with that reason. On success everyone in the conversation, the joiner
+included, receives a `system` event `User <name> joined the conversation`.
+
+**Client to server**
+
+| type | fields | effect |
+|---|---|---|
+| `message` | `content` (1-{CONTENT_MAX_CHARS} characters, not blank) | persisted, then broadcast to every connection of the conversation, the sender's included |
+| `typing` | | `typing` to the other participants' connections; never persisted |
+| `edit` | `message_id`, `content` | sender of that message only; persisted; broadcast |
+| `delete` | `message_id` | sender of that message only; soft delete; broadcast |
+| `reaction` | `message_id`, `emoji` (1-{EMOJI_MAX_CHARS} characters) | toggles the caller's reaction; persisted; broadcast |
+| `presence` | `status`: `online`, `away` or `offline` | broadcast to the conversation |
+| `ping` | | answered with `{{"type":"pong"}}` (RFC 6455 ping frames are answered too) |
+
+Any client event may carry a `ref` string (at most {REF_MAX_CHARS} characters), echoed in
+an `error` about that event.
+
+**Server to client**
+
+```
+{{"type":"message","message_id","conversation_id","content","sender_id","sender_username","timestamp","is_edited":false}}
+{{"type":"system","content":"User alice joined the conversation","sender_id","active_users":[user ids connected now]}}
+{{"type":"system","content":"User alice left the conversation","sender_id","active_users":[...]}}
+{{"type":"typing","sender_id","sender_username","conversation_id"}}
+{{"type":"edit","message_id","content","sender_id","is_edited":true,"timestamp"}}
+{{"type":"delete","message_id","sender_id","timestamp"}}
+{{"type":"reaction","message_id","emoji","sender_id","sender_username","action":"added"|"removed"}}
+{{"type":"presence","sender_id","sender_username","status"}}
+{{"type":"pong"}}
+{{"type":"error","detail","ref"?}}
+```
+
+**Guarantees.** The sender's own `message` event is its acknowledgement: it is sent only
+after the message is durably committed; a message that could not be committed gets an
+`error` instead. Every connection of a conversation sees `message` events in the same
+order, the order of `GET /api/chat/conversations/{{id}}/messages`. `active_users` lists each
+connected user once.
+
+**Errors and limits.** Bad input (invalid JSON, unknown type, missing field, content too
+long, binary frame, editing someone else's message) gets an `error` event and the
+connection stays open. Frames over 64 KiB close the connection with 1009. Flooding past
+the rate limit gets `error` with detail `Rate limit exceeded`; a client that cannot keep
+up with its backlog is closed with 1013."#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn spec() -> Value {
+        serde_json::from_slice(&json()).expect("the served document is JSON")
+    }
+
+    /// Every route of API.md with its methods, lower-case as OpenAPI spells them.
+    const ROUTES: &[(&str, &[&str])] = &[
+        ("/api/auth/register", &["post"]),
+        ("/api/auth/login", &["post"]),
+        ("/api/auth/me", &["get"]),
+        ("/api/users", &["get"]),
+        ("/api/chat/conversations", &["post", "get"]),
+        ("/api/chat/conversations/{id}", &["get"]),
+        ("/api/chat/conversations/{id}/participants", &["post"]),
+        (
+            "/api/chat/conversations/{id}/participants/{user_id}",
+            &["delete"],
+        ),
+        ("/api/chat/conversations/{id}/messages", &["get"]),
+        ("/health", &["get"]),
+        ("/ready", &["get"]),
+        (WS_PATH, &["get"]),
+    ];
+
+    #[test]
+    fn is_openapi_3_with_title_and_version() {
+        let spec = spec();
+        let version = spec["openapi"].as_str().expect("openapi field");
+        assert!(version.starts_with("3."), "{version}");
+        assert_eq!(spec["info"]["title"], "Chat API");
+        assert_eq!(spec["info"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn documents_every_route_with_its_methods() {
+        let spec = spec();
+        let paths = spec["paths"].as_object().expect("paths");
+        for (path, methods) in ROUTES {
+            let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing"));
+            for method in *methods {
+                assert!(item.get(*method).is_some(), "{method} {path} missing");
+            }
+        }
+        assert_eq!(
+            paths.len(),
+            ROUTES.len(),
+            "unexpected paths: {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn protected_routes_require_the_bearer_scheme() {
+        let spec = spec();
+        let scheme = &spec["components"]["securitySchemes"][BEARER];
+        assert_eq!(scheme["type"], "http");
+        assert_eq!(scheme["scheme"], "bearer");
+        assert_eq!(scheme["bearerFormat"], "JWT");
+        let public = [
+            "/api/auth/register",
+            "/api/auth/login",
+            "/health",
+            "/ready",
+            WS_PATH,
+        ];
+        for (path, methods) in ROUTES {
+            for method in *methods {
+                let op = &spec["paths"][*path][*method];
+                let secured = op["security"]
+                    .as_array()
+                    .is_some_and(|reqs| reqs.iter().any(|r| r.get(BEARER).is_some()));
+                assert_eq!(secured, !public.contains(path), "{method} {path} security");
+                if secured {
+                    assert_error(op, "401", path);
+                }
+            }
+        }
+    }
+
+    fn assert_error(op: &Value, status: &str, path: &str) {
+        let schema = &op["responses"][status]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(
+            schema, "#/components/schemas/ErrorBody",
+            "{status} of {path}"
+        );
+    }
+
+    #[test]
+    fn operations_have_bodies_statuses_and_errors() {
+        let spec = spec();
+        let paths = &spec["paths"];
+        let schema_of = |op: &Value, status: &str| -> Value {
+            op["responses"][status]["content"]["application/json"]["schema"].clone()
+        };
+        let register = &paths["/api/auth/register"]["post"];
+        assert_eq!(
+            register["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Credentials"
+        );
+        assert_eq!(
+            schema_of(register, "201")["$ref"],
+            "#/components/schemas/UserOut"
+        );
+        for status in ["409", "413", "422", "503"] {
+            assert_error(register, status, "register");
+        }
+        let login = &paths["/api/auth/login"]["post"];
+        assert_eq!(
+            schema_of(login, "200")["$ref"],
+            "#/components/schemas/Token"
+        );
+        assert_error(login, "401", "login");
+        let create = &paths["/api/chat/conversations"]["post"];
+        assert_eq!(
+            schema_of(create, "201")["$ref"],
+            "#/components/schemas/ConversationOut"
+        );
+        assert_error(create, "404", "create");
+        let get = &paths["/api/chat/conversations/{id}"]["get"];
+        for status in ["403", "404"] {
+            assert_error(get, status, "get");
+        }
+        let remove = &paths["/api/chat/conversations/{id}/participants/{user_id}"]["delete"];
+        assert!(remove["responses"]["204"].is_object());
+        let history = &paths["/api/chat/conversations/{id}/messages"]["get"];
+        assert_eq!(
+            schema_of(history, "200")["items"]["$ref"],
+            "#/components/schemas/MessageOut"
+        );
+        assert_error(history, "422", "history");
+        let ready = &paths["/ready"]["get"];
+        assert_eq!(
+            schema_of(ready, "503")["$ref"],
+            "#/components/schemas/Readiness"
+        );
+        let ws = &paths[WS_PATH]["get"];
+        assert!(ws["responses"]["101"].is_object());
+        let description = ws["description"].as_str().expect("ws description");
+        for event in [
+            "typing", "edit", "delete", "reaction", "presence", "ping", "pong", "system",
+        ] {
+            assert!(
+                description.contains(&format!("`{event}`"))
+                    || description.contains(&format!("\"{event}\""))
+            );
+        }
+    }
+
+    #[test]
+    fn history_limit_is_bounded_with_a_default() {
+        let spec = spec();
+        let params = spec["paths"]["/api/chat/conversations/{id}/messages"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .clone();
+        let limit = params
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .expect("limit parameter");
+        assert_eq!(limit["in"], "query");
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], 100);
+        assert_eq!(limit["schema"]["default"], 50);
+        assert!(params
+            .iter()
+            .any(|p| p["name"] == "before" && p["in"] == "query"));
+        assert!(params
+            .iter()
+            .any(|p| p["name"] == "id" && p["in"] == "path"));
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let spec = spec();
+        let text = spec.to_string();
+        let prefix = "\"$ref\":\"#/components/schemas/";
+        for chunk in text.split(prefix).skip(1) {
+            let name = chunk.split('"').next().expect("ref name");
+            assert!(
+                spec["components"]["schemas"][name].is_object(),
+                "dangling ref {name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Request and response bodies of the REST API, field for field as API.md gives them.
+//! They derive `ToSchema` so the OpenAPI document is generated from the same types
+//! the handlers use.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::timestamp;
+use crate::store::{ConversationRecord, MessageRecord, UserRecord};
+
+/// Body of register and login.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// 3-32 characters of `[A-Za-z0-9_.-]`.
+    #[schema(example = "alice", min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]+$")]
+    pub username: String,
+    /// 8-128 characters.
+    #[schema(example = "password123", min_length = 8, max_length = 128)]
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    pub username: String,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime, example = "2026-02-04T10:00:00.000000Z")]
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&UserRecord> for UserOut {
+    fn from(u: &UserRecord) -> Self {
+        Self { id: u.id.to_string(), username: u.username.clone(), created_at: u.created_at }
+    }
+}
+
+/// A user as the lookup endpoint lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserSummary {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    pub username: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Token {
+    pub access_token: String,
+    /// Always `bearer`.
+    #[schema(example = "bearer")]
+    pub token_type: &'static str,
+    #[schema(value_type = String, format = Uuid)]
+    pub user_id: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewConversation {
+    #[schema(example = "Team Chat", max_length = 200)]
+    #[serde(default)]
+    pub name: Option<String>,
+    #[schema(example = "Our team discussion", max_length = 2000)]
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub is_group: bool,
+    /// Other participants; the creator is always added.
+    #[serde(default)]
+    pub participant_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewParticipant {
+    #[schema(value_type = String, format = Uuid)]
+    pub user_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub is_group: bool,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: DateTime<Utc>,
+    /// Present on the single-conversation endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participant_ids: Option<Vec<String>>,
+}
+
+impl ConversationOut {
+    pub fn new(c: &ConversationRecord, participants: Option<Vec<String>>) -> Self {
+        Self {
+            id: c.id.to_string(),
+            name: c.name.clone(),
+            description: c.description.clone(),
+            is_group: c.is_group,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            participant_ids: participants,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub conversation_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub sender_id: String,
+    pub sender_username: String,
+    pub content: String,
+    pub is_edited: bool,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<MessageRecord> for MessageOut {
+    fn from(m: MessageRecord) -> Self {
+        Self {
+            id: m.id.to_string(),
+            conversation_id: m.conversation_id.to_string(),
+            sender_id: m.sender_id.to_string(),
+            sender_username: m.sender_username,
+            content: m.content,
+            is_edited: m.is_edited,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// Every error body: `detail` is a string, or FastAPI's list of field errors on 422.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"detail": "Not a member of this conversation"}))]
+pub struct ErrorBody {
+    /// A message, or on 422 a list of `{"type", "loc", "msg"}` field errors.
+    #[schema(schema_with = crate::http::docs::error_detail_schema)]
+    pub detail: serde_json::Value,
+}
+
+/// Body of `GET /health`: the process answers; it says nothing about the store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Body of `GET /ready`, with 200 or 503: whether the store answers a ping.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// `ok` or `unavailable`.
+    #[schema(example = "ok")]
+    pub store: &'static str,
+}
+
+/// Query of `GET /api/chat/conversations/{id}/messages`. The handler reads the query
+/// itself; this type only describes it, because a path attribute's inline parameters
+/// cannot carry a default.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // never built: it exists for its `IntoParams` description only
+pub struct HistoryQuery {
+    /// How many messages at most.
+    #[param(minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<u32>,
+    /// Only messages older than this message id; the newest page when absent.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub before: Option<String>,
+}

@@ -1,0 +1,112 @@
+//! The HTTP face of a shard: hyper 1 serves HTTP/1.1 with keep-alive; this module
+//! routes each request to its handler and renders every outcome, errors included,
+//! as JSON. Handlers never block the shard: store work goes through `Db::call`,
+//! password hashing through the password pool.
+
+mod auth;
+mod conversations;
+pub mod docs;
+pub mod dto;
+mod request;
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::shard::Shard;
+
+pub use request::{percent_decode, query_param};
+
+pub type Body = Full<Bytes>;
+pub type Reply = Result<Response<Body>, ApiError>;
+
+/// Entry point of every request on a shard.
+pub async fn serve(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+    let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
+    let response = match route(&shard, req).instrument(span.clone()).await {
+        Ok(response) => response,
+        Err(e) => error_response(&e),
+    };
+    tracing::debug!(parent: &span, status = response.status().as_u16(), "done");
+    Ok(response)
+}
+
+async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = req.method().clone();
+    match (segments.as_slice(), &method) {
+        (["api", "auth", "register"], &Method::POST) => auth::register(shard, req).await,
+        (["api", "auth", "login"], &Method::POST) => auth::login(shard, req).await,
+        (["api", "auth", "me"], &Method::GET) => auth::me(shard, req).await,
+        (["api", "users"], &Method::GET) => auth::lookup(shard, req).await,
+        (["api", "chat", "conversations"], &Method::POST) => conversations::create(shard, req).await,
+        (["api", "chat", "conversations"], &Method::GET) => conversations::list(shard, req).await,
+        (["api", "chat", "conversations", id], &Method::GET) => conversations::get(shard, req, id).await,
+        (["api", "chat", "conversations", id, "participants"], &Method::POST) => {
+            conversations::add_participant(shard, req, id).await
+        }
+        (["api", "chat", "conversations", id, "participants", user], &Method::DELETE) => {
+            conversations::remove_participant(shard, req, id, user).await
+        }
+        (["api", "chat", "conversations", id, "messages"], &Method::GET) => {
+            conversations::history(shard, req, id).await
+        }
+        (["api", "chat", "ws", id], &Method::GET) => crate::ws::upgrade(shard, req, id).await,
+        (["health"], &Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (["ready"], &Method::GET) => docs::ready(shard).await,
+        (["openapi.json"], &Method::GET) => Ok(docs::openapi()),
+        (["docs", rest @ ..], &Method::GET) => docs::swagger(&rest.join("/")),
+        (["redoc", rest @ ..], &Method::GET) => docs::redoc(&rest.join("/")),
+        _ if known_path(&segments) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound("Not Found".into())),
+    }
+}
+
+/// Whether some method is routed for this path, so a wrong method is 405, not 404.
+fn known_path(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        ["api", "auth", "register" | "login" | "me"]
+            | ["api", "users"]
+            | ["api", "chat", "conversations"]
+            | ["api", "chat", "conversations", _]
+            | ["api", "chat", "conversations", _, "participants" | "messages"]
+            | ["api", "chat", "conversations", _, "participants", _]
+            | ["api", "chat", "ws", _]
+            | ["health" | "ready" | "openapi.json" | "docs" | "redoc", ..]
+    )
+}
+
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut response = json(e.status(), &e.body());
+    if e.status() == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    response
+}

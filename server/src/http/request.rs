@@ -1,0 +1,170 @@
+//! Turning a raw request into typed input: the bounded body, JSON with FastAPI-shaped
+//! 422 errors that name the field, query parameters, and the bearer token. Every
+//! failure here is the client's and becomes a 4xx, never a 500.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ApiError, FieldError};
+use crate::ids::UserId;
+use crate::shard::Shard;
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::field("body", "", "body_error", "Could not read the request body")),
+    }
+}
+
+/// Parses a JSON body into `T`; any mismatch is a 422 whose `loc` names the field.
+pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::field("body", "", "missing", "Field required"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| ApiError::Validation(vec![field_error(Some(e.path()), e.inner())]))?;
+    de.end()
+        .map_err(|e| ApiError::Validation(vec![field_error(None, &e)]))?;
+    Ok(value)
+}
+
+fn field_error(path: Option<&serde_path_to_error::Path>, inner: &serde_json::Error) -> FieldError {
+    let mut loc: Vec<Value> = vec![Value::from("body")];
+    for segment in path.into_iter().flat_map(|p| p.iter()) {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => loc.push(Value::from(*index)),
+            serde_path_to_error::Segment::Map { key } => loc.push(Value::from(key.as_str())),
+            serde_path_to_error::Segment::Enum { variant } => loc.push(Value::from(variant.as_str())),
+            serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    let message = inner.to_string();
+    let (kind, msg) = match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            loc.truncate(1);
+            loc.push(Value::from(inner.column()));
+            ("json_invalid", "JSON decode error".to_string())
+        }
+        _ if message.starts_with("missing field") => {
+            if let Some(name) = message.split('`').nth(1) {
+                loc.push(Value::from(name));
+            }
+            ("missing", "Field required".to_string())
+        }
+        _ => {
+            // serde's own wording ("invalid type: integer `5`, expected a string")
+            // without the trailing position, which means nothing to a JSON client.
+            let text = message.split(" at line ").next().unwrap_or(&message).to_string();
+            ("type_error", text)
+        }
+    };
+    FieldError { loc, msg, kind }
+}
+
+/// The value of query parameter `name`, percent-decoded.
+pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    let query = req.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The authenticated caller, from `Authorization: Bearer <jwt>`.
+pub fn bearer(shard: &Shard, req: &Request<Incoming>) -> Result<UserId, ApiError> {
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .ok_or(ApiError::NotAuthenticated)?;
+    let value = header.to_str().map_err(|_| ApiError::InvalidToken)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(ApiError::NotAuthenticated)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::NotAuthenticated);
+    }
+    shard.app.jwt.verify(token.trim()).map_err(|_| ApiError::InvalidToken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Creds {
+        username: String,
+        password: String,
+    }
+
+    fn detail(e: ApiError) -> Value {
+        e.body()["detail"][0].clone()
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let d = detail(json::<Creds>(br#"{"username":"bob"}"#).expect_err("missing"));
+        assert_eq!(d["loc"], serde_json::json!(["body", "password"]));
+        assert_eq!(d["type"], "missing");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let d = detail(json::<Creds>(br#"{"username":5,"password":"x"}"#).expect_err("type"));
+        assert_eq!(d["loc"], serde_json::json!(["body", "username"]));
+        assert_eq!(d["type"], "type_error");
+    }
+
+    #[test]
+    fn malformed_json_is_422() {
+        let d = detail(json::<Creds>(br#"{"username":"#).expect_err("syntax"));
+        assert_eq!(d["type"], "json_invalid");
+        assert!(json::<Creds>(b"").is_err());
+        assert!(json::<Creds>(br#"{"username":"a","password":"b"} trailing"#).is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
+}

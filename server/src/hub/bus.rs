@@ -1,0 +1,154 @@
+//! The cross-shard bus: one lock-free mailbox per shard (a crossbeam `SegQueue` plus an
+//! `AtomicWaker`). Any thread may post; only the owning shard drains, in one task, so
+//! messages from one sender arrive in the order they were posted. No mutex anywhere.
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use futures_util::task::AtomicWaker;
+
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::protocol::Presence;
+use crate::store::writer::CommitResult;
+
+/// Which connection, on which shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnAddr {
+    pub shard: usize,
+    pub conn: u64,
+}
+
+/// Who did something, as events name them.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub user: UserId,
+    pub username: std::sync::Arc<str>,
+    pub conn: ConnAddr,
+    pub reference: Option<String>,
+}
+
+/// Work for a conversation's home shard.
+#[derive(Debug)]
+pub enum HomeMsg {
+    Join,
+    Leave,
+    Post { content: String },
+    Typing,
+    Edit { message_id: MessageId, content: String },
+    Delete { message_id: MessageId },
+    Reaction { message_id: MessageId, emoji: String },
+    Presence { status: Presence },
+}
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To the conversation's home shard.
+    Home { conversation: ConversationId, actor: Actor, msg: HomeMsg },
+    /// From the writer to the home shard: a message's batch committed or failed.
+    Committed { conversation: ConversationId, actor: Actor, frame: Bytes, result: CommitResult },
+    /// To every shard with connections in the conversation: write `frame` to each,
+    /// except those of `skip` (typing goes to the others only).
+    Deliver { conversation: ConversationId, frame: Bytes, skip: Option<UserId> },
+    /// To one connection (errors, acks of non-broadcast outcomes).
+    Direct { conn: u64, frame: Bytes },
+    /// Stop accepting, close connections, finish.
+    Shutdown,
+}
+
+#[derive(Default)]
+pub struct Mailbox {
+    queue: SegQueue<ShardMsg>,
+    waker: AtomicWaker,
+}
+
+impl Mailbox {
+    pub fn post(&self, msg: ShardMsg) {
+        self.queue.push(msg);
+        self.waker.wake();
+    }
+
+    /// Waits until something is queued, then hands it all to `handle`. Owner shard only.
+    pub async fn drain(&self, mut handle: impl FnMut(ShardMsg)) {
+        poll_fn(|cx| {
+            if self.queue.is_empty() {
+                self.waker.register(cx.waker());
+                // A post between the check and the registration would be missed without
+                // this second look.
+                if self.queue.is_empty() {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+        while let Some(msg) = self.queue.pop() {
+            handle(msg);
+        }
+    }
+}
+
+/// Every shard's mailbox; a conversation's home is a hash of its id.
+pub struct Bus {
+    mailboxes: Vec<Mailbox>,
+}
+
+impl Bus {
+    pub fn new(shards: usize) -> Self {
+        Self { mailboxes: (0..shards.max(1)).map(|_| Mailbox::default()).collect() }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    pub fn mailbox(&self, shard: usize) -> &Mailbox {
+        &self.mailboxes[shard]
+    }
+
+    pub fn post(&self, shard: usize, msg: ShardMsg) {
+        self.mailboxes[shard].post(msg);
+    }
+
+    pub fn home_of(&self, conversation: ConversationId) -> usize {
+        // UUIDv7 high bits are a timestamp; the low bits are random and spread evenly.
+        (conversation.0.as_u128() as u64 % self.mailboxes.len() as u64) as usize
+    }
+
+    pub fn broadcast(&self, msg: impl Fn() -> ShardMsg) {
+        for mailbox in &self.mailboxes {
+            mailbox.post(msg());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_from_another_thread_arrive_in_order() {
+        let bus = std::sync::Arc::new(Bus::new(1));
+        let sender = std::sync::Arc::clone(&bus);
+        let producer = std::thread::spawn(move || {
+            for i in 0..10_000u64 {
+                sender.post(0, ShardMsg::Direct { conn: i, frame: Bytes::new() });
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let mut seen = Vec::new();
+        rt.block_on(async {
+            while seen.len() < 10_000 {
+                bus.mailbox(0).drain(|m| {
+                    if let ShardMsg::Direct { conn, .. } = m {
+                        seen.push(conn);
+                    }
+                })
+                .await;
+            }
+        });
+        producer.join().expect("producer");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+}

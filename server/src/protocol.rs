@@ -1,0 +1,360 @@
+//! The WebSocket protocol of API.md: client events parsed (simd-json, in place, on
+//! the frame's own buffer) and validated into `ClientEvent`; server events encoded
+//! once into a ready-to-write WebSocket frame (`Bytes`) that every recipient shares.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+use crate::ids::{ConversationId, MessageId, UserId};
+
+/// Longest message content, in characters.
+pub const CONTENT_MAX_CHARS: usize = 5000;
+/// Longest reaction emoji, in characters (flags and skin tones are several code points).
+pub const EMOJI_MAX_CHARS: usize = 16;
+/// Longest client reference echoed back in errors.
+pub const REF_MAX_CHARS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Online,
+    Away,
+    Offline,
+}
+
+/// A validated event from a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    Message { content: String },
+    Typing,
+    Edit { message_id: MessageId, content: String },
+    Delete { message_id: MessageId },
+    Reaction { message_id: MessageId, emoji: String },
+    Presence { status: Presence },
+    Ping,
+}
+
+/// Why a client frame was refused; the text is the `detail` of the error event.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("Invalid JSON")]
+    InvalidJson,
+    #[error("Expected a JSON object with a \"type\" field")]
+    NotAnEvent,
+    #[error("Unknown event type: {0}")]
+    UnknownType(String),
+    #[error("Field '{0}' is required")]
+    Missing(&'static str),
+    #[error("Field '{0}' must be a string")]
+    NotAString(&'static str),
+    #[error("Message content must not be empty")]
+    EmptyContent,
+    #[error("Message content exceeds {CONTENT_MAX_CHARS} characters")]
+    ContentTooLong,
+    #[error("Emoji must be 1-{EMOJI_MAX_CHARS} characters")]
+    BadEmoji,
+    #[error("Status must be one of online, away, offline")]
+    BadStatus,
+    #[error("Message not found")]
+    UnknownMessage,
+    #[error("Binary frames are not supported; send JSON text")]
+    Binary,
+}
+
+/// A parsed frame: the event (or why not) and the client's optional `ref`, which is
+/// echoed in any error about it so clients can match errors to what they sent.
+#[derive(Debug)]
+pub struct Parsed {
+    pub event: Result<ClientEvent, ProtocolError>,
+    pub reference: Option<String>,
+}
+
+/// Parses one text frame. The buffer is used as simd-json's scratch space.
+pub fn parse(buf: &mut [u8]) -> Parsed {
+    let value = match simd_json::to_borrowed_value(buf) {
+        Ok(v) => v,
+        Err(_) => return Parsed { event: Err(ProtocolError::InvalidJson), reference: None },
+    };
+    let reference = value.get("ref").and_then(|r| match r {
+        BorrowedValue::String(s) => Some(s.chars().take(REF_MAX_CHARS).collect()),
+        BorrowedValue::Static(n) if !n.is_null() => Some(n.to_string()),
+        _ => None,
+    });
+    Parsed { event: event(&value), reference }
+}
+
+fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
+    if !value.is_object() {
+        return Err(ProtocolError::NotAnEvent);
+    }
+    let kind = value.get_str("type").ok_or(ProtocolError::NotAnEvent)?;
+    Ok(match kind {
+        "message" => ClientEvent::Message { content: content(value)? },
+        "typing" => ClientEvent::Typing,
+        "edit" => ClientEvent::Edit { message_id: message_id(value)?, content: content(value)? },
+        "delete" => ClientEvent::Delete { message_id: message_id(value)? },
+        "reaction" => {
+            let emoji = string(value, "emoji")?;
+            let n = emoji.chars().count();
+            if n == 0 || n > EMOJI_MAX_CHARS || emoji.trim().is_empty() {
+                return Err(ProtocolError::BadEmoji);
+            }
+            ClientEvent::Reaction { message_id: message_id(value)?, emoji: emoji.to_owned() }
+        }
+        "presence" => ClientEvent::Presence {
+            status: match string(value, "status")? {
+                "online" => Presence::Online,
+                "away" => Presence::Away,
+                "offline" => Presence::Offline,
+                _ => return Err(ProtocolError::BadStatus),
+            },
+        },
+        "ping" => ClientEvent::Ping,
+        other => return Err(ProtocolError::UnknownType(other.chars().take(64).collect())),
+    })
+}
+
+fn string<'v>(value: &'v BorrowedValue, field: &'static str) -> Result<&'v str, ProtocolError> {
+    match value.get(field) {
+        None => Err(ProtocolError::Missing(field)),
+        Some(v) if v.is_null() => Err(ProtocolError::Missing(field)),
+        Some(v) => v.as_str().ok_or(ProtocolError::NotAString(field)),
+    }
+}
+
+/// Content is stored as sent; it must not be blank and at most 5000 characters.
+fn content(value: &BorrowedValue) -> Result<String, ProtocolError> {
+    let content = string(value, "content")?;
+    if content.trim().is_empty() {
+        return Err(ProtocolError::EmptyContent);
+    }
+    // Cheap byte test first: 5000 characters are at most 20000 bytes.
+    if content.len() > CONTENT_MAX_CHARS && content.chars().count() > CONTENT_MAX_CHARS {
+        return Err(ProtocolError::ContentTooLong);
+    }
+    Ok(content.to_owned())
+}
+
+fn message_id(value: &BorrowedValue) -> Result<MessageId, ProtocolError> {
+    string(value, "message_id")?.parse().map_err(|_| ProtocolError::UnknownMessage)
+}
+
+/// An event from the server. Field names and order follow API.md.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerEvent<'a> {
+    Message {
+        message_id: MessageId,
+        conversation_id: ConversationId,
+        content: &'a str,
+        sender_id: UserId,
+        sender_username: &'a str,
+        timestamp: &'a str,
+        is_edited: bool,
+    },
+    System {
+        content: &'a str,
+        sender_id: UserId,
+        active_users: &'a [UserId],
+    },
+    Typing {
+        sender_id: UserId,
+        sender_username: &'a str,
+        conversation_id: ConversationId,
+    },
+    Edit {
+        message_id: MessageId,
+        content: &'a str,
+        sender_id: UserId,
+        is_edited: bool,
+        timestamp: &'a str,
+    },
+    Delete {
+        message_id: MessageId,
+        sender_id: UserId,
+        timestamp: &'a str,
+    },
+    Reaction {
+        message_id: MessageId,
+        emoji: &'a str,
+        sender_id: UserId,
+        sender_username: &'a str,
+        action: &'a str,
+    },
+    Presence {
+        sender_id: UserId,
+        sender_username: &'a str,
+        status: Presence,
+    },
+    Error {
+        detail: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    Pong,
+}
+
+impl ServerEvent<'_> {
+    /// Serialises the event and frames it as one unmasked text frame, once.
+    pub fn frame(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(256).writer();
+        // Reserve the largest header a frame under 64 KiB needs; fixed up below.
+        let _ = std::io::Write::write_all(&mut out, &[0; 4]);
+        if serde_json::to_writer(&mut out, self).is_err() {
+            // Serialising plain structs of strings cannot fail; never send half a frame.
+            return Bytes::new();
+        }
+        let mut buf = out.into_inner();
+        let len = buf.len() - 4;
+        if len < 126 {
+            buf[2] = 0x81;
+            buf[3] = len as u8;
+            buf.split_off(2).freeze()
+        } else if len <= usize::from(u16::MAX) {
+            buf[0] = 0x81;
+            buf[1] = 126;
+            buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            buf.freeze()
+        } else {
+            let mut framed = BytesMut::with_capacity(len + 10);
+            framed.put_u8(0x81);
+            framed.put_u8(127);
+            framed.put_u64(len as u64);
+            framed.extend_from_slice(&buf[4..]);
+            framed.freeze()
+        }
+    }
+}
+
+/// A close frame with a status code and reason, as the server sends it.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = BytesMut::with_capacity(4 + reason.len());
+    frame.put_u8(0x88);
+    frame.put_u8((2 + reason.len()) as u8);
+    frame.put_u16(code);
+    frame.extend_from_slice(reason);
+    frame.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Parsed {
+        parse(&mut s.as_bytes().to_vec())
+    }
+
+    /// Decodes a server frame back to JSON, checking the header on the way.
+    fn unframe(frame: &[u8]) -> serde_json::Value {
+        assert_eq!(frame[0], 0x81);
+        let (len, start) = match frame[1] {
+            126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
+            127 => (u64::from_be_bytes(frame[2..10].try_into().expect("8 bytes")) as usize, 10),
+            n => (usize::from(n), 2),
+        };
+        assert_eq!(frame.len(), start + len);
+        serde_json::from_slice(&frame[start..]).expect("json")
+    }
+
+    #[test]
+    fn parses_every_client_event() {
+        let id = MessageId(uuid::Uuid::now_v7());
+        assert_eq!(
+            parse_str(r#"{"type":"message","content":"Hello!"}"#).event,
+            Ok(ClientEvent::Message { content: "Hello!".into() })
+        );
+        assert_eq!(parse_str(r#"{"type": "typing"}"#).event, Ok(ClientEvent::Typing));
+        assert_eq!(parse_str(r#"{"type":"ping"}"#).event, Ok(ClientEvent::Ping));
+        assert_eq!(
+            parse_str(&format!(r#"{{"type":"edit","message_id":"{id}","content":"x"}}"#)).event,
+            Ok(ClientEvent::Edit { message_id: id, content: "x".into() })
+        );
+        assert_eq!(
+            parse_str(&format!(r#"{{"type":"delete","message_id":"{id}"}}"#)).event,
+            Ok(ClientEvent::Delete { message_id: id })
+        );
+        assert_eq!(
+            parse_str(&format!(r#"{{"type":"reaction","message_id":"{id}","emoji":"👍"}}"#)).event,
+            Ok(ClientEvent::Reaction { message_id: id, emoji: "👍".into() })
+        );
+        assert_eq!(
+            parse_str(r#"{"type":"presence","status":"away"}"#).event,
+            Ok(ClientEvent::Presence { status: Presence::Away })
+        );
+    }
+
+    #[test]
+    fn refuses_bad_events_with_a_reason() {
+        let err = |s: &str| parse_str(s).event.expect_err(s);
+        assert_eq!(err("{not json"), ProtocolError::InvalidJson);
+        assert_eq!(err("[1,2]"), ProtocolError::NotAnEvent);
+        assert_eq!(err(r#"{"content":"x"}"#), ProtocolError::NotAnEvent);
+        assert_eq!(err(r#"{"type":"dance"}"#), ProtocolError::UnknownType("dance".into()));
+        assert_eq!(err(r#"{"type":"message"}"#), ProtocolError::Missing("content"));
+        assert_eq!(err(r#"{"type":"message","content":5}"#), ProtocolError::NotAString("content"));
+        assert_eq!(err(r#"{"type":"message","content":"   "}"#), ProtocolError::EmptyContent);
+        let long = "é".repeat(CONTENT_MAX_CHARS + 1);
+        assert_eq!(err(&format!(r#"{{"type":"message","content":"{long}"}}"#)), ProtocolError::ContentTooLong);
+        assert_eq!(err(r#"{"type":"edit","message_id":"nope","content":"x"}"#), ProtocolError::UnknownMessage);
+        assert_eq!(err(r#"{"type":"presence","status":"busy"}"#), ProtocolError::BadStatus);
+    }
+
+    #[test]
+    fn content_limit_counts_characters() {
+        let exactly = "é".repeat(CONTENT_MAX_CHARS);
+        assert!(parse_str(&format!(r#"{{"type":"message","content":"{exactly}"}}"#)).event.is_ok());
+    }
+
+    #[test]
+    fn reference_is_kept_for_errors() {
+        let p = parse_str(r#"{"type":"dance","ref":"abc"}"#);
+        assert_eq!(p.reference.as_deref(), Some("abc"));
+        let p = parse_str(r#"{"type":"message","content":"x","ref":42}"#);
+        assert_eq!(p.reference.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn frames_are_valid_for_every_size() {
+        for size in [0, 10, 125, 126, 1000, 65_535, 70_000] {
+            let content = "x".repeat(size);
+            let frame = ServerEvent::Error { detail: &content, reference: None }.frame();
+            let v = unframe(&frame);
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["detail"].as_str().map(str::len), Some(size));
+        }
+    }
+
+    #[test]
+    fn message_event_matches_the_contract() {
+        let (m, c, u) = (MessageId(uuid::Uuid::now_v7()), ConversationId::random(), UserId::random());
+        let v = unframe(
+            &ServerEvent::Message {
+                message_id: m,
+                conversation_id: c,
+                content: "Hello everyone!",
+                sender_id: u,
+                sender_username: "alice",
+                timestamp: "2026-02-04T10:30:00.123456Z",
+                is_edited: false,
+            }
+            .frame(),
+        );
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","message_id":m.to_string(),"conversation_id":c.to_string(),
+                "content":"Hello everyone!","sender_id":u.to_string(),"sender_username":"alice",
+                "timestamp":"2026-02-04T10:30:00.123456Z","is_edited":false})
+        );
+        assert_eq!(unframe(&ServerEvent::Pong.frame()), serde_json::json!({"type":"pong"}));
+    }
+
+    #[test]
+    fn close_frames() {
+        let f = close_frame(1008, "Invalid token");
+        assert_eq!(&f[..4], &[0x88, 15, 0x03, 0xF0]);
+        assert_eq!(&f[4..], b"Invalid token");
+    }
+}

@@ -1,0 +1,102 @@
+//! Start-up and shutdown: opens the store (migrations included) on the store runtime,
+//! settles the signing key, starts the writer and the shards, then waits for SIGINT or
+//! SIGTERM and stops in order: shards stop accepting and drain, then the writer
+//! flushes what it holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::app::App;
+use crate::auth::{JwtKeys, PasswordPool};
+use crate::config::Config;
+use crate::hub::bus::{Bus, ShardMsg};
+use crate::store::writer::{self, BatchPolicy};
+use crate::store::{self, Db};
+use crate::shard;
+
+const DEV_KEY_FILE: &str = "dev-secret-key";
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let secret = signing_key(&config)?;
+    let shards = config.shard_count();
+    let store_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("store")
+        .enable_all()
+        .build()
+        .context("store runtime")?;
+    let store = store_runtime
+        .block_on(store::open(config.database_url.as_deref(), &config.data_dir, config.db_pool_size))
+        .context("opening the store")?;
+    tracing::info!(
+        store = if config.database_url.is_some() { "postgres" } else { "sqlite" },
+        "store ready, migrations applied"
+    );
+    let policy = BatchPolicy { max_batch: config.writer_max_batch, max_delay: config.writer_max_delay() };
+    let (writer, writer_done) = writer::spawn(Arc::clone(&store), policy, store_runtime.handle());
+    let app = Arc::new(App {
+        db: Db::new(store, store_runtime.handle().clone()),
+        writer,
+        jwt: JwtKeys::new(&secret, config.token_ttl()),
+        passwords: PasswordPool::new(config.hash_threads, config.hash_queue).context("password pool")?,
+        bus: Arc::new(Bus::new(shards)),
+        config,
+    });
+
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("signal handlers")?;
+    let (listeners, addr) = shard::bind(app.config.listen, shards)
+        .with_context(|| format!("binding {}", app.config.listen))?;
+    let started = shard::start(&app, listeners, app.config.io_driver)?;
+    tracing::info!(shards, "listening on {}", shard::describe(addr));
+
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "stopping: no new connections, finishing in-flight work");
+    }
+    app.bus.broadcast(|| ShardMsg::Shutdown);
+    for s in started {
+        let _ = s.thread.join();
+    }
+    // The shards are gone; dropping the last handle lets the writer flush and stop.
+    drop(app);
+    store_runtime.block_on(async {
+        let _ = writer_done.await;
+    });
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The JWT key: `SECRET_KEY`, or a development key kept in the data directory.
+fn signing_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(key) = &config.secret_key {
+        if key.len() < 32 {
+            tracing::warn!("SECRET_KEY is shorter than 32 bytes; use a long random key");
+        }
+        return Ok(key.as_bytes().to_vec());
+    }
+    if config.production {
+        anyhow::bail!("--production requires SECRET_KEY: refusing to sign tokens with a development key");
+    }
+    let key = dev_key(&config.data_dir)?;
+    tracing::warn!(
+        "SECRET_KEY is not set: using a generated DEVELOPMENT key from {}. Set SECRET_KEY in production.",
+        config.data_dir.join(DEV_KEY_FILE).display()
+    );
+    Ok(key)
+}
+
+fn dev_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(DEV_KEY_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if existing.trim().len() >= 32 {
+            return Ok(existing.trim().as_bytes().to_vec());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key: String = (0..64).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+    std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+    Ok(key.into_bytes())
+}

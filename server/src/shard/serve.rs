@@ -1,0 +1,172 @@
+//! A shard's life: its bus task, its accept loop, and hyper serving each accepted
+//! connection until shutdown, then a graceful drain.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use monoio::net::TcpStream;
+use monoio_compat::hyper::{MonoioIo, MonoioTimer};
+
+use super::{Latch, Ready, Shard};
+use crate::app::App;
+use crate::hub::bus::ShardMsg;
+use crate::hub::Hub;
+
+pub async fn shard_main(
+    id: usize,
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    driver: &'static str,
+    ready: Ready,
+) {
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("listener: {e}")));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard {
+        id,
+        hub: Hub::new(id, Arc::clone(&app)),
+        app,
+        shutdown: Latch::default(),
+        http_connections: std::cell::Cell::new(0),
+    });
+    monoio::spawn(bus_task(Rc::clone(&shard)));
+    let _ = ready.send(Ok(driver));
+
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shard.shutdown.wait() => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(serve_connection(Rc::clone(&shard), stream));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    drain(&shard).await;
+}
+
+/// After the stop signal: close WebSockets with 1001, let HTTP requests finish.
+async fn drain(shard: &Shard) {
+    shard.hub.close_all(1001, "Server shutting down");
+    let deadline = std::time::Instant::now() + shard.app.config.shutdown_grace();
+    while (shard.http_connections.get() > 0 || shard.hub.connection_count() > 0)
+        && std::time::Instant::now() < deadline
+    {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(shard = shard.id, "shard stopped");
+}
+
+async fn bus_task(shard: Rc<Shard>) {
+    let mailbox = shard.app.bus.mailbox(shard.id);
+    loop {
+        mailbox
+            .drain(|msg| match msg {
+                ShardMsg::Shutdown => shard.shutdown.set(),
+                msg => shard.hub.handle(msg),
+            })
+            .await;
+    }
+}
+
+async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+    let io = match stream.try_into_poll_io() {
+        Ok(io) => OnShard(MonoioIo::new(io)),
+        Err((e, _)) => {
+            tracing::debug!(error = %e, "could not switch the socket to readiness mode");
+            return;
+        }
+    };
+    shard.http_connections.set(shard.http_connections.get() + 1);
+    let service = {
+        let shard = Rc::clone(&shard);
+        service_fn(move |req| crate::http::serve(Rc::clone(&shard), req))
+    };
+    let connection = http1::Builder::new()
+        .timer(MonoioTimer)
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = monoio::select! {
+        r = connection.as_mut() => r,
+        _ = stopping(&shard.shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+    shard.http_connections.set(shard.http_connections.get() - 1);
+}
+
+async fn stopping(latch: &Latch) {
+    latch.wait().await;
+}
+
+/// The socket of an HTTP connection. hyper's upgrade machinery requires `Send` I/O,
+/// though our connections never leave their shard: hyper's HTTP/1 server drives the
+/// connection on the task that polls it and hands the upgraded stream back to that
+/// same task, and our tasks are `!Send` monoio tasks pinned to this thread.
+pub struct OnShard<T>(T);
+
+// SAFETY: see the type's documentation. The value is created, used and dropped on
+// the shard thread that accepted the socket; nothing ever moves it to another thread
+// (monoio has no work stealing, and hyper spawns nothing for HTTP/1).
+#[allow(unsafe_code)]
+unsafe impl<T> Send for OnShard<T> {}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for OnShard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for OnShard<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}

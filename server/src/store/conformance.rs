@@ -1,0 +1,600 @@
+//! Test-only: the behaviour every `Store` must show, run against each real store, plus
+//! the scaffolding to give a test its own throw-away PostgreSQL database.
+//!
+//! It must never be compiled into the server and never touch a database it did not
+//! create.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, ReactionOutcome, Store,
+    StoreError, UserRecord,
+};
+use crate::ids::{now_micros, ConversationId, MessageId, MessageIdGen, UserId};
+
+/// The maintenance database of the local test server; test databases are made from it.
+pub(crate) const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub(crate) fn user(username: &str) -> UserRecord {
+    UserRecord {
+        id: UserId::random(),
+        username: username.to_owned(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$salt-of-{username}$hash"),
+        created_at: now_micros(),
+    }
+}
+
+pub(crate) fn conversation(
+    creator: UserId,
+    name: Option<&str>,
+    at: DateTime<Utc>,
+) -> ConversationRecord {
+    ConversationRecord {
+        id: ConversationId::random(),
+        name: name.map(str::to_owned),
+        description: name.map(|n| format!("about {n}")),
+        is_group: name.is_some(),
+        created_by: creator,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// `count` messages with increasing ids and times, senders taking turns.
+pub(crate) fn messages(
+    conversation: ConversationId,
+    senders: &[UserId],
+    start: DateTime<Utc>,
+    count: usize,
+) -> Vec<NewMessage> {
+    let mut ids = MessageIdGen::default();
+    (0..count)
+        .map(|i| {
+            let at = start + chrono::Duration::microseconds(i64::try_from(i).unwrap_or(0) * 7);
+            NewMessage {
+                id: ids.next(at),
+                conversation_id: conversation,
+                sender_id: senders[i % senders.len()],
+                content: format!("message {i} \u{1f680} \"quoted\" 'single' \\ back"),
+                created_at: at,
+            }
+        })
+        .collect()
+}
+
+fn ids(page: &[MessageRecord]) -> Vec<MessageId> {
+    page.iter().map(|m| m.id).collect()
+}
+
+fn new_ids(batch: &[NewMessage]) -> Vec<MessageId> {
+    batch.iter().map(|m| m.id).collect()
+}
+
+async fn page(
+    store: &dyn Store,
+    id: ConversationId,
+    limit: u32,
+    before: Option<MessageId>,
+) -> Vec<MessageRecord> {
+    store
+        .history(id, limit, before)
+        .await
+        .expect("history query works")
+        .expect("known anchor")
+}
+
+/// Runs every check against `store`, which must be freshly created and empty.
+pub(crate) async fn run(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    users(store).await;
+    conversations_and_membership(store).await;
+    history_and_changes(store).await;
+    reactions(store).await;
+    large_batch_keeps_order(store).await;
+    failed_batch_commits_nothing(store).await;
+}
+
+async fn users(store: &dyn Store) {
+    let alice = user("u_alice");
+    store.create_user(&alice).await.expect("create alice");
+
+    let by_name = store
+        .user_by_name("u_alice")
+        .await
+        .expect("lookup")
+        .expect("alice exists");
+    assert_eq!(by_name.id, alice.id);
+    assert_eq!(by_name.password_hash, alice.password_hash);
+    assert_eq!(by_name.created_at, alice.created_at, "microseconds survive");
+    let by_id = store
+        .user_by_id(alice.id)
+        .await
+        .expect("lookup")
+        .expect("alice exists");
+    assert_eq!(by_id.username, "u_alice");
+
+    assert!(store
+        .user_by_name("u_nobody")
+        .await
+        .expect("lookup")
+        .is_none());
+    assert!(store
+        .user_by_name("U_ALICE")
+        .await
+        .expect("lookup")
+        .is_none());
+    assert!(store
+        .user_by_id(UserId::random())
+        .await
+        .expect("lookup")
+        .is_none());
+
+    let taken = store.create_user(&user("u_alice")).await;
+    assert!(
+        matches!(taken, Err(StoreError::Conflict("username"))),
+        "duplicate username: {taken:?}"
+    );
+
+    let stranger = UserId::random();
+    let missing = store
+        .missing_users(&[alice.id, stranger, alice.id, stranger])
+        .await
+        .expect("missing users");
+    assert_eq!(missing, vec![stranger]);
+    assert!(store.missing_users(&[]).await.expect("empty").is_empty());
+}
+
+async fn conversations_and_membership(store: &dyn Store) {
+    let alice = user("m_alice");
+    let bob = user("m_bob");
+    let carol = user("m_carol");
+    for u in [&alice, &bob, &carol] {
+        store.create_user(u).await.expect("create user");
+    }
+    let t0 = now_micros() - chrono::Duration::seconds(60);
+
+    let direct = conversation(alice.id, None, t0);
+    store
+        .create_conversation(&direct, &[alice.id, bob.id, bob.id])
+        .await
+        .expect("duplicate participant ids are tolerated");
+    let group = conversation(alice.id, Some("group"), t0 + chrono::Duration::seconds(1));
+    store
+        .create_conversation(&group, &[alice.id, carol.id])
+        .await
+        .expect("create group");
+
+    let stored = store
+        .conversation(group.id)
+        .await
+        .expect("lookup")
+        .expect("group exists");
+    assert_eq!(stored.name.as_deref(), Some("group"));
+    assert_eq!(stored.description.as_deref(), Some("about group"));
+    assert!(stored.is_group);
+    assert_eq!(stored.created_by, alice.id);
+    assert_eq!(stored.created_at, group.created_at);
+    let stored_direct = store
+        .conversation(direct.id)
+        .await
+        .expect("lookup")
+        .expect("direct exists");
+    assert_eq!(stored_direct.name, None);
+    assert!(!stored_direct.is_group);
+    assert!(store
+        .conversation(ConversationId::random())
+        .await
+        .expect("lookup")
+        .is_none());
+
+    let mut members = store.participants(direct.id).await.expect("participants");
+    members.sort();
+    let mut expected = vec![alice.id, bob.id];
+    expected.sort();
+    assert_eq!(members, expected);
+
+    // Most recently active first: the group was created last...
+    let order: Vec<_> = store
+        .conversations_of(alice.id)
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(order, vec![group.id, direct.id]);
+
+    // ...until a message makes the direct conversation the most recent.
+    let later = t0 + chrono::Duration::seconds(5);
+    let batch = messages(direct.id, &[bob.id], later, 1);
+    store.insert_messages(&batch).await.expect("insert");
+    let listed = store.conversations_of(alice.id).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![direct.id, group.id]
+    );
+    assert_eq!(
+        listed[0].updated_at, later,
+        "updated_at follows the newest message"
+    );
+    // An older message does not move updated_at back.
+    let older = messages(direct.id, &[bob.id], t0 + chrono::Duration::seconds(2), 1);
+    store.insert_messages(&older).await.expect("insert");
+    let direct_now = store
+        .conversation(direct.id)
+        .await
+        .expect("lookup")
+        .expect("exists");
+    assert_eq!(direct_now.updated_at, later);
+
+    // Membership: add, add again (no-op), remove, remove again, re-add.
+    assert!(!store
+        .is_member(direct.id, carol.id)
+        .await
+        .expect("is_member"));
+    store
+        .add_participant(direct.id, carol.id)
+        .await
+        .expect("add carol");
+    assert!(store
+        .is_member(direct.id, carol.id)
+        .await
+        .expect("is_member"));
+    store
+        .add_participant(direct.id, carol.id)
+        .await
+        .expect("adding twice is a no-op");
+    assert_eq!(store.participants(direct.id).await.expect("list").len(), 3);
+    assert_eq!(
+        store.conversations_of(carol.id).await.expect("list").len(),
+        2
+    );
+
+    assert!(store
+        .remove_participant(direct.id, carol.id)
+        .await
+        .expect("remove"));
+    assert!(!store
+        .remove_participant(direct.id, carol.id)
+        .await
+        .expect("remove again"));
+    assert!(!store
+        .is_member(direct.id, carol.id)
+        .await
+        .expect("is_member"));
+    let carols: Vec<_> = store
+        .conversations_of(carol.id)
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(carols, vec![group.id]);
+
+    store
+        .add_participant(direct.id, carol.id)
+        .await
+        .expect("re-add");
+    assert!(store
+        .is_member(direct.id, carol.id)
+        .await
+        .expect("is_member"));
+    assert!(!store
+        .is_member(ConversationId::random(), carol.id)
+        .await
+        .expect("is_member"));
+}
+
+async fn history_and_changes(store: &dyn Store) {
+    let alice = user("h_alice");
+    let bob = user("h_bob");
+    for u in [&alice, &bob] {
+        store.create_user(u).await.expect("create user");
+    }
+    let start = now_micros();
+    let chat = conversation(alice.id, None, start);
+    let other = conversation(alice.id, Some("other"), start);
+    store
+        .create_conversation(&chat, &[alice.id, bob.id])
+        .await
+        .expect("create");
+    store
+        .create_conversation(&other, &[alice.id])
+        .await
+        .expect("create");
+
+    assert!(page(store, chat.id, 50, None).await.is_empty());
+
+    let sent = messages(chat.id, &[alice.id, bob.id], start, 10);
+    store.insert_messages(&sent).await.expect("insert");
+    let elsewhere = messages(other.id, &[alice.id], start, 2);
+    store.insert_messages(&elsewhere).await.expect("insert");
+    let all = new_ids(&sent);
+
+    let full = page(store, chat.id, 50, None).await;
+    assert_eq!(ids(&full), all, "oldest first, in id order");
+    assert_eq!(full[0].sender_username, "h_alice");
+    assert_eq!(full[1].sender_username, "h_bob");
+    assert_eq!(full[3].content, sent[3].content);
+    assert_eq!(full[3].created_at, sent[3].created_at);
+    assert_eq!(full[3].updated_at, sent[3].created_at);
+    assert_eq!(full[3].conversation_id, chat.id);
+    assert!(!full[3].is_edited);
+
+    assert_eq!(ids(&page(store, chat.id, 4, None).await), all[6..]);
+    assert_eq!(ids(&page(store, chat.id, 4, Some(all[6])).await), all[2..6]);
+    assert_eq!(ids(&page(store, chat.id, 4, Some(all[2])).await), all[..2]);
+    assert!(page(store, chat.id, 4, Some(all[0])).await.is_empty());
+
+    let unknown = store
+        .history(chat.id, 10, Some(MessageId(uuid::Uuid::now_v7())))
+        .await
+        .expect("history");
+    assert!(unknown.is_none(), "unknown before");
+    let foreign = store
+        .history(chat.id, 10, Some(elsewhere[1].id))
+        .await
+        .expect("history");
+    assert!(foreign.is_none(), "before from another conversation");
+
+    // Edits: sender only, live messages only, in the right conversation only.
+    let edited_at = now_micros() + chrono::Duration::seconds(1);
+    let alices = sent[4].id;
+    let bobs = sent[5].id;
+    assert_eq!(
+        store
+            .edit_message(chat.id, alices, bob.id, "hijack", edited_at)
+            .await
+            .expect("edit"),
+        ChangeOutcome::NotSender
+    );
+    assert_eq!(
+        store
+            .edit_message(other.id, alices, alice.id, "wrong room", edited_at)
+            .await
+            .expect("edit"),
+        ChangeOutcome::NotFound
+    );
+    assert_eq!(
+        store
+            .edit_message(chat.id, MessageId::random(), alice.id, "ghost", edited_at)
+            .await
+            .expect("edit"),
+        ChangeOutcome::NotFound
+    );
+    assert_eq!(
+        store
+            .edit_message(chat.id, alices, alice.id, "fixed typo", edited_at)
+            .await
+            .expect("edit"),
+        ChangeOutcome::Done
+    );
+    let after_edit = page(store, chat.id, 50, None).await;
+    assert_eq!(after_edit[4].content, "fixed typo");
+    assert!(after_edit[4].is_edited);
+    assert_eq!(after_edit[4].updated_at, edited_at);
+    assert_eq!(after_edit[4].created_at, sent[4].created_at);
+
+    // Deletes: sender only; the message leaves history but still anchors a page.
+    assert_eq!(
+        store
+            .delete_message(chat.id, bobs, alice.id, edited_at)
+            .await
+            .expect("delete"),
+        ChangeOutcome::NotSender
+    );
+    assert_eq!(
+        store
+            .delete_message(chat.id, MessageId::random(), bob.id, edited_at)
+            .await
+            .expect("delete"),
+        ChangeOutcome::NotFound
+    );
+    assert_eq!(
+        store
+            .delete_message(chat.id, bobs, bob.id, edited_at)
+            .await
+            .expect("delete"),
+        ChangeOutcome::Done
+    );
+    let mut live = all.clone();
+    live.remove(5);
+    assert_eq!(ids(&page(store, chat.id, 50, None).await), live);
+    assert_eq!(
+        ids(&page(store, chat.id, 3, Some(all[7])).await),
+        vec![all[3], all[4], all[6]]
+    );
+    assert_eq!(ids(&page(store, chat.id, 50, Some(bobs)).await), all[..5]);
+    assert_eq!(
+        store
+            .delete_message(chat.id, bobs, bob.id, edited_at)
+            .await
+            .expect("delete"),
+        ChangeOutcome::NotFound,
+        "deleting twice"
+    );
+    assert_eq!(
+        store
+            .edit_message(chat.id, bobs, bob.id, "resurrect", edited_at)
+            .await
+            .expect("edit"),
+        ChangeOutcome::NotFound,
+        "editing a deleted message"
+    );
+}
+
+async fn reactions(store: &dyn Store) {
+    let alice = user("r_alice");
+    let bob = user("r_bob");
+    for u in [&alice, &bob] {
+        store.create_user(u).await.expect("create user");
+    }
+    let start = now_micros();
+    let chat = conversation(alice.id, None, start);
+    store
+        .create_conversation(&chat, &[alice.id, bob.id])
+        .await
+        .expect("create");
+    let sent = messages(chat.id, &[alice.id], start, 2);
+    store.insert_messages(&sent).await.expect("insert");
+    let target = sent[0].id;
+
+    let toggle = |user: UserId, emoji: &'static str, message: MessageId| async move {
+        store
+            .toggle_reaction(chat.id, message, user, emoji)
+            .await
+            .expect("toggle")
+    };
+    assert_eq!(toggle(bob.id, "👍", target).await, ReactionOutcome::Added);
+    assert_eq!(toggle(alice.id, "👍", target).await, ReactionOutcome::Added);
+    assert_eq!(toggle(bob.id, "🎉", target).await, ReactionOutcome::Added);
+    assert_eq!(toggle(bob.id, "👍", target).await, ReactionOutcome::Removed);
+    assert_eq!(toggle(bob.id, "👍", target).await, ReactionOutcome::Added);
+    assert_eq!(
+        toggle(bob.id, "👍", MessageId::random()).await,
+        ReactionOutcome::NotFound
+    );
+    assert_eq!(
+        store
+            .delete_message(chat.id, sent[1].id, alice.id, now_micros())
+            .await
+            .expect("delete"),
+        ChangeOutcome::Done
+    );
+    assert_eq!(
+        toggle(bob.id, "👍", sent[1].id).await,
+        ReactionOutcome::NotFound,
+        "no reactions on deleted messages"
+    );
+}
+
+async fn large_batch_keeps_order(store: &dyn Store) {
+    let alice = user("b_alice");
+    let bob = user("b_bob");
+    for u in [&alice, &bob] {
+        store.create_user(u).await.expect("create user");
+    }
+    let start = now_micros();
+    let chat = conversation(alice.id, Some("busy"), start);
+    store
+        .create_conversation(&chat, &[alice.id, bob.id])
+        .await
+        .expect("create");
+    let batch = messages(chat.id, &[alice.id, bob.id], start, 1000);
+    store.insert_messages(&batch).await.expect("insert 1000");
+
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let older = page(store, chat.id, 100, before).await;
+        if older.is_empty() {
+            break;
+        }
+        before = Some(older[0].id);
+        seen.splice(0..0, older.iter().map(|m| m.id));
+    }
+    assert_eq!(seen, new_ids(&batch));
+    let updated = store
+        .conversation(chat.id)
+        .await
+        .expect("lookup")
+        .expect("exists");
+    assert_eq!(updated.updated_at, batch[999].created_at);
+}
+
+async fn failed_batch_commits_nothing(store: &dyn Store) {
+    let alice = user("f_alice");
+    store.create_user(&alice).await.expect("create user");
+    let start = now_micros();
+    let chat = conversation(alice.id, None, start);
+    store
+        .create_conversation(&chat, &[alice.id])
+        .await
+        .expect("create");
+    let first = messages(chat.id, &[alice.id], start, 1);
+    store.insert_messages(&first).await.expect("insert");
+
+    let later = start + chrono::Duration::seconds(1);
+    let mut batch = messages(chat.id, &[alice.id], later, 3);
+    batch[2].id = first[0].id;
+    let duplicate = store.insert_messages(&batch).await;
+    assert!(
+        matches!(duplicate, Err(StoreError::Conflict(_))),
+        "duplicate message id: {duplicate:?}"
+    );
+    assert_eq!(ids(&page(store, chat.id, 50, None).await), new_ids(&first));
+    let unchanged = store
+        .conversation(chat.id)
+        .await
+        .expect("lookup")
+        .expect("exists");
+    assert_eq!(unchanged.updated_at, start, "a failed batch bumps nothing");
+
+    let mut orphan = messages(chat.id, &[alice.id], later, 2);
+    orphan[1].conversation_id = ConversationId::random();
+    let rejected = store.insert_messages(&orphan).await;
+    assert!(
+        matches!(rejected, Err(StoreError::Query(_))),
+        "message of an unknown conversation: {rejected:?}"
+    );
+    assert_eq!(ids(&page(store, chat.id, 50, None).await), new_ids(&first));
+    store.insert_messages(&[]).await.expect("empty batch");
+}
+
+/// A database of its own for one test, dropped (connections and all) when this is.
+pub(crate) struct PgTestDb {
+    pub(crate) url: String,
+    name: String,
+}
+
+impl PgTestDb {
+    pub(crate) async fn create() -> Self {
+        let name = format!("chat_store_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = admin_client().await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        Self {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let (client, connection) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls),
+    )
+    .await
+    .expect("PostgreSQL answers at 127.0.0.1:5432 in time")
+    .expect("PostgreSQL runs at 127.0.0.1:5432 (user postgres, trust auth)");
+    tokio::spawn(connection);
+    client
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        // Drop may run inside a runtime that must not block on itself: a thread with
+        // its own runtime does the clean-up, even when the test is unwinding.
+        let cleaner = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the clean-up");
+            runtime.block_on(async {
+                admin_client()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .expect("drop the test database");
+            });
+        });
+        if cleaner.join().is_err() {
+            tracing::warn!("could not drop a test database");
+        }
+    }
+}
