@@ -19,7 +19,11 @@ pub enum IoDriver {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "chat-server", version, about = "Thread-per-core WebSocket chat server")]
+#[command(
+    name = "chat-server",
+    version,
+    about = "Thread-per-core WebSocket chat server"
+)]
 pub struct Config {
     /// Address every shard listens on (SO_REUSEPORT). Port 0 picks a free port.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]

@@ -16,8 +16,17 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn new(source: &str, field: impl Into<Value>, kind: &'static str, msg: impl Into<String>) -> Self {
-        Self { loc: vec![Value::from(source), field.into()], msg: msg.into(), kind }
+    pub fn new(
+        source: &str,
+        field: impl Into<Value>,
+        kind: &'static str,
+        msg: impl Into<String>,
+    ) -> Self {
+        Self {
+            loc: vec![Value::from(source), field.into()],
+            msg: msg.into(),
+            kind,
+        }
     }
 }
 

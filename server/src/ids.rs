@@ -65,7 +65,11 @@ impl MessageIdGen {
         let ms = u128::from(now.timestamp_millis().max(0).unsigned_abs()) & ((1 << 48) - 1);
         let random: u128 = rand::random::<u128>() & ((1 << 74) - 1);
         let candidate = ms << 80 | random;
-        let base = if candidate > self.last { candidate } else { self.last + 1 };
+        let base = if candidate > self.last {
+            candidate
+        } else {
+            self.last + 1
+        };
         self.last = base;
         // Lay the 74 bits below the timestamp around the version and variant fields.
         let rand_a = (base >> 62) & 0xfff;

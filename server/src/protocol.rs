@@ -27,12 +27,24 @@ pub enum Presence {
 /// A validated event from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientEvent {
-    Message { content: String },
+    Message {
+        content: String,
+    },
     Typing,
-    Edit { message_id: MessageId, content: String },
-    Delete { message_id: MessageId },
-    Reaction { message_id: MessageId, emoji: String },
-    Presence { status: Presence },
+    Edit {
+        message_id: MessageId,
+        content: String,
+    },
+    Delete {
+        message_id: MessageId,
+    },
+    Reaction {
+        message_id: MessageId,
+        emoji: String,
+    },
+    Presence {
+        status: Presence,
+    },
     Ping,
 }
 
@@ -75,14 +87,22 @@ pub struct Parsed {
 pub fn parse(buf: &mut [u8]) -> Parsed {
     let value = match simd_json::to_borrowed_value(buf) {
         Ok(v) => v,
-        Err(_) => return Parsed { event: Err(ProtocolError::InvalidJson), reference: None },
+        Err(_) => {
+            return Parsed {
+                event: Err(ProtocolError::InvalidJson),
+                reference: None,
+            }
+        }
     };
     let reference = value.get("ref").and_then(|r| match r {
         BorrowedValue::String(s) => Some(s.chars().take(REF_MAX_CHARS).collect()),
         BorrowedValue::Static(n) if !n.is_null() => Some(n.to_string()),
         _ => None,
     });
-    Parsed { event: event(&value), reference }
+    Parsed {
+        event: event(&value),
+        reference,
+    }
 }
 
 fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
@@ -91,17 +111,27 @@ fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
     }
     let kind = value.get_str("type").ok_or(ProtocolError::NotAnEvent)?;
     Ok(match kind {
-        "message" => ClientEvent::Message { content: content(value)? },
+        "message" => ClientEvent::Message {
+            content: content(value)?,
+        },
         "typing" => ClientEvent::Typing,
-        "edit" => ClientEvent::Edit { message_id: message_id(value)?, content: content(value)? },
-        "delete" => ClientEvent::Delete { message_id: message_id(value)? },
+        "edit" => ClientEvent::Edit {
+            message_id: message_id(value)?,
+            content: content(value)?,
+        },
+        "delete" => ClientEvent::Delete {
+            message_id: message_id(value)?,
+        },
         "reaction" => {
             let emoji = string(value, "emoji")?;
             let n = emoji.chars().count();
             if n == 0 || n > EMOJI_MAX_CHARS || emoji.trim().is_empty() {
                 return Err(ProtocolError::BadEmoji);
             }
-            ClientEvent::Reaction { message_id: message_id(value)?, emoji: emoji.to_owned() }
+            ClientEvent::Reaction {
+                message_id: message_id(value)?,
+                emoji: emoji.to_owned(),
+            }
         }
         "presence" => ClientEvent::Presence {
             status: match string(value, "status")? {
@@ -138,7 +168,9 @@ fn content(value: &BorrowedValue) -> Result<String, ProtocolError> {
 }
 
 fn message_id(value: &BorrowedValue) -> Result<MessageId, ProtocolError> {
-    string(value, "message_id")?.parse().map_err(|_| ProtocolError::UnknownMessage)
+    string(value, "message_id")?
+        .parse()
+        .map_err(|_| ProtocolError::UnknownMessage)
 }
 
 /// An event from the server. Field names and order follow API.md.
@@ -252,7 +284,10 @@ mod tests {
         assert_eq!(frame[0], 0x81);
         let (len, start) = match frame[1] {
             126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
-            127 => (u64::from_be_bytes(frame[2..10].try_into().expect("8 bytes")) as usize, 10),
+            127 => (
+                u64::from_be_bytes(frame[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            ),
             n => (usize::from(n), 2),
         };
         assert_eq!(frame.len(), start + len);
@@ -264,25 +299,44 @@ mod tests {
         let id = MessageId(uuid::Uuid::now_v7());
         assert_eq!(
             parse_str(r#"{"type":"message","content":"Hello!"}"#).event,
-            Ok(ClientEvent::Message { content: "Hello!".into() })
+            Ok(ClientEvent::Message {
+                content: "Hello!".into()
+            })
         );
-        assert_eq!(parse_str(r#"{"type": "typing"}"#).event, Ok(ClientEvent::Typing));
+        assert_eq!(
+            parse_str(r#"{"type": "typing"}"#).event,
+            Ok(ClientEvent::Typing)
+        );
         assert_eq!(parse_str(r#"{"type":"ping"}"#).event, Ok(ClientEvent::Ping));
         assert_eq!(
-            parse_str(&format!(r#"{{"type":"edit","message_id":"{id}","content":"x"}}"#)).event,
-            Ok(ClientEvent::Edit { message_id: id, content: "x".into() })
+            parse_str(&format!(
+                r#"{{"type":"edit","message_id":"{id}","content":"x"}}"#
+            ))
+            .event,
+            Ok(ClientEvent::Edit {
+                message_id: id,
+                content: "x".into()
+            })
         );
         assert_eq!(
             parse_str(&format!(r#"{{"type":"delete","message_id":"{id}"}}"#)).event,
             Ok(ClientEvent::Delete { message_id: id })
         );
         assert_eq!(
-            parse_str(&format!(r#"{{"type":"reaction","message_id":"{id}","emoji":"👍"}}"#)).event,
-            Ok(ClientEvent::Reaction { message_id: id, emoji: "👍".into() })
+            parse_str(&format!(
+                r#"{{"type":"reaction","message_id":"{id}","emoji":"👍"}}"#
+            ))
+            .event,
+            Ok(ClientEvent::Reaction {
+                message_id: id,
+                emoji: "👍".into()
+            })
         );
         assert_eq!(
             parse_str(r#"{"type":"presence","status":"away"}"#).event,
-            Ok(ClientEvent::Presence { status: Presence::Away })
+            Ok(ClientEvent::Presence {
+                status: Presence::Away
+            })
         );
     }
 
@@ -292,20 +346,45 @@ mod tests {
         assert_eq!(err("{not json"), ProtocolError::InvalidJson);
         assert_eq!(err("[1,2]"), ProtocolError::NotAnEvent);
         assert_eq!(err(r#"{"content":"x"}"#), ProtocolError::NotAnEvent);
-        assert_eq!(err(r#"{"type":"dance"}"#), ProtocolError::UnknownType("dance".into()));
-        assert_eq!(err(r#"{"type":"message"}"#), ProtocolError::Missing("content"));
-        assert_eq!(err(r#"{"type":"message","content":5}"#), ProtocolError::NotAString("content"));
-        assert_eq!(err(r#"{"type":"message","content":"   "}"#), ProtocolError::EmptyContent);
+        assert_eq!(
+            err(r#"{"type":"dance"}"#),
+            ProtocolError::UnknownType("dance".into())
+        );
+        assert_eq!(
+            err(r#"{"type":"message"}"#),
+            ProtocolError::Missing("content")
+        );
+        assert_eq!(
+            err(r#"{"type":"message","content":5}"#),
+            ProtocolError::NotAString("content")
+        );
+        assert_eq!(
+            err(r#"{"type":"message","content":"   "}"#),
+            ProtocolError::EmptyContent
+        );
         let long = "é".repeat(CONTENT_MAX_CHARS + 1);
-        assert_eq!(err(&format!(r#"{{"type":"message","content":"{long}"}}"#)), ProtocolError::ContentTooLong);
-        assert_eq!(err(r#"{"type":"edit","message_id":"nope","content":"x"}"#), ProtocolError::UnknownMessage);
-        assert_eq!(err(r#"{"type":"presence","status":"busy"}"#), ProtocolError::BadStatus);
+        assert_eq!(
+            err(&format!(r#"{{"type":"message","content":"{long}"}}"#)),
+            ProtocolError::ContentTooLong
+        );
+        assert_eq!(
+            err(r#"{"type":"edit","message_id":"nope","content":"x"}"#),
+            ProtocolError::UnknownMessage
+        );
+        assert_eq!(
+            err(r#"{"type":"presence","status":"busy"}"#),
+            ProtocolError::BadStatus
+        );
     }
 
     #[test]
     fn content_limit_counts_characters() {
         let exactly = "é".repeat(CONTENT_MAX_CHARS);
-        assert!(parse_str(&format!(r#"{{"type":"message","content":"{exactly}"}}"#)).event.is_ok());
+        assert!(
+            parse_str(&format!(r#"{{"type":"message","content":"{exactly}"}}"#))
+                .event
+                .is_ok()
+        );
     }
 
     #[test]
@@ -320,7 +399,11 @@ mod tests {
     fn frames_are_valid_for_every_size() {
         for size in [0, 10, 125, 126, 1000, 65_535, 70_000] {
             let content = "x".repeat(size);
-            let frame = ServerEvent::Error { detail: &content, reference: None }.frame();
+            let frame = ServerEvent::Error {
+                detail: &content,
+                reference: None,
+            }
+            .frame();
             let v = unframe(&frame);
             assert_eq!(v["type"], "error");
             assert_eq!(v["detail"].as_str().map(str::len), Some(size));
@@ -329,7 +412,11 @@ mod tests {
 
     #[test]
     fn message_event_matches_the_contract() {
-        let (m, c, u) = (MessageId(uuid::Uuid::now_v7()), ConversationId::random(), UserId::random());
+        let (m, c, u) = (
+            MessageId(uuid::Uuid::now_v7()),
+            ConversationId::random(),
+            UserId::random(),
+        );
         let v = unframe(
             &ServerEvent::Message {
                 message_id: m,
@@ -348,7 +435,10 @@ mod tests {
                 "content":"Hello everyone!","sender_id":u.to_string(),"sender_username":"alice",
                 "timestamp":"2026-02-04T10:30:00.123456Z","is_edited":false})
         );
-        assert_eq!(unframe(&ServerEvent::Pong.frame()), serde_json::json!({"type":"pong"}));
+        assert_eq!(
+            unframe(&ServerEvent::Pong.frame()),
+            serde_json::json!({"type":"pong"})
+        );
     }
 
     #[test]

@@ -14,9 +14,9 @@ use crate::app::App;
 use crate::auth::{JwtKeys, PasswordPool};
 use crate::config::Config;
 use crate::hub::bus::{Bus, ShardMsg};
+use crate::shard;
 use crate::store::writer::{self, BatchPolicy};
 use crate::store::{self, Db};
-use crate::shard;
 
 const DEV_KEY_FILE: &str = "dev-secret-key";
 
@@ -30,19 +30,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("store runtime")?;
     let store = store_runtime
-        .block_on(store::open(config.database_url.as_deref(), &config.data_dir, config.db_pool_size))
+        .block_on(store::open(
+            config.database_url.as_deref(),
+            &config.data_dir,
+            config.db_pool_size,
+        ))
         .context("opening the store")?;
     tracing::info!(
-        store = if config.database_url.is_some() { "postgres" } else { "sqlite" },
+        store = if config.database_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         "store ready, migrations applied"
     );
-    let policy = BatchPolicy { max_batch: config.writer_max_batch, max_delay: config.writer_max_delay() };
+    let policy = BatchPolicy {
+        max_batch: config.writer_max_batch,
+        max_delay: config.writer_max_delay(),
+    };
     let (writer, writer_done) = writer::spawn(Arc::clone(&store), policy, store_runtime.handle());
     let app = Arc::new(App {
         db: Db::new(store, store_runtime.handle().clone()),
         writer,
         jwt: JwtKeys::new(&secret, config.token_ttl()),
-        passwords: PasswordPool::new(config.hash_threads, config.hash_queue).context("password pool")?,
+        passwords: PasswordPool::new(config.hash_threads, config.hash_queue)
+            .context("password pool")?,
         bus: Arc::new(Bus::new(shards)),
         config,
     });
@@ -54,7 +66,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(shards, "listening on {}", shard::describe(addr));
 
     if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "stopping: no new connections, finishing in-flight work");
+        tracing::info!(
+            signal,
+            "stopping: no new connections, finishing in-flight work"
+        );
     }
     app.bus.broadcast(|| ShardMsg::Shutdown);
     for s in started {
@@ -78,7 +93,9 @@ fn signing_key(config: &Config) -> anyhow::Result<Vec<u8>> {
         return Ok(key.as_bytes().to_vec());
     }
     if config.production {
-        anyhow::bail!("--production requires SECRET_KEY: refusing to sign tokens with a development key");
+        anyhow::bail!(
+            "--production requires SECRET_KEY: refusing to sign tokens with a development key"
+        );
     }
     let key = dev_key(&config.data_dir)?;
     tracing::warn!(
@@ -96,7 +113,9 @@ fn dev_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
         }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key: String = (0..64).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+    let key: String = (0..64)
+        .map(|_| format!("{:x}", rand::random::<u8>() & 0xf))
+        .collect();
     std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
     Ok(key.into_bytes())
 }

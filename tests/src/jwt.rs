@@ -13,16 +13,29 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// An HS256 token `{"sub": sub, "exp": now + exp_in_secs}` signed with `secret` (its
-/// UTF-8 bytes, as `SECRET_KEY` is used).
+/// An HS256 token `{"sub": sub, "iat": now, "exp": now + exp_in_secs}` signed with
+/// `secret` (its UTF-8 bytes, as `SECRET_KEY` is used).
 pub fn hs256(secret: &str, sub: &str, exp_in_secs: i64) -> anyhow::Result<String> {
-    let claims = json!({"sub": sub, "exp": now() + exp_in_secs});
+    let now = now();
+    hs256_claims(
+        secret,
+        &json!({"sub": sub, "iat": now.min(now + exp_in_secs), "exp": now + exp_in_secs}),
+    )
+}
+
+/// An HS256 token with exactly these claims.
+pub fn hs256_claims(secret: &str, claims: &serde_json::Value) -> anyhow::Result<String> {
     encode(
         &Header::default(),
-        &claims,
+        claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .context("encoding JWT")
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    now()
 }
 
 /// An unsigned token with header `{"alg":"none","typ":"JWT"}` and an empty signature.

@@ -57,29 +57,50 @@ where
     server.finish(result);
 }
 
+/// Runs `scenario` against each of the four configurations in turn (one server each),
+/// for a single `#[tokio::test]` covering all of them:
+/// `for_all_configs(|srv| Box::pin(scenario(srv))).await`.
+pub async fn for_all_configs<F>(scenario: F)
+where
+    F: for<'a> Fn(
+        &'a mut TestServer,
+    ) -> futures_util::future::LocalBoxFuture<'a, anyhow::Result<()>>,
+{
+    for opts in all_configs() {
+        run_with(opts, &scenario).await;
+    }
+}
+
 /// Generates, for each named scenario `async fn NAME(&TestServer) -> anyhow::Result<()>`
 /// (or `&mut TestServer`), a module `NAME` with the tests `sqlite_uring`,
 /// `sqlite_epoll`, `postgres_uring` and `postgres_epoll` (2 shards each).
+///
+/// `e2e!(options = |o| o.arg("--max-body-bytes").arg("1024"); NAME, ...)` adjusts the
+/// options of every configuration (the closure must not capture anything).
 #[macro_export]
 macro_rules! e2e {
-    ($($scenario:ident),+ $(,)?) => {
+    (options = $opts:expr; $($scenario:ident),+ $(,)?) => {
         $(
             mod $scenario {
-                $crate::e2e!(@test $scenario, sqlite_uring, Sqlite, Uring);
-                $crate::e2e!(@test $scenario, sqlite_epoll, Sqlite, Epoll);
-                $crate::e2e!(@test $scenario, postgres_uring, Postgres, Uring);
-                $crate::e2e!(@test $scenario, postgres_epoll, Postgres, Epoll);
+                $crate::e2e!(@test $scenario, sqlite_uring, Sqlite, Uring, $opts);
+                $crate::e2e!(@test $scenario, sqlite_epoll, Sqlite, Epoll, $opts);
+                $crate::e2e!(@test $scenario, postgres_uring, Postgres, Uring, $opts);
+                $crate::e2e!(@test $scenario, postgres_epoll, Postgres, Epoll, $opts);
             }
         )+
     };
-    (@test $scenario:ident, $name:ident, $store:ident, $driver:ident) => {
+    (@test $scenario:ident, $name:ident, $store:ident, $driver:ident, $opts:expr) => {
         #[::tokio::test]
         async fn $name() {
+            let customize: fn($crate::ServerOptions) -> $crate::ServerOptions = $opts;
             $crate::run_with(
-                $crate::ServerOptions::new($crate::Store::$store, $crate::IoDriver::$driver),
+                customize($crate::ServerOptions::new($crate::Store::$store, $crate::IoDriver::$driver)),
                 |server| ::std::boxed::Box::pin(super::$scenario(server)),
             )
             .await
         }
+    };
+    ($($scenario:ident),+ $(,)?) => {
+        $crate::e2e!(options = |opts| opts; $($scenario),+);
     };
 }

@@ -291,15 +291,14 @@ impl TestServer {
         }
         cmd.arg("--secret-key").arg(&self.secret_key);
         cmd.args(&self.opts.extra_args);
-        // Keep the developer's environment from changing what is under test.
-        for var in [
-            "DATABASE_URL",
-            "SECRET_KEY",
-            "REDIS_URL",
-            "DATA_DIR",
-            "LISTEN",
-        ] {
-            cmd.env_remove(var);
+        // Every setting is also an environment variable: start from an empty
+        // environment so the developer's (DATABASE_URL, SHARDS, ...) cannot change what
+        // is under test.
+        cmd.env_clear();
+        for var in ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER"] {
+            if let Some(value) = std::env::var_os(var) {
+                cmd.env(var, value);
+            }
         }
         cmd.env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

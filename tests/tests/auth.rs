@@ -158,6 +158,23 @@ async fn register_validation(srv: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Unknown fields are ignored, as by a FastAPI (pydantic) model: clients may send more.
+async fn register_ignores_unknown_fields(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let name = unique_name("extra");
+    let body = json!({"username": name, "password": PASSWORD, "email": "a@example.com"});
+    let created = api
+        .post("/api/auth/register", None, &body)
+        .await?
+        .expect(201)?;
+    ensure!(created["username"] == name.as_str(), "{created}");
+    let body = json!({"username": name, "password": PASSWORD, "remember_me": true});
+    api.post("/api/auth/login", None, &body)
+        .await?
+        .expect(200)?;
+    Ok(())
+}
+
 /// Malformed or non-object JSON bodies: 422, never 400/500.
 async fn register_malformed_json(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
@@ -344,8 +361,33 @@ async fn token_signed_with_server_key(srv: &TestServer) -> anyhow::Result<()> {
     let me = api.me(&token).await?.expect(200)?;
     ensure!(me["id"] == user.user_id.as_str(), "me: {me}");
 
+    // Other well-formed claims sets are fine too.
+    let now = jwt::unix_now();
+    let token = jwt::hs256_claims(
+        srv.secret_key(),
+        &json!({"sub": user.user_id, "iat": now, "exp": now + 600, "jti": "x", "type": "access"}),
+    )?;
+    api.me(&token).await?.expect(200)?;
+
     let ghost = uuid::Uuid::new_v4().to_string();
     let token = jwt::hs256(srv.secret_key(), &ghost, 3600)?;
+    api.me(&token).await?.expect_error(401)?;
+    Ok(())
+}
+
+/// The token shape of the FastAPI original (python-jose): only `sub` and `exp`, no
+/// `iat`. API.md requires just those two, so such a token must be accepted.
+async fn token_with_sub_and_exp_only(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let user = api.new_user("subexp").await?;
+    let token = jwt::hs256_claims(
+        srv.secret_key(),
+        &json!({"sub": user.user_id, "exp": jwt::unix_now() + 3600}),
+    )?;
+    let me = api.me(&token).await?.expect(200)?;
+    ensure!(me["id"] == user.user_id.as_str(), "me: {me}");
+    // Without `exp` it is refused.
+    let token = jwt::hs256_claims(srv.secret_key(), &json!({"sub": user.user_id}))?;
     api.me(&token).await?.expect_error(401)?;
     Ok(())
 }
@@ -400,10 +442,12 @@ tests::e2e!(
     register_conflict,
     register_validation,
     register_malformed_json,
+    register_ignores_unknown_fields,
     login_success,
     login_failures,
     me_success,
     me_unauthorized,
     token_signed_with_server_key,
+    token_with_sub_and_exp_only,
     users_lookup,
 );

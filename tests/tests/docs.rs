@@ -142,6 +142,13 @@ async fn check_docs_page(srv: &TestServer, path: &str) -> anyhow::Result<()> {
         "GET {path}: content-type {content_type:?}"
     );
     let server = Url::parse(srv.base_url())?;
+    // Relative references resolve against `<base href>` when the page has one.
+    let base_url = match attribute_values(&html, "href", "base").first() {
+        Some(base) => page_url
+            .join(base)
+            .with_context(|| format!("{path}: bad <base href={base:?}>"))?,
+        None => page_url.clone(),
+    };
 
     let scripts = attribute_values(&html, "src", "script");
     let styles = attribute_values(&html, "href", "link");
@@ -155,7 +162,7 @@ async fn check_docs_page(srv: &TestServer, path: &str) -> anyhow::Result<()> {
         if reference.is_empty() || reference.starts_with("data:") || reference.starts_with('#') {
             continue;
         }
-        let url = page_url
+        let url = base_url
             .join(reference)
             .with_context(|| format!("{path}: bad reference {reference:?}"))?;
         if url.host_str() != server.host_str()

@@ -64,17 +64,15 @@ async fn wrong_method(srv: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A registration body padded with an extra field to `size` bytes.
+/// A valid registration body padded with JSON whitespace to `size` bytes.
 fn padded_register_body(size: usize) -> Vec<u8> {
-    let head = format!(
-        r#"{{"username":"{}","password":"password123","pad":""#,
+    let json = format!(
+        r#"{{"username":"{}","password":"password123"}}"#,
         unique_name("big")
     );
-    let tail = "\"}";
-    let pad = size.saturating_sub(head.len() + tail.len());
-    let mut body = head.into_bytes();
-    body.extend(std::iter::repeat_n(b'a', pad));
-    body.extend_from_slice(tail.as_bytes());
+    let mut body = json.into_bytes();
+    let pad = size.saturating_sub(body.len());
+    body.extend(std::iter::repeat_n(b' ', pad));
     body
 }
 
@@ -105,7 +103,7 @@ async fn body_too_large(srv: &TestServer) -> anyhow::Result<()> {
     .await?
     .expect_error(413)?;
 
-    // Just under the limit is accepted (the unknown field is ignored).
+    // Just under the limit is accepted.
     let under = padded_register_body(MIB - 1024);
     api.request_raw(
         Method::POST,
@@ -204,4 +202,33 @@ tests::e2e!(
     body_too_large,
     chunked_body_too_large,
     json_content_type,
+);
+
+/// The body limit follows `--max-body-bytes`.
+async fn body_limit_is_configurable(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    api.request_raw(
+        Method::POST,
+        "/api/auth/register",
+        None,
+        "application/json",
+        padded_register_body(1000),
+    )
+    .await?
+    .expect(201)?;
+    api.request_raw(
+        Method::POST,
+        "/api/auth/register",
+        None,
+        "application/json",
+        padded_register_body(3000),
+    )
+    .await?
+    .expect_error(413)?;
+    Ok(())
+}
+
+tests::e2e!(
+    options = |opts| opts.arg("--max-body-bytes").arg("2048");
+    body_limit_is_configurable,
 );

@@ -50,4 +50,35 @@ async fn acked_messages_survive_kill9(srv: &mut TestServer) -> anyhow::Result<()
     Ok(())
 }
 
-tests::e2e!(rest_data_survives_kill9, acked_messages_survive_kill9);
+/// SIGTERM stops the server cleanly (exit status 0) after it has served REST and
+/// WebSocket traffic, and what it acknowledged is there after a restart.
+async fn sigterm_stops_cleanly(srv: &mut TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let alice = api.new_user("alice").await?;
+    let conv = api.create_conversation(&alice, "bye", &[]).await?;
+    let id = str_field(&conv, "id")?;
+    let mut ws = WsClient::connect(&srv.ws_base_url(), &id, &alice.token).await?;
+    let ack = ws.send_message("last words").await?;
+    ws.close().await?;
+
+    // Generous bound: this guards against a hang, it is not a latency assertion.
+    let status = srv.terminate(std::time::Duration::from_secs(60)).await?;
+    let Some(status) = status else {
+        bail!("the server did not exit within 60 s of SIGTERM");
+    };
+    ensure!(status.success(), "exit status after SIGTERM: {status}");
+
+    srv.restart().await?;
+    let history = srv.api().history_list(&alice, &id, "").await?;
+    ensure!(
+        ids(&history) == vec![str_field(&ack, "message_id")?],
+        "history after SIGTERM and restart: {history:?}"
+    );
+    Ok(())
+}
+
+tests::e2e!(
+    rest_data_survives_kill9,
+    acked_messages_survive_kill9,
+    sigterm_stops_cleanly,
+);

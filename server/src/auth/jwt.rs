@@ -42,12 +42,17 @@ impl JwtKeys {
 
     pub fn issue(&self, user: UserId) -> Result<String, TokenError> {
         let iat = jsonwebtoken::get_current_timestamp();
-        let claims = Claims { sub: user.to_string(), iat, exp: iat + self.ttl.as_secs() };
+        let claims = Claims {
+            sub: user.to_string(),
+            iat,
+            exp: iat + self.ttl.as_secs(),
+        };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| TokenError)
     }
 
     pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError)?;
+        let data =
+            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError)?;
         data.claims.sub.parse().map_err(|_| TokenError)
     }
 }
@@ -61,8 +66,12 @@ mod tests {
     }
 
     fn forge(claims: &serde_json::Value, secret: &[u8]) -> String {
-        encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
-            .expect("encode")
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .expect("encode")
     }
 
     #[test]
@@ -96,8 +105,12 @@ mod tests {
         let now = jsonwebtoken::get_current_timestamp();
         let header = encode_segment(br#"{"alg":"none","typ":"JWT"}"#);
         let body = encode_segment(
-            format!(r#"{{"sub":"{}","iat":{now},"exp":{}}}"#, UserId::random(), now + 3600)
-                .as_bytes(),
+            format!(
+                r#"{{"sub":"{}","iat":{now},"exp":{}}}"#,
+                UserId::random(),
+                now + 3600
+            )
+            .as_bytes(),
         );
         assert!(keys().verify(&format!("{header}.{body}.")).is_err());
     }
@@ -108,9 +121,15 @@ mod tests {
         let secret = b"test-secret-key-of-some-length";
         let no_sub = forge(&serde_json::json!({"iat": now, "exp": now + 60}), secret);
         assert!(keys().verify(&no_sub).is_err());
-        let bad_sub = forge(&serde_json::json!({"sub": "bob", "iat": now, "exp": now + 60}), secret);
+        let bad_sub = forge(
+            &serde_json::json!({"sub": "bob", "iat": now, "exp": now + 60}),
+            secret,
+        );
         assert!(keys().verify(&bad_sub).is_err());
-        let no_exp = forge(&serde_json::json!({"sub": UserId::random().to_string()}), secret);
+        let no_exp = forge(
+            &serde_json::json!({"sub": UserId::random().to_string()}),
+            secret,
+        );
         assert!(keys().verify(&no_exp).is_err());
     }
 
@@ -122,7 +141,11 @@ mod tests {
         pub fn encode_segment(input: &[u8]) -> String {
             let mut out = String::new();
             for chunk in input.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
                 for i in 0..=chunk.len() {
                     out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));

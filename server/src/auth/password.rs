@@ -18,8 +18,15 @@ pub enum HashError {
 }
 
 enum Job {
-    Hash { password: String, reply: oneshot::Sender<Result<String, HashError>> },
-    Verify { password: String, hash: Option<String>, reply: oneshot::Sender<bool> },
+    Hash {
+        password: String,
+        reply: oneshot::Sender<Result<String, HashError>>,
+    },
+    Verify {
+        password: String,
+        hash: Option<String>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 pub struct PasswordPool {
@@ -31,23 +38,30 @@ impl PasswordPool {
         let (jobs, rx) = bounded::<Job>(queue.max(1));
         // Verifying an unknown user's password against this keeps "no such user" and
         // "wrong password" equally slow.
-        let decoy = hash(&format!("decoy-{}", rand::random::<u64>())).map_err(std::io::Error::other)?;
+        let decoy =
+            hash(&format!("decoy-{}", rand::random::<u64>())).map_err(std::io::Error::other)?;
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             let decoy = decoy.clone();
-            std::thread::Builder::new().name(format!("password-{i}")).spawn(move || {
-                for job in rx {
-                    match job {
-                        Job::Hash { password, reply } => {
-                            let _ = reply.send(hash(&password));
-                        }
-                        Job::Verify { password, hash, reply } => {
-                            let ok = verify(&password, hash.as_deref().unwrap_or(&decoy));
-                            let _ = reply.send(ok && hash.is_some());
+            std::thread::Builder::new()
+                .name(format!("password-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        match job {
+                            Job::Hash { password, reply } => {
+                                let _ = reply.send(hash(&password));
+                            }
+                            Job::Verify {
+                                password,
+                                hash,
+                                reply,
+                            } => {
+                                let ok = verify(&password, hash.as_deref().unwrap_or(&decoy));
+                                let _ = reply.send(ok && hash.is_some());
+                            }
                         }
                     }
-                }
-            })?;
+                })?;
         }
         Ok(Self { jobs })
     }
@@ -61,7 +75,11 @@ impl PasswordPool {
     /// `hash` is `None` for an unknown user: the answer is `false`, after the same work.
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, HashError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Job::Verify { password, hash, reply })?;
+        self.submit(Job::Verify {
+            password,
+            hash,
+            reply,
+        })?;
         rx.await.map_err(|_| HashError::Failed)
     }
 
@@ -82,8 +100,11 @@ fn hash(password: &str) -> Result<String, HashError> {
 }
 
 fn verify(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -102,12 +123,23 @@ mod tests {
     #[test]
     fn pool_verifies_and_refuses_unknown_users() {
         let pool = PasswordPool::new(1, 4).expect("pool");
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         rt.block_on(async {
             let h = pool.hash("password123".into()).await.expect("hash");
-            assert!(pool.verify("password123".into(), Some(h.clone())).await.expect("verify"));
-            assert!(!pool.verify("password124".into(), Some(h)).await.expect("verify"));
-            assert!(!pool.verify("password123".into(), None).await.expect("verify"));
+            assert!(pool
+                .verify("password123".into(), Some(h.clone()))
+                .await
+                .expect("verify"));
+            assert!(!pool
+                .verify("password124".into(), Some(h))
+                .await
+                .expect("verify"));
+            assert!(!pool
+                .verify("password123".into(), None)
+                .await
+                .expect("verify"));
         });
     }
 }

@@ -34,10 +34,20 @@ pub async fn register(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
     let creds: Credentials = request::json(&body)?;
     let mut errors = Vec::new();
     if let Err(msg) = check_username(&creds.username) {
-        errors.push(crate::error::FieldError::new("body", "username", "value_error", msg));
+        errors.push(crate::error::FieldError::new(
+            "body",
+            "username",
+            "value_error",
+            msg,
+        ));
     }
     if let Err(msg) = check_password(&creds.password) {
-        errors.push(crate::error::FieldError::new("body", "password", "value_error", msg));
+        errors.push(crate::error::FieldError::new(
+            "body",
+            "password",
+            "value_error",
+            msg,
+        ));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -50,7 +60,12 @@ pub async fn register(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         created_at: now_micros(),
     };
     let stored = user.clone();
-    match shard.app.db.call(move |s| async move { s.create_user(&stored).await }).await {
+    match shard
+        .app
+        .db
+        .call(move |s| async move { s.create_user(&stored).await })
+        .await
+    {
         Ok(()) => Ok(json(StatusCode::CREATED, &UserOut::from(&user))),
         Err(StoreError::Conflict(_)) => Err(ApiError::Conflict("Username already registered")),
         Err(e) => Err(e.into()),
@@ -76,16 +91,28 @@ pub async fn login(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let creds: Credentials = request::json(&body)?;
     let name = creds.username.clone();
-    let user = shard.app.db.call(move |s| async move { s.user_by_name(&name).await }).await?;
+    let user = shard
+        .app
+        .db
+        .call(move |s| async move { s.user_by_name(&name).await })
+        .await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     if !shard.app.passwords.verify(creds.password, hash).await? {
         return Err(ApiError::BadCredentials);
     }
     let user = user.ok_or(ApiError::BadCredentials)?;
-    let access_token = shard.app.jwt.issue(user.id).map_err(|_| ApiError::InvalidToken)?;
+    let access_token = shard
+        .app
+        .jwt
+        .issue(user.id)
+        .map_err(|_| ApiError::InvalidToken)?;
     Ok(json(
         StatusCode::OK,
-        &Token { access_token, token_type: "bearer", user_id: user.id.to_string() },
+        &Token {
+            access_token,
+            token_type: "bearer",
+            user_id: user.id.to_string(),
+        },
     ))
 }
 
@@ -103,7 +130,11 @@ pub async fn login(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
 )]
 pub async fn me(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let user = shard.app.db.call(move |s| async move { s.user_by_id(me).await }).await?;
+    let user = shard
+        .app
+        .db
+        .call(move |s| async move { s.user_by_id(me).await })
+        .await?;
     // A valid signature over a user that no longer exists is still not a valid login.
     let user = user.ok_or(ApiError::InvalidToken)?;
     Ok(json(StatusCode::OK, &UserOut::from(&user)))
@@ -113,6 +144,7 @@ pub async fn me(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
 #[utoipa::path(
     get,
     path = "/api/users",
+    operation_id = "find_users",
     tag = "users",
     security(("bearer" = [])),
     params(("username" = String, Query, description = "Exact username to look up")),
@@ -127,10 +159,17 @@ pub async fn lookup(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
     request::bearer(shard, &req)?;
     let name = request::query_param(&req, "username")
         .ok_or_else(|| ApiError::field("query", "username", "missing", "Field required"))?;
-    let user = shard.app.db.call(move |s| async move { s.user_by_name(&name).await }).await?;
+    let user = shard
+        .app
+        .db
+        .call(move |s| async move { s.user_by_name(&name).await })
+        .await?;
     let found: Vec<UserSummary> = user
         .into_iter()
-        .map(|u| UserSummary { id: u.id.to_string(), username: u.username })
+        .map(|u| UserSummary {
+            id: u.id.to_string(),
+            username: u.username,
+        })
         .collect();
     Ok(json(StatusCode::OK, &found))
 }

@@ -7,7 +7,9 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::dto::{ConversationOut, ErrorBody, HistoryQuery, MessageOut, NewConversation, NewParticipant};
+use super::dto::{
+    ConversationOut, ErrorBody, HistoryQuery, MessageOut, NewConversation, NewParticipant,
+};
 use super::{empty, json, request, Reply};
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};
@@ -35,7 +37,11 @@ async fn member_of(shard: &Shard, me: UserId, id: &str) -> Result<ConversationRe
         .db
         .call(move |s| async move {
             let c = s.conversation(id).await?;
-            let member = if c.is_some() { s.is_member(id, me).await? } else { false };
+            let member = if c.is_some() {
+                s.is_member(id, me).await?
+            } else {
+                false
+            };
             Ok((c, member))
         })
         .await?;
@@ -48,7 +54,11 @@ async fn member_of(shard: &Shard, me: UserId, id: &str) -> Result<ConversationRe
 
 async fn with_participants(shard: &Shard, c: &ConversationRecord) -> Reply {
     let id = c.id;
-    let ids = shard.app.db.call(move |s| async move { s.participants(id).await }).await?;
+    let ids = shard
+        .app
+        .db
+        .call(move |s| async move { s.participants(id).await })
+        .await?;
     let ids = ids.iter().map(ToString::to_string).collect();
     Ok(json(StatusCode::OK, &ConversationOut::new(c, Some(ids))))
 }
@@ -57,6 +67,7 @@ async fn with_participants(shard: &Shard, c: &ConversationRecord) -> Reply {
 #[utoipa::path(
     post,
     path = "/api/chat/conversations",
+    operation_id = "create_conversation",
     tag = "conversations",
     security(("bearer" = [])),
     request_body = NewConversation,
@@ -75,10 +86,23 @@ pub async fn create(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let new: NewConversation = request::json(&body)?;
     let mut errors = Vec::new();
-    if new.name.as_ref().is_some_and(|n| n.chars().count() > NAME_MAX) {
-        errors.push(FieldError::new("body", "name", "string_too_long", format!("At most {NAME_MAX} characters")));
+    if new
+        .name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > NAME_MAX)
+    {
+        errors.push(FieldError::new(
+            "body",
+            "name",
+            "string_too_long",
+            format!("At most {NAME_MAX} characters"),
+        ));
     }
-    if new.description.as_ref().is_some_and(|d| d.chars().count() > DESCRIPTION_MAX) {
+    if new
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > DESCRIPTION_MAX)
+    {
         errors.push(FieldError::new(
             "body",
             "description",
@@ -123,13 +147,17 @@ pub async fn create(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         return Err(user_not_found(&id.to_string()));
     }
     let ids = participants.iter().map(ToString::to_string).collect();
-    Ok(json(StatusCode::CREATED, &ConversationOut::new(&conversation, Some(ids))))
+    Ok(json(
+        StatusCode::CREATED,
+        &ConversationOut::new(&conversation, Some(ids)),
+    ))
 }
 
 /// The caller's conversations, most recently active first.
 #[utoipa::path(
     get,
     path = "/api/chat/conversations",
+    operation_id = "list_conversations",
     tag = "conversations",
     security(("bearer" = [])),
     responses(
@@ -140,7 +168,11 @@ pub async fn create(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
 )]
 pub async fn list(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let list = shard.app.db.call(move |s| async move { s.conversations_of(me).await }).await?;
+    let list = shard
+        .app
+        .db
+        .call(move |s| async move { s.conversations_of(me).await })
+        .await?;
     let out: Vec<ConversationOut> = list.iter().map(|c| ConversationOut::new(c, None)).collect();
     Ok(json(StatusCode::OK, &out))
 }
@@ -149,6 +181,7 @@ pub async fn list(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
 #[utoipa::path(
     get,
     path = "/api/chat/conversations/{id}",
+    operation_id = "get_conversation",
     tag = "conversations",
     security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid, description = "Conversation id")),
@@ -189,7 +222,10 @@ pub async fn add_participant(shard: &Rc<Shard>, req: Request<Incoming>, id: &str
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let new: NewParticipant = request::json(&body)?;
     let conversation = member_of(shard, me, id).await?;
-    let user: UserId = new.user_id.parse().map_err(|_| user_not_found(&new.user_id))?;
+    let user: UserId = new
+        .user_id
+        .parse()
+        .map_err(|_| user_not_found(&new.user_id))?;
     let conversation_id = conversation.id;
     let added = shard
         .app
@@ -226,12 +262,19 @@ pub async fn add_participant(shard: &Rc<Shard>, req: Request<Incoming>, id: &str
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn remove_participant(shard: &Rc<Shard>, req: Request<Incoming>, id: &str, user: &str) -> Reply {
+pub async fn remove_participant(
+    shard: &Rc<Shard>,
+    req: Request<Incoming>,
+    id: &str,
+    user: &str,
+) -> Reply {
     let me = request::bearer(shard, &req)?;
     let conversation = member_of(shard, me, id).await?;
     let user: UserId = user.parse().map_err(|_| user_not_found(user))?;
     if user != me && conversation.created_by != me {
-        return Err(ApiError::Forbidden("Only the creator can remove other participants"));
+        return Err(ApiError::Forbidden(
+            "Only the creator can remove other participants",
+        ));
     }
     let conversation_id = conversation.id;
     let removed = shard
@@ -240,7 +283,9 @@ pub async fn remove_participant(shard: &Rc<Shard>, req: Request<Incoming>, id: &
         .call(move |s| async move { s.remove_participant(conversation_id, user).await })
         .await?;
     if !removed {
-        return Err(ApiError::NotFound(format!("User {user} is not a participant")));
+        return Err(ApiError::NotFound(format!(
+            "User {user} is not a participant"
+        )));
     }
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -249,6 +294,7 @@ pub async fn remove_participant(shard: &Rc<Shard>, req: Request<Incoming>, id: &
 #[utoipa::path(
     get,
     path = "/api/chat/conversations/{id}/messages",
+    operation_id = "list_messages",
     tag = "messages",
     security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid, description = "Conversation id"), HistoryQuery),
@@ -271,7 +317,12 @@ pub async fn history(shard: &Rc<Shard>, req: Request<Incoming>, id: &str) -> Rep
             .ok()
             .filter(|n| (1..=HISTORY_MAX).contains(n))
             .ok_or_else(|| {
-                ApiError::field("query", "limit", "value_error", format!("limit must be an integer from 1 to {HISTORY_MAX}"))
+                ApiError::field(
+                    "query",
+                    "limit",
+                    "value_error",
+                    format!("limit must be an integer from 1 to {HISTORY_MAX}"),
+                )
             })?,
     };
     let before_raw = request::query_param(&req, "before").filter(|b| !b.is_empty());
@@ -285,7 +336,9 @@ pub async fn history(shard: &Rc<Shard>, req: Request<Incoming>, id: &str) -> Rep
     let page = shard
         .app
         .db
-        .call(move |s: std::sync::Arc<dyn Store>| async move { s.history(conversation_id, limit, before).await })
+        .call(move |s: std::sync::Arc<dyn Store>| async move {
+            s.history(conversation_id, limit, before).await
+        })
         .await?
         .ok_or_else(message_not_found)?;
     let out: Vec<MessageOut> = page.into_iter().map(MessageOut::from).collect();

@@ -14,7 +14,12 @@ use crate::store::{ConversationRecord, MessageRecord, UserRecord};
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// 3-32 characters of `[A-Za-z0-9_.-]`.
-    #[schema(example = "alice", min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]+$")]
+    #[schema(
+        example = "alice",
+        min_length = 3,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9_.-]+$"
+    )]
     pub username: String,
     /// 8-128 characters.
     #[schema(example = "password123", min_length = 8, max_length = 128)]
@@ -33,7 +38,11 @@ pub struct UserOut {
 
 impl From<&UserRecord> for UserOut {
     fn from(u: &UserRecord) -> Self {
-        Self { id: u.id.to_string(), username: u.username.clone(), created_at: u.created_at }
+        Self {
+            id: u.id.to_string(),
+            username: u.username.clone(),
+            created_at: u.created_at,
+        }
     }
 }
 
@@ -177,7 +186,6 @@ pub struct Readiness {
 /// cannot carry a default.
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // never built: it exists for its `IntoParams` description only
 pub struct HistoryQuery {
     /// How many messages at most.
     #[param(minimum = 1, maximum = 100, default = 50)]

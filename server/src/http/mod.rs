@@ -28,7 +28,10 @@ pub type Body = Full<Bytes>;
 pub type Reply = Result<Response<Body>, ApiError>;
 
 /// Entry point of every request on a shard.
-pub async fn serve(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn serve(
+    shard: Rc<Shard>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
     let response = match route(&shard, req).instrument(span.clone()).await {
         Ok(response) => response,
@@ -47,9 +50,13 @@ async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         (["api", "auth", "login"], &Method::POST) => auth::login(shard, req).await,
         (["api", "auth", "me"], &Method::GET) => auth::me(shard, req).await,
         (["api", "users"], &Method::GET) => auth::lookup(shard, req).await,
-        (["api", "chat", "conversations"], &Method::POST) => conversations::create(shard, req).await,
+        (["api", "chat", "conversations"], &Method::POST) => {
+            conversations::create(shard, req).await
+        }
         (["api", "chat", "conversations"], &Method::GET) => conversations::list(shard, req).await,
-        (["api", "chat", "conversations", id], &Method::GET) => conversations::get(shard, req, id).await,
+        (["api", "chat", "conversations", id], &Method::GET) => {
+            conversations::get(shard, req, id).await
+        }
         (["api", "chat", "conversations", id, "participants"], &Method::POST) => {
             conversations::add_participant(shard, req, id).await
         }
@@ -60,7 +67,9 @@ async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
             conversations::history(shard, req, id).await
         }
         (["api", "chat", "ws", id], &Method::GET) => crate::ws::upgrade(shard, req, id).await,
-        (["health"], &Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (["health"], &Method::GET) => {
+            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        }
         (["ready"], &Method::GET) => docs::ready(shard).await,
         (["openapi.json"], &Method::GET) => Ok(docs::openapi()),
         (["docs", rest @ ..], &Method::GET) => docs::swagger(&rest.join("/")),
@@ -78,7 +87,13 @@ fn known_path(segments: &[&str]) -> bool {
             | ["api", "users"]
             | ["api", "chat", "conversations"]
             | ["api", "chat", "conversations", _]
-            | ["api", "chat", "conversations", _, "participants" | "messages"]
+            | [
+                "api",
+                "chat",
+                "conversations",
+                _,
+                "participants" | "messages"
+            ]
             | ["api", "chat", "conversations", _, "participants", _]
             | ["api", "chat", "ws", _]
             | ["health" | "ready" | "openapi.json" | "docs" | "redoc", ..]
@@ -89,9 +104,10 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Bo
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -104,9 +120,10 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut response = json(e.status(), &e.body());
     if e.status() == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
     }
     response
 }

@@ -26,7 +26,12 @@ pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErro
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
-        Err(_) => Err(ApiError::field("body", "", "body_error", "Could not read the request body")),
+        Err(_) => Err(ApiError::field(
+            "body",
+            "",
+            "body_error",
+            "Could not read the request body",
+        )),
     }
 }
 
@@ -49,7 +54,9 @@ fn field_error(path: Option<&serde_path_to_error::Path>, inner: &serde_json::Err
         match segment {
             serde_path_to_error::Segment::Seq { index } => loc.push(Value::from(*index)),
             serde_path_to_error::Segment::Map { key } => loc.push(Value::from(key.as_str())),
-            serde_path_to_error::Segment::Enum { variant } => loc.push(Value::from(variant.as_str())),
+            serde_path_to_error::Segment::Enum { variant } => {
+                loc.push(Value::from(variant.as_str()))
+            }
             serde_path_to_error::Segment::Unknown => {}
         }
     }
@@ -69,7 +76,11 @@ fn field_error(path: Option<&serde_path_to_error::Path>, inner: &serde_json::Err
         _ => {
             // serde's own wording ("invalid type: integer `5`, expected a string")
             // without the trailing position, which means nothing to a JSON client.
-            let text = message.split(" at line ").next().unwrap_or(&message).to_string();
+            let text = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
             ("type_error", text)
         }
     };
@@ -116,11 +127,18 @@ pub fn bearer(shard: &Shard, req: &Request<Incoming>) -> Result<UserId, ApiError
         .get(http::header::AUTHORIZATION)
         .ok_or(ApiError::NotAuthenticated)?;
     let value = header.to_str().map_err(|_| ApiError::InvalidToken)?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or(ApiError::NotAuthenticated)?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(ApiError::NotAuthenticated)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::NotAuthenticated);
     }
-    shard.app.jwt.verify(token.trim()).map_err(|_| ApiError::InvalidToken)
+    shard
+        .app
+        .jwt
+        .verify(token.trim())
+        .map_err(|_| ApiError::InvalidToken)
 }
 
 #[cfg(test)]

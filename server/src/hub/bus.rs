@@ -34,23 +34,48 @@ pub struct Actor {
 pub enum HomeMsg {
     Join,
     Leave,
-    Post { content: String },
+    Post {
+        content: String,
+    },
     Typing,
-    Edit { message_id: MessageId, content: String },
-    Delete { message_id: MessageId },
-    Reaction { message_id: MessageId, emoji: String },
-    Presence { status: Presence },
+    Edit {
+        message_id: MessageId,
+        content: String,
+    },
+    Delete {
+        message_id: MessageId,
+    },
+    Reaction {
+        message_id: MessageId,
+        emoji: String,
+    },
+    Presence {
+        status: Presence,
+    },
 }
 
 #[derive(Debug)]
 pub enum ShardMsg {
     /// To the conversation's home shard.
-    Home { conversation: ConversationId, actor: Actor, msg: HomeMsg },
+    Home {
+        conversation: ConversationId,
+        actor: Actor,
+        msg: HomeMsg,
+    },
     /// From the writer to the home shard: a message's batch committed or failed.
-    Committed { conversation: ConversationId, actor: Actor, frame: Bytes, result: CommitResult },
+    Committed {
+        conversation: ConversationId,
+        actor: Actor,
+        frame: Bytes,
+        result: CommitResult,
+    },
     /// To every shard with connections in the conversation: write `frame` to each,
     /// except those of `skip` (typing goes to the others only).
-    Deliver { conversation: ConversationId, frame: Bytes, skip: Option<UserId> },
+    Deliver {
+        conversation: ConversationId,
+        frame: Bytes,
+        skip: Option<UserId>,
+    },
     /// To one connection (errors, acks of non-broadcast outcomes).
     Direct { conn: u64, frame: Bytes },
     /// Stop accepting, close connections, finish.
@@ -96,7 +121,9 @@ pub struct Bus {
 
 impl Bus {
     pub fn new(shards: usize) -> Self {
-        Self { mailboxes: (0..shards.max(1)).map(|_| Mailbox::default()).collect() }
+        Self {
+            mailboxes: (0..shards.max(1)).map(|_| Mailbox::default()).collect(),
+        }
     }
 
     pub fn shards(&self) -> usize {
@@ -133,19 +160,28 @@ mod tests {
         let sender = std::sync::Arc::clone(&bus);
         let producer = std::thread::spawn(move || {
             for i in 0..10_000u64 {
-                sender.post(0, ShardMsg::Direct { conn: i, frame: Bytes::new() });
+                sender.post(
+                    0,
+                    ShardMsg::Direct {
+                        conn: i,
+                        frame: Bytes::new(),
+                    },
+                );
             }
         });
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         let mut seen = Vec::new();
         rt.block_on(async {
             while seen.len() < 10_000 {
-                bus.mailbox(0).drain(|m| {
-                    if let ShardMsg::Direct { conn, .. } = m {
-                        seen.push(conn);
-                    }
-                })
-                .await;
+                bus.mailbox(0)
+                    .drain(|m| {
+                        if let ShardMsg::Direct { conn, .. } = m {
+                            seen.push(conn);
+                        }
+                    })
+                    .await;
             }
         });
         producer.join().expect("producer");

@@ -46,7 +46,13 @@ pub enum Next {
 }
 
 impl Conn {
-    pub fn new(id: u64, user: UserId, username: Arc<str>, conversation: ConversationId, limit: usize) -> Self {
+    pub fn new(
+        id: u64,
+        user: UserId,
+        username: Arc<str>,
+        conversation: ConversationId,
+        limit: usize,
+    ) -> Self {
         Self {
             id,
             user,
@@ -114,7 +120,9 @@ impl Conn {
             }
             batch.extend(queue.drain(..));
             self.queued_bytes.set(0);
-            Poll::Ready(Next::Write { last: self.state.get() == State::Closing })
+            Poll::Ready(Next::Write {
+                last: self.state.get() == State::Closing,
+            })
         })
         .await
     }
@@ -129,11 +137,20 @@ mod tests {
     use super::*;
 
     fn conn(limit: usize) -> Conn {
-        Conn::new(1, UserId::random(), "u".into(), ConversationId::random(), limit)
+        Conn::new(
+            1,
+            UserId::random(),
+            "u".into(),
+            ConversationId::random(),
+            limit,
+        )
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
     }
 
     #[test]

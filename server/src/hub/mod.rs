@@ -80,13 +80,22 @@ pub enum Refused {
 
 impl Hub {
     pub fn new(shard: usize, app: Arc<App>) -> Rc<Self> {
-        Rc::new(Self { shard, app, state: RefCell::new(State::default()) })
+        Rc::new(Self {
+            shard,
+            app,
+            state: RefCell::new(State::default()),
+        })
     }
 
     // ---- local registry -------------------------------------------------------------
 
     /// Registers a connection and announces it to the conversation's home.
-    pub fn register(&self, conversation: ConversationId, user: UserId, username: Arc<str>) -> Rc<Conn> {
+    pub fn register(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        username: Arc<str>,
+    ) -> Rc<Conn> {
         let mut st = self.state.borrow_mut();
         st.next_conn += 1;
         let conn = Rc::new(Conn::new(
@@ -97,11 +106,17 @@ impl Hub {
             self.app.config.ws_outbound_limit_bytes,
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));
-        st.by_conversation.entry(conversation).or_default().push(Rc::clone(&conn));
+        st.by_conversation
+            .entry(conversation)
+            .or_default()
+            .push(Rc::clone(&conn));
         let burst = self.app.config.ws_rate_burst;
         st.users
             .entry(user)
-            .or_insert_with(|| UserSlot { bucket: Bucket::full(burst, Instant::now()), conns: 0 })
+            .or_insert_with(|| UserSlot {
+                bucket: Bucket::full(burst, Instant::now()),
+                conns: 0,
+            })
             .conns += 1;
         drop(st);
         self.to_home(&conn, None, HomeMsg::Join);
@@ -130,12 +145,21 @@ impl Hub {
     }
 
     /// Takes one event from a client, after its rate limit.
-    pub fn submit(&self, conn: &Conn, event: ClientEvent, reference: Option<String>) -> Result<(), Refused> {
+    pub fn submit(
+        &self,
+        conn: &Conn,
+        event: ClientEvent,
+        reference: Option<String>,
+    ) -> Result<(), Refused> {
         {
             let mut st = self.state.borrow_mut();
             let config = &self.app.config;
             let allowed = st.users.get_mut(&conn.user).is_some_and(|slot| {
-                slot.bucket.take(config.ws_rate_per_second, config.ws_rate_burst, Instant::now())
+                slot.bucket.take(
+                    config.ws_rate_per_second,
+                    config.ws_rate_burst,
+                    Instant::now(),
+                )
             });
             if !allowed {
                 return Err(Refused::RateLimited);
@@ -148,7 +172,13 @@ impl Hub {
             }
             ClientEvent::Message { content } => HomeMsg::Post { content },
             ClientEvent::Typing => HomeMsg::Typing,
-            ClientEvent::Edit { message_id, content } => HomeMsg::Edit { message_id, content },
+            ClientEvent::Edit {
+                message_id,
+                content,
+            } => HomeMsg::Edit {
+                message_id,
+                content,
+            },
             ClientEvent::Delete { message_id } => HomeMsg::Delete { message_id },
             ClientEvent::Reaction { message_id, emoji } => HomeMsg::Reaction { message_id, emoji },
             ClientEvent::Presence { status } => HomeMsg::Presence { status },
@@ -161,11 +191,21 @@ impl Hub {
         let actor = Actor {
             user: conn.user,
             username: Arc::clone(&conn.username),
-            conn: ConnAddr { shard: self.shard, conn: conn.id },
+            conn: ConnAddr {
+                shard: self.shard,
+                conn: conn.id,
+            },
             reference,
         };
         let home = self.app.bus.home_of(conn.conversation);
-        self.app.bus.post(home, ShardMsg::Home { conversation: conn.conversation, actor, msg });
+        self.app.bus.post(
+            home,
+            ShardMsg::Home {
+                conversation: conn.conversation,
+                actor,
+                msg,
+            },
+        );
     }
 
     /// Closes every local connection (shutdown).
@@ -185,7 +225,11 @@ impl Hub {
     /// Handles one message from the bus. `Shutdown` is the shard's, not the hub's.
     pub fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver { conversation, frame, skip } => {
+            ShardMsg::Deliver {
+                conversation,
+                frame,
+                skip,
+            } => {
                 let st = self.state.borrow();
                 for conn in st.by_conversation.get(&conversation).into_iter().flatten() {
                     if skip != Some(conn.user) {
@@ -198,8 +242,17 @@ impl Hub {
                     conn.push(frame);
                 }
             }
-            ShardMsg::Home { conversation, actor, msg } => self.home(conversation, actor, msg),
-            ShardMsg::Committed { conversation, actor, frame, result } => match result {
+            ShardMsg::Home {
+                conversation,
+                actor,
+                msg,
+            } => self.home(conversation, actor, msg),
+            ShardMsg::Committed {
+                conversation,
+                actor,
+                frame,
+                result,
+            } => match result {
                 Ok(()) => self.fanout(conversation, frame, None),
                 Err(e) => {
                     tracing::warn!(error = %e, %conversation, "message not committed");
@@ -235,17 +288,30 @@ impl Hub {
                 .frame();
                 self.fanout(conversation, frame, None);
             }
-            HomeMsg::Edit { message_id, content } => {
+            HomeMsg::Edit {
+                message_id,
+                content,
+            } => {
                 let (user, at) = (actor.user, now_micros());
                 self.change(
                     conversation,
                     actor,
-                    move |s| async move { s.edit_message(conversation, message_id, user, &content, at).await.map(|o| (o, content)) },
+                    move |s| async move {
+                        s.edit_message(conversation, message_id, user, &content, at)
+                            .await
+                            .map(|o| (o, content))
+                    },
                     move |_, (outcome, content)| {
                         changed(outcome, "You can only edit your own messages")?;
                         let ts = format_timestamp(&at);
-                        Ok(ServerEvent::Edit { message_id, content: &content, sender_id: user, is_edited: true, timestamp: &ts }
-                            .frame())
+                        Ok(ServerEvent::Edit {
+                            message_id,
+                            content: &content,
+                            sender_id: user,
+                            is_edited: true,
+                            timestamp: &ts,
+                        }
+                        .frame())
                     },
                     "Message could not be edited, please retry",
                 );
@@ -269,7 +335,11 @@ impl Hub {
                 self.change(
                     conversation,
                     actor,
-                    move |s| async move { s.toggle_reaction(conversation, message_id, user, &emoji).await.map(|o| (o, emoji)) },
+                    move |s| async move {
+                        s.toggle_reaction(conversation, message_id, user, &emoji)
+                            .await
+                            .map(|o| (o, emoji))
+                    },
                     move |actor, (outcome, emoji)| {
                         let action = match outcome {
                             ReactionOutcome::Added => "added",
@@ -334,15 +404,21 @@ impl Hub {
             home.active_users()
         };
         let content = format!("User {} joined the conversation", actor.username);
-        let frame =
-            ServerEvent::System { content: &content, sender_id: actor.user, active_users: &active }.frame();
+        let frame = ServerEvent::System {
+            content: &content,
+            sender_id: actor.user,
+            active_users: &active,
+        }
+        .frame();
         self.fanout(conversation, frame, None);
     }
 
     fn leave(&self, conversation: ConversationId, actor: &Actor) {
         let left = {
             let mut st = self.state.borrow_mut();
-            let Some(home) = st.homes.get_mut(&conversation) else { return };
+            let Some(home) = st.homes.get_mut(&conversation) else {
+                return;
+            };
             if let Some(n) = home.shards.get_mut(actor.conn.shard) {
                 *n = n.saturating_sub(1);
             }
@@ -363,8 +439,12 @@ impl Hub {
         // A user with another tab still open has not left.
         if let Some(active) = left {
             let content = format!("User {} left the conversation", actor.username);
-            let frame =
-                ServerEvent::System { content: &content, sender_id: actor.user, active_users: &active }.frame();
+            let frame = ServerEvent::System {
+                content: &content,
+                sender_id: actor.user,
+                active_users: &active,
+            }
+            .frame();
             self.fanout(conversation, frame, None);
         }
     }
@@ -387,13 +467,27 @@ impl Hub {
             is_edited: false,
         }
         .frame();
-        let message = NewMessage { id, conversation_id: conversation, sender_id: actor.user, content, created_at };
+        let message = NewMessage {
+            id,
+            conversation_id: conversation,
+            sender_id: actor.user,
+            content,
+            created_at,
+        };
         let bus = Arc::clone(&self.app.bus);
         let home = self.shard;
         self.app.writer.submit(
             message,
             Box::new(move |result| {
-                bus.post(home, ShardMsg::Committed { conversation, actor, frame, result });
+                bus.post(
+                    home,
+                    ShardMsg::Committed {
+                        conversation,
+                        actor,
+                        frame,
+                        result,
+                    },
+                );
             }),
         );
     }
@@ -401,17 +495,36 @@ impl Hub {
     /// Sends `frame` to every shard with a connection in the conversation.
     fn fanout(&self, conversation: ConversationId, frame: Bytes, skip: Option<UserId>) {
         let st = self.state.borrow();
-        let Some(home) = st.homes.get(&conversation) else { return };
+        let Some(home) = st.homes.get(&conversation) else {
+            return;
+        };
         for (shard, n) in home.shards.iter().enumerate() {
             if *n > 0 {
-                self.app.bus.post(shard, ShardMsg::Deliver { conversation, frame: frame.clone(), skip });
+                self.app.bus.post(
+                    shard,
+                    ShardMsg::Deliver {
+                        conversation,
+                        frame: frame.clone(),
+                        skip,
+                    },
+                );
             }
         }
     }
 
     fn reply_error(&self, actor: &Actor, detail: &str) {
-        let frame = ServerEvent::Error { detail, reference: actor.reference.as_deref() }.frame();
-        self.app.bus.post(actor.conn.shard, ShardMsg::Direct { conn: actor.conn.conn, frame });
+        let frame = ServerEvent::Error {
+            detail,
+            reference: actor.reference.as_deref(),
+        }
+        .frame();
+        self.app.bus.post(
+            actor.conn.shard,
+            ShardMsg::Direct {
+                conn: actor.conn.conn,
+                frame,
+            },
+        );
     }
 }
 

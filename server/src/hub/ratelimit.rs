@@ -11,7 +11,10 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn full(burst: f64, now: Instant) -> Self {
-        Self { tokens: burst, last: now }
+        Self {
+            tokens: burst,
+            last: now,
+        }
     }
 
     /// Takes one token if there is one, refilling at `rate` per second up to `burst`.

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+pub fn bind(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     let first = socket(addr)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];

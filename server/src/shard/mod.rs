@@ -52,12 +52,14 @@ pub fn start(
     for (id, listener) in listeners.into_iter().enumerate() {
         let app = Arc::clone(app);
         let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new().name(format!("shard-{id}")).spawn(move || {
-            if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores]) {
-                tracing::warn!(shard = id, error = ?e, "could not pin shard to a core");
-            }
-            run(id, app, listener, driver, ready_tx);
-        })?;
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores]) {
+                    tracing::warn!(shard = id, error = ?e, "could not pin shard to a core");
+                }
+                run(id, app, listener, driver, ready_tx);
+            })?;
         let driver = ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("shard {id} died while starting"))?
@@ -74,7 +76,11 @@ fn run(id: usize, app: Arc<App>, listener: std::net::TcpListener, driver: IoDriv
     const ENTRIES: u32 = 4096;
     let main = |name: &'static str| serve::shard_main(id, app, listener, name, ready.clone());
     match driver {
-        IoDriver::Uring => match RuntimeBuilder::<IoUringDriver>::new().with_entries(ENTRIES).enable_timer().build() {
+        IoDriver::Uring => match RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(ENTRIES)
+            .enable_timer()
+            .build()
+        {
             Ok(mut rt) => rt.block_on(main("io_uring")),
             Err(e) => {
                 let _ = ready.send(Err(format!("io_uring unavailable: {e}")));
@@ -87,12 +93,19 @@ fn run(id: usize, app: Arc<App>, listener: std::net::TcpListener, driver: IoDriv
             }
         },
         IoDriver::Auto => {
-            let built: std::io::Result<FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>> =
-                RuntimeBuilder::<FusionDriver>::new().with_entries(ENTRIES).enable_timer().build();
+            let built: std::io::Result<
+                FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>,
+            > = RuntimeBuilder::<FusionDriver>::new()
+                .with_entries(ENTRIES)
+                .enable_timer()
+                .build();
             match built {
                 Ok(FusionRuntime::Uring(mut rt)) => rt.block_on(main("io_uring")),
                 Ok(FusionRuntime::Legacy(mut rt)) => {
-                    tracing::warn!(shard = id, "io_uring refused by the kernel or seccomp; falling back to epoll");
+                    tracing::warn!(
+                        shard = id,
+                        "io_uring refused by the kernel or seccomp; falling back to epoll"
+                    );
                     rt.block_on(main("epoll"))
                 }
                 Err(e) => {

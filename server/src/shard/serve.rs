@@ -146,7 +146,11 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for OnShard<T> {
 }
 
 impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for OnShard<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 

@@ -123,8 +123,11 @@ pub trait Store: Send + Sync + 'static {
     /// Adding an existing participant is a no-op.
     async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError>;
     /// Returns whether the user was a participant.
-    async fn remove_participant(&self, id: ConversationId, user: UserId)
-        -> Result<bool, StoreError>;
+    async fn remove_participant(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<bool, StoreError>;
 
     /// At most `limit` live messages, the newest ones older than `before` when given,
     /// oldest first. `None` when `before` names no message of this conversation.
@@ -179,12 +182,16 @@ pub async fn open(
         }
         Some(url) => {
             let path = url.strip_prefix("sqlite://").unwrap_or(url);
-            Ok(Arc::new(SqliteStore::open(std::path::Path::new(path), pool_size).await?))
+            Ok(Arc::new(
+                SqliteStore::open(std::path::Path::new(path), pool_size).await?,
+            ))
         }
         None => {
             std::fs::create_dir_all(data_dir)
                 .map_err(|e| StoreError::Unavailable(format!("{}: {e}", data_dir.display())))?;
-            Ok(Arc::new(SqliteStore::open(&data_dir.join("chat.db"), pool_size).await?))
+            Ok(Arc::new(
+                SqliteStore::open(&data_dir.join("chat.db"), pool_size).await?,
+            ))
         }
     }
 }

@@ -6,6 +6,7 @@
 //! never acknowledge a message whose batch did not commit, never drop a callback (each
 //! fires exactly once), and never block a submitting shard.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,7 +36,9 @@ impl Default for BatchPolicy {
 pub type CommitResult = Result<(), Arc<StoreError>>;
 pub type OnCommit = Box<dyn FnOnce(CommitResult) + Send>;
 
-/// Bounds one commit, so a blackholed database yields errors, not a stuck writer.
+/// Bounds one commit so a blackholed database yields errors, not a stuck writer. Above
+/// the PostgreSQL store's own per-call deadline, which thus reports first and discards
+/// the stuck connection; this catches whatever cannot bound itself, like a SQLite call.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Submitted {
@@ -92,6 +95,8 @@ pub fn spawn(
         policy,
         incoming,
         queued: Arc::clone(&queued),
+        messages: Vec::with_capacity(policy.capacity()),
+        callbacks: VecDeque::with_capacity(policy.capacity()),
     };
     let task = runtime.spawn(writer.run());
     (WriterHandle { queue, queued }, task)
@@ -131,105 +136,135 @@ struct Writer {
     policy: BatchPolicy,
     incoming: mpsc::UnboundedReceiver<Submitted>,
     queued: Arc<AtomicUsize>,
+    /// The batch being gathered or committed. It lives here rather than on the task's
+    /// stack so that a writer dropped mid-batch (runtime shutdown, abort) still
+    /// reports every callback it holds.
+    messages: Vec<NewMessage>,
+    callbacks: VecDeque<OnCommit>,
 }
 
 impl Writer {
     async fn run(mut self) {
-        let capacity = self.policy.capacity();
-        let mut messages: Vec<NewMessage> = Vec::with_capacity(capacity);
-        let mut callbacks: Vec<OnCommit> = Vec::with_capacity(capacity);
         while let Some(first) = self.incoming.recv().await {
             let oldest = first.at;
-            messages.push(first.message);
-            callbacks.push(first.done);
-            loop {
-                while messages.len() < capacity {
-                    match self.incoming.try_recv() {
-                        Ok(next) => {
-                            messages.push(next.message);
-                            callbacks.push(next.done);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                match self.policy.gather(messages.len(), oldest, Instant::now()) {
-                    Gather::Flush => break,
-                    Gather::WaitUntil(deadline) => {
-                        let deadline = tokio::time::Instant::from_std(deadline);
-                        match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
-                            Ok(Some(next)) => {
-                                messages.push(next.message);
-                                callbacks.push(next.done);
-                            }
-                            // Deadline reached, or every handle is gone: commit what we have.
-                            Ok(None) | Err(_) => break,
-                        }
-                    }
-                }
-            }
-            self.commit(&mut messages, &mut callbacks).await;
+            self.take(first);
+            self.gather(oldest).await;
+            self.commit().await;
         }
         tracing::debug!("message writer stopped: every handle dropped, queue flushed");
     }
 
-    /// Commits the batch and reports every message of it, in order; leaves both empty.
-    async fn commit(&self, messages: &mut Vec<NewMessage>, callbacks: &mut Vec<OnCommit>) {
-        match self.insert(messages).await {
-            Ok(()) => {
-                for done in callbacks.drain(..) {
-                    self.report(done, Ok(()));
+    fn take(&mut self, submitted: Submitted) {
+        self.messages.push(submitted.message);
+        self.callbacks.push_back(submitted.done);
+    }
+
+    /// Adds queued messages to the batch until the policy says to commit it.
+    async fn gather(&mut self, oldest: Instant) {
+        let capacity = self.policy.capacity();
+        loop {
+            while self.messages.len() < capacity {
+                match self.incoming.try_recv() {
+                    Ok(next) => self.take(next),
+                    Err(_) => break,
                 }
             }
-            Err(e) if matches!(e, StoreError::Unavailable(_)) || messages.len() == 1 => {
-                tracing::warn!(error = %e, messages = messages.len(), "message batch not committed");
-                let e = Arc::new(e);
-                for done in callbacks.drain(..) {
-                    self.report(done, Err(Arc::clone(&e)));
+            match self
+                .policy
+                .gather(self.messages.len(), oldest, Instant::now())
+            {
+                Gather::Flush => return,
+                Gather::WaitUntil(deadline) => {
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                        Ok(Some(next)) => self.take(next),
+                        // Deadline reached, or every handle is gone: commit what we have.
+                        Ok(None) | Err(_) => return,
+                    }
                 }
+            }
+        }
+    }
+
+    /// Commits the batch and reports every message of it, in order.
+    async fn commit(&mut self) {
+        match insert(&*self.store, &self.messages).await {
+            Ok(()) => self.report_all(&Ok(())),
+            Err(e) if matches!(e, StoreError::Unavailable(_)) || self.messages.len() == 1 => {
+                tracing::warn!(error = %e, messages = self.messages.len(), "message batch not committed");
+                self.report_all(&Err(Arc::new(e)));
             }
             Err(e) => {
                 // The store refused the batch's content, not the batch: one bad message
-                // (say, of a conversation deleted meanwhile) must not sink its
+                // (say, of a conversation that no longer exists) must not sink its
                 // neighbours, so each is tried alone, in order.
-                tracing::warn!(error = %e, messages = messages.len(), "message batch rejected; committing one by one");
+                tracing::warn!(error = %e, messages = self.messages.len(), "message batch rejected; committing one by one");
                 let mut unavailable: Option<Arc<StoreError>> = None;
-                for (message, done) in messages.iter().zip(callbacks.drain(..)) {
+                for i in 0..self.messages.len() {
                     let result = match &unavailable {
                         Some(e) => Err(Arc::clone(e)),
-                        None => match self.insert(std::slice::from_ref(message)).await {
-                            Ok(()) => Ok(()),
-                            Err(e) => {
-                                tracing::warn!(error = %e, message = %message.id, "message not committed");
+                        None => {
+                            let message = std::slice::from_ref(&self.messages[i]);
+                            insert(&*self.store, message).await.map_err(|e| {
+                                tracing::warn!(error = %e, message = %message[0].id, "message not committed");
                                 let e = Arc::new(e);
                                 if matches!(*e, StoreError::Unavailable(_)) {
                                     unavailable = Some(Arc::clone(&e));
                                 }
-                                Err(e)
-                            }
-                        },
+                                e
+                            })
+                        }
                     };
-                    self.report(done, result);
+                    if let Some(done) = self.callbacks.pop_front() {
+                        self.report(done, result);
+                    }
                 }
             }
         }
-        messages.clear();
+        self.messages.clear();
     }
 
-    async fn insert(&self, batch: &[NewMessage]) -> Result<(), StoreError> {
-        tokio::time::timeout(COMMIT_TIMEOUT, self.store.insert_messages(batch))
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
-                    "commit of {} messages timed out after {COMMIT_TIMEOUT:?}",
-                    batch.len()
-                )))
-            })
+    fn report_all(&mut self, result: &CommitResult) {
+        while let Some(done) = self.callbacks.pop_front() {
+            self.report(done, result.clone());
+        }
     }
 
     fn report(&self, done: OnCommit, result: CommitResult) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
         report(done, result);
     }
+}
+
+impl Drop for Writer {
+    /// Only finds work left when the task was cancelled (runtime shutdown, abort):
+    /// whatever it held or was still queued cannot be committed any more, and every
+    /// callback must still fire exactly once.
+    fn drop(&mut self) {
+        self.incoming.close();
+        if self.callbacks.is_empty() && self.incoming.is_empty() {
+            return;
+        }
+        let stopped: CommitResult = Err(Arc::new(StoreError::Unavailable(
+            "message writer stopped".into(),
+        )));
+        self.report_all(&stopped);
+        while let Ok(next) = self.incoming.try_recv() {
+            self.report(next.done, stopped.clone());
+        }
+    }
+}
+
+/// One commit, bounded so a blackholed database yields an error, not a stuck writer.
+async fn insert(store: &dyn Store, batch: &[NewMessage]) -> Result<(), StoreError> {
+    tokio::time::timeout(COMMIT_TIMEOUT, store.insert_messages(batch))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "commit of {} messages timed out after {COMMIT_TIMEOUT:?}",
+                batch.len()
+            )))
+        })
 }
 
 /// Runs a callback; one that panics is logged and must not take the writer down with
@@ -355,7 +390,7 @@ mod tests {
         drop(writer);
         task.await.expect("writer exits once its handles are gone");
 
-        let reports = reports.lock().expect("reports lock");
+        let reports = std::mem::take(&mut *reports.lock().expect("reports lock"));
         let order: Vec<usize> = reports.iter().map(|(i, _)| *i).collect();
         assert_eq!(order, (0..batch.len()).collect::<Vec<_>>());
         assert!(reports.iter().all(|(_, r)| r.is_ok()));
@@ -426,7 +461,7 @@ mod tests {
         drop(writer);
         task.await.expect("writer exits");
 
-        let reports = reports.lock().expect("reports lock");
+        let reports = std::mem::take(&mut *reports.lock().expect("reports lock"));
         assert_eq!(
             reports.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
             vec![0, 1, 2, 3, 4]
@@ -480,7 +515,7 @@ mod tests {
         drop(writer);
         task.await.expect("writer exits");
         assert!(started.elapsed() < COMMIT_TIMEOUT + Duration::from_secs(1));
-        let reports = reports.lock().expect("reports lock");
+        let reports = std::mem::take(&mut *reports.lock().expect("reports lock"));
         assert_eq!(
             reports.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
             vec![0, 1, 2, 3]
@@ -520,6 +555,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cancelled_writer_still_reports_what_it_held() {
+        let (_dir, store, _chat, batch) = sqlite_fixture().await;
+        // A long delay keeps the first messages gathering when the task is aborted.
+        let (writer, task) = spawn(
+            store,
+            policy(1024, Duration::from_secs(30)),
+            &tokio::runtime::Handle::current(),
+        );
+        let reports: Reports = Arc::default();
+        for (i, message) in batch[..3].iter().cloned().enumerate() {
+            writer.submit(message, recorder(&reports, i));
+        }
+        tokio::time::sleep(20 * MS).await;
+        writer.submit(batch[3].clone(), recorder(&reports, 3));
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        let reports = std::mem::take(&mut *reports.lock().expect("reports lock"));
+        assert_eq!(
+            reports.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert!(reports.iter().all(|(_, r)| r.is_err()));
+        assert_eq!(writer.queued(), 0);
+    }
+
+    #[tokio::test]
     async fn a_panicking_callback_does_not_stop_the_writer() {
         let (_dir, store, _chat, batch) = sqlite_fixture().await;
         let (writer, task) = spawn(store, policy(2, MS), &tokio::runtime::Handle::current());
@@ -530,7 +591,7 @@ mod tests {
         }
         drop(writer);
         task.await.expect("writer survives the panic");
-        let reports = reports.lock().expect("reports lock");
+        let reports = std::mem::take(&mut *reports.lock().expect("reports lock"));
         assert_eq!(reports.len(), 3);
         assert!(reports.iter().all(|(_, r)| r.is_ok()));
     }

@@ -31,7 +31,12 @@ pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted
     let admitted = match admission {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            let mut frames = ServerEvent::Error { detail: refusal.reason, reference: None }.frame().to_vec();
+            let mut frames = ServerEvent::Error {
+                detail: refusal.reason,
+                reference: None,
+            }
+            .frame()
+            .to_vec();
             frames.extend_from_slice(&close_frame(refusal.code, refusal.reason));
             let _ = monoio::time::timeout(FLUSH_GRACE, async {
                 let _ = write.write_all(&frames).await;
@@ -48,8 +53,11 @@ pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted
         conversation = %admitted.conversation
     );
     async move {
-        let conn = shard.hub.register(admitted.conversation, admitted.user, admitted.username);
-        let (reader, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+        let conn = shard
+            .hub
+            .register(admitted.conversation, admitted.user, admitted.username);
+        let (reader, _) =
+            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
         let mut reader = FragmentCollectorRead::new(reader);
         let ended = monoio::select! {
             _ = read_loop(&shard, &conn, &mut reader) => None,
@@ -90,22 +98,37 @@ async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) {
             Err(e) => return fail(conn, &e),
         };
         match frame.opcode {
-            OpCode::Text if frame.payload.len() > max => return conn.close(1009, "Message too big"),
+            OpCode::Text if frame.payload.len() > max => {
+                return conn.close(1009, "Message too big")
+            }
             OpCode::Text => {
                 let parsed = protocol::parse(frame.payload.to_mut());
                 let outcome = match parsed.event {
-                    Ok(event) => shard.hub.submit(conn, event, parsed.reference.clone()).map_err(|Refused::RateLimited| {
-                        "Rate limit exceeded".to_string()
-                    }),
+                    Ok(event) => shard
+                        .hub
+                        .submit(conn, event, parsed.reference.clone())
+                        .map_err(|Refused::RateLimited| "Rate limit exceeded".to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 if let Err(detail) = outcome {
-                    conn.push(ServerEvent::Error { detail: &detail, reference: parsed.reference.as_deref() }.frame());
+                    conn.push(
+                        ServerEvent::Error {
+                            detail: &detail,
+                            reference: parsed.reference.as_deref(),
+                        }
+                        .frame(),
+                    );
                 }
             }
             OpCode::Binary => {
                 let detail = ProtocolError::Binary.to_string();
-                conn.push(ServerEvent::Error { detail: &detail, reference: None }.frame());
+                conn.push(
+                    ServerEvent::Error {
+                        detail: &detail,
+                        reference: None,
+                    }
+                    .frame(),
+                );
             }
             OpCode::Close => return,
             _ => {}
@@ -121,7 +144,9 @@ fn fail(conn: &Conn, e: &WebSocketError) {
     match e {
         WebSocketError::FrameTooLarge => conn.close(1009, "Message too big"),
         WebSocketError::InvalidUTF8 => conn.close(1007, "Invalid UTF-8"),
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => {}
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => {}
         other => {
             tracing::debug!(error = %other, "protocol error");
             conn.close(1002, "Protocol error");
@@ -168,7 +193,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: &Conn, write: &mut W) -> Writer
             Next::Write { last: true } => return WriterEnd::Closed,
             Next::Overflowed => {
                 tracing::info!("closing a connection that cannot keep up");
-                let _ = write.write_all(&close_frame(1013, "Try again later: too far behind")).await;
+                let _ = write
+                    .write_all(&close_frame(1013, "Try again later: too far behind"))
+                    .await;
                 return WriterEnd::Overflowed;
             }
         }

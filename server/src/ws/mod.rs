@@ -30,9 +30,18 @@ pub struct Refusal {
     pub reason: &'static str,
 }
 
-const INVALID_TOKEN: Refusal = Refusal { code: 1008, reason: "Invalid token" };
-const NOT_A_MEMBER: Refusal = Refusal { code: 1008, reason: "Not a member of this conversation" };
-const UNAVAILABLE: Refusal = Refusal { code: 1011, reason: "Service unavailable, please retry" };
+const INVALID_TOKEN: Refusal = Refusal {
+    code: 1008,
+    reason: "Invalid token",
+};
+const NOT_A_MEMBER: Refusal = Refusal {
+    code: 1008,
+    reason: "Not a member of this conversation",
+};
+const UNAVAILABLE: Refusal = Refusal {
+    code: 1011,
+    reason: "Service unavailable, please retry",
+};
 
 pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation: &str) -> Reply {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
@@ -51,7 +60,11 @@ pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation
     Ok(response.map(|_| Full::new(Bytes::new())))
 }
 
-async fn admit(shard: &Shard, token: Option<String>, conversation: &str) -> Result<Admitted, Refusal> {
+async fn admit(
+    shard: &Shard,
+    token: Option<String>,
+    conversation: &str,
+) -> Result<Admitted, Refusal> {
     let user = token
         .and_then(|t| shard.app.jwt.verify(&t).ok())
         .ok_or(INVALID_TOKEN)?;
@@ -61,12 +74,18 @@ async fn admit(shard: &Shard, token: Option<String>, conversation: &str) -> Resu
         .app
         .db
         .call(move |s| async move {
-            let Some(u) = s.user_by_id(user).await? else { return Ok(None) };
+            let Some(u) = s.user_by_id(user).await? else {
+                return Ok(None);
+            };
             Ok(Some((u.username, s.is_member(conversation, user).await?)))
         })
         .await;
     match found {
-        Ok(Some((username, true))) => Ok(Admitted { user, username: username.into(), conversation }),
+        Ok(Some((username, true))) => Ok(Admitted {
+            user,
+            username: username.into(),
+            conversation,
+        }),
         Ok(Some((_, false))) => Err(NOT_A_MEMBER),
         Ok(None) => Err(INVALID_TOKEN),
         Err(e) => {

@@ -223,6 +223,21 @@ fn websocket() -> Operation {
                 )
                 .build(),
         )
+        .response(
+            "426",
+            ResponseBuilder::new()
+                .description("Not a WebSocket upgrade request")
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .example(Some(
+                            serde_json::json!({"detail": "Expected a WebSocket upgrade"}),
+                        ))
+                        .build(),
+                )
+                .build(),
+        )
         .build()
 }
 
@@ -274,6 +289,8 @@ after the message is durably committed; a message that could not be committed ge
 `error` instead. Every connection of a conversation sees `message` events in the same
 order, the order of `GET /api/chat/conversations/{{id}}/messages`. `active_users` lists each
 connected user once.
+
+If the store cannot be reached while joining, the socket is closed with 1011; retry.
 
 **Errors and limits.** Bad input (invalid JSON, unknown type, missing field, content too
 long, binary frame, editing someone else's message) gets an `error` event and the
@@ -425,6 +442,7 @@ mod tests {
         );
         let ws = &paths[WS_PATH]["get"];
         assert!(ws["responses"]["101"].is_object());
+        assert_error(ws, "426", "websocket");
         let description = ws["description"].as_str().expect("ws description");
         for event in [
             "typing", "edit", "delete", "reaction", "presence", "ping", "pong", "system",

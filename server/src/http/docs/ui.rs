@@ -102,8 +102,7 @@ fn with_base(page: &[u8]) -> String {
 
 /// Text types say their encoding, so no browser guesses another one.
 fn with_charset(content_type: &str) -> String {
-    let textual = content_type.starts_with("text/") || content_type == "application/javascript";
-    if textual && !content_type.contains("charset") {
+    if content_type.starts_with("text/") && !content_type.contains("charset") {
         format!("{content_type}; charset=utf-8")
     } else {
         content_type.to_owned()
@@ -114,7 +113,7 @@ fn with_charset(content_type: &str) -> String {
 pub(super) fn redoc(rest: &str) -> Result<Asset, ApiError> {
     let (body, content_type, revalidate) = match rest {
         "" | "index.html" => (REDOC_PAGE.as_bytes(), "text/html; charset=utf-8", true),
-        "redoc.standalone.js" => (REDOC_JS, "application/javascript; charset=utf-8", false),
+        "redoc.standalone.js" => (REDOC_JS, "text/javascript; charset=utf-8", false),
         // The bundle's first line points here for its third-party licences.
         "redoc.standalone.js.LICENSE.txt" => (REDOC_LICENSES, "text/plain; charset=utf-8", false),
         _ => return Err(not_found()),
@@ -173,13 +172,10 @@ mod tests {
         let expect = [
             ("swagger-ui.css", "text/css; charset=utf-8"),
             ("index.css", "text/css; charset=utf-8"),
-            (
-                "swagger-ui-bundle.js",
-                "application/javascript; charset=utf-8",
-            ),
+            ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
             (
                 "swagger-ui-standalone-preset.js",
-                "application/javascript; charset=utf-8",
+                "text/javascript; charset=utf-8",
             ),
             ("favicon-32x32.png", "image/png"),
         ];
@@ -225,7 +221,7 @@ mod tests {
     #[test]
     fn redoc_bundle_is_served_with_its_licence_pointer() {
         let js = redoc("redoc.standalone.js").expect("bundle");
-        assert_eq!(js.content_type, "application/javascript; charset=utf-8");
+        assert_eq!(js.content_type, "text/javascript; charset=utf-8");
         assert!(js.body.starts_with(
             b"/*! For license information please see redoc.standalone.js.LICENSE.txt */"
         ));

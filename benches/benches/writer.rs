@@ -1,0 +1,198 @@
+//! Committed messages per second on the local PostgreSQL: the batched path (one
+//! `insert_messages` per 1000 messages, as the writer does under load) against one
+//! autocommitted insert per message, plus the whole `WriterHandle` path with its default
+//! policy. Each run uses a fresh database, dropped at the end.
+//!
+//! Run: `cargo bench -p benches --bench writer` (needs PostgreSQL at 127.0.0.1:5432,
+//! or `BENCH_DATABASE_URL`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benches::ScratchDatabase;
+use chat_server::ids::{now_micros, ConversationId, MessageIdGen, UserId};
+use chat_server::store::writer::{self, BatchPolicy};
+use chat_server::store::{ConversationRecord, NewMessage, PostgresStore, Store, UserRecord};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+
+const BATCH: usize = 1000;
+/// Smaller than `BATCH`: a commit per message is two to three orders of magnitude
+/// slower, and the run must stay within a couple of minutes.
+const SINGLES: usize = 100;
+const WRITER_MESSAGES: usize = 10_000;
+const CONVERSATIONS: usize = 64;
+
+/// Users and conversations to write into, and a source of realistic messages.
+struct Fixture {
+    senders: Vec<UserId>,
+    conversations: Vec<ConversationId>,
+    ids: MessageIdGen,
+    next: usize,
+}
+
+impl Fixture {
+    async fn create(store: &dyn Store) -> Self {
+        let mut senders = Vec::new();
+        for name in ["bench_alice", "bench_bob"] {
+            let user = UserRecord {
+                id: UserId::random(),
+                username: name.to_owned(),
+                password_hash: "not-a-real-hash".to_owned(),
+                created_at: now_micros(),
+            };
+            store.create_user(&user).await.expect("create bench user");
+            senders.push(user.id);
+        }
+        let mut conversations = Vec::new();
+        for i in 0..CONVERSATIONS {
+            let at = now_micros();
+            let conversation = ConversationRecord {
+                id: ConversationId::random(),
+                name: Some(format!("bench room {i}")),
+                description: None,
+                is_group: true,
+                created_by: senders[0],
+                created_at: at,
+                updated_at: at,
+            };
+            store
+                .create_conversation(&conversation, &senders)
+                .await
+                .expect("create bench conversation");
+            conversations.push(conversation.id);
+        }
+        Self {
+            senders,
+            conversations,
+            ids: MessageIdGen::default(),
+            next: 0,
+        }
+    }
+
+    fn messages(&mut self, count: usize) -> Vec<NewMessage> {
+        (0..count)
+            .map(|_| {
+                let n = self.next;
+                self.next += 1;
+                let at = now_micros();
+                NewMessage {
+                    id: self.ids.next(at),
+                    conversation_id: self.conversations[n % self.conversations.len()],
+                    sender_id: self.senders[n % self.senders.len()],
+                    content: format!(
+                        "message {n}: a typical chat line of about this length, give or take"
+                    ),
+                    created_at: at,
+                }
+            })
+            .collect()
+    }
+}
+
+fn elements(count: usize) -> Throughput {
+    Throughput::Elements(u64::try_from(count).expect("a small count"))
+}
+
+fn writer_throughput(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let db = runtime
+        .block_on(ScratchDatabase::create("chat_bench"))
+        .expect("a scratch database on the local PostgreSQL");
+    let store: Arc<dyn Store> = Arc::new(
+        runtime
+            .block_on(PostgresStore::connect(db.url(), 4))
+            .expect("postgres store"),
+    );
+    let mut fixture = runtime.block_on(Fixture::create(&*store));
+
+    let mut group = c.benchmark_group("writer");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10));
+
+    group.throughput(elements(BATCH));
+    group.bench_function("insert_messages_batch_1000", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch = fixture.messages(BATCH);
+                    let started = Instant::now();
+                    store.insert_messages(&batch).await.expect("batch commits");
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+    });
+
+    group.throughput(elements(SINGLES));
+    group.bench_function("insert_messages_one_per_message", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let messages = fixture.messages(SINGLES);
+                    let started = Instant::now();
+                    for message in &messages {
+                        store
+                            .insert_messages(std::slice::from_ref(message))
+                            .await
+                            .expect("message commits");
+                    }
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+    });
+
+    group.throughput(elements(WRITER_MESSAGES));
+    group.bench_function("writer_handle_default_policy", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let messages = fixture.messages(WRITER_MESSAGES);
+                let (handle, task) =
+                    writer::spawn(Arc::clone(&store), BatchPolicy::default(), runtime.handle());
+                let (reported, mut reports) = tokio::sync::mpsc::unbounded_channel();
+                let started = Instant::now();
+                for message in messages {
+                    let reported = reported.clone();
+                    handle.submit(
+                        message,
+                        Box::new(move |result| {
+                            let _ = reported.send(result);
+                        }),
+                    );
+                }
+                runtime.block_on(async {
+                    for _ in 0..WRITER_MESSAGES {
+                        reports
+                            .recv()
+                            .await
+                            .expect("every message is reported")
+                            .expect("message commits");
+                    }
+                });
+                spent += started.elapsed();
+                drop(handle);
+                runtime.block_on(task).expect("writer exits");
+            }
+            spent
+        });
+    });
+    group.finish();
+
+    drop(store);
+    drop(db);
+}
+
+criterion_group!(benches, writer_throughput);
+criterion_main!(benches);
