@@ -21,6 +21,7 @@ pub mod binary;
 pub mod client;
 pub mod jwt;
 pub mod postgres;
+pub mod realtime;
 pub mod server;
 pub mod ws;
 

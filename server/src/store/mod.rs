@@ -11,6 +11,7 @@ mod postgres;
 mod sqlite;
 pub mod writer;
 
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -93,6 +94,25 @@ pub enum ReactionOutcome {
     Added,
     Removed,
     NotFound,
+}
+
+/// The newest message time of each conversation in `batch`, in conversation id order
+/// so that concurrent batches touch conversation rows in the same order.
+fn newest_per_conversation(batch: &[NewMessage]) -> BTreeMap<ConversationId, DateTime<Utc>> {
+    let mut newest = BTreeMap::new();
+    for m in batch {
+        newest
+            .entry(m.conversation_id)
+            .and_modify(|at: &mut DateTime<Utc>| *at = (*at).max(m.created_at))
+            .or_insert(m.created_at);
+    }
+    newest
+}
+
+/// `ids` without repeats, each at its first place.
+fn distinct(ids: &[UserId]) -> Vec<UserId> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
 }
 
 /// The one interface both stores implement. Every method is a single logical

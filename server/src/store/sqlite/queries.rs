@@ -1,219 +1,22 @@
-//! The embedded SQLite store: one file, WAL journal, one writer connection and a small
-//! pool of reader connections, every call run on tokio's blocking pool.
+//! The SQLite store's statements and the mapping between records and rows: the
+//! `Store` implementation proper, with the column types of the schema (`Key`, `Micros`).
 //!
-//! It owns the SQLite schema (applied from `sql/sqlite` at open) and the mapping between
-//! records and rows: ids as lowercase hyphenated UUID text, timestamps as INTEGER
-//! microseconds since the epoch. It must never run SQLite work on an async worker
-//! thread, and never weaken durability: `synchronous=FULL` is what lets an acknowledged
-//! message survive `kill -9` or a power cut.
-
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+//! It must never touch a connection but through `SqliteStore::read` and
+//! `SqliteStore::write`, which run the work on the blocking pool; and every
+//! multi-statement change runs in one `IMMEDIATE` transaction.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
-use tokio::sync::Semaphore;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
-use super::{
-    ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, ReactionOutcome, Store,
-    StoreError, UserRecord,
-};
+use super::SqliteStore;
 use crate::ids::{ConversationId, MessageId, UserId};
-
-mod embedded {
-    refinery::embed_migrations!("../sql/sqlite");
-}
-
-/// How long a connection waits on a lock held by another connection (a checkpoint, or
-/// another process poking at the file) before giving up with `SQLITE_BUSY`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Room for every statement one connection prepares, so none is ever re-parsed.
-const STATEMENT_CACHE: usize = 64;
-
-/// The embedded store. Cheap to share behind an `Arc`; all methods take `&self`.
-pub struct SqliteStore {
-    /// SQLite allows one writer at a time; queueing on an async mutex keeps waiting
-    /// callers off the blocking pool and serves them in arrival order.
-    writer: Arc<tokio::sync::Mutex<Connection>>,
-    readers: Arc<ReaderPool>,
-}
-
-/// Reader connections; the semaphore guarantees a connection is idle for every permit.
-struct ReaderPool {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    permits: Arc<Semaphore>,
-}
-
-#[derive(Clone, Copy)]
-enum Role {
-    Writer,
-    Reader,
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, applies pending migrations and
-    /// opens `pool_size` reader connections (at least one).
-    pub async fn open(path: &Path, pool_size: usize) -> Result<Self, StoreError> {
-        let path = path.to_owned();
-        let reader_count = pool_size.max(1);
-        let (writer, readers) = tokio::task::spawn_blocking(move || {
-            let mut writer = open_connection(&path, Role::Writer)?;
-            let report = embedded::migrations::runner()
-                .run(&mut writer)
-                .map_err(|e| StoreError::Unavailable(format!("sqlite migrations: {e}")))?;
-            for migration in report.applied_migrations() {
-                tracing::info!(migration = %migration, path = %path.display(), "applied sqlite migration");
-            }
-            let readers = (0..reader_count)
-                .map(|_| open_connection(&path, Role::Reader))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, StoreError>((writer, ReaderPool {
-                path,
-                idle: Mutex::new(readers),
-                permits: Arc::new(Semaphore::new(reader_count)),
-            }))
-        })
-        .await
-        .map_err(join_error)??;
-        Ok(Self {
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
-            readers: Arc::new(readers),
-        })
-    }
-
-    /// Runs `f` on the writer connection, on the blocking pool.
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let mut conn = Arc::clone(&self.writer).lock_owned().await;
-        tokio::task::spawn_blocking(move || f(&mut conn).map_err(sql_error))
-            .await
-            .map_err(join_error)?
-    }
-
-    /// Runs `f` on an idle reader connection, on the blocking pool.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let permit = Arc::clone(&self.readers.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("sqlite reader pool closed".into()))?;
-        let pool = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || {
-            let conn = match pool.take_idle() {
-                Some(conn) => conn,
-                // Only reachable if a previous call panicked while holding a
-                // connection; replace it rather than shrink the pool.
-                None => open_connection(&pool.path, Role::Reader)?,
-            };
-            let result = f(&conn).map_err(sql_error);
-            pool.put_back(conn);
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(join_error)?
-    }
-}
-
-impl ReaderPool {
-    fn take_idle(&self) -> Option<Connection> {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-    }
-
-    fn put_back(&self, conn: Connection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
-    }
-}
-
-fn open_connection(path: &Path, role: Role) -> Result<Connection, StoreError> {
-    let unavailable =
-        |e: rusqlite::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
-    let conn = Connection::open(path).map_err(unavailable)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    match role {
-        Role::Writer => {
-            let mode: String = conn
-                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-                .map_err(unavailable)?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                return Err(StoreError::Unavailable(format!(
-                    "{}: journal_mode is {mode}, WAL is required",
-                    path.display()
-                )));
-            }
-            // FULL syncs the WAL on every commit; NORMAL could lose the last commits
-            // on power loss, and those may already be acknowledged.
-            conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(unavailable)?;
-            conn.pragma_update(None, "foreign_keys", "ON")
-                .map_err(unavailable)?;
-        }
-        Role::Reader => {
-            conn.pragma_update(None, "query_only", "ON")
-                .map_err(unavailable)?;
-        }
-    }
-    Ok(conn)
-}
-
-fn join_error(e: tokio::task::JoinError) -> StoreError {
-    if e.is_panic() {
-        StoreError::Query(format!("sqlite call panicked: {e}"))
-    } else {
-        StoreError::Unavailable("sqlite call cancelled: runtime shutting down".into())
-    }
-}
-
-fn sql_error(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(failure, message) = &e {
-        match failure.code {
-            ErrorCode::ConstraintViolation
-                if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-            {
-                let what = match message.as_deref() {
-                    Some(m) if m.contains("users.username") => "username",
-                    Some(m) if m.contains("messages.id") => "message id",
-                    _ => "id",
-                };
-                return StoreError::Conflict(what);
-            }
-            ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::CannotOpen
-            | ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::ReadOnly
-            | ErrorCode::PermissionDenied
-            | ErrorCode::OutOfMemory
-            | ErrorCode::FileLockingProtocolFailed
-            | ErrorCode::DatabaseCorrupt
-            | ErrorCode::NotADatabase => return StoreError::Unavailable(e.to_string()),
-            _ => {}
-        }
-    }
-    StoreError::Query(e.to_string())
-}
+use crate::store::{
+    distinct, newest_per_conversation, ChangeOutcome, ConversationRecord, MessageRecord,
+    NewMessage, ReactionOutcome, Store, StoreError, UserRecord,
+};
 
 /// A UUID as the schema stores it: lowercase hyphenated text, which sorts like the
 /// UUID's bytes.
@@ -255,6 +58,7 @@ fn now_micros() -> Micros {
     Micros(crate::ids::now_micros())
 }
 
+/// Reads the columns `id, username, password_hash, created_at`.
 fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
         id: UserId(row.get::<_, Key>(0)?.0),
@@ -264,6 +68,8 @@ fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     })
 }
 
+/// Reads the columns `id, name, description, is_group, created_by, created_at,
+/// updated_at`.
 fn conversation_row(row: &Row<'_>) -> rusqlite::Result<ConversationRecord> {
     Ok(ConversationRecord {
         id: ConversationId(row.get::<_, Key>(0)?.0),
@@ -271,6 +77,21 @@ fn conversation_row(row: &Row<'_>) -> rusqlite::Result<ConversationRecord> {
         description: row.get(2)?,
         is_group: row.get(3)?,
         created_by: UserId(row.get::<_, Key>(4)?.0),
+        created_at: row.get::<_, Micros>(5)?.0,
+        updated_at: row.get::<_, Micros>(6)?.0,
+    })
+}
+
+/// Reads a row of a history page (`m.id, m.sender_id, u.username, m.content,
+/// m.is_edited, m.created_at, m.updated_at`), of `conversation`.
+fn message_row(row: &Row<'_>, conversation: ConversationId) -> rusqlite::Result<MessageRecord> {
+    Ok(MessageRecord {
+        id: MessageId(row.get::<_, Key>(0)?.0),
+        conversation_id: conversation,
+        sender_id: UserId(row.get::<_, Key>(1)?.0),
+        sender_username: row.get(2)?,
+        content: row.get(3)?,
+        is_edited: row.get(4)?,
         created_at: row.get::<_, Micros>(5)?.0,
         updated_at: row.get::<_, Micros>(6)?.0,
     })
@@ -353,10 +174,9 @@ impl Store for SqliteStore {
         let ids = ids.to_vec();
         self.read(move |conn| {
             let mut exists = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
-            let mut seen = HashSet::new();
             let mut missing = Vec::new();
-            for id in ids {
-                if seen.insert(id) && !exists.exists([Key(id.0)])? {
+            for id in distinct(&ids) {
+                if !exists.exists([Key(id.0)])? {
                     missing.push(id);
                 }
             }
@@ -489,18 +309,6 @@ impl Store for SqliteStore {
         before: Option<MessageId>,
     ) -> Result<Option<Vec<MessageRecord>>, StoreError> {
         self.read(move |conn| {
-            let message_row = |row: &Row<'_>| {
-                Ok(MessageRecord {
-                    id: MessageId(row.get::<_, Key>(0)?.0),
-                    conversation_id: id,
-                    sender_id: UserId(row.get::<_, Key>(1)?.0),
-                    sender_username: row.get(2)?,
-                    content: row.get(3)?,
-                    is_edited: row.get(4)?,
-                    created_at: row.get::<_, Micros>(5)?.0,
-                    updated_at: row.get::<_, Micros>(6)?.0,
-                })
-            };
             let mut page: Vec<MessageRecord> = match before {
                 None => conn
                     .prepare_cached(
@@ -510,7 +318,7 @@ impl Store for SqliteStore {
                          WHERE m.conversation_id = ?1 AND m.deleted_at IS NULL \
                          ORDER BY m.id DESC LIMIT ?2",
                     )?
-                    .query_map(params![Key(id.0), limit], message_row)?
+                    .query_map(params![Key(id.0), limit], |row| message_row(row, id))?
                     .collect::<rusqlite::Result<_>>()?,
                 Some(before) => {
                     // Deleted messages still anchor a page: a client paging back from
@@ -530,7 +338,9 @@ impl Store for SqliteStore {
                          WHERE m.conversation_id = ?1 AND m.id < ?2 AND m.deleted_at IS NULL \
                          ORDER BY m.id DESC LIMIT ?3",
                     )?
-                    .query_map(params![Key(id.0), Key(before.0), limit], message_row)?
+                    .query_map(params![Key(id.0), Key(before.0), limit], |row| {
+                        message_row(row, id)
+                    })?
                     .collect::<rusqlite::Result<_>>()?
                 }
             };
@@ -547,7 +357,6 @@ impl Store for SqliteStore {
         let batch = batch.to_vec();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut newest: BTreeMap<ConversationId, DateTime<Utc>> = BTreeMap::new();
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO messages \
@@ -562,16 +371,12 @@ impl Store for SqliteStore {
                         m.content,
                         Micros(m.created_at)
                     ])?;
-                    newest
-                        .entry(m.conversation_id)
-                        .and_modify(|at| *at = (*at).max(m.created_at))
-                        .or_insert(m.created_at);
                 }
                 let mut bump = tx.prepare_cached(
                     "UPDATE conversations SET updated_at = ?2 \
                      WHERE id = ?1 AND updated_at < ?2",
                 )?;
-                for (conversation, at) in newest {
+                for (conversation, at) in newest_per_conversation(&batch) {
                     bump.execute(params![Key(conversation.0), Micros(at)])?;
                 }
             }
@@ -667,61 +472,5 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::conformance;
-
-    async fn fresh_store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = SqliteStore::open(&dir.path().join("chat.db"), 2)
-            .await
-            .expect("sqlite store opens");
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn sqlite_store_conforms() {
-        let (_dir, store) = fresh_store().await;
-        conformance::run(&store).await;
-    }
-
-    #[tokio::test]
-    async fn sqlite_reopen_keeps_data_and_skips_applied_migrations() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("chat.db");
-        let user = conformance::user("reopened");
-        {
-            let store = SqliteStore::open(&path, 1).await.expect("first open");
-            store.create_user(&user).await.expect("user created");
-        }
-        let store = SqliteStore::open(&path, 1).await.expect("second open");
-        let found = store
-            .user_by_id(user.id)
-            .await
-            .expect("lookup works")
-            .expect("user survived the reopen");
-        assert_eq!(found.username, "reopened");
-        assert_eq!(found.created_at, user.created_at);
-    }
-
-    #[tokio::test]
-    async fn sqlite_runs_durable_wal() {
-        let (_dir, store) = fresh_store().await;
-        let (mode, sync, fks) = store
-            .write(|conn| {
-                let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-                let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-                let fks: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
-                Ok((mode, sync, fks))
-            })
-            .await
-            .expect("pragmas readable");
-        assert_eq!(mode, "wal");
-        assert_eq!(sync, 2, "synchronous must be FULL");
-        assert_eq!(fks, 1);
     }
 }

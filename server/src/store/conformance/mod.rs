@@ -1,67 +1,28 @@
-//! Test-only: the behaviour every `Store` must show, run against each real store, plus
-//! the scaffolding to give a test its own throw-away PostgreSQL database.
+//! Test-only: the behaviour every `Store` must show, run against each real store;
+//! `fixtures` holds the scaffolding the store tests share.
 //!
 //! It must never be compiled into the server and never touch a database it did not
 //! create.
 
-use std::time::Duration;
+mod fixtures;
 
-use chrono::{DateTime, Utc};
+use super::{ChangeOutcome, MessageRecord, NewMessage, ReactionOutcome, Store, StoreError};
+use crate::ids::{now_micros, ConversationId, MessageId, UserId};
 
-use super::{
-    ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, ReactionOutcome, Store,
-    StoreError, UserRecord,
-};
-use crate::ids::{now_micros, ConversationId, MessageId, MessageIdGen, UserId};
+pub(crate) use fixtures::{conversation, messages, no_hang, seed, user, PgTestDb, ADMIN_URL};
 
-/// The maintenance database of the local test server; test databases are made from it.
-pub(crate) const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-pub(crate) fn user(username: &str) -> UserRecord {
-    UserRecord {
-        id: UserId::random(),
-        username: username.to_owned(),
-        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$salt-of-{username}$hash"),
-        created_at: now_micros(),
+/// The ids of the conversation's whole history, oldest first, read page by page.
+pub(crate) async fn all_history(store: &dyn Store, id: ConversationId) -> Vec<MessageId> {
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let older = page(store, id, 100, before).await;
+        let Some(oldest) = older.first() else {
+            return seen;
+        };
+        before = Some(oldest.id);
+        seen.splice(0..0, ids(&older));
     }
-}
-
-pub(crate) fn conversation(
-    creator: UserId,
-    name: Option<&str>,
-    at: DateTime<Utc>,
-) -> ConversationRecord {
-    ConversationRecord {
-        id: ConversationId::random(),
-        name: name.map(str::to_owned),
-        description: name.map(|n| format!("about {n}")),
-        is_group: name.is_some(),
-        created_by: creator,
-        created_at: at,
-        updated_at: at,
-    }
-}
-
-/// `count` messages with increasing ids and times, senders taking turns.
-pub(crate) fn messages(
-    conversation: ConversationId,
-    senders: &[UserId],
-    start: DateTime<Utc>,
-    count: usize,
-) -> Vec<NewMessage> {
-    let mut ids = MessageIdGen::default();
-    (0..count)
-        .map(|i| {
-            let at = start + chrono::Duration::microseconds(i64::try_from(i).unwrap_or(0) * 7);
-            NewMessage {
-                id: ids.next(at),
-                conversation_id: conversation,
-                sender_id: senders[i % senders.len()],
-                content: format!("message {i} \u{1f680} \"quoted\" 'single' \\ back"),
-                created_at: at,
-            }
-        })
-        .collect()
 }
 
 fn ids(page: &[MessageRecord]) -> Vec<MessageId> {
@@ -484,17 +445,7 @@ async fn large_batch_keeps_order(store: &dyn Store) {
     let batch = messages(chat.id, &[alice.id, bob.id], start, 1000);
     store.insert_messages(&batch).await.expect("insert 1000");
 
-    let mut seen = Vec::new();
-    let mut before = None;
-    loop {
-        let older = page(store, chat.id, 100, before).await;
-        if older.is_empty() {
-            break;
-        }
-        before = Some(older[0].id);
-        seen.splice(0..0, older.iter().map(|m| m.id));
-    }
-    assert_eq!(seen, new_ids(&batch));
+    assert_eq!(all_history(store, chat.id).await, new_ids(&batch));
     let updated = store
         .conversation(chat.id)
         .await
@@ -540,61 +491,4 @@ async fn failed_batch_commits_nothing(store: &dyn Store) {
     );
     assert_eq!(ids(&page(store, chat.id, 50, None).await), new_ids(&first));
     store.insert_messages(&[]).await.expect("empty batch");
-}
-
-/// A database of its own for one test, dropped (connections and all) when this is.
-pub(crate) struct PgTestDb {
-    pub(crate) url: String,
-    name: String,
-}
-
-impl PgTestDb {
-    pub(crate) async fn create() -> Self {
-        let name = format!("chat_store_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = admin_client().await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create the test database");
-        Self {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
-    }
-}
-
-async fn admin_client() -> tokio_postgres::Client {
-    let (client, connection) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls),
-    )
-    .await
-    .expect("PostgreSQL answers at 127.0.0.1:5432 in time")
-    .expect("PostgreSQL runs at 127.0.0.1:5432 (user postgres, trust auth)");
-    tokio::spawn(connection);
-    client
-}
-
-impl Drop for PgTestDb {
-    fn drop(&mut self) {
-        let name = std::mem::take(&mut self.name);
-        // Drop may run inside a runtime that must not block on itself: a thread with
-        // its own runtime does the clean-up, even when the test is unwinding.
-        let cleaner = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the clean-up");
-            runtime.block_on(async {
-                admin_client()
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .expect("drop the test database");
-            });
-        });
-        if cleaner.join().is_err() {
-            tracing::warn!("could not drop a test database");
-        }
-    }
 }
