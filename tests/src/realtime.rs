@@ -140,7 +140,9 @@ pub async fn group(api: &Api, prefixes: &[&str]) -> anyhow::Result<(Vec<Session>
         bail!("a group needs at least one user");
     };
     let others: Vec<&Session> = others.iter().collect();
-    let conv = api.create_conversation(creator, "realtime", &others).await?;
+    let conv = api
+        .create_conversation(creator, "realtime", &others)
+        .await?;
     let id = conv
         .get("id")
         .and_then(Value::as_str)
@@ -154,13 +156,17 @@ pub async fn group(api: &Api, prefixes: &[&str]) -> anyhow::Result<(Vec<Session>
 pub async fn collect_messages(ws: &mut WsClient, n: usize) -> anyhow::Result<Vec<Value>> {
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
-        let ev = ws.recv().await.with_context(|| {
-            format!("waiting for message {} of {n}", got.len() + 1)
-        })?;
+        let ev = ws
+            .recv()
+            .await
+            .with_context(|| format!("waiting for message {} of {n}", got.len() + 1))?;
         match ev {
             WsEvent::Json(v) if kind(&v) == "message" => got.push(v),
             WsEvent::Json(v) if kind(&v) == "error" => {
-                bail!("error event while waiting for message {} of {n}: {v}", got.len() + 1)
+                bail!(
+                    "error event while waiting for message {} of {n}: {v}",
+                    got.len() + 1
+                )
             }
             WsEvent::Json(_) => {}
             other => bail!(

@@ -9,9 +9,11 @@ pub mod docs;
 pub mod dto;
 mod request;
 
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -33,9 +35,20 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
-    let response = match route(&shard, req).instrument(span.clone()).await {
-        Ok(response) => response,
-        Err(e) => error_response(&e),
+    // A bug in one handler must cost one request, not the shard thread it runs on.
+    let handled = AssertUnwindSafe(route(&shard, req).instrument(span.clone()))
+        .catch_unwind()
+        .await;
+    let response = match handled {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => error_response(&e),
+        Err(_) => {
+            tracing::error!(parent: &span, "handler panicked");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"detail": "Internal Server Error"}),
+            )
+        }
     };
     tracing::debug!(parent: &span, status = response.status().as_u16(), "done");
     Ok(response)

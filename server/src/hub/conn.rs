@@ -127,6 +127,19 @@ impl Conn {
         .await
     }
 
+    /// Resolves once the connection overflowed; watched while a write is stuck.
+    pub async fn overflowed(&self) {
+        poll_fn(|cx| {
+            if self.state.get() == State::Overflowed {
+                Poll::Ready(())
+            } else {
+                self.writer.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
     }

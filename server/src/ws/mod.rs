@@ -5,10 +5,12 @@
 
 mod connection;
 
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -53,7 +55,13 @@ pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation
     let shard = Rc::clone(shard);
     monoio::spawn(async move {
         match upgraded.await {
-            Ok(ws) => connection::run(shard, ws, admission).await,
+            Ok(ws) => {
+                // A bug in one connection must not take the shard thread down with it.
+                let run = AssertUnwindSafe(connection::run(shard, ws, admission));
+                if run.catch_unwind().await.is_err() {
+                    tracing::error!("websocket connection task panicked");
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
