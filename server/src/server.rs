@@ -75,11 +75,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for s in started {
         let _ = s.thread.join();
     }
-    // The shards are gone; dropping the last handle lets the writer flush and stop.
-    drop(app);
-    store_runtime.block_on(async {
-        let _ = writer_done.await;
-    });
+    // The shards are gone, so nothing new reaches the writer: wait until what it holds
+    // is committed (or has failed and been reported), within the grace period.
+    let deadline = std::time::Instant::now() + app.config.shutdown_grace();
+    while app.writer.queued() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(writer_done);
+    store_runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())
 }

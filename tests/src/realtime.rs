@@ -205,6 +205,28 @@ pub async fn events_until(
     }
 }
 
+/// Reads until the close frame and returns it, with every event before it. Fails,
+/// listing what arrived, when the stream ends without a close frame or nothing more
+/// arrives.
+pub async fn close_frame(
+    ws: &mut WsClient,
+    what: &str,
+) -> anyhow::Result<(Option<(u16, String)>, Vec<WsEvent>)> {
+    let mut before = Vec::new();
+    loop {
+        let ev = ws.recv().await.with_context(|| {
+            format!("{what}: waiting for a close frame; got instead {before:?}")
+        })?;
+        match ev {
+            WsEvent::Close(frame) => return Ok((frame, before)),
+            WsEvent::Ended => {
+                bail!("{what}: the stream ended without a close frame; got before {before:?}")
+            }
+            other => before.push(other),
+        }
+    }
+}
+
 /// The next event, which must be an `error` with a non-empty string `detail`.
 pub async fn expect_error_event(ws: &mut WsClient, after: &str) -> anyhow::Result<Value> {
     let ev = ws

@@ -12,7 +12,9 @@ use crate::ids::UserId;
 struct Claims {
     sub: String,
     exp: u64,
-    iat: u64,
+    /// Always issued; not required on the way in, as API.md asks only `sub` and `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
 }
 
 /// Any reason a token is not accepted; callers answer all of them the same way.
@@ -44,7 +46,7 @@ impl JwtKeys {
         let iat = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: user.to_string(),
-            iat,
+            iat: Some(iat),
             exp: iat + self.ttl.as_secs(),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| TokenError)

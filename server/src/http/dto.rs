@@ -11,7 +11,6 @@ use crate::store::{ConversationRecord, MessageRecord, UserRecord};
 
 /// Body of register and login.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// 3-32 characters of `[A-Za-z0-9_.-]`.
     #[schema(
@@ -65,7 +64,6 @@ pub struct Token {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NewConversation {
     #[schema(example = "Team Chat", max_length = 200)]
     #[serde(default)]
@@ -81,7 +79,6 @@ pub struct NewConversation {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NewParticipant {
     #[schema(value_type = String, format = Uuid)]
     pub user_id: String,

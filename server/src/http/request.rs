@@ -2,8 +2,8 @@
 //! 422 errors that name the field, query parameters, and the bearer token. Every
 //! failure here is the client's and becomes a 4xx, never a 500.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::Request;
 use serde::de::DeserializeOwned;
@@ -15,25 +15,39 @@ use crate::shard::Shard;
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut body = req.into_body();
+    let mut collected = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::field(
+                "body",
+                "",
+                "body_error",
+                "Could not read the request body",
+            ));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total <= limit {
+            collected.extend_from_slice(&data);
+        } else if total > limit.saturating_mul(DRAIN_FACTOR) {
+            // Far too large to be worth reading: answer now and let the connection go.
+            return Err(ApiError::PayloadTooLarge);
+        }
+    }
+    // An oversized body is read to its end (up to a cap) before the 413, so a client
+    // still sending sees the answer instead of a reset connection.
+    if total > limit {
         return Err(ApiError::PayloadTooLarge);
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
-        Err(_) => Err(ApiError::field(
-            "body",
-            "",
-            "body_error",
-            "Could not read the request body",
-        )),
-    }
+    Ok(collected.freeze())
 }
+
+/// How far past the limit an oversized body is still drained, as a multiple of it.
+const DRAIN_FACTOR: usize = 8;
 
 /// Parses a JSON body into `T`; any mismatch is a 422 whose `loc` names the field.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

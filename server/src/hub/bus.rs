@@ -9,8 +9,8 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use futures_util::task::AtomicWaker;
 
-use crate::ids::{ConversationId, MessageId, UserId};
-use crate::protocol::Presence;
+use crate::ids::{ConversationId, UserId};
+use crate::protocol::ClientEvent;
 use crate::store::writer::CommitResult;
 
 /// Which connection, on which shard.
@@ -32,26 +32,12 @@ pub struct Actor {
 /// Work for a conversation's home shard.
 #[derive(Debug)]
 pub enum HomeMsg {
+    /// A connection opened in the conversation.
     Join,
+    /// A connection closed.
     Leave,
-    Post {
-        content: String,
-    },
-    Typing,
-    Edit {
-        message_id: MessageId,
-        content: String,
-    },
-    Delete {
-        message_id: MessageId,
-    },
-    Reaction {
-        message_id: MessageId,
-        emoji: String,
-    },
-    Presence {
-        status: Presence,
-    },
+    /// A validated client event to order, persist or relay.
+    Event(ClientEvent),
 }
 
 #[derive(Debug)]

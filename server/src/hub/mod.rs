@@ -165,24 +165,11 @@ impl Hub {
                 return Err(Refused::RateLimited);
             }
         }
-        let msg = match event {
-            ClientEvent::Ping => {
-                conn.push(ServerEvent::Pong.frame());
-                return Ok(());
-            }
-            ClientEvent::Message { content } => HomeMsg::Post { content },
-            ClientEvent::Typing => HomeMsg::Typing,
-            ClientEvent::Edit {
-                message_id,
-                content,
-            } => HomeMsg::Edit {
-                message_id,
-                content,
-            },
-            ClientEvent::Delete { message_id } => HomeMsg::Delete { message_id },
-            ClientEvent::Reaction { message_id, emoji } => HomeMsg::Reaction { message_id, emoji },
-            ClientEvent::Presence { status } => HomeMsg::Presence { status },
-        };
+        if event == ClientEvent::Ping {
+            conn.push(ServerEvent::Pong.frame());
+            return Ok(());
+        }
+        let msg = HomeMsg::Event(event);
         self.to_home(conn, reference, msg);
         Ok(())
     }
@@ -269,8 +256,16 @@ impl Hub {
         match msg {
             HomeMsg::Join => self.join(conversation, &actor),
             HomeMsg::Leave => self.leave(conversation, &actor),
-            HomeMsg::Post { content } => self.post(conversation, actor, content),
-            HomeMsg::Typing => {
+            HomeMsg::Event(event) => self.event(conversation, actor, event),
+        }
+    }
+
+    fn event(self: &Rc<Self>, conversation: ConversationId, actor: Actor, event: ClientEvent) {
+        match event {
+            // Answered by the connection's own shard; never sent home.
+            ClientEvent::Ping => {}
+            ClientEvent::Message { content } => self.post(conversation, actor, content),
+            ClientEvent::Typing => {
                 let frame = ServerEvent::Typing {
                     sender_id: actor.user,
                     sender_username: &actor.username,
@@ -279,7 +274,7 @@ impl Hub {
                 .frame();
                 self.fanout(conversation, frame, Some(actor.user));
             }
-            HomeMsg::Presence { status } => {
+            ClientEvent::Presence { status } => {
                 let frame = ServerEvent::Presence {
                     sender_id: actor.user,
                     sender_username: &actor.username,
@@ -288,7 +283,7 @@ impl Hub {
                 .frame();
                 self.fanout(conversation, frame, None);
             }
-            HomeMsg::Edit {
+            ClientEvent::Edit {
                 message_id,
                 content,
             } => {
@@ -316,7 +311,7 @@ impl Hub {
                     "Message could not be edited, please retry",
                 );
             }
-            HomeMsg::Delete { message_id } => {
+            ClientEvent::Delete { message_id } => {
                 let (user, at) = (actor.user, now_micros());
                 self.change(
                     conversation,
@@ -330,7 +325,7 @@ impl Hub {
                     "Message could not be deleted, please retry",
                 );
             }
-            HomeMsg::Reaction { message_id, emoji } => {
+            ClientEvent::Reaction { message_id, emoji } => {
                 let user = actor.user;
                 self.change(
                     conversation,
@@ -403,14 +398,7 @@ impl Hub {
             }
             home.active_users()
         };
-        let content = format!("User {} joined the conversation", actor.username);
-        let frame = ServerEvent::System {
-            content: &content,
-            sender_id: actor.user,
-            active_users: &active,
-        }
-        .frame();
-        self.fanout(conversation, frame, None);
+        self.announce(conversation, actor, "joined", &active);
     }
 
     fn leave(&self, conversation: ConversationId, actor: &Actor) {
@@ -438,15 +426,20 @@ impl Hub {
         };
         // A user with another tab still open has not left.
         if let Some(active) = left {
-            let content = format!("User {} left the conversation", actor.username);
-            let frame = ServerEvent::System {
-                content: &content,
-                sender_id: actor.user,
-                active_users: &active,
-            }
-            .frame();
-            self.fanout(conversation, frame, None);
+            self.announce(conversation, actor, "left", &active);
         }
+    }
+
+    /// The `system` event of a user joining or leaving, to everyone connected.
+    fn announce(&self, conversation: ConversationId, actor: &Actor, verb: &str, active: &[UserId]) {
+        let content = format!("User {} {verb} the conversation", actor.username);
+        let frame = ServerEvent::System {
+            content: &content,
+            sender_id: actor.user,
+            active_users: active,
+        }
+        .frame();
+        self.fanout(conversation, frame, None);
     }
 
     fn post(&self, conversation: ConversationId, actor: Actor, content: String) {

@@ -1,0 +1,390 @@
+//! The harness's whole configuration: its own flags (workload, capacity search, local
+//! server, client network, output) plus every Goose flag, flattened in. Every flag is
+//! also an environment variable: the harness's own are named in `--help`, and each Goose
+//! flag `--some-flag` reads `LOADTEST_SOME_FLAG` (for example `LOADTEST_USERS=5000`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser};
+use goose::config::GooseConfiguration;
+
+/// Users simulated when `--users` is not given.
+pub const DEFAULT_USERS: usize = 1000;
+/// Measured time when `--run-time` is not given.
+pub const DEFAULT_RUN_TIME: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "loadtest",
+    about = "Capacity harness for the chat server: simulated users chat over WebSockets while \
+             Goose drives their REST calls. Without --host it starts a local release server, \
+             runs, and stops it.",
+    after_help = "Goose's own options follow the harness's. --users (default 1000) is the \
+                  number of simulated users and --run-time (default 30s) the measured time \
+                  once every user has joined; --report-file writes Goose's HTML/JSON report."
+)]
+pub struct Config {
+    // ----- workload -----
+    /// Members of each group conversation (2-64; the last group of a layer takes the
+    /// remainder, so it may be larger).
+    #[arg(long, env = "LOADTEST_GROUP_SIZE", default_value_t = 10, help_heading = "Workload",
+          value_parser = clap::value_parser!(u16).range(2..=64))]
+    pub group_size: u16,
+
+    /// Conversations each user belongs to (one WebSocket each).
+    #[arg(long, env = "LOADTEST_CONVERSATIONS_PER_USER", default_value_t = 1, help_heading = "Workload",
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub conversations_per_user: u16,
+
+    /// Chat messages each user sends per second, over all its conversations (Poisson
+    /// arrivals).
+    #[arg(long, env = "LOADTEST_MESSAGE_RATE", default_value_t = 0.5, help_heading = "Workload")]
+    pub message_rate: f64,
+
+    /// Share of messages (0-1) preceded by a typing indicator.
+    #[arg(long, env = "LOADTEST_TYPING_RATIO", default_value_t = 0.3, help_heading = "Workload")]
+    pub typing_ratio: f64,
+
+    /// Length of each chat message in characters, measurement tag included.
+    #[arg(long, env = "LOADTEST_MESSAGE_BYTES", default_value_t = 120, help_heading = "Workload")]
+    pub message_bytes: usize,
+
+    /// Mean seconds between a user's REST activities (reading history, reconnecting).
+    #[arg(long, env = "LOADTEST_THINK_TIME", default_value_t = 10.0, help_heading = "Workload")]
+    pub think_time: f64,
+
+    /// Relative weight of "read history" among a user's activities.
+    #[arg(long, env = "LOADTEST_HISTORY_WEIGHT", default_value_t = 3, help_heading = "Workload")]
+    pub history_weight: usize,
+
+    /// Relative weight of "disconnect and reconnect one socket" (0: never).
+    #[arg(long, env = "LOADTEST_RECONNECT_WEIGHT", default_value_t = 1, help_heading = "Workload")]
+    pub reconnect_weight: usize,
+
+    /// Usernames are PREFIX-0, PREFIX-1, ...; existing accounts are reused (register
+    /// answers 409, then the user logs in). Default: a fresh random prefix per run.
+    #[arg(long, env = "LOADTEST_USER_PREFIX", help_heading = "Workload")]
+    pub user_prefix: Option<String>,
+
+    /// Password of every simulated account.
+    #[arg(long, env = "LOADTEST_PASSWORD", default_value = "loadtest-password",
+          hide_env_values = true, help_heading = "Workload")]
+    pub password: String,
+
+    /// Register/login requests in flight at once (password hashing is slow by design;
+    /// more only queues on the server).
+    #[arg(long, env = "LOADTEST_AUTH_CONCURRENCY", default_value_t = 16, help_heading = "Workload")]
+    pub auth_concurrency: usize,
+
+    /// Seconds of chat after every user joined and before measuring (excluded from the
+    /// latency figures, included in the correctness checks).
+    #[arg(long, env = "LOADTEST_WARMUP", default_value_t = 2.0, help_heading = "Workload")]
+    pub warmup: f64,
+
+    /// Longest wait, in seconds, for every user to register, log in, join and connect.
+    #[arg(long, env = "LOADTEST_SETUP_TIMEOUT", default_value_t = 900.0, help_heading = "Workload")]
+    pub setup_timeout: f64,
+
+    /// Seconds a closing socket waits for the acknowledgements of its messages in flight,
+    /// and the end of the run waits for the last deliveries.
+    #[arg(long, env = "LOADTEST_DRAIN_TIMEOUT", default_value_t = 15.0, help_heading = "Workload")]
+    pub drain_timeout: f64,
+
+    /// A receiver that disconnects must have seen a message only when its
+    /// acknowledgement came at least this many milliseconds before the disconnect
+    /// (closer calls are counted as neither missing nor expected).
+    #[arg(long, env = "LOADTEST_CLOSE_MARGIN_MS", default_value_t = 1000, help_heading = "Workload")]
+    pub close_margin_ms: u64,
+
+    /// Events per second per user that the target server allows (its
+    /// --ws-rate-per-second). With --host the harness stays under it; a server it
+    /// starts itself gets limits far above any rate used.
+    #[arg(long, env = "LOADTEST_SERVER_RATE_LIMIT", default_value_t = 20.0, help_heading = "Workload")]
+    pub server_rate_limit: f64,
+
+    // ----- capacity search -----
+    /// Capacity mode: raise the message rate step by step until p99 delivery latency
+    /// passes the SLO or anything is lost; report the highest rate that held.
+    #[arg(long, env = "LOADTEST_CAPACITY", help_heading = "Capacity")]
+    pub capacity: bool,
+
+    /// The p99 delivery latency objective, in milliseconds.
+    #[arg(long, env = "LOADTEST_SLO_P99_MS", default_value_t = 100.0, help_heading = "Capacity")]
+    pub slo_p99_ms: f64,
+
+    /// Seconds each capacity step lasts.
+    #[arg(long, env = "LOADTEST_STEP_TIME", default_value_t = 10.0, help_heading = "Capacity")]
+    pub step_time: f64,
+
+    /// Messages per second (all users together) of the first step. Default: users x
+    /// --message-rate.
+    #[arg(long, env = "LOADTEST_START_RATE", help_heading = "Capacity")]
+    pub start_rate: Option<f64>,
+
+    /// Each step's rate is the previous one times this.
+    #[arg(long, env = "LOADTEST_RATE_FACTOR", default_value_t = 1.5, help_heading = "Capacity")]
+    pub rate_factor: f64,
+
+    /// Most capacity steps.
+    #[arg(long, env = "LOADTEST_MAX_STEPS", default_value_t = 15, help_heading = "Capacity")]
+    pub max_steps: usize,
+
+    // ----- local server -----
+    /// The chat-server binary to start when no --host is given. Default: the workspace's
+    /// target/release/chat-server, built with `cargo build --release -p chat-server`.
+    #[arg(long, env = "LOADTEST_SERVER_BIN", help_heading = "Local server")]
+    pub server_bin: Option<PathBuf>,
+
+    /// Do not run `cargo build --release -p chat-server` before starting the local
+    /// server (an existing binary is used as it is).
+    #[arg(long, env = "LOADTEST_NO_BUILD", help_heading = "Local server")]
+    pub no_build: bool,
+
+    /// Shards of the local server (default: its own default, one per core).
+    #[arg(long, env = "LOADTEST_SERVER_SHARDS", help_heading = "Local server")]
+    pub server_shards: Option<usize>,
+
+    /// Extra argument for the local server, repeatable (e.g.
+    /// --server-arg=--database-url=postgres://...).
+    #[arg(long, env = "LOADTEST_SERVER_ARG", allow_hyphen_values = true,
+          help_heading = "Local server")]
+    pub server_arg: Vec<String>,
+
+    /// Keep the local server's log in this file (default: a temporary file, its tail
+    /// shown when the server fails).
+    #[arg(long, env = "LOADTEST_SERVER_LOG", help_heading = "Local server")]
+    pub server_log: Option<PathBuf>,
+
+    // ----- client network -----
+    /// Loopback source addresses (127.0.0.1, 127.0.0.2, ...) the WebSockets are spread
+    /// over. Default: one per --connections-per-source sockets, when the target is a
+    /// 127.x address.
+    #[arg(long, env = "LOADTEST_SOURCE_ADDRESSES", help_heading = "Client network")]
+    pub source_addresses: Option<u8>,
+
+    /// Sockets per loopback source address before another is used (the ephemeral port
+    /// range holds about 28,000).
+    #[arg(long, env = "LOADTEST_CONNECTIONS_PER_SOURCE", default_value_t = 20_000,
+          help_heading = "Client network")]
+    pub connections_per_source: usize,
+
+    // ----- output -----
+    /// Write the WebSocket, persistence and capacity results (and a summary of the REST
+    /// requests) as JSON to this file.
+    #[arg(long, env = "LOADTEST_JSON_REPORT", help_heading = "Output")]
+    pub json_report: Option<PathBuf>,
+
+    /// Goose's options.
+    #[command(flatten)]
+    pub goose: GooseConfiguration,
+}
+
+impl Config {
+    /// Parses the command line and the environment (`LOADTEST_*`), exiting with usage on
+    /// error, as clap does.
+    pub fn from_env_and_args() -> Self {
+        match Self::try_from_iter(std::env::args_os()) {
+            Ok(config) => config,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// Parses the given arguments (the first is the program name) and the environment.
+    pub fn try_from_iter<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut matches = Self::command_with_env().try_get_matches_from(args)?;
+        Self::from_arg_matches_mut(&mut matches)
+    }
+
+    /// The clap command, with an environment variable on every flag that lacks one.
+    pub fn command_with_env() -> clap::Command {
+        Self::command().mut_args(with_env)
+    }
+
+    /// Simulated users (`--users`, default 1000).
+    pub fn users(&self) -> usize {
+        self.goose.users.unwrap_or(DEFAULT_USERS)
+    }
+
+    /// The measured time (`--run-time`, default 30 s) once every user joined.
+    pub fn run_time(&self) -> anyhow::Result<Duration> {
+        match &self.goose.run_time {
+            None => Ok(DEFAULT_RUN_TIME),
+            Some(text) => goose::util::parse_timespan(text)
+                .map(|secs| Duration::from_secs(secs as u64))
+                .with_context(|| format!("--run-time {text:?} is not a time span like 30s or 2m")),
+        }
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.users() == 0 {
+            bail!("--users must be at least 1");
+        }
+        if !(self.message_rate.is_finite() && self.message_rate >= 0.0) {
+            bail!("--message-rate must be a number >= 0");
+        }
+        if !(0.0..=1.0).contains(&self.typing_ratio) {
+            bail!("--typing-ratio must be between 0 and 1");
+        }
+        if self.message_bytes < 48 || self.message_bytes > 5000 {
+            bail!("--message-bytes must be between 48 (the measurement tag) and 5000");
+        }
+        if !(self.think_time.is_finite() && self.think_time > 0.0) {
+            bail!("--think-time must be > 0");
+        }
+        if self.history_weight + self.reconnect_weight == 0 {
+            bail!("--history-weight and --reconnect-weight cannot both be 0");
+        }
+        if self.auth_concurrency == 0 {
+            bail!("--auth-concurrency must be at least 1");
+        }
+        for (name, value) in [
+            ("--warmup", self.warmup),
+            ("--setup-timeout", self.setup_timeout),
+            ("--drain-timeout", self.drain_timeout),
+            ("--step-time", self.step_time),
+            ("--slo-p99-ms", self.slo_p99_ms),
+            ("--server-rate-limit", self.server_rate_limit),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                bail!("{name} must be a number >= 0");
+            }
+        }
+        if self.capacity {
+            if self.step_time < 1.0 {
+                bail!("--step-time must be at least 1 second");
+            }
+            if !(self.rate_factor.is_finite() && self.rate_factor > 1.0) {
+                bail!("--rate-factor must be > 1");
+            }
+            if self.max_steps == 0 {
+                bail!("--max-steps must be at least 1");
+            }
+            if let Some(rate) = self.start_rate {
+                if !(rate.is_finite() && rate > 0.0) {
+                    bail!("--start-rate must be > 0");
+                }
+            }
+        }
+        if self.connections_per_source == 0 {
+            bail!("--connections-per-source must be at least 1");
+        }
+        if self.goose.iterations.is_some() || self.goose.test_plan.is_some() {
+            bail!("--iterations and --test-plan are not supported: the harness decides when the run ends (--run-time, --capacity)");
+        }
+        self.run_time()?;
+        Ok(())
+    }
+
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup)
+    }
+
+    pub fn setup_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.setup_timeout)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout)
+    }
+
+    pub fn step_time(&self) -> Duration {
+        Duration::from_secs_f64(self.step_time)
+    }
+
+    /// WebSockets the run opens at once.
+    pub fn connections(&self) -> usize {
+        self.users() * usize::from(self.conversations_per_user)
+    }
+
+    /// Chat events (messages and typing indicators) one user sends per second at
+    /// `message_rate` messages per second.
+    pub fn events_per_user(&self, message_rate: f64) -> f64 {
+        message_rate * (1.0 + self.typing_ratio)
+    }
+}
+
+/// Gives a flag without an environment variable the variable `LOADTEST_<FLAG>`.
+fn with_env(arg: Arg) -> Arg {
+    let id = arg.get_id().as_str().to_owned();
+    if arg.get_env().is_some()
+        || arg.is_positional()
+        || matches!(
+            arg.get_action(),
+            ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+        )
+        || id == "help"
+    {
+        return arg;
+    }
+    let name = format!("LOADTEST_{}", id.to_ascii_uppercase().replace('-', "_"));
+    arg.env(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_consistent() {
+        Config::command_with_env().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_from_iter(["loadtest"]).expect("parses");
+        assert_eq!(c.users(), DEFAULT_USERS);
+        assert_eq!(c.run_time().expect("run time"), DEFAULT_RUN_TIME);
+        assert!(c.goose.host.is_none());
+        assert!(!c.capacity);
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn goose_flags_are_flattened() {
+        let c = Config::try_from_iter([
+            "loadtest",
+            "--host",
+            "http://127.0.0.1:8000",
+            "-u",
+            "50",
+            "-t",
+            "5s",
+            "--report-file",
+            "r.html",
+            "--capacity",
+            "--group-size",
+            "5",
+        ])
+        .expect("parses");
+        assert_eq!(c.goose.host.as_deref(), Some("http://127.0.0.1:8000"));
+        assert_eq!(c.users(), 50);
+        assert_eq!(c.run_time().expect("run time"), Duration::from_secs(5));
+        assert_eq!(c.goose.report_file, vec!["r.html".to_string()]);
+        assert!(c.capacity);
+        assert_eq!(c.group_size, 5);
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        let cmd = Config::command_with_env();
+        for arg in cmd.get_arguments() {
+            if arg.get_id() == "help" {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
+        }
+    }
+
+    #[test]
+    fn rejects_iterations() {
+        let c = Config::try_from_iter(["loadtest", "--iterations", "3"]).expect("parses");
+        assert!(c.validate().is_err());
+    }
+}
