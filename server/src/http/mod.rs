@@ -57,7 +57,11 @@ pub async fn serve(
 async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let method = req.method().clone();
+    // HEAD is GET without the body; hyper leaves the body out on the wire.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     match (segments.as_slice(), &method) {
         (["api", "auth", "register"], &Method::POST) => auth::register(shard, req).await,
         (["api", "auth", "login"], &Method::POST) => auth::login(shard, req).await,
