@@ -65,6 +65,8 @@ pub enum ProtocolError {
     EmptyContent,
     #[error("Message content exceeds {CONTENT_MAX_CHARS} characters")]
     ContentTooLong,
+    #[error("Message content must not contain NUL characters")]
+    NulInContent,
     #[error("Emoji must be 1-{EMOJI_MAX_CHARS} characters")]
     BadEmoji,
     #[error("Status must be one of online, away, offline")]
@@ -125,7 +127,7 @@ fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
         "reaction" => {
             let emoji = string(value, "emoji")?;
             let n = emoji.chars().count();
-            if n == 0 || n > EMOJI_MAX_CHARS || emoji.trim().is_empty() {
+            if n == 0 || n > EMOJI_MAX_CHARS || emoji.trim().is_empty() || emoji.contains('\0') {
                 return Err(ProtocolError::BadEmoji);
             }
             ClientEvent::Reaction {
@@ -159,6 +161,11 @@ fn content(value: &BorrowedValue) -> Result<String, ProtocolError> {
     let content = string(value, "content")?;
     if content.trim().is_empty() {
         return Err(ProtocolError::EmptyContent);
+    }
+    // PostgreSQL text cannot hold NUL; refusing it here keeps both stores alike and
+    // tells the client why, instead of a commit failure it would retry forever.
+    if content.contains('\0') {
+        return Err(ProtocolError::NulInContent);
     }
     // Cheap byte test first: 5000 characters are at most 20000 bytes.
     if content.len() > CONTENT_MAX_CHARS && content.chars().count() > CONTENT_MAX_CHARS {
@@ -361,6 +368,10 @@ mod tests {
         assert_eq!(
             err(r#"{"type":"message","content":"   "}"#),
             ProtocolError::EmptyContent
+        );
+        assert_eq!(
+            err(r#"{"type":"message","content":"a\u0000b"}"#),
+            ProtocolError::NulInContent
         );
         let long = "é".repeat(CONTENT_MAX_CHARS + 1);
         assert_eq!(

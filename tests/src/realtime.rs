@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::client::{Api, Session};
-use crate::server::TestServer;
+use crate::server::{ServerOptions, TestServer};
 use crate::ws::{ws_url, WsClient, WsEvent};
 
 /// `e2e_on!(scenario, |opts| opts.shards(4), [sqlite_uring => (Sqlite, Uring), ...]);`
@@ -43,13 +43,14 @@ macro_rules! e2e_on {
     };
 }
 
-/// Rate limits high enough that a test sending hundreds of events is never limited.
-pub const NO_RATE_LIMIT: [&str; 4] = [
-    "--ws-rate-per-second",
-    "1000000",
-    "--ws-rate-burst",
-    "1000000",
-];
+/// Raises the per-user rate limit so far that a test sending hundreds of events is
+/// never limited.
+pub fn no_rate_limit(opts: ServerOptions) -> ServerOptions {
+    opts.arg("--ws-rate-per-second")
+        .arg("1000000")
+        .arg("--ws-rate-burst")
+        .arg("1000000")
+}
 
 /// The `type` of an event (`""` when absent).
 pub fn kind(v: &Value) -> &str {

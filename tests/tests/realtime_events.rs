@@ -42,12 +42,14 @@ fn check_message_event(
 /// The guide's message flow: the sender's echo (its acknowledgement) carries
 /// `sender_username`, `message_id`, `timestamp`, `is_edited: false` and
 /// `conversation_id`; every other participant receives the identical event; history
-/// has it afterwards with the same id, content and sender.
+/// has it afterwards with the same id, content and sender. The sender's other tab
+/// gets it too.
 async fn message_echo_and_broadcast(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let (users, conv) = group(&api, &["alice", "bob", "carol"]).await?;
     let (alice, bob, carol) = (&users[0], &users[1], &users[2]);
     let (mut a, _) = join(srv, &conv, alice).await?;
+    let (mut a2, _) = join(srv, &conv, alice).await?;
     let (mut b, _) = join(srv, &conv, bob).await?;
     let (mut c, _) = join(srv, &conv, carol).await?;
 
@@ -58,7 +60,11 @@ async fn message_echo_and_broadcast(srv: &TestServer) -> anyhow::Result<()> {
         .wait_for("alice's echo", |v| is_message_with(v, content))
         .await?;
     let id = check_message_event(&echo, content, alice, &conv)?;
-    for (name, ws) in [("bob", &mut b), ("carol", &mut c)] {
+    for (name, ws) in [
+        ("alice's second tab", &mut a2),
+        ("bob", &mut b),
+        ("carol", &mut c),
+    ] {
         let got = ws
             .wait_for("alice's message", |v| kind(v) == "message")
             .await?;
@@ -86,8 +92,12 @@ async fn message_echo_and_broadcast(srv: &TestServer) -> anyhow::Result<()> {
         ensure!(m["sender_username"] == ev["sender_username"], "{m} vs {ev}");
         ensure!(m["conversation_id"] == conv.as_str(), "{m}");
         ensure!(m["is_edited"] == false, "{m}");
+        ensure!(
+            m["created_at"] == ev["timestamp"],
+            "history created_at differs from the event's timestamp: {m} vs {ev}"
+        );
     }
-    for ws in [a, b, c] {
+    for ws in [a, a2, b, c] {
         ws.close().await?;
     }
     Ok(())
@@ -853,14 +863,13 @@ async fn frame_size_limit(srv: &TestServer) -> anyhow::Result<()> {
     for (i, chunk) in chunks.into_iter().enumerate() {
         let opcode = if i == 0 { Data::Text } else { Data::Continue };
         // The server may close before the last fragment; later sends may then fail.
-        if a
-            .send_raw(Message::Frame(Frame::message(
-                chunk.to_vec(),
-                OpCode::Data(opcode),
-                i == last,
-            )))
-            .await
-            .is_err()
+        if a.send_raw(Message::Frame(Frame::message(
+            chunk.to_vec(),
+            OpCode::Data(opcode),
+            i == last,
+        )))
+        .await
+        .is_err()
         {
             break;
         }
@@ -994,7 +1003,115 @@ async fn refused_connections(srv: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Content a store cannot hold (a NUL character) is refused for that frame alone, the
+/// same on every store, with a detail that says why: messages other users send at the
+/// same moment are all acknowledged and stored. A JSON lone surrogate escape gets an echo or an error, and
+/// the connection stays usable.
+async fn hostile_content_is_contained(srv: &TestServer) -> anyhow::Result<()> {
+    const NUL: usize = 10;
+    const NORMAL: usize = 30;
+    let api = srv.api();
+    let (users, conv) = group(&api, &["alice", "bob"]).await?;
+    let (alice, bob) = (&users[0], &users[1]);
+    let (mut a, _) = join(srv, &conv, alice).await?;
+    let (mut b, _) = join(srv, &conv, bob).await?;
+    a.wait_for("bob's joined event", |v| is_joined(v, bob))
+        .await?;
+
+    // Interleave the frames so that they share the writer's batches.
+    for i in 0..NORMAL {
+        b.send_json(&json!({"type": "message", "content": format!("bob {i}")}))
+            .await?;
+        if i < NUL {
+            a.send_json(&json!({
+                "type": "message",
+                "content": format!("nul {i} \u{0} end"),
+                "ref": format!("nul-{i}"),
+            }))
+            .await?;
+        }
+    }
+    // alice: one outcome per NUL message (an echo or an error with its ref).
+    let mut alice_acked = Vec::new();
+    let mut alice_refused = Vec::new();
+    while alice_acked.len() + alice_refused.len() < NUL {
+        let ev = a.recv_json().await.context("alice's outcomes")?;
+        match kind(&ev) {
+            "message" if ev["sender_id"] == alice.user_id.as_str() => alice_acked.push(ev),
+            "error" => {
+                ensure!(
+                    field(&ev, "ref").starts_with("nul-"),
+                    "an error without the ref of a NUL message: {ev}"
+                );
+                ensure!(
+                    field(&ev, "detail").contains("NUL"),
+                    "the error does not say the NUL character is the problem: {ev}"
+                );
+                alice_refused.push(ev);
+            }
+            _ => {}
+        }
+    }
+    ensure!(
+        alice_acked.is_empty(),
+        "messages with a NUL character were accepted: {alice_acked:?}"
+    );
+    // bob: every message acknowledged.
+    let mut bob_acked = Vec::new();
+    while bob_acked.len() < NORMAL {
+        let ev = b.recv_json().await.context("bob's echoes")?;
+        match kind(&ev) {
+            "message" if ev["sender_id"] == bob.user_id.as_str() => bob_acked.push(ev),
+            "error" => bail!(
+                "bob's plain message was refused while alice sent NUL characters \
+                 (after {} of {NORMAL} acknowledged): {ev}",
+                bob_acked.len()
+            ),
+            _ => {}
+        }
+    }
+    let history = api.history_list(bob, &conv, "limit=100").await?;
+    let mut expected: Vec<(String, String)> = alice_acked
+        .iter()
+        .chain(&bob_acked)
+        .map(|v| {
+            (
+                field(v, "message_id").to_string(),
+                field(v, "content").to_string(),
+            )
+        })
+        .collect();
+    expected.sort();
+    let mut stored: Vec<(String, String)> = history
+        .iter()
+        .map(|m| (field(m, "id").to_string(), field(m, "content").to_string()))
+        .collect();
+    stored.sort();
+    ensure!(
+        stored == expected,
+        "history differs from the acknowledged messages: {stored:?} vs {expected:?}"
+    );
+
+    // A lone surrogate escape: an echo or an error, then business as usual.
+    a.send_text(r#"{"type": "message", "content": "x\ud800y", "ref": "surrogate"}"#)
+        .await?;
+    let ev = a
+        .wait_for("the outcome of the lone surrogate", |v| {
+            kind(v) == "error" || (kind(v) == "message" && field(v, "content").starts_with('x'))
+        })
+        .await?;
+    // An error may lack the ref when the frame is refused as invalid JSON.
+    if kind(&ev) == "error" && ev.get("ref").is_some() {
+        ensure!(ev["ref"] == "surrogate", "{ev}");
+    }
+    a.send_message("after the surrogate").await?;
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}
+
 tests::e2e!(
+    hostile_content_is_contained,
     message_echo_and_broadcast,
     join_and_leave,
     typing_reaches_others_only,
