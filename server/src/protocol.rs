@@ -2,6 +2,8 @@
 //! the frame's own buffer) and validated into `ClientEvent`; server events encoded
 //! once into a ready-to-write WebSocket frame (`Bytes`) that every recipient shares.
 
+use std::cell::RefCell;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use simd_json::prelude::*;
@@ -87,7 +89,14 @@ pub struct Parsed {
 
 /// Parses one text frame. The buffer is used as simd-json's scratch space.
 pub fn parse(buf: &mut [u8]) -> Parsed {
-    let value = match simd_json::to_borrowed_value(buf) {
+    // simd-json's scratch buffers are reused per thread (each shard is one thread):
+    // allocating them per frame cost more than the parse itself.
+    thread_local! {
+        static BUFFERS: RefCell<simd_json::Buffers> = RefCell::new(simd_json::Buffers::new(512));
+    }
+    let parsed = BUFFERS
+        .with(|b| simd_json::value::borrowed::to_value_with_buffers(buf, &mut b.borrow_mut()));
+    let value = match parsed {
         Ok(v) => v,
         Err(_) => {
             return Parsed {
