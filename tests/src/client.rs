@@ -250,6 +250,17 @@ impl Api {
         self.send(format!("{method} {path} (raw)"), builder).await
     }
 
+    /// A POST of raw bytes labelled `application/json` (for malformed JSON bodies).
+    pub async fn post_json_bytes(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> anyhow::Result<Reply> {
+        self.request_raw(Method::POST, path, token, "application/json", body.to_vec())
+            .await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<Reply> {
         self.request(Method::GET, path, token, None).await
     }
@@ -305,6 +316,20 @@ impl Api {
         })
     }
 
+    /// [`Api::new_user`] for each prefix, in order.
+    pub async fn new_users<const N: usize>(
+        &self,
+        prefixes: [&str; N],
+    ) -> anyhow::Result<[Session; N]> {
+        let mut users = Vec::with_capacity(N);
+        for prefix in prefixes {
+            users.push(self.new_user(prefix).await?);
+        }
+        users
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("expected {N} users"))
+    }
+
     pub async fn me(&self, token: &str) -> anyhow::Result<Reply> {
         self.get("/api/auth/me", Some(token)).await
     }
@@ -342,13 +367,39 @@ impl Api {
         self.create_conversation_raw(who, &body).await?.expect(201)
     }
 
+    /// [`Api::create_conversation`], returning just the new conversation's id.
+    pub async fn new_conversation(
+        &self,
+        who: &Session,
+        name: &str,
+        participants: &[&Session],
+    ) -> anyhow::Result<String> {
+        let conv = self.create_conversation(who, name, participants).await?;
+        str_field(&conv, "id")
+    }
+
     pub async fn list_conversations(&self, who: &Session) -> anyhow::Result<Reply> {
         self.get("/api/chat/conversations", Some(&who.token)).await
+    }
+
+    /// The ids of `who`'s conversations, in the listed order (expects 200; every entry
+    /// must have a string `id`).
+    pub async fn conversation_ids(&self, who: &Session) -> anyhow::Result<Vec<String>> {
+        let list = self.list_conversations(who).await?.expect(200)?;
+        as_list(&list)?
+            .iter()
+            .map(|conv| str_field(conv, "id"))
+            .collect()
     }
 
     pub async fn get_conversation(&self, who: &Session, id: &str) -> anyhow::Result<Reply> {
         self.get(&format!("/api/chat/conversations/{id}"), Some(&who.token))
             .await
+    }
+
+    /// The sorted participant ids of a conversation as `who` gets it (expects 200).
+    pub async fn participants(&self, who: &Session, id: &str) -> anyhow::Result<Vec<String>> {
+        participant_ids(&self.get_conversation(who, id).await?.expect(200)?)
     }
 
     pub async fn add_participant(

@@ -1,22 +1,24 @@
-//! Helpers for the real-time (WebSocket) tests: event predicates, joining a
-//! conversation in a known order, paging through history, low-level WebSocket
-//! connections (raw frames, a small receive buffer), a TCP relay that can cut one
-//! server off its database, and the server's resident memory.
+//! Helpers for the real-time (WebSocket) tests: event predicates and shape checks,
+//! joining a conversation in a known order, collecting events, frames the server must
+//! refuse, paging through history, low-level WebSocket connections (raw frames, a small
+//! receive buffer), the server's resident memory; and (in `outage`) a TCP relay that
+//! can cut one server off its database.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::client::{Api, Session};
 use crate::server::{ServerOptions, TestServer};
 use crate::ws::{ws_url, WsClient, WsEvent};
+
+mod outage;
+pub use outage::{postgres_parts, ScratchDatabase, TcpRelay};
 
 /// `e2e_on!(scenario, |opts| opts.shards(4), [sqlite_uring => (Sqlite, Uring), ...]);`
 /// generates a module `scenario` with one `#[tokio::test]` per listed configuration,
@@ -132,24 +134,124 @@ pub async fn join(
 
 /// Registers users named after `prefixes` (unique names) and a group conversation
 /// created by the first of them with all of them as participants.
-pub async fn group(api: &Api, prefixes: &[&str]) -> anyhow::Result<(Vec<Session>, String)> {
-    let mut users = Vec::new();
-    for prefix in prefixes {
-        users.push(api.new_user(prefix).await?);
-    }
+pub async fn group<const N: usize>(
+    api: &Api,
+    prefixes: &[&str; N],
+) -> anyhow::Result<([Session; N], String)> {
+    let users = api.new_users(*prefixes).await?;
     let Some((creator, others)) = users.split_first() else {
         bail!("a group needs at least one user");
     };
     let others: Vec<&Session> = others.iter().collect();
-    let conv = api
-        .create_conversation(creator, "realtime", &others)
-        .await?;
-    let id = conv
-        .get("id")
-        .and_then(Value::as_str)
-        .with_context(|| format!("conversation without id: {conv}"))?
-        .to_string();
+    let id = api.new_conversation(creator, "realtime", &others).await?;
     Ok((users, id))
+}
+
+/// [`join`] for each of `who` in order (the same user may come more than once, for
+/// several tabs); returns the clients. Each has read its own `joined` event only: the
+/// `joined` events of those connected after it are still to be read.
+pub async fn join_each<const N: usize>(
+    srv: &TestServer,
+    conversation: &str,
+    who: [&Session; N],
+) -> anyhow::Result<[WsClient; N]> {
+    let mut clients = Vec::with_capacity(N);
+    for user in who {
+        clients.push(join(srv, conversation, user).await?.0);
+    }
+    clients
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected {N} clients"))
+}
+
+/// [`join_each`], and every client also reads the `joined` events of those connected
+/// after it, so that once this returns no client has a `joined` event left to read.
+pub async fn join_settled<const N: usize>(
+    srv: &TestServer,
+    conversation: &str,
+    who: [&Session; N],
+) -> anyhow::Result<[WsClient; N]> {
+    let mut clients: Vec<WsClient> = Vec::with_capacity(N);
+    for user in who {
+        let (ws, _) = join(srv, conversation, user).await?;
+        for earlier in &mut clients {
+            earlier
+                .wait_for(&format!("{}'s joined event", user.username), |v| {
+                    is_joined(v, user)
+                })
+                .await?;
+        }
+        clients.push(ws);
+    }
+    clients
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected {N} clients"))
+}
+
+/// Closes every client (see [`WsClient::close`]).
+pub async fn close_all(clients: impl IntoIterator<Item = WsClient>) -> anyhow::Result<()> {
+    for ws in clients {
+        ws.close().await?;
+    }
+    Ok(())
+}
+
+/// Asserts that an event's `sender_id` and `sender_username` are `who`'s.
+pub fn check_sender(ev: &Value, who: &Session) -> anyhow::Result<()> {
+    ensure!(
+        ev["sender_id"] == who.user_id.as_str(),
+        "sender_id is not {}'s: {ev}",
+        who.username
+    );
+    ensure!(
+        ev["sender_username"] == who.username.as_str(),
+        "sender_username is not {}'s: {ev}",
+        who.username
+    );
+    Ok(())
+}
+
+/// Asserts the shape of a `message` event (API.md): type, content, sender, conversation,
+/// `is_edited: false`, a timestamp and a non-empty `message_id`, which it returns.
+pub fn check_message_event(
+    ev: &Value,
+    content: &str,
+    sender: &Session,
+    conversation: &str,
+) -> anyhow::Result<String> {
+    ensure!(kind(ev) == "message", "not a message event: {ev}");
+    ensure!(ev["content"] == content, "content differs: {ev}");
+    check_sender(ev, sender)?;
+    ensure!(
+        ev["conversation_id"] == conversation,
+        "conversation_id: {ev}"
+    );
+    ensure!(ev["is_edited"] == false, "is_edited must be false: {ev}");
+    crate::client::timestamp_field(ev, "timestamp")?;
+    let id = crate::client::str_field(ev, "message_id")?;
+    ensure!(!id.is_empty(), "empty message_id: {ev}");
+    Ok(id)
+}
+
+/// The next event of type `ty` on each of `clients` in turn; it must be the same on all
+/// of them, and is returned.
+pub async fn recv_everywhere(
+    clients: &mut [&mut WsClient],
+    ty: &str,
+    what: &str,
+) -> anyhow::Result<Value> {
+    let mut seen = Vec::with_capacity(clients.len());
+    for ws in clients.iter_mut() {
+        seen.push(ws.recv_type(ty).await.with_context(|| what.to_string())?);
+    }
+    let Some(first) = seen.first().cloned() else {
+        bail!("{what}: no clients");
+    };
+    ensure!(
+        seen.iter().all(|v| v == &first),
+        "{what}: differs between connections: {seen:?}"
+    );
+    Ok(first)
 }
 
 /// Reads until `n` `message` events have arrived and returns them; other events are
@@ -206,6 +308,33 @@ pub async fn events_until(
     }
 }
 
+/// [`events_until`] the `message` event with this content.
+pub async fn events_until_message(ws: &mut WsClient, content: &str) -> anyhow::Result<Vec<Value>> {
+    events_until(ws, &format!("the message {content:?}"), |v| {
+        is_message_with(v, content)
+    })
+    .await
+}
+
+/// Sends a chat message without a `ref` and returns every event up to its echo, the
+/// echo included (see [`events_until`]).
+pub async fn send_and_collect(ws: &mut WsClient, content: &str) -> anyhow::Result<Vec<Value>> {
+    ws.send_json(&json!({"type": "message", "content": content}))
+        .await?;
+    events_until_message(ws, content).await
+}
+
+/// Sends a chat message and fails unless its echo is the very next event, i.e. nothing
+/// else was pending for `ws`; `what` says why nothing else was expected.
+pub async fn expect_only_echo(ws: &mut WsClient, content: &str, what: &str) -> anyhow::Result<()> {
+    let events = send_and_collect(ws, content).await?;
+    ensure!(
+        events.len() == 1,
+        "{what}: got more than the echo of {content:?}: {events:?}"
+    );
+    Ok(())
+}
+
 /// Reads until the close frame and returns it, with every event before it. Fails,
 /// listing what arrived, when the stream ends without a close frame or nothing more
 /// arrives.
@@ -248,6 +377,28 @@ pub async fn expect_error_event(ws: &mut WsClient, after: &str) -> anyhow::Resul
         "after {after}: error event without a non-empty string detail: {v}"
     );
     Ok(v)
+}
+
+/// Sends `frame`, expects the next event to be the error about it (see
+/// [`expect_error_event`]) carrying `reference` when given, and returns the error.
+pub async fn send_raw_refused(
+    ws: &mut WsClient,
+    frame: Message,
+    reference: Option<&str>,
+    what: &str,
+) -> anyhow::Result<Value> {
+    ws.send_raw(frame).await?;
+    let err = expect_error_event(ws, what).await?;
+    if let Some(r) = reference {
+        ensure!(err["ref"] == r, "{what}: ref {r:?} not echoed: {err}");
+    }
+    Ok(err)
+}
+
+/// [`send_raw_refused`] for a JSON frame, with the frame's own `ref` if it has one.
+pub async fn send_refused(ws: &mut WsClient, frame: &Value, what: &str) -> anyhow::Result<Value> {
+    let reference = frame.get("ref").and_then(Value::as_str);
+    send_raw_refused(ws, Message::text(frame.to_string()), reference, what).await
 }
 
 /// What became of one chat message: its echo, or the error event about it.
@@ -378,144 +529,6 @@ pub async fn raw_connect(
     tokio::time::timeout(crate::ws::RECV_TIMEOUT, connect)
         .await
         .context("WebSocket connect timed out")?
-}
-
-// ---- PostgreSQL outage ----------------------------------------------------------------
-
-/// A TCP relay in front of PostgreSQL for one server: the server's `--database-url`
-/// points at the relay, and the test cuts and restores the relay to simulate the
-/// database going away and coming back, without touching the shared cluster.
-pub struct TcpRelay {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
-}
-
-impl TcpRelay {
-    /// Listens on `127.0.0.1:0` and forwards each accepted connection to `target`.
-    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the relay")?;
-        let addr = listener.local_addr().context("relay address")?;
-        let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
-        let accept = {
-            let up = Arc::clone(&up);
-            let conns = Arc::clone(&conns);
-            tokio::spawn(async move {
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    if !up.load(Ordering::SeqCst) {
-                        // Down: close at once, as a refused connection would.
-                        drop(inbound);
-                        continue;
-                    }
-                    let task = tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        let _ = inbound.set_nodelay(true);
-                        let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    });
-                    if let Ok(mut list) = conns.lock() {
-                        list.retain(|h| !h.is_finished());
-                        list.push(task.abort_handle());
-                    }
-                }
-            })
-            .abort_handle()
-        };
-        Ok(Self {
-            addr,
-            up,
-            conns,
-            accept,
-        })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The outage: new connections are closed at once and every relayed connection is
-    /// cut (both of its sockets closed).
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        if let Ok(mut list) = self.conns.lock() {
-            for handle in list.drain(..) {
-                handle.abort();
-            }
-        }
-    }
-
-    /// The end of the outage: new connections are relayed again.
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for TcpRelay {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-/// The user-info and `host:port` of the harness's PostgreSQL admin URL
-/// (`postgres://USERINFO@HOST:PORT/DB`).
-pub fn postgres_parts() -> anyhow::Result<(String, String)> {
-    let admin = crate::postgres::admin_url();
-    let rest = admin
-        .strip_prefix("postgres://")
-        .or_else(|| admin.strip_prefix("postgresql://"))
-        .with_context(|| format!("unexpected PostgreSQL URL {admin}"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (u.to_string(), h.to_string()),
-        None => (String::new(), authority.to_string()),
-    };
-    let hostport = if hostport.contains(':') {
-        hostport
-    } else {
-        format!("{hostport}:5432")
-    };
-    Ok((userinfo, hostport))
-}
-
-/// A database created for one test and dropped (`WITH (FORCE)`) when this goes away.
-pub struct ScratchDatabase {
-    pub name: String,
-}
-
-impl ScratchDatabase {
-    pub async fn create() -> anyhow::Result<Self> {
-        Ok(Self {
-            name: crate::postgres::create_database().await?,
-        })
-    }
-
-    /// The URL of this database reached through `via` (e.g. a [`TcpRelay`]).
-    pub fn url_via(&self, via: SocketAddr) -> anyhow::Result<String> {
-        let (userinfo, _) = postgres_parts()?;
-        let at = if userinfo.is_empty() {
-            String::new()
-        } else {
-            format!("{userinfo}@")
-        };
-        Ok(format!("postgres://{at}{via}/{}", self.name))
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        // Best effort: a leftover test database is harmless.
-        let _ = crate::postgres::drop_database_blocking(&self.name);
-    }
 }
 
 // ---- process memory -----------------------------------------------------------------

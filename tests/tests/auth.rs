@@ -10,6 +10,23 @@ fn short_id(n: usize) -> String {
     uuid::Uuid::new_v4().simple().to_string()[..n].to_string()
 }
 
+/// Asserts that a user object carries no password or hash under any usual name.
+fn ensure_no_password(user: &Value, what: &str) -> anyhow::Result<()> {
+    for secret in ["password", "hashed_password", "password_hash"] {
+        ensure!(user.get(secret).is_none(), "{what} leaks {secret}: {user}");
+    }
+    Ok(())
+}
+
+/// Registers a fresh user named `<prefix>_<hex>` with [`PASSWORD`] (201) and logs in
+/// (200); returns the name, the registration body and the login body.
+async fn register_and_login(api: &Api, prefix: &str) -> anyhow::Result<(String, Value, Value)> {
+    let name = unique_name(prefix);
+    let registered = api.register(&name, PASSWORD).await?.expect(201)?;
+    let login = api.login(&name, PASSWORD).await?.expect(200)?;
+    Ok((name, registered, login))
+}
+
 /// 201 with `{id, username, created_at}`, boundary lengths and every allowed character.
 async fn register_success(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
@@ -22,12 +39,7 @@ async fn register_success(srv: &TestServer) -> anyhow::Result<()> {
         "username not echoed: {body}"
     );
     timestamp_field(&body, "created_at")?;
-    for secret in ["password", "hashed_password", "password_hash"] {
-        ensure!(
-            body.get(secret).is_none(),
-            "register leaks {secret}: {body}"
-        );
-    }
+    ensure_no_password(&body, "register")?;
 
     // Boundaries: 3 and 32 characters of username, 8 and 128 of password.
     let three = format!("a{}", short_id(2));
@@ -74,79 +86,43 @@ async fn register_conflict(srv: &TestServer) -> anyhow::Result<()> {
 async fn register_validation(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let ok = unique_name("val");
-    let cases: Vec<(&str, Value, &str)> = vec![
+    let bad_usernames = [
+        ("too short", json!("ab")),
+        ("too long", json!("c".repeat(33))),
+        ("empty", json!("")),
+        ("with space", json!("bad name")),
+        ("with !", json!("bad!name")),
+        ("with /", json!("bad/name")),
+        ("non-ascii", json!("bädname")),
+        ("is a number", json!(5)),
+        ("is null", Value::Null),
+        ("is a list", json!([ok])),
+    ];
+    let bad_passwords = [
+        ("too short", json!("1234567")),
+        ("too long", json!("p".repeat(129))),
+        ("is a number", json!(12345678)),
+    ];
+    let mut cases: Vec<(String, Value, &str)> = vec![
         (
-            "username too short",
-            json!({"username": "ab", "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "username too long",
-            json!({"username": "c".repeat(33), "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "username empty",
-            json!({"username": "", "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "username with space",
-            json!({"username": "bad name", "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "username with !",
-            json!({"username": "bad!name", "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "username with /",
-            json!({"username": "bad/name", "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "username non-ascii",
-            json!({"username": "bädname", "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "password too short",
-            json!({"username": ok, "password": "1234567"}),
+            "password missing".into(),
+            json!({"username": ok}),
             "password",
         ),
         (
-            "password too long",
-            json!({"username": ok, "password": "p".repeat(129)}),
-            "password",
-        ),
-        ("password missing", json!({"username": ok}), "password"),
-        (
-            "username missing",
+            "username missing".into(),
             json!({"password": PASSWORD}),
             "username",
         ),
-        (
-            "username is a number",
-            json!({"username": 5, "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "username is null",
-            json!({"username": null, "password": PASSWORD}),
-            "username",
-        ),
-        (
-            "password is a number",
-            json!({"username": ok, "password": 12345678}),
-            "password",
-        ),
-        (
-            "username is a list",
-            json!({"username": [ok], "password": PASSWORD}),
-            "username",
-        ),
     ];
+    for (what, username) in bad_usernames {
+        let body = json!({"username": username, "password": PASSWORD});
+        cases.push((format!("username {what}"), body, "username"));
+    }
+    for (what, password) in bad_passwords {
+        let body = json!({"username": ok, "password": password});
+        cases.push((format!("password {what}"), body, "password"));
+    }
     for (what, body, field) in cases {
         let reply = api.post("/api/auth/register", None, &body).await?;
         reply
@@ -186,15 +162,7 @@ async fn register_malformed_json(srv: &TestServer) -> anyhow::Result<()> {
         b"",
     ];
     for raw in bodies {
-        let reply = api
-            .request_raw(
-                reqwest::Method::POST,
-                "/api/auth/register",
-                None,
-                "application/json",
-                raw.to_vec(),
-            )
-            .await?;
+        let reply = api.post_json_bytes("/api/auth/register", None, raw).await?;
         let detail = reply
             .expect_validation(None)
             .with_context(|| format!("body {:?}", String::from_utf8_lossy(raw)))?;
@@ -207,13 +175,7 @@ async fn register_malformed_json(srv: &TestServer) -> anyhow::Result<()> {
     }
     // Invalid JSON specifically: FastAPI reports `["body", <position>]`.
     let reply = api
-        .request_raw(
-            reqwest::Method::POST,
-            "/api/auth/register",
-            None,
-            "application/json",
-            b"{\"username\": ".to_vec(),
-        )
+        .post_json_bytes("/api/auth/register", None, b"{\"username\": ")
         .await?;
     let detail = reply.expect_validation(None)?;
     ensure!(
@@ -227,9 +189,7 @@ async fn register_malformed_json(srv: &TestServer) -> anyhow::Result<()> {
 /// = user id and an `exp`.
 async fn login_success(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let name = unique_name("login");
-    let registered = api.register(&name, PASSWORD).await?.expect(201)?;
-    let body = api.login(&name, PASSWORD).await?.expect(200)?;
+    let (name, registered, body) = register_and_login(&api, "login").await?;
     ensure!(body["token_type"] == "bearer", "token_type: {body}");
     ensure!(
         body["user_id"] == registered["id"],
@@ -285,9 +245,7 @@ async fn login_failures(srv: &TestServer) -> anyhow::Result<()> {
 /// 200 `{id, username, created_at}` for the token's user.
 async fn me_success(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let name = unique_name("me");
-    let registered = api.register(&name, PASSWORD).await?.expect(201)?;
-    let login = api.login(&name, PASSWORD).await?.expect(200)?;
+    let (name, registered, login) = register_and_login(&api, "me").await?;
     let me = api
         .me(&str_field(&login, "access_token")?)
         .await?
@@ -413,12 +371,7 @@ async fn users_lookup(srv: &TestServer) -> anyhow::Result<()> {
         list[0]["username"] == target.as_str(),
         "lookup username: {found}"
     );
-    for secret in ["password", "hashed_password", "password_hash"] {
-        ensure!(
-            list[0].get(secret).is_none(),
-            "lookup leaks {secret}: {found}"
-        );
-    }
+    ensure_no_password(&list[0], "lookup")?;
 
     // Prefix of a name and unknown names: empty list.
     let prefix = &target[..target.len() - 1];

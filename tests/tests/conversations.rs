@@ -27,6 +27,17 @@ fn check_conversation_shape(conv: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asserts that `who` is in no conversation at all, after `what`.
+async fn ensure_no_conversations(api: &Api, who: &Session, what: &str) -> anyhow::Result<()> {
+    let list = api.conversation_ids(who).await?;
+    ensure!(
+        list.is_empty(),
+        "{what} left {} a conversation: {list:?}",
+        who.username
+    );
+    Ok(())
+}
+
 fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids.sort();
     ids
@@ -35,8 +46,7 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
 /// 201 with an echo of the fields; the creator is a participant even when not listed.
 async fn create_conversation(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
+    let [alice, bob] = api.new_users(["alice", "bob"]).await?;
     let body = json!({
         "name": "Team Chat",
         "description": "Our team discussion",
@@ -73,8 +83,8 @@ async fn create_conversation(srv: &TestServer) -> anyhow::Result<()> {
         "created_at: {got} vs {created}"
     );
     // The listed participant sees it too.
-    let by_bob = api.get_conversation(&bob, &id).await?.expect(200)?;
-    ensure!(participant_ids(&by_bob)? == expected, "{by_bob}");
+    let by_bob = api.participants(&bob, &id).await?;
+    ensure!(by_bob == expected, "{by_bob:?}");
 
     // Listing the creator explicitly (and twice) does not duplicate anyone.
     let body = json!({
@@ -88,14 +98,8 @@ async fn create_conversation(srv: &TestServer) -> anyhow::Result<()> {
         .await?
         .expect(201)?;
     ensure!(direct["is_group"] == false, "{direct}");
-    let got = api
-        .get_conversation(&alice, &str_field(&direct, "id")?)
-        .await?
-        .expect(200)?;
-    ensure!(
-        participant_ids(&got)? == expected,
-        "duplicate participants: {got}"
-    );
+    let got = api.participants(&alice, &str_field(&direct, "id")?).await?;
+    ensure!(got == expected, "duplicate participants: {got:?}");
 
     // No participants at all: the creator alone.
     let body =
@@ -104,14 +108,8 @@ async fn create_conversation(srv: &TestServer) -> anyhow::Result<()> {
         .create_conversation_raw(&alice, &body)
         .await?
         .expect(201)?;
-    let got = api
-        .get_conversation(&alice, &str_field(&solo, "id")?)
-        .await?
-        .expect(200)?;
-    ensure!(
-        participant_ids(&got)? == vec![alice.user_id.clone()],
-        "{got}"
-    );
+    let got = api.participants(&alice, &str_field(&solo, "id")?).await?;
+    ensure!(got == vec![alice.user_id.clone()], "{got:?}");
     Ok(())
 }
 
@@ -126,13 +124,9 @@ async fn create_with_defaults(srv: &TestServer) -> anyhow::Result<()> {
     check_conversation_shape(&created)?;
     ensure!(created["name"] == "Just a name", "{created}");
     let got = api
-        .get_conversation(&alice, &str_field(&created, "id")?)
-        .await?
-        .expect(200)?;
-    ensure!(
-        participant_ids(&got)? == vec![alice.user_id.clone()],
-        "{got}"
-    );
+        .participants(&alice, &str_field(&created, "id")?)
+        .await?;
+    ensure!(got == vec![alice.user_id.clone()], "{got:?}");
 
     let created = api
         .create_conversation_raw(
@@ -151,8 +145,7 @@ async fn create_with_defaults(srv: &TestServer) -> anyhow::Result<()> {
 /// Unknown participant: 404 `User <id> not found`, and nothing is created.
 async fn create_unknown_participant(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
+    let [alice, bob] = api.new_users(["alice", "bob"]).await?;
     for ghost in [uuid::Uuid::new_v4().to_string(), "user-id-2".to_string()] {
         let body = json!({
             "name": "Ghost Chat",
@@ -165,11 +158,7 @@ async fn create_unknown_participant(srv: &TestServer) -> anyhow::Result<()> {
             .expect_detail(404, &format!("User {ghost} not found"))?;
     }
     for who in [&alice, &bob] {
-        let list = api.list_conversations(who).await?.expect(200)?;
-        ensure!(
-            as_list(&list)?.is_empty(),
-            "a failed create left a conversation: {list}"
-        );
+        ensure_no_conversations(&api, who, "a failed create").await?;
     }
     Ok(())
 }
@@ -179,66 +168,62 @@ async fn create_invalid(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let alice = api.new_user("alice").await?;
     let body = json!({"name": "x", "description": "y", "is_group": true, "participant_ids": []});
-    api.post("/api/chat/conversations", None, &body)
-        .await?
-        .expect_error(401)?;
-    api.post("/api/chat/conversations", Some("garbage"), &body)
-        .await?
-        .expect_error(401)?;
+    for token in [None, Some("garbage")] {
+        api.post("/api/chat/conversations", token, &body)
+            .await?
+            .expect_error(401)?;
+    }
 
-    let bad =
-        json!({"name": "x", "description": "y", "is_group": true, "participant_ids": "not-a-list"});
-    api.create_conversation_raw(&alice, &bad)
-        .await?
-        .expect_validation(Some("participant_ids"))?;
-    let bad = json!({"name": "x", "description": "y", "is_group": true, "participant_ids": [5]});
-    api.create_conversation_raw(&alice, &bad)
-        .await?
-        .expect_validation(Some("participant_ids"))?;
-    let bad = json!({"name": ["x"], "description": "y", "is_group": true, "participant_ids": []});
-    api.create_conversation_raw(&alice, &bad)
-        .await?
-        .expect_validation(Some("name"))?;
-    let bad = json!({"name": "x", "description": "y", "is_group": {"a": 1}, "participant_ids": []});
-    api.create_conversation_raw(&alice, &bad)
-        .await?
-        .expect_validation(Some("is_group"))?;
-    api.request_raw(
-        reqwest::Method::POST,
+    for (bad, field) in [
+        (
+            json!({"name": "x", "description": "y", "is_group": true, "participant_ids": "not-a-list"}),
+            "participant_ids",
+        ),
+        (
+            json!({"name": "x", "description": "y", "is_group": true, "participant_ids": [5]}),
+            "participant_ids",
+        ),
+        (
+            json!({"name": ["x"], "description": "y", "is_group": true, "participant_ids": []}),
+            "name",
+        ),
+        (
+            json!({"name": "x", "description": "y", "is_group": {"a": 1}, "participant_ids": []}),
+            "is_group",
+        ),
+    ] {
+        api.create_conversation_raw(&alice, &bad)
+            .await?
+            .expect_validation(Some(field))
+            .with_context(|| format!("body {bad}"))?;
+    }
+    api.post_json_bytes(
         "/api/chat/conversations",
         Some(&alice.token),
-        "application/json",
-        b"{\"name\": ".to_vec(),
+        b"{\"name\": ",
     )
     .await?
     .expect_validation(None)?;
 
-    let list = api.list_conversations(&alice).await?.expect(200)?;
-    ensure!(
-        as_list(&list)?.is_empty(),
-        "an invalid create left a conversation: {list}"
-    );
+    ensure_no_conversations(&api, &alice, "an invalid create").await?;
     Ok(())
 }
 
 /// Only the caller's conversations, the most recently created first.
 async fn list_conversations(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
-    let carol = api.new_user("carol").await?;
-    let dave = api.new_user("dave").await?;
+    let [alice, bob, carol, dave] = api.new_users(["alice", "bob", "carol", "dave"]).await?;
 
     let empty = api.list_conversations(&alice).await?.expect(200)?;
     ensure!(as_list(&empty)?.is_empty(), "{empty}");
 
-    let first = api.create_conversation(&alice, "first", &[]).await?;
-    let second = api.create_conversation(&alice, "second", &[&bob]).await?;
+    let first = api.new_conversation(&alice, "first", &[]).await?;
+    let second = api.new_conversation(&alice, "second", &[&bob]).await?;
     let third = api
-        .create_conversation(&bob, "third", &[&alice, &carol])
+        .new_conversation(&bob, "third", &[&alice, &carol])
         .await?;
     // Someone else's conversation never shows up.
-    api.create_conversation(&dave, "dave's", &[]).await?;
+    api.new_conversation(&dave, "dave's", &[]).await?;
 
     let list = api.list_conversations(&alice).await?.expect(200)?;
     let list = as_list(&list)?;
@@ -246,42 +231,28 @@ async fn list_conversations(srv: &TestServer) -> anyhow::Result<()> {
         check_conversation_shape(conv)?;
     }
     ensure!(
-        ids(list)
-            == vec![
-                third["id"].as_str().unwrap(),
-                second["id"].as_str().unwrap(),
-                first["id"].as_str().unwrap()
-            ],
+        ids(list) == [&*third, &*second, &*first],
         "alice's list should be [third, second, first]: {list:?}"
     );
-    let list = api.list_conversations(&bob).await?.expect(200)?;
+    let list = api.conversation_ids(&bob).await?;
     ensure!(
-        ids(as_list(&list)?)
-            == vec![
-                third["id"].as_str().unwrap(),
-                second["id"].as_str().unwrap()
-            ],
-        "bob's list should be [third, second]: {list}"
+        list == [&*third, &*second],
+        "bob's list should be [third, second]: {list:?}"
     );
-    let list = api.list_conversations(&carol).await?.expect(200)?;
+    let list = api.conversation_ids(&carol).await?;
     ensure!(
-        ids(as_list(&list)?) == vec![third["id"].as_str().unwrap()],
-        "carol's list should be [third]: {list}"
+        list == [&*third],
+        "carol's list should be [third]: {list:?}"
     );
 
     // Being added makes it appear for the new member.
-    api.add_participant(&alice, first["id"].as_str().unwrap(), &carol.user_id)
+    api.add_participant(&alice, &first, &carol.user_id)
         .await?
         .expect(200)?;
-    let list = api.list_conversations(&carol).await?.expect(200)?;
-    let got = ids(as_list(&list)?);
+    let list = api.conversation_ids(&carol).await?;
     ensure!(
-        sorted(got.clone())
-            == sorted(vec![
-                third["id"].as_str().unwrap().to_string(),
-                first["id"].as_str().unwrap().to_string()
-            ]),
-        "carol's list after being added: {list}"
+        sorted(list.clone()) == sorted(vec![third.clone(), first.clone()]),
+        "carol's list after being added: {list:?}"
     );
 
     api.get("/api/chat/conversations", None)
@@ -293,11 +264,8 @@ async fn list_conversations(srv: &TestServer) -> anyhow::Result<()> {
 /// 200 for members with participant_ids, 403 for others, 404 for unknown ids.
 async fn get_conversation(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
-    let eve = api.new_user("eve").await?;
-    let conv = api.create_conversation(&alice, "private", &[&bob]).await?;
-    let id = str_field(&conv, "id")?;
+    let [alice, bob, eve] = api.new_users(["alice", "bob", "eve"]).await?;
+    let id = api.new_conversation(&alice, "private", &[&bob]).await?;
 
     let got = api.get_conversation(&bob, &id).await?.expect(200)?;
     check_conversation_shape(&got)?;
@@ -306,16 +274,17 @@ async fn get_conversation(srv: &TestServer) -> anyhow::Result<()> {
         "{got}"
     );
 
-    api.get_conversation(&eve, &id).await?.expect_error(403)?;
-    api.get_conversation(&eve, &uuid::Uuid::new_v4().to_string())
-        .await?
-        .expect_error(404)?;
-    api.get_conversation(&alice, &uuid::Uuid::new_v4().to_string())
-        .await?
-        .expect_error(404)?;
-    api.get_conversation(&alice, "conv-123")
-        .await?
-        .expect_error(404)?;
+    for (who, conv, status) in [
+        (&eve, id.clone(), 403),
+        (&eve, uuid::Uuid::new_v4().to_string(), 404),
+        (&alice, uuid::Uuid::new_v4().to_string(), 404),
+        (&alice, "conv-123".to_string(), 404),
+    ] {
+        api.get_conversation(who, &conv)
+            .await?
+            .expect_error(status)
+            .with_context(|| format!("{} getting {conv}", who.username))?;
+    }
     api.get(&format!("/api/chat/conversations/{id}"), None)
         .await?
         .expect_error(401)?;
@@ -326,12 +295,8 @@ async fn get_conversation(srv: &TestServer) -> anyhow::Result<()> {
 /// users or conversations; re-adding is 200 and changes nothing.
 async fn add_participant(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
-    let carol = api.new_user("carol").await?;
-    let dave = api.new_user("dave").await?;
-    let conv = api.create_conversation(&alice, "growing", &[&bob]).await?;
-    let id = str_field(&conv, "id")?;
+    let [alice, bob, carol, dave] = api.new_users(["alice", "bob", "carol", "dave"]).await?;
+    let id = api.new_conversation(&alice, "growing", &[&bob]).await?;
 
     // Carol cannot see it yet.
     api.get_conversation(&carol, &id).await?.expect_error(403)?;
@@ -351,8 +316,8 @@ async fn add_participant(srv: &TestServer) -> anyhow::Result<()> {
         bob.user_id.clone(),
         carol.user_id.clone(),
     ]);
-    let got = api.get_conversation(&carol, &id).await?.expect(200)?;
-    ensure!(participant_ids(&got)? == three, "{got}");
+    let got = api.participants(&carol, &id).await?;
+    ensure!(got == three, "{got:?}");
 
     // Re-adding: 200, unchanged.
     let again = api
@@ -360,18 +325,15 @@ async fn add_participant(srv: &TestServer) -> anyhow::Result<()> {
         .await?
         .expect(200)?;
     ensure!(again["id"] == id.as_str(), "{again}");
-    let got = api.get_conversation(&alice, &id).await?.expect(200)?;
-    ensure!(
-        participant_ids(&got)? == three,
-        "re-add changed participants: {got}"
-    );
+    let got = api.participants(&alice, &id).await?;
+    ensure!(got == three, "re-add changed participants: {got:?}");
     api.add_participant(&alice, &id, &alice.user_id)
         .await?
         .expect(200)?;
-    let got = api.get_conversation(&alice, &id).await?.expect(200)?;
+    let got = api.participants(&alice, &id).await?;
     ensure!(
-        participant_ids(&got)? == three,
-        "re-adding the creator changed participants: {got}"
+        got == three,
+        "re-adding the creator changed participants: {got:?}"
     );
 
     // Non-members may not add anyone, themselves included.
@@ -411,11 +373,8 @@ async fn add_participant(srv: &TestServer) -> anyhow::Result<()> {
     .await?
     .expect_error(401)?;
 
-    let got = api.get_conversation(&alice, &id).await?.expect(200)?;
-    ensure!(
-        participant_ids(&got)? == three,
-        "failed adds changed participants: {got}"
-    );
+    let got = api.participants(&alice, &id).await?;
+    ensure!(got == three, "failed adds changed participants: {got:?}");
     Ok(())
 }
 
@@ -423,14 +382,10 @@ async fn add_participant(srv: &TestServer) -> anyhow::Result<()> {
 /// a removed user loses access.
 async fn remove_participant(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
-    let carol = api.new_user("carol").await?;
-    let dave = api.new_user("dave").await?;
-    let conv = api
-        .create_conversation(&alice, "shrinking", &[&bob, &carol, &dave])
+    let [alice, bob, carol, dave] = api.new_users(["alice", "bob", "carol", "dave"]).await?;
+    let id = api
+        .new_conversation(&alice, "shrinking", &[&bob, &carol, &dave])
         .await?;
-    let id = str_field(&conv, "id")?;
 
     // Bob is not the creator: may not remove Carol.
     api.remove_participant(&bob, &id, &carol.user_id)
@@ -443,11 +398,8 @@ async fn remove_participant(srv: &TestServer) -> anyhow::Result<()> {
     ensure!(reply.body.is_empty(), "204 with a body: {:?}", reply.text());
     api.get_conversation(&carol, &id).await?.expect_error(403)?;
     api.history(&carol, &id, "").await?.expect_error(403)?;
-    let list = api.list_conversations(&carol).await?.expect(200)?;
-    ensure!(
-        !ids(as_list(&list)?).contains(&id),
-        "removed user still lists it: {list}"
-    );
+    let list = api.conversation_ids(&carol).await?;
+    ensure!(!list.contains(&id), "removed user still lists it: {list:?}");
     // And, no longer a member, cannot add herself back.
     api.add_participant(&carol, &id, &carol.user_id)
         .await?
@@ -459,10 +411,10 @@ async fn remove_participant(srv: &TestServer) -> anyhow::Result<()> {
         .expect_status(204)?;
     api.get_conversation(&bob, &id).await?.expect_error(403)?;
 
-    let got = api.get_conversation(&alice, &id).await?.expect(200)?;
+    let got = api.participants(&alice, &id).await?;
     ensure!(
-        participant_ids(&got)? == sorted(vec![alice.user_id.clone(), dave.user_id.clone()]),
-        "{got}"
+        got == sorted(vec![alice.user_id.clone(), dave.user_id.clone()]),
+        "{got:?}"
     );
 
     // Non-members cannot remove anyone; unknown conversation is 404; no token is 401.

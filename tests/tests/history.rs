@@ -2,14 +2,13 @@
 #![allow(clippy::unwrap_used)]
 
 use tests::prelude::*;
+use tests::realtime::check_message_event;
 
 /// A new conversation has an empty history.
 async fn history_empty(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
-    let conv = api.create_conversation(&alice, "quiet", &[&bob]).await?;
-    let id = str_field(&conv, "id")?;
+    let [alice, bob] = api.new_users(["alice", "bob"]).await?;
+    let id = api.new_conversation(&alice, "quiet", &[&bob]).await?;
     for who in [&alice, &bob] {
         let list = api.history_list(who, &id, "").await?;
         ensure!(list.is_empty(), "new conversation has history: {list:?}");
@@ -25,23 +24,23 @@ async fn history_empty(srv: &TestServer) -> anyhow::Result<()> {
 /// token.
 async fn history_access(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let eve = api.new_user("eve").await?;
-    let conv = api.create_conversation(&alice, "closed", &[]).await?;
-    let id = str_field(&conv, "id")?;
+    let [alice, eve] = api.new_users(["alice", "eve"]).await?;
+    let id = api.new_conversation(&alice, "closed", &[]).await?;
 
-    api.history(&eve, &id, "").await?.expect_error(403)?;
-    api.history(&alice, &uuid::Uuid::new_v4().to_string(), "")
-        .await?
-        .expect_error(404)?;
-    api.history(&alice, "conv-123", "")
-        .await?
-        .expect_error(404)?;
+    let unknown = uuid::Uuid::new_v4().to_string();
     let before = format!("before={}", uuid::Uuid::new_v4());
-    api.history(&alice, &id, &before).await?.expect_error(404)?;
-    api.history(&alice, &id, "before=msg-1")
-        .await?
-        .expect_error(404)?;
+    for (who, conv, query, status) in [
+        (&eve, id.as_str(), "", 403),
+        (&alice, &unknown, "", 404),
+        (&alice, "conv-123", "", 404),
+        (&alice, &id, &before, 404),
+        (&alice, &id, "before=msg-1", 404),
+    ] {
+        api.history(who, conv, query)
+            .await?
+            .expect_error(status)
+            .with_context(|| format!("{} reading {conv}?{query}", who.username))?;
+    }
     api.get(&format!("/api/chat/conversations/{id}/messages"), None)
         .await?
         .expect_error(401)?;
@@ -52,8 +51,7 @@ async fn history_access(srv: &TestServer) -> anyhow::Result<()> {
 async fn history_limit_validation(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let alice = api.new_user("alice").await?;
-    let conv = api.create_conversation(&alice, "limits", &[]).await?;
-    let id = str_field(&conv, "id")?;
+    let id = api.new_conversation(&alice, "limits", &[]).await?;
     for query in [
         "limit=0",
         "limit=101",
@@ -100,10 +98,8 @@ fn contents(list: &[Value]) -> Vec<String> {
 /// Messages sent over WebSocket appear in history in order, with limit/before paging.
 async fn history_after_messages(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
-    let alice = api.new_user("alice").await?;
-    let bob = api.new_user("bob").await?;
-    let conv = api.create_conversation(&alice, "busy", &[&bob]).await?;
-    let id = str_field(&conv, "id")?;
+    let [alice, bob] = api.new_users(["alice", "bob"]).await?;
+    let id = api.new_conversation(&alice, "busy", &[&bob]).await?;
 
     let mut ws = WsClient::connect(&srv.ws_base_url(), &id, &alice.token).await?;
     let sent: Vec<String> = (1..=7)
@@ -112,21 +108,7 @@ async fn history_after_messages(srv: &TestServer) -> anyhow::Result<()> {
     let mut acks = Vec::new();
     for content in &sent {
         let ack = ws.send_message(content).await?;
-        ensure!(
-            ack["sender_id"] == alice.user_id.as_str(),
-            "ack sender: {ack}"
-        );
-        ensure!(
-            ack["sender_username"] == alice.username.as_str(),
-            "ack username: {ack}"
-        );
-        ensure!(
-            ack["conversation_id"] == id.as_str(),
-            "ack conversation: {ack}"
-        );
-        ensure!(ack["is_edited"] == false, "ack is_edited: {ack}");
-        timestamp_field(&ack, "timestamp")?;
-        acks.push(str_field(&ack, "message_id")?);
+        acks.push(check_message_event(&ack, content, &alice, &id).context("ack")?);
     }
     ws.close().await?;
 
@@ -169,8 +151,7 @@ async fn history_after_messages(srv: &TestServer) -> anyhow::Result<()> {
     ensure!(contents(&page) == sent[6..7], "limit=1: {page:?}");
 
     // A message id from another conversation is an unknown `before` here.
-    let other = api.create_conversation(&alice, "other", &[]).await?;
-    let other_id = str_field(&other, "id")?;
+    let other_id = api.new_conversation(&alice, "other", &[]).await?;
     api.history(&alice, &other_id, &format!("before={}", acks[3]))
         .await?
         .expect_error(404)?;
@@ -181,8 +162,7 @@ async fn history_after_messages(srv: &TestServer) -> anyhow::Result<()> {
 async fn history_excludes_deleted(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let alice = api.new_user("alice").await?;
-    let conv = api.create_conversation(&alice, "deletions", &[]).await?;
-    let id = str_field(&conv, "id")?;
+    let id = api.new_conversation(&alice, "deletions", &[]).await?;
     let mut ws = WsClient::connect(&srv.ws_base_url(), &id, &alice.token).await?;
     let sent: Vec<String> = (1..=3)
         .map(|i| format!("del {i} {}", unique_name("m")))
@@ -212,23 +192,18 @@ async fn history_excludes_deleted(srv: &TestServer) -> anyhow::Result<()> {
 async fn list_order_follows_activity(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let alice = api.new_user("alice").await?;
-    let older = api.create_conversation(&alice, "older", &[]).await?;
-    let newer = api.create_conversation(&alice, "newer", &[]).await?;
-    let older_id = str_field(&older, "id")?;
-    let newer_id = str_field(&newer, "id")?;
-    let list = api.list_conversations(&alice).await?.expect(200)?;
-    ensure!(
-        ids(as_list(&list)?) == vec![newer_id.clone(), older_id.clone()],
-        "{list}"
-    );
+    let older_id = api.new_conversation(&alice, "older", &[]).await?;
+    let newer_id = api.new_conversation(&alice, "newer", &[]).await?;
+    let list = api.conversation_ids(&alice).await?;
+    ensure!(list == vec![newer_id.clone(), older_id.clone()], "{list:?}");
 
     let mut ws = WsClient::connect(&srv.ws_base_url(), &older_id, &alice.token).await?;
     ws.send_message("wake up").await?;
     ws.close().await?;
-    let list = api.list_conversations(&alice).await?.expect(200)?;
+    let list = api.conversation_ids(&alice).await?;
     ensure!(
-        ids(as_list(&list)?) == vec![older_id, newer_id],
-        "a message should move the conversation first: {list}"
+        list == vec![older_id, newer_id],
+        "a message should move the conversation first: {list:?}"
     );
     Ok(())
 }

@@ -4,6 +4,29 @@
 
 use tests::prelude::*;
 use tests::realtime::*;
+use tokio::task::JoinHandle;
+
+/// Waits for every client task and returns their results in order; a task that
+/// panicked or failed fails the test.
+async fn finish_all<T>(tasks: Vec<JoinHandle<anyhow::Result<T>>>) -> anyhow::Result<Vec<T>> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.context("client task panicked")??);
+    }
+    Ok(results)
+}
+
+/// The ids of a whole history, which must be `total` ids without duplicates.
+fn distinct_history_ids(history: &[Value], total: usize) -> anyhow::Result<Vec<String>> {
+    let ids = history_ids(history);
+    ensure!(
+        ids.len() == total && duplicates(&ids).is_empty(),
+        "history has {} messages ({} duplicated ids), expected {total}",
+        ids.len(),
+        duplicates(&ids).len()
+    );
+    Ok(ids)
+}
 
 /// 4 shards, 4 users with 3 tabs each (12 connections, spread over the shards by
 /// SO_REUSEPORT): each tab sends messages concurrently; every tab receives every
@@ -56,19 +79,10 @@ async fn cross_shard_fanout(srv: &TestServer) -> anyhow::Result<()> {
             anyhow::Ok((user, tab, ws, sent, got))
         }));
     }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.context("client task panicked")??);
-    }
+    let results = finish_all(tasks).await?;
 
     let history = full_history(&api, &users[0], &conv).await?;
-    let expected = history_ids(&history);
-    ensure!(
-        expected.len() == total && duplicates(&expected).is_empty(),
-        "history has {} ids ({} duplicated), expected {total}",
-        expected.len(),
-        duplicates(&expected).len()
-    );
+    let expected = distinct_history_ids(&history, total)?;
     let mut all_sent: Vec<String> = results.iter().flat_map(|r| r.3.clone()).collect();
     all_sent.sort();
     let mut stored: Vec<String> = history
@@ -282,19 +296,10 @@ async fn concurrent_senders_one_order(srv: &TestServer) -> anyhow::Result<()> {
             anyhow::Ok((i, got))
         }));
     }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.context("client task panicked")??);
-    }
+    let results = finish_all(tasks).await?;
 
     let history = full_history(&api, &users[0], &conv).await?;
-    let expected = history_ids(&history);
-    ensure!(
-        expected.len() == total && duplicates(&expected).is_empty(),
-        "history has {} messages ({} duplicated ids), expected {total}",
-        expected.len(),
-        duplicates(&expected).len()
-    );
+    let expected = distinct_history_ids(&history, total)?;
     for (i, got) in &results {
         let ids = message_ids(got);
         if ids != expected {
