@@ -15,16 +15,17 @@ pub const DEFAULT_USERS: usize = 1000;
 /// Measured time when `--run-time` is not given.
 pub const DEFAULT_RUN_TIME: Duration = Duration::from_secs(30);
 
+const ABOUT: &str = "Capacity harness for the chat server: simulated users chat over \
+    WebSockets while Goose drives their REST calls. Without --host it starts a local release \
+    server, runs, and stops it.";
+
+const AFTER_HELP: &str = "Goose's own options follow the harness's. --users (default 1000) is \
+    the number of simulated users and --run-time (default 30s) the measured time once every \
+    user has joined; --report-file writes Goose's HTML/JSON report. Every option is also an \
+    environment variable: LOADTEST_<OPTION>, e.g. LOADTEST_USERS=5000.";
+
 #[derive(Clone, Debug, Parser)]
-#[command(
-    name = "loadtest",
-    about = "Capacity harness for the chat server: simulated users chat over WebSockets while \
-             Goose drives their REST calls. Without --host it starts a local release server, \
-             runs, and stops it.",
-    after_help = "Goose's own options follow the harness's. --users (default 1000) is the \
-                  number of simulated users and --run-time (default 30s) the measured time \
-                  once every user has joined; --report-file writes Goose's HTML/JSON report."
-)]
+#[command(name = "loadtest")]
 pub struct Config {
     // ----- workload -----
     /// Members of each group conversation (2-64; the last group of a layer takes the
@@ -34,74 +35,140 @@ pub struct Config {
     pub group_size: u16,
 
     /// Conversations each user belongs to (one WebSocket each).
-    #[arg(long, env = "LOADTEST_CONVERSATIONS_PER_USER", default_value_t = 1, help_heading = "Workload",
+    #[arg(long, env = "LOADTEST_CONVERSATIONS_PER_USER", default_value_t = 2, help_heading = "Workload",
           value_parser = clap::value_parser!(u16).range(1..=16))]
     pub conversations_per_user: u16,
 
     /// Chat messages each user sends per second, over all its conversations (Poisson
     /// arrivals).
-    #[arg(long, env = "LOADTEST_MESSAGE_RATE", default_value_t = 0.5, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_MESSAGE_RATE",
+        default_value_t = 0.5,
+        help_heading = "Workload"
+    )]
     pub message_rate: f64,
 
     /// Share of messages (0-1) preceded by a typing indicator.
-    #[arg(long, env = "LOADTEST_TYPING_RATIO", default_value_t = 0.3, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_TYPING_RATIO",
+        default_value_t = 0.3,
+        help_heading = "Workload"
+    )]
     pub typing_ratio: f64,
 
     /// Length of each chat message in characters, measurement tag included.
-    #[arg(long, env = "LOADTEST_MESSAGE_BYTES", default_value_t = 120, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_MESSAGE_BYTES",
+        default_value_t = 120,
+        help_heading = "Workload"
+    )]
     pub message_bytes: usize,
 
     /// Mean seconds between a user's REST activities (reading history, reconnecting).
-    #[arg(long, env = "LOADTEST_THINK_TIME", default_value_t = 10.0, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_THINK_TIME",
+        default_value_t = 10.0,
+        help_heading = "Workload"
+    )]
     pub think_time: f64,
 
     /// Relative weight of "read history" among a user's activities.
-    #[arg(long, env = "LOADTEST_HISTORY_WEIGHT", default_value_t = 3, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_HISTORY_WEIGHT",
+        default_value_t = 3,
+        help_heading = "Workload"
+    )]
     pub history_weight: usize,
 
     /// Relative weight of "disconnect and reconnect one socket" (0: never).
-    #[arg(long, env = "LOADTEST_RECONNECT_WEIGHT", default_value_t = 1, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_RECONNECT_WEIGHT",
+        default_value_t = 1,
+        help_heading = "Workload"
+    )]
     pub reconnect_weight: usize,
 
-    /// Usernames are PREFIX-0, PREFIX-1, ...; existing accounts are reused (register
-    /// answers 409, then the user logs in). Default: a fresh random prefix per run.
+    /// Usernames are PREFIX-0, PREFIX-1, ...; existing accounts are reused (each user
+    /// logs in first and registers only when that fails). Default: a fresh random prefix
+    /// per run.
     #[arg(long, env = "LOADTEST_USER_PREFIX", help_heading = "Workload")]
     pub user_prefix: Option<String>,
 
     /// Password of every simulated account.
-    #[arg(long, env = "LOADTEST_PASSWORD", default_value = "loadtest-password",
-          hide_env_values = true, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_PASSWORD",
+        default_value = "loadtest-password",
+        hide_env_values = true,
+        help_heading = "Workload"
+    )]
     pub password: String,
 
     /// Register/login requests in flight at once (password hashing is slow by design;
     /// more only queues on the server).
-    #[arg(long, env = "LOADTEST_AUTH_CONCURRENCY", default_value_t = 16, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_AUTH_CONCURRENCY",
+        default_value_t = 16,
+        help_heading = "Workload"
+    )]
     pub auth_concurrency: usize,
 
     /// Seconds of chat after every user joined and before measuring (excluded from the
     /// latency figures, included in the correctness checks).
-    #[arg(long, env = "LOADTEST_WARMUP", default_value_t = 2.0, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_WARMUP",
+        default_value_t = 2.0,
+        help_heading = "Workload"
+    )]
     pub warmup: f64,
 
     /// Longest wait, in seconds, for every user to register, log in, join and connect.
-    #[arg(long, env = "LOADTEST_SETUP_TIMEOUT", default_value_t = 900.0, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_SETUP_TIMEOUT",
+        default_value_t = 900.0,
+        help_heading = "Workload"
+    )]
     pub setup_timeout: f64,
 
     /// Seconds a closing socket waits for the acknowledgements of its messages in flight,
     /// and the end of the run waits for the last deliveries.
-    #[arg(long, env = "LOADTEST_DRAIN_TIMEOUT", default_value_t = 15.0, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_DRAIN_TIMEOUT",
+        default_value_t = 15.0,
+        help_heading = "Workload"
+    )]
     pub drain_timeout: f64,
 
     /// A receiver that disconnects must have seen a message only when its
     /// acknowledgement came at least this many milliseconds before the disconnect
     /// (closer calls are counted as neither missing nor expected).
-    #[arg(long, env = "LOADTEST_CLOSE_MARGIN_MS", default_value_t = 1000, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_CLOSE_MARGIN_MS",
+        default_value_t = 1000,
+        help_heading = "Workload"
+    )]
     pub close_margin_ms: u64,
 
     /// Events per second per user that the target server allows (its
     /// --ws-rate-per-second). With --host the harness stays under it; a server it
     /// starts itself gets limits far above any rate used.
-    #[arg(long, env = "LOADTEST_SERVER_RATE_LIMIT", default_value_t = 20.0, help_heading = "Workload")]
+    #[arg(
+        long,
+        env = "LOADTEST_SERVER_RATE_LIMIT",
+        default_value_t = 20.0,
+        help_heading = "Workload"
+    )]
     pub server_rate_limit: f64,
 
     // ----- capacity search -----
@@ -111,11 +178,21 @@ pub struct Config {
     pub capacity: bool,
 
     /// The p99 delivery latency objective, in milliseconds.
-    #[arg(long, env = "LOADTEST_SLO_P99_MS", default_value_t = 100.0, help_heading = "Capacity")]
+    #[arg(
+        long,
+        env = "LOADTEST_SLO_P99_MS",
+        default_value_t = 100.0,
+        help_heading = "Capacity"
+    )]
     pub slo_p99_ms: f64,
 
     /// Seconds each capacity step lasts.
-    #[arg(long, env = "LOADTEST_STEP_TIME", default_value_t = 10.0, help_heading = "Capacity")]
+    #[arg(
+        long,
+        env = "LOADTEST_STEP_TIME",
+        default_value_t = 10.0,
+        help_heading = "Capacity"
+    )]
     pub step_time: f64,
 
     /// Messages per second (all users together) of the first step. Default: users x
@@ -124,11 +201,21 @@ pub struct Config {
     pub start_rate: Option<f64>,
 
     /// Each step's rate is the previous one times this.
-    #[arg(long, env = "LOADTEST_RATE_FACTOR", default_value_t = 1.5, help_heading = "Capacity")]
+    #[arg(
+        long,
+        env = "LOADTEST_RATE_FACTOR",
+        default_value_t = 1.5,
+        help_heading = "Capacity"
+    )]
     pub rate_factor: f64,
 
     /// Most capacity steps.
-    #[arg(long, env = "LOADTEST_MAX_STEPS", default_value_t = 15, help_heading = "Capacity")]
+    #[arg(
+        long,
+        env = "LOADTEST_MAX_STEPS",
+        default_value_t = 15,
+        help_heading = "Capacity"
+    )]
     pub max_steps: usize,
 
     // ----- local server -----
@@ -148,8 +235,12 @@ pub struct Config {
 
     /// Extra argument for the local server, repeatable (e.g.
     /// --server-arg=--database-url=postgres://...).
-    #[arg(long, env = "LOADTEST_SERVER_ARG", allow_hyphen_values = true,
-          help_heading = "Local server")]
+    #[arg(
+        long,
+        env = "LOADTEST_SERVER_ARG",
+        allow_hyphen_values = true,
+        help_heading = "Local server"
+    )]
     pub server_arg: Vec<String>,
 
     /// Keep the local server's log in this file (default: a temporary file, its tail
@@ -161,13 +252,21 @@ pub struct Config {
     /// Loopback source addresses (127.0.0.1, 127.0.0.2, ...) the WebSockets are spread
     /// over. Default: one per --connections-per-source sockets, when the target is a
     /// 127.x address.
-    #[arg(long, env = "LOADTEST_SOURCE_ADDRESSES", help_heading = "Client network")]
+    #[arg(
+        long,
+        env = "LOADTEST_SOURCE_ADDRESSES",
+        help_heading = "Client network"
+    )]
     pub source_addresses: Option<u8>,
 
     /// Sockets per loopback source address before another is used (the ephemeral port
     /// range holds about 28,000).
-    #[arg(long, env = "LOADTEST_CONNECTIONS_PER_SOURCE", default_value_t = 20_000,
-          help_heading = "Client network")]
+    #[arg(
+        long,
+        env = "LOADTEST_CONNECTIONS_PER_SOURCE",
+        default_value_t = 20_000,
+        help_heading = "Client network"
+    )]
     pub connections_per_source: usize,
 
     // ----- output -----
@@ -203,7 +302,29 @@ impl Config {
 
     /// The clap command, with an environment variable on every flag that lacks one.
     pub fn command_with_env() -> clap::Command {
-        Self::command().mut_args(with_env)
+        // The flattened Goose options bring their own long description: replace it.
+        Self::command()
+            .about(ABOUT)
+            .long_about(ABOUT)
+            .after_help(AFTER_HELP)
+            .after_long_help(AFTER_HELP)
+            // Goose options whose meaning or default the harness changes.
+            .mut_arg("host", |a| {
+                a.help("Target server, http://HOST:PORT [default: start a local chat-server]")
+                    .long_help(None)
+            })
+            .mut_arg("users", |a| {
+                a.help("Simulated users [default: 1000]").long_help(None)
+            })
+            .mut_arg("run_time", |a| {
+                a.help("Measured time once every user has joined, e.g. 30s or 2m [default: 30s]")
+                    .long_help(None)
+            })
+            .mut_arg("increase_rate", |a| {
+                a.help("Users started per second [default: users/10, at least 50]")
+                    .long_help(None)
+            })
+            .mut_args(with_env)
     }
 
     /// Simulated users (`--users`, default 1000).
@@ -275,8 +396,8 @@ impl Config {
         if self.connections_per_source == 0 {
             bail!("--connections-per-source must be at least 1");
         }
-        if self.goose.iterations.is_some() || self.goose.test_plan.is_some() {
-            bail!("--iterations and --test-plan are not supported: the harness decides when the run ends (--run-time, --capacity)");
+        if self.goose.iterations.is_some() {
+            bail!("--iterations is not supported: the harness decides when the run ends (--run-time, --capacity)");
         }
         self.run_time()?;
         Ok(())

@@ -1,1 +1,341 @@
-//! placeholder
+//! Capacity harness for the chat server.
+//!
+//! Goose drives the simulated users and their REST calls (and reports them); each
+//! user's WebSockets are tokio tasks that chat and measure what Goose cannot: ack and
+//! delivery latency in HDR histograms, deliveries against what was expected,
+//! duplicates, losses. After the run every acknowledged message is looked up in the
+//! history the server returns. [`run`] does all of it and returns the [`Report`];
+//! `cargo run --release -p loadtest` is the command-line front end.
+//!
+//! Goose's stop switch is process-wide: run one [`run`] at a time per process.
+
+pub mod capacity;
+pub mod config;
+pub mod console;
+pub mod driver;
+pub mod plan;
+pub mod report;
+pub mod server;
+pub mod state;
+pub mod sys;
+pub mod user;
+pub mod verify;
+pub mod ws;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use goose::client::GooseClientBuilder;
+use goose::GooseAttack;
+
+pub use config::Config;
+pub use report::Report;
+
+use crate::console::{say, thousands};
+use crate::report::{
+    Correctness, Events, Harness, Measured, Percentiles, ServerInfo, Setup, Sockets, Target,
+    Workload,
+};
+use crate::server::LocalServer;
+use crate::state::{lock, Run, Sources, Stage};
+
+/// Runs the harness: starts a local server unless `--host` is given, runs the users,
+/// measures, checks persistence, stops what it started and returns the report (also
+/// written to `--json-report` when set). Goose prints its own report to stdout as it
+/// ends; [`report::render`] gives the WebSocket part as text.
+pub async fn run(config: Config) -> anyhow::Result<Report> {
+    config.validate()?;
+    // One descriptor per socket here (and one per socket in a local server, which
+    // inherits the limit), plus REST connections and files.
+    let needed = config.connections() as u64 + 2048;
+    let open_files = sys::raise_nofile(needed);
+    match &open_files.problem {
+        Some(problem) => say(problem),
+        None if open_files.after > open_files.before => say(&format!(
+            "open files limit raised from {} to {}",
+            open_files.before, open_files.after
+        )),
+        None => {}
+    }
+
+    let mut local = match &config.goose.host {
+        Some(_) => None,
+        None => {
+            let cfg = config.clone();
+            let server = tokio::task::spawn_blocking(move || LocalServer::start(&cfg))
+                .await
+                .context("starting the local server")??;
+            say(&format!(
+                "started {} at {} (log: {})",
+                server.binary.display(),
+                server.base_url,
+                server.log_path().display()
+            ));
+            Some(server)
+        }
+    };
+    let base_url = match (&config.goose.host, &local) {
+        (Some(host), _) => host.trim_end_matches('/').to_string(),
+        (None, Some(server)) => server.base_url.clone(),
+        (None, None) => bail!("no target"),
+    };
+    let target = resolve(&base_url).await?;
+    let sources = Sources::new(source_addresses(&config, target));
+    if sources.addrs().len() > 1 {
+        say(&format!(
+            "spreading {} sockets over {} loopback source addresses",
+            thousands(config.connections() as u64),
+            sources.addrs().len()
+        ));
+    }
+
+    let run = Run::new(config.clone(), base_url.clone(), target, sources);
+    // A previous run in this process left Goose's stop switch on.
+    goose::reset_killswitch();
+    let attack = goose_attack(&run, &config, &base_url)?;
+    let driver = tokio::spawn(driver::drive(Arc::clone(&run)));
+    let goose_result = attack.execute().await;
+    // Goose is done (or failed to start): make sure the driver ends too.
+    run.end_chat();
+    run.set_stage(Stage::Stopping);
+    let driven = driver.await.context("the run driver panicked")?;
+    let metrics = match goose_result {
+        Ok(metrics) => Some(metrics),
+        Err(e) => {
+            driver::close_all(&run).await;
+            if let Some(server) = local.as_mut() {
+                server.stop();
+            }
+            return Err(anyhow::anyhow!("goose: {e}"));
+        }
+    };
+
+    say("draining: waiting for the last acknowledgements and deliveries");
+    driver::drain(&run).await;
+    driver::close_all(&run).await;
+
+    // The server's figures and health before it is stopped.
+    let server_crash = local
+        .as_mut()
+        .and_then(LocalServer::exited)
+        .map(|status| status.to_string());
+    let server_usage = local.as_ref().and_then(LocalServer::usage);
+
+    say("reading every conversation's history back");
+    let persistence = verify::verify(&run).await;
+
+    let server = local.as_mut().map(|server| {
+        let stop = server.stop();
+        let mut log_problems = server.log_problems(10);
+        if server_crash.is_some() {
+            log_problems.push(server.log_tail(2000));
+        }
+        ServerInfo {
+            pid: server.pid(),
+            usage: server_usage.clone(),
+            crashed: server_crash.clone(),
+            stop,
+            log_problems,
+        }
+    });
+
+    let report = build_report(
+        &run,
+        &config,
+        &driven,
+        persistence,
+        server,
+        local.as_ref(),
+        metrics.as_ref(),
+        open_files,
+    );
+    if let Some(path) = &config.json_report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        say(&format!("JSON report written to {}", path.display()));
+    }
+    Ok(report)
+}
+
+/// Goose with the harness's defaults: the target, the users, a launch rate, no run
+/// time of its own (the driver ends the run), quiet logs, no telnet controller, one
+/// shared HTTP client, and metrics kept from the first request (setup included).
+fn goose_attack(run: &Arc<Run>, config: &Config, base_url: &str) -> anyhow::Result<GooseAttack> {
+    let mut goose = config.goose.clone();
+    let users = config.users();
+    goose.host = Some(base_url.to_string());
+    goose.users = Some(users);
+    goose.run_time = None;
+    if goose.increase_rate.is_none() && goose.increase_time.is_none() {
+        // Launch everyone within ~10 s; password hashing paces the rest.
+        goose.increase_rate = Some(format!("{}", (users as f64 / 10.0).max(50.0)));
+    }
+    if goose.verbose == 0 && goose.quiet == 0 {
+        goose.quiet = 1;
+    }
+    goose.no_telnet = true;
+    goose.no_reset_metrics = true;
+    let client = GooseClientBuilder::new()
+        .without_cookies()
+        .timeout(Duration::from_secs(60))
+        .user_agent("chat-loadtest");
+    let attack = GooseAttack::initialize_with_config(goose)
+        .map_err(|e| anyhow::anyhow!("goose: {e}"))?
+        .register_scenario(user::scenario(run).map_err(|e| anyhow::anyhow!("goose: {e}"))?)
+        .set_client_builder_without_cookies(client)
+        .map_err(|e| anyhow::anyhow!("goose: {e}"))?;
+    Ok(attack)
+}
+
+/// The socket address behind `http://host:port`.
+async fn resolve(base_url: &str) -> anyhow::Result<SocketAddr> {
+    let url = reqwest::Url::parse(base_url).with_context(|| format!("--host {base_url:?}"))?;
+    if url.scheme() != "http" {
+        bail!("--host must be an http:// URL (the WebSocket client speaks plain ws://)");
+    }
+    let host = url
+        .host_str()
+        .context("--host has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let mut addrs = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("resolving {host}"))?;
+    let first = addrs.next();
+    first.with_context(|| format!("{host} resolves to no address"))
+}
+
+/// Loopback source addresses to spread client sockets over (one per
+/// `--connections-per-source` sockets, or `--source-addresses`), for 127.x targets.
+fn source_addresses(config: &Config, target: SocketAddr) -> Vec<IpAddr> {
+    let IpAddr::V4(ip) = target.ip() else {
+        return Vec::new();
+    };
+    if !ip.is_loopback() {
+        return Vec::new();
+    }
+    let count = match config.source_addresses {
+        Some(n) => usize::from(n),
+        None => config.connections().div_ceil(config.connections_per_source),
+    }
+    .clamp(1, 254);
+    if count < 2 {
+        return Vec::new();
+    }
+    (1..=count)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, u8::try_from(i).unwrap_or(254))))
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    run: &Run,
+    config: &Config,
+    driven: &driver::Driven,
+    persistence: verify::Persistence,
+    server: Option<ServerInfo>,
+    local: Option<&LocalServer>,
+    metrics: Option<&goose::metrics::GooseMetrics>,
+    open_files: sys::FdLimit,
+) -> Report {
+    let c = &run.counters;
+    let windows = run.windows();
+    let measured_seconds: f64 = windows.iter().map(state::Window::seconds).sum();
+    let measured_tally = run.tally(|p| p >= 1);
+    let hist = run.latencies.merged(|p| p >= 1);
+    let whole = run.tally(|_| true);
+    let mut report = Report {
+        mode: if config.capacity {
+            "capacity"
+        } else {
+            "steady"
+        },
+        target: Target {
+            url: run.base_url.clone(),
+            local_server: local.is_some(),
+            server_binary: local.map(|s| s.binary.display().to_string()),
+            server_log: local.map(|s| s.log_path().display().to_string()),
+        },
+        workload: Workload {
+            users: run.plan.users(),
+            conversations: run.plan.conversations(),
+            group_size: config.group_size,
+            largest_group: run.plan.largest_group(),
+            conversations_per_user: config.conversations_per_user,
+            sockets: run.plan.users() * run.plan.layers(),
+            message_rate_per_user: config.message_rate,
+            typing_ratio: config.typing_ratio,
+            message_bytes: config.message_bytes,
+            think_time_s: config.think_time,
+        },
+        setup: Setup {
+            seconds: driven.setup_seconds,
+            users_joined: c.users_ready.load(Ordering::Relaxed)
+                - c.users_failed.load(Ordering::Relaxed),
+            users_failed: c.users_failed.load(Ordering::Relaxed),
+            all_joined: driven.all_joined,
+        },
+        measured: Measured {
+            seconds: measured_seconds,
+            messages_sent: measured_tally.sent,
+            messages_per_s: if measured_seconds > 0.0 {
+                measured_tally.sent as f64 / measured_seconds
+            } else {
+                0.0
+            },
+            ack: Percentiles::of(&hist.ack, measured_seconds),
+            delivery: Percentiles::of(&hist.delivery, measured_seconds),
+        },
+        correctness: Correctness {
+            tally: whole,
+            duplicate_deliveries: c.duplicates.load(Ordering::Relaxed),
+            duplicate_acks: c.duplicate_acks.load(Ordering::Relaxed),
+            reordered: c.reordered.load(Ordering::Relaxed),
+            misrouted: c.misrouted.load(Ordering::Relaxed),
+            foreign: c.foreign.load(Ordering::Relaxed),
+        },
+        sockets: Sockets {
+            connects: c.connects.load(Ordering::Relaxed),
+            connect_failures: c.connect_failures.load(Ordering::Relaxed),
+            connect_errors: lock(&c.connect_errors).clone(),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            dropped: c.drops.load(Ordering::Relaxed),
+            drop_reasons: lock(&c.drop_reasons).clone(),
+            join_timeouts: c.join_timeouts.load(Ordering::Relaxed),
+            source_addresses: run
+                .sources
+                .addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        },
+        events: Events {
+            typing_sent: c.typing_sent.load(Ordering::Relaxed),
+            typing_received: c.typing_received.load(Ordering::Relaxed),
+            system_received: c.system_received.load(Ordering::Relaxed),
+            history_reads: c.history_reads.load(Ordering::Relaxed),
+            errors: lock(&c.errors).clone(),
+        },
+        persistence,
+        capacity: driven.capacity.clone(),
+        server,
+        harness: Harness {
+            usage: server::process_usage(std::process::id()),
+            open_files,
+        },
+        rest: metrics.map(report::rest_rows).unwrap_or_default(),
+        aborted: driven.aborted.clone(),
+        verdict: report::Verdict {
+            ok: false,
+            lost: 0,
+            problems: Vec::new(),
+        },
+    };
+    report.verdict = report::verdict(&report);
+    report
+}

@@ -64,7 +64,9 @@ impl Plan {
 
     /// Every seat of `user`, one per layer.
     pub fn seats(&self, user: usize) -> Vec<Seat> {
-        (0..self.layers).map(|layer| self.seat(user, layer)).collect()
+        (0..self.layers)
+            .map(|layer| self.seat(user, layer))
+            .collect()
     }
 
     /// The members of a conversation, indexed by slot.
@@ -100,7 +102,10 @@ mod tests {
         let mut seen = vec![0usize; users];
         for c in 0..plan.conversations() {
             let members = plan.members(c);
-            assert!(members.len() >= group.min(users), "{users}/{group}/{layers}: {c}");
+            assert!(
+                members.len() >= group.min(users),
+                "{users}/{group}/{layers}: {c}"
+            );
             for (slot, &user) in members.iter().enumerate() {
                 assert_eq!(
                     plan.seat(user, c / (plan.conversations() / layers)),
@@ -112,7 +117,10 @@ mod tests {
                 seen[user] += 1;
             }
         }
-        assert!(seen.iter().all(|&n| n == layers), "{users}/{group}/{layers}");
+        assert!(
+            seen.iter().all(|&n| n == layers),
+            "{users}/{group}/{layers}"
+        );
     }
 
     #[test]

@@ -152,9 +152,7 @@ pub struct PhaseHist {
 
 impl PhaseHist {
     pub fn new() -> Self {
-        let new = || {
-            Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant, valid bounds")
-        };
+        let new = || Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant, valid bounds");
         PhaseHist {
             ack: new(),
             delivery: new(),
@@ -332,8 +330,9 @@ impl Run {
             sending: false,
         });
         let (stage, _) = watch::channel(Stage::Setup);
-        let filler = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
-            .repeat(config.message_bytes / 70 + 1);
+        let filler =
+            "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+                .repeat(config.message_bytes / 70 + 1);
         let sockets = (0..plan.users() * plan.layers())
             .map(|_| Mutex::new(None))
             .collect();

@@ -1,0 +1,92 @@
+//! The capacity harness, briefly, against a real server: 50 simulated users in group
+//! conversations (two sockets each) chat, read history and reconnect for a few seconds.
+//! Correctness only, never timing: nothing missing, nothing duplicated, every
+//! acknowledged message in history.
+
+use loadtest::{Config, Report};
+use tests::prelude::*;
+use tokio::sync::Mutex;
+
+/// Goose's stop switch is process-wide: one harness run at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+async fn short_run(srv: &TestServer) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let config = Config::try_from_iter([
+        "loadtest",
+        "--host",
+        srv.base_url(),
+        "--users",
+        "50",
+        "--run-time",
+        "5s",
+        "--warmup",
+        "1",
+        "--group-size",
+        "10",
+        "--conversations-per-user",
+        "2",
+        "--message-rate",
+        "2",
+        "--think-time",
+        "2",
+    ])?;
+    let report = loadtest::run(config).await?;
+    check(&report).with_context(|| loadtest::report::render(&report))
+}
+
+fn check(r: &Report) -> anyhow::Result<()> {
+    let t = &r.correctness.tally;
+    let p = &r.persistence;
+    ensure!(r.aborted.is_none(), "the run did not complete");
+    ensure!(r.setup.users_failed == 0, "users failed to set up");
+    ensure!(
+        t.acked > 0 && t.delivered_expected > 0,
+        "nothing was exchanged"
+    );
+    ensure!(r.sockets.reconnects > 0, "no socket reconnected");
+    ensure!(t.missing == 0, "{} deliveries missing", t.missing);
+    ensure!(
+        t.failed == 0 && t.unacked == 0,
+        "messages refused or unacknowledged"
+    );
+    ensure!(
+        r.correctness.duplicate_deliveries == 0,
+        "duplicate deliveries"
+    );
+    ensure!(
+        r.correctness.duplicate_acks == 0,
+        "duplicate acknowledgements"
+    );
+    ensure!(r.correctness.reordered == 0, "reordered deliveries");
+    ensure!(r.correctness.misrouted == 0, "misrouted messages");
+    ensure!(p.complete, "history not read back completely");
+    ensure!(
+        p.acknowledged == t.acked,
+        "not every acknowledged message was checked"
+    );
+    ensure!(p.lost == 0, "{} acknowledged messages lost", p.lost);
+    ensure!(
+        p.duplicates == 0 && p.out_of_order == 0,
+        "history duplicates or disorder"
+    );
+    ensure!(r.verdict.ok, "verdict: {:?}", r.verdict.problems);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_short_run_sqlite() {
+    tests::run_with(ServerOptions::new(Store::Sqlite, IoDriver::Uring), |srv| {
+        Box::pin(short_run(srv))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_short_run_postgres() {
+    tests::run_with(
+        ServerOptions::new(Store::Postgres, IoDriver::Epoll),
+        |srv| Box::pin(short_run(srv)),
+    )
+    .await;
+}
