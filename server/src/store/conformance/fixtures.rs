@@ -114,6 +114,8 @@ impl PgTestDb {
 }
 
 async fn admin_client() -> tokio_postgres::Client {
+    // Starts the local cluster if it is installed but stopped, as the whole suite does.
+    tests::postgres::ensure_running().expect("PostgreSQL at 127.0.0.1:5432");
     let (client, connection) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls),
