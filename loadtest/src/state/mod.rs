@@ -1,0 +1,192 @@
+//! The shared state of one run: the conversations with every message sent and who
+//! received it, each socket's connected intervals, the counters, the latency
+//! histograms, and the control signals (phase, rate, stop) the driver sets.
+//!
+//! Every chat message is a [`Record`] under its conversation's mutex, indexed by the
+//! sender's slot and sequence number, with a bit per member that received it. Whether a
+//! member *had* to receive it is decided at the end from the member's connected
+//! intervals (see [`Run::tally`]).
+//!
+//! Layout: this file holds the plain data (records, intervals, conversations,
+//! accounts, control, stage, counters, source addresses, windows); `run` owns
+//! [`Run`] and its end-of-run [`Tally`]; `latency` the HDR histograms; `tag` the
+//! measurement tag written into and read back from every chat message.
+
+mod latency;
+mod run;
+mod tag;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+pub use latency::{Latencies, PhaseHist};
+pub use run::{Run, Tally};
+pub use tag::{parse_tag, Tag};
+
+/// Locks a mutex, ignoring poisoning (a panicking task must not hide the results).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One chat message sent by the harness.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub sent_us: u64,
+    /// When the sender's own copy (the acknowledgement) came back; 0: not (yet).
+    pub ack_us: u64,
+    /// Bit per member slot: received by that member.
+    pub delivered: u128,
+    pub phase: u16,
+    /// The server answered with an `error` event for it.
+    pub failed: bool,
+}
+
+/// A socket's time in the conversation: from its own `joined` event to its close.
+#[derive(Clone, Copy, Debug)]
+pub struct Interval {
+    pub from_us: u64,
+    /// `u64::MAX` while open, and for sockets kept open until the end of the run.
+    pub to_us: u64,
+}
+
+#[derive(Default)]
+pub struct ConvState {
+    /// `records[slot][seq]`.
+    pub records: Vec<Vec<Record>>,
+    /// `live[slot]`: the member's connected intervals.
+    pub live: Vec<Vec<Interval>>,
+}
+
+/// What the member that created the conversation left for the others.
+#[derive(Clone, Debug)]
+pub struct ConvInfo {
+    pub id: String,
+    pub owner_token: String,
+}
+
+pub struct Conv {
+    pub index: usize,
+    pub members: Vec<usize>,
+    pub info: OnceCell<ConvInfo>,
+    pub state: Mutex<ConvState>,
+}
+
+/// A logged-in simulated user.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub user_id: String,
+    pub token: String,
+}
+
+/// The driver's instructions to every socket.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Control {
+    /// Chat messages per second per user (0: silent).
+    pub rate_per_user: f64,
+    /// Phase stamped on new messages (0: warm-up, 1..: measured windows or steps).
+    pub phase: u16,
+    /// Whether sockets may send at all.
+    pub sending: bool,
+}
+
+/// How far the run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Setup,
+    Chat,
+    Stopping,
+}
+
+/// Plain counters, shared by every task.
+#[derive(Default)]
+pub struct Counters {
+    pub users_ready: AtomicUsize,
+    pub users_failed: AtomicUsize,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub duplicate_acks: AtomicU64,
+    pub failed: AtomicU64,
+    /// Messages sent and neither acknowledged nor refused yet.
+    pub outstanding: AtomicU64,
+    pub delivered: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub reordered: AtomicU64,
+    pub misrouted: AtomicU64,
+    pub foreign: AtomicU64,
+    pub typing_sent: AtomicU64,
+    pub typing_received: AtomicU64,
+    pub system_received: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub join_timeouts: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub drops: AtomicU64,
+    pub history_reads: AtomicU64,
+    /// Error events by detail.
+    pub errors: Mutex<BTreeMap<String, u64>>,
+    /// Connect failures by reason.
+    pub connect_errors: Mutex<BTreeMap<String, u64>>,
+    /// Connections the server (or the network) ended, by close code or reason.
+    pub drop_reasons: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    pub fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+        let mut map = lock(map);
+        match map.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(key.to_string(), 1);
+            }
+        }
+    }
+}
+
+/// Round-robin loopback source addresses for client sockets (none: let the kernel pick).
+pub struct Sources {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl Sources {
+    pub fn new(addrs: Vec<IpAddr>) -> Self {
+        Sources {
+            addrs,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn next(&self) -> Option<IpAddr> {
+        if self.addrs.len() < 2 {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.addrs[i % self.addrs.len()])
+    }
+
+    pub fn addrs(&self) -> &[IpAddr] {
+        &self.addrs
+    }
+}
+
+/// A measured window (steady run) or a capacity step.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    pub phase: u16,
+    pub rate_per_user: f64,
+    #[serde(skip)]
+    pub start_us: u64,
+    #[serde(skip)]
+    pub end_us: u64,
+}
+
+impl Window {
+    pub fn seconds(&self) -> f64 {
+        self.end_us.saturating_sub(self.start_us) as f64 / 1e6
+    }
+}

@@ -1,0 +1,215 @@
+//! One simulated user's WebSocket in one conversation, as a tokio task: it connects
+//! (from a chosen loopback source address when the run spreads sockets over several),
+//! waits for its own `joined` event, then chats at the rate the driver sets (Poisson
+//! arrivals, a `typing` event before some messages) and measures what comes back:
+//!
+//! - its own copy of a message is the acknowledgement: ack latency = now - send time;
+//! - another member's message is a delivery: delivery latency = now - the send time
+//!   written in the message's tag (one process, one clock);
+//! - duplicates, per-sender reordering, `error` events and unexpected closes are
+//!   counted.
+//!
+//! A reconnect or close first stops sending and waits for the acknowledgements of the
+//! messages in flight, so the sender knows the fate of everything it sent; an
+//! unexpected close is counted and followed by a reconnect after a short back-off.
+//!
+//! Layout: this file owns the task (spawn, connect, back-off and reconnect loop);
+//! `session` one connection's life (the select loop, quiescing and closing), with
+//! `session::send` for what goes out and `session::receive` for what comes in.
+
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::state::{Counters, Run};
+use session::Session;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest a typing indicator precedes its message.
+const TYPING_LEAD: Duration = Duration::from_millis(300);
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Which socket: the user, the conversation and the user's seat in it.
+#[derive(Clone, Debug)]
+pub struct SocketSpec {
+    pub user: usize,
+    pub conv: usize,
+    pub slot: usize,
+    pub conv_id: String,
+    pub user_id: String,
+    pub token: String,
+}
+
+/// What the owner of a socket task can ask of it.
+pub enum Command {
+    /// Finish what is in flight, close, connect again; the reply says how it went.
+    Reconnect(oneshot::Sender<ConnectOutcome>),
+    /// Finish what is in flight and close for good. `final_close`: the run is over
+    /// (the socket counts as connected until the end).
+    Close {
+        done: Option<oneshot::Sender<()>>,
+        final_close: bool,
+    },
+}
+
+/// How a connect (TCP, upgrade, own `joined` event) went.
+#[derive(Clone, Debug)]
+pub struct ConnectOutcome {
+    pub ok: bool,
+    pub elapsed: Duration,
+    pub error: Option<String>,
+}
+
+pub struct SocketHandle {
+    pub commands: mpsc::Sender<Command>,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the socket task; the receiver gets the outcome of the first connect.
+pub fn spawn(run: Arc<Run>, spec: SocketSpec) -> (SocketHandle, oneshot::Receiver<ConnectOutcome>) {
+    let (tx, rx) = mpsc::channel(4);
+    let (first_tx, first_rx) = oneshot::channel();
+    let task = tokio::spawn(socket_main(run, spec, rx, first_tx));
+    (SocketHandle { commands: tx, task }, first_rx)
+}
+
+/// Why a session ended.
+enum End {
+    Reconnect(oneshot::Sender<ConnectOutcome>),
+    Closed(Option<oneshot::Sender<()>>),
+    Dropped(String),
+}
+
+async fn socket_main(
+    run: Arc<Run>,
+    spec: SocketSpec,
+    mut commands: mpsc::Receiver<Command>,
+    first: oneshot::Sender<ConnectOutcome>,
+) {
+    let mut reply = Some(first);
+    let mut backoff = BACKOFF_MIN;
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    loop {
+        let started = Instant::now();
+        match connect(&run, &spec).await {
+            Err(error) => {
+                run.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&run.counters.connect_errors, &error);
+                if let Some(reply) = reply.take() {
+                    let _ = reply.send(ConnectOutcome {
+                        ok: false,
+                        elapsed: started.elapsed(),
+                        error: Some(error),
+                    });
+                }
+            }
+            Ok(ws) => {
+                run.counters.connects.fetch_add(1, Ordering::Relaxed);
+                let session = Session::new(&run, &spec, ws, reply.take(), started, &mut rng);
+                match session.run(&mut commands).await {
+                    End::Reconnect(next) => {
+                        run.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        reply = Some(next);
+                        backoff = BACKOFF_MIN;
+                        continue;
+                    }
+                    End::Closed(done) => {
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                        return;
+                    }
+                    End::Dropped(reason) => {
+                        run.counters.drops.fetch_add(1, Ordering::Relaxed);
+                        Counters::bump(&run.counters.drop_reasons, &reason);
+                    }
+                }
+            }
+        }
+        // Back off before the next attempt, but obey commands meanwhile.
+        let wait = tokio::select! {
+            command = commands.recv() => command,
+            () = tokio::time::sleep(backoff) => None,
+        };
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        match wait {
+            Some(Command::Close { done, .. }) => {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Some(Command::Reconnect(next)) => {
+                if let Some(old) = reply.replace(next) {
+                    let _ = old.send(ConnectOutcome {
+                        ok: false,
+                        elapsed: Duration::ZERO,
+                        error: Some("superseded".into()),
+                    });
+                }
+            }
+            None if commands.is_closed() => return,
+            None => {}
+        }
+    }
+}
+
+/// TCP connect (bound to a source address when the run spreads sockets) and upgrade.
+async fn connect(run: &Run, spec: &SocketSpec) -> Result<Ws, String> {
+    let socket = match run.target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("socket: {}", e.kind()))?;
+    if let Some(source) = run.sources.next() {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("bind {source}: {}", e.kind()))?;
+    }
+    let stream = timeout(CONNECT_TIMEOUT, socket.connect(run.target))
+        .await
+        .map_err(|_| "tcp connect: timed out".to_string())?
+        .map_err(|e| format!("tcp connect: {}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    let url = format!(
+        "{}/api/chat/ws/{}?token={}",
+        run.ws_url, spec.conv_id, spec.token
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _response) = timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)),
+    )
+    .await
+    .map_err(|_| "upgrade: timed out".to_string())?
+    .map_err(|e| {
+        let text = e.to_string();
+        format!("upgrade: {}", text.chars().take(80).collect::<String>())
+    })?;
+    Ok(ws)
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(80).collect()
+}
