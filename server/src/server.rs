@@ -63,7 +63,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (listeners, addr) = shard::bind(app.config.listen, shards)
         .with_context(|| format!("binding {}", app.config.listen))?;
     let started = shard::start(&app, listeners, app.config.io_driver)?;
-    tracing::info!(shards, "listening on {}", shard::describe(addr));
+    tracing::info!(shards, "listening on http://{addr}");
 
     if let Some(signal) = signals.forever().next() {
         tracing::info!(

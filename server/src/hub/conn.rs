@@ -140,7 +140,8 @@ impl Conn {
         .await;
     }
 
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
     }
 }

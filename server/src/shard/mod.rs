@@ -9,7 +9,6 @@ mod listen;
 mod serve;
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -114,9 +113,4 @@ fn run(id: usize, app: Arc<App>, listener: std::net::TcpListener, driver: IoDriv
             }
         }
     }
-}
-
-/// The address the shards listen on, once bound (port 0 resolved).
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}")
 }

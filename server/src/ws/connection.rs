@@ -73,7 +73,7 @@ pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted
             let _ = monoio::time::timeout(FLUSH_GRACE, write_loop(conn, &mut write)).await;
         }
         let _ = write.shutdown().await;
-        tracing::debug!("closed");
+        tracing::debug!(writer = ?ended, "closed");
     }
     .instrument(span)
     .await;
