@@ -76,6 +76,35 @@ pub(crate) fn messages(
 
 /// A user with a conversation of their own in `store`, and `count` messages for it,
 /// not yet inserted.
+/// Two users, `<prefix>_alice` (the creator) and `<prefix>_bob`, in one conversation
+/// created now.
+pub(crate) struct Pair {
+    pub(crate) alice: UserRecord,
+    pub(crate) bob: UserRecord,
+    pub(crate) chat: ConversationRecord,
+    pub(crate) start: DateTime<Utc>,
+}
+
+pub(crate) async fn pair(store: &dyn Store, prefix: &str, name: Option<&str>) -> Pair {
+    let alice = user(&format!("{prefix}_alice"));
+    let bob = user(&format!("{prefix}_bob"));
+    for u in [&alice, &bob] {
+        store.create_user(u).await.expect("create user");
+    }
+    let start = now_micros();
+    let chat = conversation(alice.id, name, start);
+    store
+        .create_conversation(&chat, &[alice.id, bob.id])
+        .await
+        .expect("create");
+    Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    }
+}
+
 pub(crate) async fn seed(
     store: &dyn Store,
     username: &str,

@@ -9,7 +9,9 @@ mod fixtures;
 use super::{ChangeOutcome, MessageRecord, NewMessage, ReactionOutcome, Store, StoreError};
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};
 
-pub(crate) use fixtures::{conversation, messages, no_hang, seed, user, PgTestDb, ADMIN_URL};
+pub(crate) use fixtures::{
+    conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb, ADMIN_URL,
+};
 
 /// The ids of the conversation's whole history, oldest first, read page by page.
 pub(crate) async fn all_history(store: &dyn Store, id: ConversationId) -> Vec<MessageId> {
@@ -248,18 +250,13 @@ async fn conversations_and_membership(store: &dyn Store) {
 }
 
 async fn history_and_changes(store: &dyn Store) {
-    let alice = user("h_alice");
-    let bob = user("h_bob");
-    for u in [&alice, &bob] {
-        store.create_user(u).await.expect("create user");
-    }
-    let start = now_micros();
-    let chat = conversation(alice.id, None, start);
+    let Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = pair(store, "h", None).await;
     let other = conversation(alice.id, Some("other"), start);
-    store
-        .create_conversation(&chat, &[alice.id, bob.id])
-        .await
-        .expect("create");
     store
         .create_conversation(&other, &[alice.id])
         .await
@@ -386,17 +383,12 @@ async fn history_and_changes(store: &dyn Store) {
 }
 
 async fn reactions(store: &dyn Store) {
-    let alice = user("r_alice");
-    let bob = user("r_bob");
-    for u in [&alice, &bob] {
-        store.create_user(u).await.expect("create user");
-    }
-    let start = now_micros();
-    let chat = conversation(alice.id, None, start);
-    store
-        .create_conversation(&chat, &[alice.id, bob.id])
-        .await
-        .expect("create");
+    let Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = pair(store, "r", None).await;
     let sent = messages(chat.id, &[alice.id], start, 2);
     store.insert_messages(&sent).await.expect("insert");
     let target = sent[0].id;
@@ -431,17 +423,12 @@ async fn reactions(store: &dyn Store) {
 }
 
 async fn large_batch_keeps_order(store: &dyn Store) {
-    let alice = user("b_alice");
-    let bob = user("b_bob");
-    for u in [&alice, &bob] {
-        store.create_user(u).await.expect("create user");
-    }
-    let start = now_micros();
-    let chat = conversation(alice.id, Some("busy"), start);
-    store
-        .create_conversation(&chat, &[alice.id, bob.id])
-        .await
-        .expect("create");
+    let Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = pair(store, "b", Some("busy")).await;
     let batch = messages(chat.id, &[alice.id, bob.id], start, 1000);
     store.insert_messages(&batch).await.expect("insert 1000");
 
