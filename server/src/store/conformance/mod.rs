@@ -298,34 +298,31 @@ async fn history_and_changes(store: &dyn Store) {
 
     // Edits: sender only, live messages only, in the right conversation only.
     let edited_at = now_micros() + chrono::Duration::seconds(1);
+    let edit = |conversation: ConversationId,
+                message: MessageId,
+                user: UserId,
+                text: &'static str| async move {
+        store
+            .edit_message(conversation, message, user, text, edited_at)
+            .await
+            .expect("edit")
+    };
     let alices = sent[4].id;
     let bobs = sent[5].id;
     assert_eq!(
-        store
-            .edit_message(chat.id, alices, bob.id, "hijack", edited_at)
-            .await
-            .expect("edit"),
+        edit(chat.id, alices, bob.id, "hijack").await,
         ChangeOutcome::NotSender
     );
     assert_eq!(
-        store
-            .edit_message(other.id, alices, alice.id, "wrong room", edited_at)
-            .await
-            .expect("edit"),
+        edit(other.id, alices, alice.id, "wrong room").await,
         ChangeOutcome::NotFound
     );
     assert_eq!(
-        store
-            .edit_message(chat.id, MessageId::random(), alice.id, "ghost", edited_at)
-            .await
-            .expect("edit"),
+        edit(chat.id, MessageId::random(), alice.id, "ghost").await,
         ChangeOutcome::NotFound
     );
     assert_eq!(
-        store
-            .edit_message(chat.id, alices, alice.id, "fixed typo", edited_at)
-            .await
-            .expect("edit"),
+        edit(chat.id, alices, alice.id, "fixed typo").await,
         ChangeOutcome::Done
     );
     let after_edit = page(store, chat.id, 50, None).await;
@@ -373,10 +370,7 @@ async fn history_and_changes(store: &dyn Store) {
         "deleting twice"
     );
     assert_eq!(
-        store
-            .edit_message(chat.id, bobs, bob.id, "resurrect", edited_at)
-            .await
-            .expect("edit"),
+        edit(chat.id, bobs, bob.id, "resurrect").await,
         ChangeOutcome::NotFound,
         "editing a deleted message"
     );
