@@ -1,10 +1,10 @@
 //! What every shard shares: configuration, the store handle, the message writer,
-//! token keys, the password pool and the cross-shard bus. Built once at start-up and
+//! token keys, the password pool, login throttling and the cross-shard bus. Built once at start-up and
 //! read-only afterwards, so shards share it without locks.
 
 use std::sync::Arc;
 
-use crate::auth::{JwtKeys, PasswordPool};
+use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
 use crate::config::Config;
 use crate::hub::bus::Bus;
 use crate::store::writer::WriterHandle;
@@ -16,5 +16,6 @@ pub struct App {
     pub writer: WriterHandle,
     pub jwt: JwtKeys,
     pub passwords: PasswordPool,
+    pub logins: LoginThrottle,
     pub bus: Arc<Bus>,
 }

@@ -1,7 +1,7 @@
 //! The server's whole configuration: one struct, every flag also an environment
 //! variable, every default documented in `--help`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,6 +104,55 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests and connections, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+
+    /// Seconds between the WebSocket pings the server sends to every client.
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "25", value_parser = seconds)]
+    pub ws_ping_interval: Duration,
+
+    /// Seconds without any frame from a client (pongs included) before its connection
+    /// is closed with 1001, so a peer that vanished leaves presence.
+    #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "60", value_parser = seconds)]
+    pub ws_idle_timeout: Duration,
+
+    /// Seconds of silence before TCP keepalive probes start on accepted sockets; 0: off.
+    #[arg(long, env = "TCP_KEEPALIVE_SECONDS", default_value_t = 60)]
+    pub tcp_keepalive_seconds: u64,
+
+    /// Failed logins for one username from one client address, within the window,
+    /// after which that pair gets 429 until the window ends.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 10)]
+    pub login_max_failures: u32,
+
+    /// Failed logins from one client address (any usernames; IPv6 by /64) within the
+    /// window, after which that address gets 429 until the window ends.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 100)]
+    pub login_max_failures_per_address: u32,
+
+    /// The login failure window, in seconds.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "900", value_parser = seconds)]
+    pub login_failure_window: Duration,
+
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated addresses or
+    /// CIDR ranges). From any other peer the header is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = ip_range)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A positive number of seconds, fractions allowed.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("not a number: {s}"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("must be a positive number of seconds: {s}"))
+}
+
+/// `10.0.0.1`, `10.0.0.0/8` or `fd00::/8`.
+fn ip_range(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("not an address or CIDR range: {s}"))
 }
 
 impl Config {
@@ -124,6 +173,10 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
     }
+
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        (self.tcp_keepalive_seconds > 0).then(|| Duration::from_secs(self.tcp_keepalive_seconds))
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +192,13 @@ mod tests {
         assert_eq!(c.token_ttl(), Duration::from_secs(24 * 3600));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.ws_max_message_bytes, 64 << 10);
+        assert_eq!(c.ws_ping_interval, Duration::from_secs(25));
+        assert_eq!(c.ws_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.tcp_keepalive(), Some(Duration::from_secs(60)));
+        assert_eq!(c.login_max_failures, 10);
+        assert_eq!(c.login_max_failures_per_address, 100);
+        assert_eq!(c.login_failure_window, Duration::from_secs(900));
+        assert!(c.trusted_proxies.is_empty());
         assert!(c.shard_count() >= 1);
     }
 
@@ -155,8 +215,14 @@ mod tests {
             "--database-url",
             "postgres://postgres@127.0.0.1/x",
             "--production",
+            "--ws-ping-interval",
+            "0.5",
+            "--trusted-proxies",
+            "10.0.0.1,fd00::/8",
         ])
         .expect("flags parse");
+        assert_eq!(c.ws_ping_interval, Duration::from_millis(500));
+        assert_eq!(c.trusted_proxies.len(), 2);
         assert_eq!(c.shard_count(), 4);
         assert_eq!(c.io_driver, IoDriver::Epoll);
         assert!(c.production);
@@ -168,5 +234,8 @@ mod tests {
         assert!(Config::try_parse_from(["chat-server", "--io-driver", "kqueue"]).is_err());
         assert!(Config::try_parse_from(["chat-server", "--listen", "nowhere"]).is_err());
         assert!(Config::try_parse_from(["chat-server", "--shards", "-1"]).is_err());
+        assert!(Config::try_parse_from(["chat-server", "--ws-idle-timeout", "0"]).is_err());
+        assert!(Config::try_parse_from(["chat-server", "--ws-ping-interval", "-1"]).is_err());
+        assert!(Config::try_parse_from(["chat-server", "--trusted-proxies", "proxy"]).is_err());
     }
 }

@@ -44,12 +44,16 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     NotFound(String),
+    /// With the methods the path does take, for the `Allow` header.
     #[error("Method Not Allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     #[error("{0}")]
     Conflict(&'static str),
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// Login throttled; retry after this many seconds.
+    #[error("Too many login attempts, retry later")]
+    TooManyLogins(u64),
     #[error("{0}")]
     Unavailable(&'static str),
     #[error("Expected a WebSocket upgrade")]
@@ -69,9 +73,10 @@ impl ApiError {
             }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyLogins(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         }

@@ -48,6 +48,10 @@ pub enum ClientEvent {
         status: Presence,
     },
     Ping,
+    /// A fresh token for this socket, so it outlives the one it was opened with.
+    Auth {
+        token: String,
+    },
 }
 
 /// Why a client frame was refused; the text is the `detail` of the error event.
@@ -153,6 +157,9 @@ fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
             },
         },
         "ping" => ClientEvent::Ping,
+        "auth" => ClientEvent::Auth {
+            token: string(value, "token")?.to_owned(),
+        },
         other => return Err(ProtocolError::UnknownType(other.chars().take(64).collect())),
     })
 }
@@ -242,6 +249,11 @@ pub enum ServerEvent<'a> {
         reference: Option<&'a str>,
     },
     Pong,
+    /// The answer to a token refresh: the socket now lives until `expires_at`.
+    Auth {
+        status: &'a str,
+        expires_at: &'a str,
+    },
 }
 
 impl ServerEvent<'_> {
@@ -276,8 +288,92 @@ impl ServerEvent<'_> {
     }
 }
 
+/// An RFC 6455 ping with no payload, as the server sends it for its heartbeat.
+pub const PING_FRAME: Bytes = Bytes::from_static(&[0x89, 0x00]);
+
+/// Every reason the server closes a WebSocket, with its RFC 6455 status code and the
+/// reason it sends: the one table of close codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// The client's token was bad, expired or named no user at admission.
+    InvalidToken,
+    /// The user is not (or no longer) a participant; also for unknown conversations.
+    NotAMember,
+    /// The token the socket was opened (or last refreshed) with has expired.
+    TokenExpired,
+    /// The store could not be asked at admission.
+    Unavailable,
+    /// The server is stopping.
+    ShuttingDown,
+    /// Nothing at all arrived from the client within the idle timeout.
+    IdleTimeout,
+    /// A frame broke RFC 6455 framing rules.
+    ProtocolError,
+    /// A continuation frame without a message, or a new message inside one.
+    BadFragmentation,
+    /// A text message that is not UTF-8.
+    InvalidUtf8,
+    /// A message over the size limit.
+    TooBig,
+    /// The client did not read its backlog.
+    TooFarBehind,
+}
+
+impl Close {
+    pub const fn code(self) -> u16 {
+        match self {
+            Self::ShuttingDown | Self::IdleTimeout => 1001,
+            Self::ProtocolError | Self::BadFragmentation => 1002,
+            Self::InvalidUtf8 => 1007,
+            Self::InvalidToken | Self::NotAMember | Self::TokenExpired => 1008,
+            Self::TooBig => 1009,
+            Self::Unavailable => 1011,
+            Self::TooFarBehind => 1013,
+        }
+    }
+
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::InvalidToken => "Invalid token",
+            Self::NotAMember => "Not a member of this conversation",
+            Self::TokenExpired => "Token expired",
+            Self::Unavailable => "Service unavailable, please retry",
+            Self::ShuttingDown => "Server shutting down",
+            Self::IdleTimeout => "Idle timeout",
+            Self::ProtocolError => "Protocol error",
+            Self::BadFragmentation => "Protocol error: bad fragmentation",
+            Self::InvalidUtf8 => "Invalid UTF-8",
+            Self::TooBig => "Message too big",
+            Self::TooFarBehind => "Try again later: too far behind",
+        }
+    }
+
+    /// Whether the client is told why in an `error` event before the close frame, as
+    /// API.md asks for refusals of access (browsers do not expose close reasons well).
+    pub const fn announced(self) -> bool {
+        self.code() == 1008 || matches!(self, Self::Unavailable)
+    }
+
+    /// The close frame, preceded by its `error` event when the reason is announced.
+    pub fn frames(self) -> Vec<Bytes> {
+        let close = close_frame(self.code(), self.reason());
+        if self.announced() {
+            vec![
+                ServerEvent::Error {
+                    detail: self.reason(),
+                    reference: None,
+                }
+                .frame(),
+                close,
+            ]
+        } else {
+            vec![close]
+        }
+    }
+}
+
 /// A close frame with a status code and reason, as the server sends it.
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
+fn close_frame(code: u16, reason: &str) -> Bytes {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
     let mut frame = BytesMut::with_capacity(4 + reason.len());
     frame.put_u8(0x88);
@@ -466,5 +562,26 @@ mod tests {
         let f = close_frame(1008, "Invalid token");
         assert_eq!(&f[..4], &[0x88, 15, 0x03, 0xF0]);
         assert_eq!(&f[4..], b"Invalid token");
+        let frames = Close::NotAMember.frames();
+        assert_eq!(
+            unframe(&frames[0]),
+            serde_json::json!({"type":"error","detail":"Not a member of this conversation"})
+        );
+        assert_eq!(&frames[1][2..4], &1008u16.to_be_bytes());
+        assert_eq!(Close::IdleTimeout.frames().len(), 1);
+    }
+
+    #[test]
+    fn auth_event() {
+        assert_eq!(
+            parse_str(r#"{"type":"auth","token":"abc"}"#).event,
+            Ok(ClientEvent::Auth {
+                token: "abc".into()
+            })
+        );
+        assert_eq!(
+            parse_str(r#"{"type":"auth"}"#).event,
+            Err(ProtocolError::Missing("token"))
+        );
     }
 }

@@ -11,7 +11,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::app::App;
-use crate::auth::{JwtKeys, PasswordPool};
+use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
 use crate::config::Config;
 use crate::hub::bus::{Bus, ShardMsg};
 use crate::shard;
@@ -55,6 +55,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         jwt: JwtKeys::new(&secret, config.token_ttl()),
         passwords: PasswordPool::new(config.hash_threads, config.hash_queue)
             .context("password pool")?,
+        logins: LoginThrottle::new(
+            config.login_max_failures,
+            config.login_max_failures_per_address,
+            config.login_failure_window,
+        ),
         bus: Arc::new(Bus::new(shards)),
         config,
     });

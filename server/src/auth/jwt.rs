@@ -17,6 +17,13 @@ struct Claims {
     iat: Option<u64>,
 }
 
+/// A token that passed verification: whose it is and until when (Unix seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub user: UserId,
+    pub expires_at: u64,
+}
+
 /// Any reason a token is not accepted; callers answer all of them the same way.
 #[derive(Debug, thiserror::Error)]
 #[error("Invalid token")]
@@ -52,10 +59,13 @@ impl JwtKeys {
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| TokenError)
     }
 
-    pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let data =
             decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError)?;
-        data.claims.sub.parse().map_err(|_| TokenError)
+        Ok(Verified {
+            user: data.claims.sub.parse().map_err(|_| TokenError)?,
+            expires_at: data.claims.exp,
+        })
     }
 }
 
@@ -81,7 +91,10 @@ mod tests {
         let k = keys();
         let user = UserId::random();
         let token = k.issue(user).expect("issue");
-        assert_eq!(k.verify(&token).expect("verify"), user);
+        let verified = k.verify(&token).expect("verify");
+        assert_eq!(verified.user, user);
+        let now = jsonwebtoken::get_current_timestamp();
+        assert!((now + 3599..=now + 3600).contains(&verified.expires_at));
     }
 
     #[test]

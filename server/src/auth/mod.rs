@@ -1,11 +1,13 @@
-//! Identity: JWT access tokens, password hashing off the shards, and the rules for
-//! usernames and passwords.
+//! Identity: JWT access tokens, password hashing off the shards, login throttling,
+//! and the rules for usernames and passwords.
 
 mod jwt;
 mod password;
+mod throttle;
 
-pub use jwt::{JwtKeys, TokenError};
+pub use jwt::{JwtKeys, TokenError, Verified};
 pub use password::{HashError, PasswordPool};
+pub use throttle::LoginThrottle;
 
 /// Why a username is refused, as the 422 message says it.
 pub fn check_username(name: &str) -> Result<(), &'static str> {

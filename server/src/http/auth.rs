@@ -84,12 +84,20 @@ pub async fn register(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
             example = json!({"detail": "Incorrect username or password"})),
         (status = 413, description = "Request body too large", body = ErrorBody),
         (status = 422, description = "Malformed body", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this username from this address, or from this address; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the client may try again")),
+            example = json!({"detail": "Too many login attempts, retry later"})),
         (status = 503, description = "Store or password hashing unavailable; retry", body = ErrorBody),
     )
 )]
 pub async fn login(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+    let address = request::client_address(&req, &shard.app.config.trusted_proxies);
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let creds: Credentials = request::json(&body)?;
+    let throttle = &shard.app.logins;
+    throttle
+        .check(address, &creds.username)
+        .map_err(|wait| ApiError::TooManyLogins(wait.as_secs()))?;
     let name = creds.username.clone();
     let user = shard
         .app
@@ -97,10 +105,16 @@ pub async fn login(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         .call(move |s| async move { s.user_by_name(&name).await })
         .await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !shard.app.passwords.verify(creds.password, hash).await? {
-        return Err(ApiError::BadCredentials);
-    }
-    let user = user.ok_or(ApiError::BadCredentials)?;
+    // Unknown users are verified against a decoy too, so both failures take as long.
+    let verified = shard.app.passwords.verify(creds.password, hash).await?;
+    let user = match user {
+        Some(user) if verified => user,
+        _ => {
+            throttle.failed(address, &creds.username);
+            return Err(ApiError::BadCredentials);
+        }
+    };
+    throttle.succeeded(address, &creds.username);
     let access_token = shard
         .app
         .jwt

@@ -287,6 +287,8 @@ pub async fn remove_participant(
             "User {user} is not a participant"
         )));
     }
+    // Committed: their open sockets in the conversation lose access now, on every shard.
+    shard.hub.revoke(conversation_id, user);
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -303,7 +305,7 @@ pub async fn remove_participant(
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 403, description = "The caller is not a participant", body = ErrorBody),
         (status = 404, description = "No such conversation, or `before` names no message", body = ErrorBody),
-        (status = 422, description = "`limit` not an integer from 1 to 100", body = ErrorBody),
+        (status = 422, description = "`limit` not an integer from 1 to 100, or `before` empty", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
@@ -325,7 +327,17 @@ pub async fn history(shard: &Rc<Shard>, req: Request<Incoming>, id: &str) -> Rep
                 )
             })?,
     };
-    let before_raw = request::query_param(&req, "before").filter(|b| !b.is_empty());
+    let before_raw = request::query_param(&req, "before");
+    if before_raw.as_deref().is_some_and(|b| b.trim().is_empty()) {
+        // Ids are opaque, so a malformed one is merely unknown (404); an empty one is
+        // no id at all.
+        return Err(ApiError::field(
+            "query",
+            "before",
+            "string_too_short",
+            "before must be a message id",
+        ));
+    }
     let message_not_found = || ApiError::NotFound("Message not found".into());
     let before: Option<MessageId> = match &before_raw {
         None => None,

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod dto;
 mod request;
 
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
@@ -24,7 +25,7 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::shard::Shard;
 
-pub use request::{percent_decode, query_param};
+pub use request::{percent_decode, query_param, Peer};
 
 pub type Body = Full<Bytes>;
 pub type Reply = Result<Response<Body>, ApiError>;
@@ -32,8 +33,10 @@ pub type Reply = Result<Response<Body>, ApiError>;
 /// Entry point of every request on a shard.
 pub async fn serve(
     shard: Rc<Shard>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    req.extensions_mut().insert(Peer(peer));
     let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
     // A bug in one handler must cost one request, not the shard thread it runs on.
     let handled = AssertUnwindSafe(route(&shard, req).instrument(span.clone()))
@@ -91,30 +94,29 @@ async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         (["openapi.json"], &Method::GET) => Ok(docs::openapi()),
         (["docs", rest @ ..], &Method::GET) => docs::swagger(&rest.join("/")),
         (["redoc", rest @ ..], &Method::GET) => docs::redoc(&rest.join("/")),
-        _ if known_path(&segments) => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::NotFound("Not Found".into())),
+        _ => match allowed_methods(&segments) {
+            Some(allow) => Err(ApiError::MethodNotAllowed(allow)),
+            None => Err(ApiError::NotFound("Not Found".into())),
+        },
     }
 }
 
-/// Whether some method is routed for this path, so a wrong method is 405, not 404.
-fn known_path(segments: &[&str]) -> bool {
-    matches!(
-        segments,
-        ["api", "auth", "register" | "login" | "me"]
-            | ["api", "users"]
-            | ["api", "chat", "conversations"]
-            | ["api", "chat", "conversations", _]
-            | [
-                "api",
-                "chat",
-                "conversations",
-                _,
-                "participants" | "messages"
-            ]
-            | ["api", "chat", "conversations", _, "participants", _]
-            | ["api", "chat", "ws", _]
-            | ["health" | "ready" | "openapi.json" | "docs" | "redoc", ..]
-    )
+/// The methods routed for this path (the `Allow` header of a 405), or `None` when
+/// the path is unknown (404).
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["api", "auth", "register" | "login"] => "POST",
+        ["api", "chat", "conversations"] => "GET, HEAD, POST",
+        ["api", "chat", "conversations", _, "participants"] => "POST",
+        ["api", "chat", "conversations", _, "participants", _] => "DELETE",
+        ["api", "auth", "me"]
+        | ["api", "users"]
+        | ["api", "chat", "conversations", _]
+        | ["api", "chat", "conversations", _, "messages"]
+        | ["api", "chat", "ws", _]
+        | ["health" | "ready" | "openapi.json" | "docs" | "redoc", ..] => "GET, HEAD",
+        _ => return None,
+    })
 }
 
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
@@ -136,11 +138,31 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut response = json(e.status(), &e.body());
-    if e.status() == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
+    let headers = response.headers_mut();
+    match e {
+        ApiError::NotAuthenticated | ApiError::InvalidToken | ApiError::BadCredentials => {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        ApiError::MethodNotAllowed(allow) => {
+            headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        ApiError::TooManyLogins(seconds) => {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(*seconds));
+        }
+        ApiError::UpgradeRequired => {
+            headers.insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static("websocket"),
+            );
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("Upgrade"),
+            );
+        }
+        _ => {}
     }
     response
 }

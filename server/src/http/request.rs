@@ -2,6 +2,8 @@
 //! 422 errors that name the field, query parameters, and the bearer token. Every
 //! failure here is the client's and becomes a 4xx, never a 500.
 
+use std::net::{IpAddr, SocketAddr};
+
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -49,10 +51,27 @@ pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErro
 /// How far past the limit an oversized body is still drained, as a multiple of it.
 const DRAIN_FACTOR: usize = 8;
 
-/// Parses a JSON body into `T`; any mismatch is a 422 whose `loc` names the field.
+/// Parses a JSON object body into `T`; any mismatch is a 422 whose `loc` names the
+/// field, and a body that is JSON but not an object is a 422 naming `body`.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::field("body", "", "missing", "Field required"));
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => return Err(ApiError::field("body", "", "missing", "Field required")),
+        // serde would read a list as a struct's fields in order; FastAPI does not.
+        Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+            return Err(ApiError::Validation(vec![
+                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Ok(_) => FieldError {
+                        loc: vec![Value::from("body")],
+                        msg: "Input should be a valid dictionary or object to extract fields from"
+                            .into(),
+                        kind: "model_attributes_type",
+                    },
+                    Err(e) => field_error(None, &e),
+                },
+            ]));
+        }
+        Some(_) => {}
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de)
@@ -99,6 +118,38 @@ fn field_error(path: Option<&serde_path_to_error::Path>, inner: &serde_json::Err
         }
     };
     FieldError { loc, msg, kind }
+}
+
+/// The TCP peer of the connection a request came on (a request extension).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the
+/// nearest untrusted hop of `X-Forwarded-For` (each proxy appends the address it
+/// saw, so only the hops added by trusted proxies can be believed).
+pub fn client_address(req: &Request<Incoming>, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
 }
 
 /// The value of query parameter `name`, percent-decoded.
@@ -152,6 +203,7 @@ pub fn bearer(shard: &Shard, req: &Request<Incoming>) -> Result<UserId, ApiError
         .app
         .jwt
         .verify(token.trim())
+        .map(|t| t.user)
         .map_err(|_| ApiError::InvalidToken)
 }
 
@@ -190,6 +242,29 @@ mod tests {
         assert_eq!(d["type"], "json_invalid");
         assert!(json::<Creds>(b"").is_err());
         assert!(json::<Creds>(br#"{"username":"a","password":"b"} trailing"#).is_err());
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        for body in [
+            "[]",
+            "[null, null]",
+            " [\"bob\", \"password1\"]",
+            "\"x\"",
+            "5",
+            "null",
+            "true",
+        ] {
+            let e = json::<Creds>(body.as_bytes()).expect_err(body);
+            let d = detail(e);
+            assert_eq!(d["loc"], serde_json::json!(["body"]), "{body}");
+            assert_eq!(d["type"], "model_attributes_type", "{body}");
+        }
+        // Malformed is still a decode error, not a type error.
+        assert_eq!(
+            detail(json::<Creds>(b"[1,").expect_err("syntax"))["type"],
+            "json_invalid"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::future::poll_fn;
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
@@ -32,8 +33,9 @@ pub struct Actor {
 /// Work for a conversation's home shard.
 #[derive(Debug)]
 pub enum HomeMsg {
-    /// A connection opened in the conversation.
-    Join,
+    /// A connection opened in the conversation; its membership was read after
+    /// `checked_at`.
+    Join { checked_at: Instant },
     /// A connection closed.
     Leave,
     /// A validated client event to order, persist or relay.
@@ -64,6 +66,19 @@ pub enum ShardMsg {
     },
     /// To one connection (errors, acks of non-broadcast outcomes).
     Direct { conn: u64, frame: Bytes },
+    /// To the conversation's home: `user` was removed from it at `at` (committed).
+    Revoke {
+        conversation: ConversationId,
+        user: UserId,
+        at: Instant,
+    },
+    /// From the home to a shard: close `user`'s sockets in the conversation (only
+    /// `conn` when given) with 1008, before anything posted after this.
+    Revoked {
+        conversation: ConversationId,
+        user: UserId,
+        conn: Option<u64>,
+    },
     /// Stop accepting, close connections, finish.
     Shutdown,
 }

@@ -1,27 +1,34 @@
 //! One WebSocket connection as the hub sees it: who it is, which conversation, and
 //! its outbound queue. The queue holds shared frames (`Bytes`), is bounded in bytes,
 //! and is drained by the connection's single writer task, which coalesces everything
-//! queued into one write. A connection that overflows is marked, its queue freed,
+//! queued into one write. A connection that overflows is condemned, its queue freed,
 //! and its writer closes it with 1013.
+//!
+//! It also keeps what the shard's heartbeat needs: when the client was last heard
+//! from, when it was last pinged, and when its token expires. The heartbeat visits
+//! every connection from one task per shard (`Conn::beat`), so an idle connection
+//! costs no timer of its own.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::ids::{ConversationId, UserId};
-use crate::protocol::close_frame;
+use crate::protocol::{Close, PING_FRAME};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
     /// A close frame is queued; nothing may follow it.
     Closing,
-    /// The client fell too far behind.
-    Overflowed,
+    /// The connection is to be closed now, with what is queued dropped: the client
+    /// fell too far behind, or stopped answering.
+    Condemned(Close),
 }
 
 pub struct Conn {
@@ -34,6 +41,12 @@ pub struct Conn {
     queued_bytes: Cell<usize>,
     state: Cell<State>,
     writer: Cell<Option<Waker>>,
+    /// When the last frame of any kind arrived from the client.
+    last_seen: Cell<Instant>,
+    /// When the server last pinged the client.
+    last_ping: Cell<Instant>,
+    /// Unix time (seconds) at which the socket's token expires.
+    expires_at: Cell<u64>,
 }
 
 /// What the writer should do next.
@@ -41,8 +54,15 @@ pub struct Conn {
 pub enum Next {
     /// Write these frames; if `last`, the final one was a close frame: stop after.
     Write { last: bool },
-    /// Overflowed: send the 1013 close and stop.
-    Overflowed,
+    /// Send this close and stop, whatever else was queued.
+    Condemned(Close),
+}
+
+/// The heartbeat's settings, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat {
+    pub ping_every: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Conn {
@@ -52,7 +72,9 @@ impl Conn {
         username: Arc<str>,
         conversation: ConversationId,
         limit: usize,
+        expires_at: u64,
     ) -> Self {
+        let now = Instant::now();
         Self {
             id,
             user,
@@ -63,6 +85,9 @@ impl Conn {
             queued_bytes: Cell::new(0),
             state: Cell::new(State::Open),
             writer: Cell::new(None),
+            last_seen: Cell::new(now),
+            last_ping: Cell::new(now),
+            expires_at: Cell::new(expires_at),
         }
     }
 
@@ -73,14 +98,12 @@ impl Conn {
         }
         let total = self.queued_bytes.get() + frame.len();
         if total > self.limit {
-            self.state.set(State::Overflowed);
-            self.queued_bytes.set(0);
-            *self.queue.borrow_mut() = VecDeque::new();
+            self.condemn(Close::TooFarBehind);
         } else {
             self.queued_bytes.set(total);
             self.queue.borrow_mut().push_back(frame);
+            self.wake();
         }
-        self.wake();
     }
 
     /// Queues a final frame (a close); the writer stops after writing it.
@@ -93,12 +116,60 @@ impl Conn {
         self.wake();
     }
 
-    pub fn close(&self, code: u16, reason: &str) {
-        self.close_with(close_frame(code, reason));
+    /// Closes after what is queued: the reason's `error` event if it has one, then
+    /// its close frame.
+    pub fn close(&self, reason: Close) {
+        if self.state.get() != State::Open {
+            return;
+        }
+        let mut frames = reason.frames();
+        let close = frames.pop();
+        self.queue.borrow_mut().extend(frames);
+        if let Some(close) = close {
+            self.close_with(close);
+        }
+    }
+
+    /// Closes now: what is queued is dropped and the writer sends only the close.
+    pub fn condemn(&self, reason: Close) {
+        if matches!(self.state.get(), State::Condemned(_)) {
+            return;
+        }
+        self.state.set(State::Condemned(reason));
+        self.queued_bytes.set(0);
+        *self.queue.borrow_mut() = VecDeque::new();
+        self.wake();
     }
 
     pub fn is_open(&self) -> bool {
         self.state.get() == State::Open
+    }
+
+    /// Notes that a frame arrived from the client.
+    pub fn seen(&self) {
+        self.last_seen.set(Instant::now());
+    }
+
+    /// The token now lives until `expires_at` (Unix seconds).
+    pub fn extend(&self, expires_at: u64) {
+        self.expires_at.set(expires_at);
+    }
+
+    /// One beat of the shard's heartbeat: closes a connection that has been silent
+    /// past the idle timeout or whose token has expired, and pings one that is due.
+    pub fn beat(&self, beat: &Heartbeat, now: Instant, unix_now: u64) {
+        if !self.is_open() {
+            return;
+        }
+        if now.duration_since(self.last_seen.get()) >= beat.idle_timeout {
+            // The peer is probably gone: do not wait behind a backlog it will not read.
+            self.condemn(Close::IdleTimeout);
+        } else if unix_now >= self.expires_at.get() {
+            self.close(Close::TokenExpired);
+        } else if now.duration_since(self.last_ping.get()) >= beat.ping_every {
+            self.last_ping.set(now);
+            self.push(PING_FRAME);
+        }
     }
 
     fn wake(&self) {
@@ -110,8 +181,8 @@ impl Conn {
     /// Waits for work and moves every queued frame into `batch`.
     pub async fn next(&self, batch: &mut Vec<Bytes>) -> Next {
         poll_fn(|cx| {
-            if self.state.get() == State::Overflowed {
-                return Poll::Ready(Next::Overflowed);
+            if let State::Condemned(reason) = self.state.get() {
+                return Poll::Ready(Next::Condemned(reason));
             }
             let mut queue = self.queue.borrow_mut();
             if queue.is_empty() {
@@ -127,17 +198,17 @@ impl Conn {
         .await
     }
 
-    /// Resolves once the connection overflowed; watched while a write is stuck.
-    pub async fn overflowed(&self) {
+    /// Resolves once the connection is condemned; watched while a write is stuck.
+    pub async fn condemned(&self) -> Close {
         poll_fn(|cx| {
-            if self.state.get() == State::Overflowed {
-                Poll::Ready(())
+            if let State::Condemned(reason) = self.state.get() {
+                Poll::Ready(reason)
             } else {
                 self.writer.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
         })
-        .await;
+        .await
     }
 
     #[cfg(test)]
@@ -157,6 +228,7 @@ mod tests {
             "u".into(),
             ConversationId::random(),
             limit,
+            u64::MAX,
         )
     }
 
@@ -186,7 +258,10 @@ mod tests {
         assert_eq!(c.queued_bytes(), 0);
         assert!(!c.is_open());
         let mut batch = Vec::new();
-        assert_eq!(block_on(c.next(&mut batch)), Next::Overflowed);
+        assert_eq!(
+            block_on(c.next(&mut batch)),
+            Next::Condemned(Close::TooFarBehind)
+        );
         assert!(batch.is_empty());
     }
 
@@ -194,10 +269,57 @@ mod tests {
     fn nothing_after_close() {
         let c = conn(100);
         c.push(Bytes::from_static(b"x"));
-        c.close(1000, "bye");
+        c.close(Close::IdleTimeout);
         c.push(Bytes::from_static(b"late"));
         let mut batch = Vec::new();
         assert_eq!(block_on(c.next(&mut batch)), Next::Write { last: true });
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn refusals_of_access_are_announced_before_the_close() {
+        let c = conn(100);
+        c.close(Close::TokenExpired);
+        let mut batch = Vec::new();
+        assert_eq!(block_on(c.next(&mut batch)), Next::Write { last: true });
+        assert_eq!(batch, Close::TokenExpired.frames());
+    }
+
+    #[test]
+    fn heartbeat_pings_then_gives_up_on_silence() {
+        let c = conn(100);
+        let beat = Heartbeat {
+            ping_every: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let start = Instant::now();
+        c.beat(&beat, start + Duration::from_secs(1), 0);
+        assert_eq!(c.queued_bytes(), 0, "not due yet");
+        c.beat(&beat, start + Duration::from_secs(26), 0);
+        assert_eq!(c.queued_bytes(), PING_FRAME.len());
+        c.beat(&beat, start + Duration::from_secs(61), 0);
+        let mut batch = Vec::new();
+        assert_eq!(
+            block_on(c.next(&mut batch)),
+            Next::Condemned(Close::IdleTimeout)
+        );
+    }
+
+    #[test]
+    fn expired_token_closes_unless_extended() {
+        let beat = Heartbeat {
+            ping_every: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let now = Instant::now();
+        let c = conn(1000);
+        c.extend(100);
+        c.beat(&beat, now, 99);
+        assert!(c.is_open());
+        c.extend(200);
+        c.beat(&beat, now, 150);
+        assert!(c.is_open());
+        c.beat(&beat, now, 200);
+        assert!(!c.is_open());
     }
 }

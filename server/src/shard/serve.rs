@@ -1,6 +1,7 @@
-//! A shard's life: its bus task, its accept loop, and hyper serving each accepted
-//! connection until shutdown, then a graceful drain.
+//! A shard's life: its bus task, its heartbeat, its accept loop, and hyper serving
+//! each accepted connection until shutdown, then a graceful drain.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use monoio_compat::hyper::{MonoioIo, MonoioTimer};
 use super::{Latch, Ready, Shard};
 use crate::app::App;
 use crate::hub::bus::ShardMsg;
+use crate::hub::conn::Heartbeat;
 use crate::hub::Hub;
+use crate::protocol::Close;
 
 pub async fn shard_main(
     id: usize,
@@ -39,6 +42,7 @@ pub async fn shard_main(
         http_connections: std::cell::Cell::new(0),
     });
     monoio::spawn(bus_task(Rc::clone(&shard)));
+    monoio::spawn(heartbeat(Rc::clone(&shard)));
     let _ = ready.send(Ok(driver));
 
     loop {
@@ -47,9 +51,19 @@ pub async fn shard_main(
             _ = shard.shutdown.wait() => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(serve_connection(Rc::clone(&shard), stream));
+                // Finds peers that vanished without a FIN even when no WebSocket
+                // heartbeat runs (plain HTTP keep-alive connections).
+                let keepalive = shard.app.config.tcp_keepalive();
+                if let Some(idle) = keepalive {
+                    let _ = stream.set_tcp_keepalive(
+                        Some(idle),
+                        Some(TCP_KEEPALIVE_INTERVAL),
+                        Some(TCP_KEEPALIVE_PROBES),
+                    );
+                }
+                monoio::spawn(serve_connection(Rc::clone(&shard), stream, peer));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -64,7 +78,7 @@ pub async fn shard_main(
 
 /// After the stop signal: close WebSockets with 1001, let HTTP requests finish.
 async fn drain(shard: &Shard) {
-    shard.hub.close_all(1001, "Server shutting down");
+    shard.hub.close_all(Close::ShuttingDown);
     let deadline = std::time::Instant::now() + shard.app.config.shutdown_grace();
     while (shard.http_connections.get() > 0 || shard.hub.connection_count() > 0)
         && std::time::Instant::now() < deadline
@@ -86,7 +100,30 @@ async fn bus_task(shard: Rc<Shard>) {
     }
 }
 
-async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+/// Between keepalive probes once the connection has been idle.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel gives up on the peer.
+const TCP_KEEPALIVE_PROBES: u32 = 3;
+
+/// Visits every WebSocket of the shard a few times per ping interval: one task and
+/// one timer per shard, however many connections it holds.
+async fn heartbeat(shard: Rc<Shard>) {
+    let config = &shard.app.config;
+    let beat = Heartbeat {
+        ping_every: config.ws_ping_interval,
+        idle_timeout: config.ws_idle_timeout,
+    };
+    let tick = (beat.ping_every.min(beat.idle_timeout) / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(tick) => shard.hub.beat(&beat),
+            _ = shard.shutdown.wait() => return,
+        }
+    }
+}
+
+async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let io = match stream.try_into_poll_io() {
         Ok(io) => OnShard(MonoioIo::new(io)),
         Err((e, _)) => {
@@ -97,7 +134,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     shard.http_connections.set(shard.http_connections.get() + 1);
     let service = {
         let shard = Rc::clone(&shard);
-        service_fn(move |req| crate::http::serve(Rc::clone(&shard), req))
+        service_fn(move |req| crate::http::serve(Rc::clone(&shard), req, peer))
     };
     let connection = http1::Builder::new()
         .timer(MonoioTimer)

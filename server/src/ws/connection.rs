@@ -3,6 +3,11 @@
 //! coalescing whatever is queued into one write. Both run in one task; when either
 //! ends the other is dropped, the connection is unregistered and its memory freed.
 //! Nothing here blocks the shard.
+//!
+//! Every frame the server writes is one whole, well-formed frame: the frames the
+//! protocol obliges (pongs, the close echo) go through the same queue as events.
+//! Whoever closes first, the TCP connection ends only after both close frames have
+//! crossed (or a grace period passed), so clients see a clean close, not a reset.
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -15,34 +20,37 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
-use super::{Admitted, Refusal};
+use super::Admitted;
 use crate::hub::conn::{Conn, Next};
-use crate::hub::{Hub, Refused};
-use crate::protocol::{self, close_frame, ProtocolError, ServerEvent};
+use crate::hub::Hub;
+use crate::protocol::{self, Close, ProtocolError, ServerEvent};
 use crate::shard::Shard;
 
-/// How long a closing connection may take to flush its last frames.
+/// How long a closing connection may take to flush its last frames, and how long it
+/// waits for the client's answering close.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
-type Io = TokioIo<Upgraded>;
+/// RFC 6455 5.5: control frames carry at most 125 bytes.
+const MAX_CONTROL_PAYLOAD: usize = 125;
 
-pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted, Refusal>) {
+type Io = TokioIo<Upgraded>;
+type Reader = WebSocketRead<tokio::io::ReadHalf<Io>>;
+
+pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted, Close>) {
     let (read, mut write) = tokio::io::split(ws.into_inner());
+    let (mut reader, _) =
+        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    // fastwebsockets refuses single frames of `max_message_size` bytes or more.
+    reader.set_max_message_size(shard.app.config.ws_max_message_bytes + 1);
     let admitted = match admission {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            let mut frames = ServerEvent::Error {
-                detail: refusal.reason,
-                reference: None,
+            let frames = refusal.frames().concat();
+            let sent = monoio::time::timeout(FLUSH_GRACE, write.write_all(&frames)).await;
+            if matches!(sent, Ok(Ok(()))) {
+                linger(&mut reader).await;
             }
-            .frame()
-            .to_vec();
-            frames.extend_from_slice(&close_frame(refusal.code, refusal.reason));
-            let _ = monoio::time::timeout(FLUSH_GRACE, async {
-                let _ = write.write_all(&frames).await;
-                let _ = write.shutdown().await;
-            })
-            .await;
+            let _ = write.shutdown().await;
             return;
         }
     };
@@ -55,28 +63,53 @@ pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted
     async move {
         let registered = Registered {
             hub: &shard.hub,
-            conn: shard
-                .hub
-                .register(admitted.conversation, admitted.user, admitted.username),
+            conn: shard.hub.register(&admitted),
         };
         let conn = &Rc::clone(&registered.conn);
-        let (mut reader, _) =
-            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
         let ended = monoio::select! {
-            _ = read_loop(&shard, conn, &mut reader) => None,
-            ended = write_loop(conn, &mut write) => Some(ended),
+            end = read_loop(&shard, conn, &mut reader) => End::Reader(end),
+            end = write_loop(conn, &mut write) => End::Writer(end),
         };
+        // Gone from presence at once, whatever the goodbye below takes.
         drop(registered);
-        if ended.is_none() {
-            // The reader stopped (client close, protocol error, EOF): let the writer send
-            // what is queued, the close frame included.
-            let _ = monoio::time::timeout(FLUSH_GRACE, write_loop(conn, &mut write)).await;
+        let closed_first = match ended {
+            // The peer vanished: there is nobody to say goodbye to.
+            End::Reader(ReadEnd::Gone) => false,
+            End::Reader(end) => {
+                // The reader stopped (client close, protocol error, a close queued by
+                // the hub): let the writer send what is queued, the close included.
+                let flushed = monoio::time::timeout(FLUSH_GRACE, write_loop(conn, &mut write));
+                matches!(flushed.await, Ok(WriterEnd::Closed)) && end != ReadEnd::PeerClosed
+            }
+            End::Writer(end) => end == WriterEnd::Closed,
+        };
+        if closed_first {
+            linger(&mut reader).await;
         }
         let _ = write.shutdown().await;
-        tracing::debug!(writer = ?ended, "closed");
+        tracing::debug!(?ended, "closed");
     }
     .instrument(span)
     .await;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Reader(ReadEnd),
+    Writer(WriterEnd),
+}
+
+/// Why the reader stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The client sent a close frame; its echo is queued.
+    PeerClosed,
+    /// The client broke the protocol; a close is queued.
+    Refused,
+    /// The connection was closed from our side while reading.
+    Closing,
+    /// EOF or an I/O error without a close frame.
+    Gone,
 }
 
 /// Unregisters the connection from the hub however its task ends, unwinding included.
@@ -91,12 +124,22 @@ impl Drop for Registered<'_> {
     }
 }
 
-type Reader = WebSocketRead<tokio::io::ReadHalf<Io>>;
+/// After the server's close frame: wait (briefly) for the client's, so the client
+/// closes the TCP connection cleanly instead of meeting a reset.
+async fn linger(reader: &mut Reader) {
+    let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+    let _ = monoio::time::timeout(FLUSH_GRACE, async {
+        while let Ok(frame) = reader.read_frame(&mut ignore).await {
+            if frame.opcode == OpCode::Close {
+                break;
+            }
+        }
+    })
+    .await;
+}
 
-async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) {
+async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) -> ReadEnd {
     let max = shard.app.config.ws_max_message_bytes;
-    // fastwebsockets refuses single frames of `max_message_size` bytes or more.
-    reader.set_max_message_size(max + 1);
     // Fragments are reassembled here rather than by fastwebsockets so that the total
     // size of a fragmented message is bounded too, not only each fragment.
     let mut fragments: Vec<u8> = Vec::new();
@@ -105,12 +148,17 @@ async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) {
         // Pongs and the close echo that the protocol obliges go through the same queue
         // as everything else, so frames never interleave on the wire.
         let mut obliged = |mut frame: Frame<'_>| {
-            let mut buf = Vec::with_capacity(frame.payload.len() + 4);
-            frame.write(&mut buf);
-            if frame.opcode == OpCode::Close {
-                conn.close_with(Bytes::from(buf));
+            conn.seen();
+            if frame.payload.len() > MAX_CONTROL_PAYLOAD {
+                conn.close(Close::ProtocolError);
             } else {
-                conn.push(Bytes::from(buf));
+                let mut buf = Vec::with_capacity(frame.payload.len() + 16);
+                let written = Bytes::copy_from_slice(frame.write(&mut buf));
+                if frame.opcode == OpCode::Close {
+                    conn.close_with(written);
+                } else {
+                    conn.push(written);
+                }
             }
             std::future::ready(Ok::<(), Infallible>(()))
         };
@@ -118,7 +166,13 @@ async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) {
             Ok(frame) => frame,
             Err(e) => return fail(conn, &e),
         };
+        conn.seen();
         match (frame.opcode, fragmented) {
+            (OpCode::Close, _) => return ReadEnd::PeerClosed,
+            (OpCode::Pong, _) if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
+                conn.close(Close::ProtocolError);
+                return ReadEnd::Refused;
+            }
             (OpCode::Text | OpCode::Binary, None) if frame.fin => {
                 on_message(shard, conn, frame.opcode, frame.payload.to_mut());
             }
@@ -129,13 +183,15 @@ async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) {
             }
             (OpCode::Continuation, Some(opcode)) => {
                 if fragments.len() + frame.payload.len() > max {
-                    return conn.close(1009, "Message too big");
+                    conn.close(Close::TooBig);
+                    return ReadEnd::Refused;
                 }
                 fragments.extend_from_slice(&frame.payload);
                 if frame.fin {
                     fragmented = None;
                     if opcode == OpCode::Text && std::str::from_utf8(&fragments).is_err() {
-                        return conn.close(1007, "Invalid UTF-8");
+                        conn.close(Close::InvalidUtf8);
+                        return ReadEnd::Refused;
                     }
                     on_message(shard, conn, opcode, &mut fragments);
                     if fragments.capacity() > 64 * 1024 {
@@ -144,13 +200,14 @@ async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) {
                 }
             }
             (OpCode::Text | OpCode::Binary | OpCode::Continuation, _) => {
-                return conn.close(1002, "Protocol error: bad fragmentation");
+                conn.close(Close::BadFragmentation);
+                return ReadEnd::Refused;
             }
-            (OpCode::Close, _) => return,
+            // Pongs answer our heartbeat; being heard from is all they mean.
             _ => {}
         }
         if !conn.is_open() {
-            return;
+            return ReadEnd::Closing;
         }
     }
 }
@@ -165,7 +222,7 @@ fn on_message(shard: &Shard, conn: &Conn, opcode: OpCode, payload: &mut [u8]) {
         let refused = match parsed.event {
             Ok(event) => match shard.hub.submit(conn, event, parsed.reference.clone()) {
                 Ok(()) => return,
-                Err(Refused::RateLimited) => "Rate limit exceeded".to_string(),
+                Err(refused) => refused.to_string(),
             },
             Err(e) => e.to_string(),
         };
@@ -181,27 +238,30 @@ fn on_message(shard: &Shard, conn: &Conn, opcode: OpCode, payload: &mut [u8]) {
 }
 
 /// Closes with the status RFC 6455 gives for what went wrong; I/O errors just end.
-fn fail(conn: &Conn, e: &WebSocketError) {
-    match e {
-        WebSocketError::FrameTooLarge => conn.close(1009, "Message too big"),
-        WebSocketError::InvalidUTF8 => conn.close(1007, "Invalid UTF-8"),
+fn fail(conn: &Conn, e: &WebSocketError) -> ReadEnd {
+    let reason = match e {
         WebSocketError::UnexpectedEOF
         | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => {}
+        | WebSocketError::ConnectionClosed => return ReadEnd::Gone,
+        WebSocketError::FrameTooLarge => Close::TooBig,
+        WebSocketError::InvalidUTF8 => Close::InvalidUtf8,
         other => {
             tracing::debug!(error = %other, "protocol error");
-            conn.close(1002, "Protocol error");
+            Close::ProtocolError
         }
-    }
+    };
+    // A bad close code has its 1002 answer queued by fastwebsockets already.
+    conn.close(reason);
+    ReadEnd::Refused
 }
 
 /// Why the writer stopped.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriterEnd {
-    /// A close frame went out.
+    /// A close frame went out after everything queued before it.
     Closed,
-    /// The client fell behind its budget and was closed with 1013.
-    Overflowed,
+    /// The connection was condemned (too far behind, silent past the idle timeout).
+    Condemned(Close),
     Failed,
 }
 
@@ -215,14 +275,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: &Conn, write: &mut W) -> Writer
             let mut write_batch = std::pin::pin!(write_batch);
             monoio::select! {
                 r = &mut write_batch => r,
-                _ = conn.overflowed() => {
-                    // The client stopped reading while a write was stuck on it. Give
-                    // the write a moment so the close frame can follow a whole frame;
-                    // past that, dropping the socket is the only way to free it.
-                    next = Next::Overflowed;
+                reason = conn.condemned() => {
+                    // Condemned while a write was stuck on a client that stopped
+                    // reading. Give the write a moment so the close frame can follow a
+                    // whole frame; past that, dropping the socket is the only way out.
+                    next = Next::Condemned(reason);
                     match monoio::time::timeout(FLUSH_GRACE, &mut write_batch).await {
                         Ok(r) => r,
-                        Err(_) => return WriterEnd::Overflowed,
+                        Err(_) => return WriterEnd::Condemned(reason),
                     }
                 }
             }
@@ -238,11 +298,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: &Conn, write: &mut W) -> Writer
         match next {
             Next::Write { last: false } => {}
             Next::Write { last: true } => return WriterEnd::Closed,
-            Next::Overflowed => {
-                tracing::info!("closing a connection that cannot keep up");
-                let close = close_frame(1013, "Try again later: too far behind");
+            Next::Condemned(reason) => {
+                if reason == Close::TooFarBehind {
+                    tracing::info!("closing a connection that cannot keep up");
+                } else {
+                    tracing::debug!(?reason, "closing");
+                }
+                let close = reason.frames().concat();
                 let _ = monoio::time::timeout(FLUSH_GRACE, write.write_all(&close)).await;
-                return WriterEnd::Overflowed;
+                return WriterEnd::Condemned(reason);
             }
         }
     }

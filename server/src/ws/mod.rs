@@ -1,13 +1,15 @@
 //! The WebSocket endpoint `/api/chat/ws/{conversation_id}?token=`: admission (token,
 //! membership) while the upgrade request is still HTTP, the upgrade itself
 //! (fastwebsockets on the shard's hyper connection), then the connection's life in
-//! `connection`. Refusals follow API.md: an `error` event, then close 1008.
+//! `connection`. Refusals follow the protocol (docs/protocol.md): an `error` event,
+//! then close 1008.
 
 mod connection;
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -18,32 +20,20 @@ use hyper::Request;
 use crate::error::ApiError;
 use crate::http::{query_param, Reply};
 use crate::ids::{ConversationId, UserId};
+use crate::protocol::Close;
 use crate::shard::Shard;
 
-/// Who may join which conversation, or why not (the close reason).
+/// Who may join which conversation, until when, and since when we know it.
 pub struct Admitted {
     pub user: UserId,
     pub username: Arc<str>,
     pub conversation: ConversationId,
+    /// When the token expires (Unix seconds); the socket is closed then.
+    pub expires_at: u64,
+    /// Taken before membership was read: a removal committed after this instant may
+    /// not have been seen, so the home checks it against its recent removals.
+    pub checked_at: Instant,
 }
-
-pub struct Refusal {
-    pub code: u16,
-    pub reason: &'static str,
-}
-
-const INVALID_TOKEN: Refusal = Refusal {
-    code: 1008,
-    reason: "Invalid token",
-};
-const NOT_A_MEMBER: Refusal = Refusal {
-    code: 1008,
-    reason: "Not a member of this conversation",
-};
-const UNAVAILABLE: Refusal = Refusal {
-    code: 1011,
-    reason: "Service unavailable, please retry",
-};
 
 pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation: &str) -> Reply {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
@@ -72,12 +62,14 @@ async fn admit(
     shard: &Shard,
     token: Option<String>,
     conversation: &str,
-) -> Result<Admitted, Refusal> {
-    let user = token
+) -> Result<Admitted, Close> {
+    let token = token
         .and_then(|t| shard.app.jwt.verify(&t).ok())
-        .ok_or(INVALID_TOKEN)?;
+        .ok_or(Close::InvalidToken)?;
+    let user = token.user;
     // An unknown or malformed conversation id looks exactly like one the user is not in.
-    let conversation: ConversationId = conversation.parse().map_err(|_| NOT_A_MEMBER)?;
+    let conversation: ConversationId = conversation.parse().map_err(|_| Close::NotAMember)?;
+    let checked_at = Instant::now();
     let found = shard
         .app
         .db
@@ -93,12 +85,14 @@ async fn admit(
             user,
             username: username.into(),
             conversation,
+            expires_at: token.expires_at,
+            checked_at,
         }),
-        Ok(Some((_, false))) => Err(NOT_A_MEMBER),
-        Ok(None) => Err(INVALID_TOKEN),
+        Ok(Some((_, false))) => Err(Close::NotAMember),
+        Ok(None) => Err(Close::InvalidToken),
         Err(e) => {
             tracing::warn!(error = %e, "websocket admission failed");
-            Err(UNAVAILABLE)
+            Err(Close::Unavailable)
         }
     }
 }
