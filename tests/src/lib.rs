@@ -19,6 +19,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod frames;
 pub mod jwt;
 pub mod postgres;
 pub mod realtime;
