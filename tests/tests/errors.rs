@@ -1,4 +1,5 @@
-//! Generic HTTP behaviour: unknown routes, wrong methods, body size limit, content types.
+//! Generic HTTP behaviour: unknown routes, wrong methods (with `Allow`), body size
+//! limit, content types, bodies that are JSON but not objects, empty query values.
 #![allow(clippy::unwrap_used)]
 
 use reqwest::Method;
@@ -56,10 +57,95 @@ async fn wrong_method(srv: &TestServer) -> anyhow::Result<()> {
         ),
     ];
     for (method, path) in cases {
-        api.request(method.clone(), &path, Some(&user.token), None)
-            .await?
+        let reply = api
+            .request(method.clone(), &path, Some(&user.token), None)
+            .await?;
+        reply
             .expect_detail(405, "Method Not Allowed")
             .with_context(|| format!("{method} {path}"))?;
+        // RFC 9110 15.5.6: a 405 says which methods the resource does take.
+        let allow = reply
+            .headers
+            .get("allow")
+            .with_context(|| format!("{method} {path}: 405 without Allow"))?
+            .to_str()?
+            .to_string();
+        ensure!(
+            !allow.split(',').any(|m| m.trim() == method.as_str()),
+            "{method} {path}: Allow {allow:?} lists the refused method"
+        );
+        // What Allow lists is really routed (not 405 again).
+        for allowed in allow.split(',').map(str::trim).filter(|m| *m != "HEAD") {
+            let m = Method::from_bytes(allowed.as_bytes())?;
+            let status = api
+                .request(m, &path, Some(&user.token), Some(&json!({})))
+                .await?
+                .status;
+            ensure!(
+                status != 405,
+                "{path}: Allow lists {allowed} but it is refused"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every route that takes a body refuses JSON that is not an object with a 422
+/// naming `body`, as FastAPI does, and creates nothing.
+async fn non_object_bodies_are_422(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let user = api.new_user("shape").await?;
+    let conv = api.create_conversation(&user, "shape", &[]).await?;
+    let id = str_field(&conv, "id")?;
+    let before = api.conversation_ids(&user).await?;
+    let routes = [
+        "/api/auth/register".to_string(),
+        "/api/auth/login".to_string(),
+        "/api/chat/conversations".to_string(),
+        format!("/api/chat/conversations/{id}/participants"),
+    ];
+    for path in &routes {
+        for body in [
+            "[]",
+            "[null, null]",
+            r#"["bob", "password123"]"#,
+            r#""text""#,
+            "42",
+            "true",
+            "null",
+        ] {
+            let reply = api
+                .post_json_bytes(path, Some(&user.token), body.as_bytes())
+                .await?;
+            let errors = reply
+                .expect_validation(None)
+                .with_context(|| format!("POST {path} {body}"))?;
+            ensure!(
+                errors.iter().any(|e| e["loc"] == json!(["body"])),
+                "POST {path} {body}: {errors:?}"
+            );
+        }
+    }
+    ensure!(
+        api.conversation_ids(&user).await? == before,
+        "a non-object body created a conversation"
+    );
+    Ok(())
+}
+
+/// `before=` with no value is refused (422 naming `before`), not read as absent.
+async fn empty_before_is_422(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let user = api.new_user("emptybefore").await?;
+    let conv = api.create_conversation(&user, "b", &[]).await?;
+    let id = str_field(&conv, "id")?;
+    for query in ["before=", "before=%20", "limit=10&before="] {
+        let errors = api
+            .history(&user, &id, query)
+            .await?
+            .expect_validation(Some("before"))
+            .with_context(|| query.to_string())?;
+        ensure!(!errors.is_empty());
     }
     Ok(())
 }
@@ -202,6 +288,8 @@ tests::e2e!(
     body_too_large,
     chunked_body_too_large,
     json_content_type,
+    non_object_bodies_are_422,
+    empty_before_is_422,
 );
 
 /// The body limit follows `--max-body-bytes`.

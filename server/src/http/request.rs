@@ -132,12 +132,15 @@ pub fn client_address(req: &Request<Incoming>, trusted: &[ipnet::IpNet]) -> IpAd
         .extensions()
         .get::<Peer>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    forwarded_client(peer, req.headers(), trusted)
+}
+
+fn forwarded_client(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = req
-        .headers()
+    let hops: Vec<IpAddr> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -264,6 +267,37 @@ mod tests {
         assert_eq!(
             detail(json::<Creds>(b"[1,").expect_err("syntax"))["type"],
             "json_invalid"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.1.1.1".parse().expect("hv"),
+        );
+        // Behind two trusted hops, the client is the first untrusted one from the right;
+        // whatever the client wrote itself (6.6.6.6) is not believed.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &headers, &trusted),
+            ip("203.0.113.7")
+        );
+        // From an untrusted peer the header is ignored.
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), &headers, &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &headers, &[]),
+            ip("10.0.0.1")
+        );
+        // No usable header: the peer.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &http::HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
         );
     }
 
