@@ -295,6 +295,8 @@ pub const PING_FRAME: Bytes = Bytes::from_static(&[0x89, 0x00]);
 /// reason it sends: the one table of close codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Close {
+    /// The answer to a client's close that carried no status code.
+    Normal,
     /// The client's token was bad, expired or named no user at admission.
     InvalidToken,
     /// The user is not (or no longer) a participant; also for unknown conversations.
@@ -322,6 +324,7 @@ pub enum Close {
 impl Close {
     pub const fn code(self) -> u16 {
         match self {
+            Self::Normal => 1000,
             Self::ShuttingDown | Self::IdleTimeout => 1001,
             Self::ProtocolError | Self::BadFragmentation => 1002,
             Self::InvalidUtf8 => 1007,
@@ -334,6 +337,7 @@ impl Close {
 
     pub const fn reason(self) -> &'static str {
         match self {
+            Self::Normal => "",
             Self::InvalidToken => "Invalid token",
             Self::NotAMember => "Not a member of this conversation",
             Self::TokenExpired => "Token expired",
@@ -354,9 +358,14 @@ impl Close {
         self.code() == 1008 || matches!(self, Self::Unavailable)
     }
 
+    /// The close frame alone.
+    pub fn frame(self) -> Bytes {
+        close_frame(self.code(), self.reason())
+    }
+
     /// The close frame, preceded by its `error` event when the reason is announced.
     pub fn frames(self) -> Vec<Bytes> {
-        let close = close_frame(self.code(), self.reason());
+        let close = self.frame();
         if self.announced() {
             vec![
                 ServerEvent::Error {

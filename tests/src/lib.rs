@@ -18,10 +18,12 @@
 //! scenario creates uniquely named users, so tests run in parallel safely.
 
 pub mod binary;
+pub mod browser;
 pub mod client;
 pub mod frames;
 pub mod jwt;
 pub mod postgres;
+pub mod python;
 pub mod realtime;
 pub mod server;
 pub mod ws;

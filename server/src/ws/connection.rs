@@ -151,6 +151,10 @@ async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) -> ReadEnd {
             conn.seen();
             if frame.payload.len() > MAX_CONTROL_PAYLOAD {
                 conn.close(Close::ProtocolError);
+            } else if frame.opcode == OpCode::Close && frame.payload.is_empty() {
+                // Echoing an empty close would leave the client with 1005 ("no status
+                // received"); 1000 tells it the close was normal.
+                conn.close_with(Close::Normal.frame());
             } else {
                 let mut buf = Vec::with_capacity(frame.payload.len() + 16);
                 let written = Bytes::copy_from_slice(frame.write(&mut buf));
