@@ -1,41 +1,47 @@
-//! The quick-start guide's Python client, run by a real CPython with the real
-//! `websockets` library. The interpreter is the machine's `python3`; `websockets` is
-//! used from it when importable, otherwise installed from PyPI once into a virtual
-//! environment under the system temporary directory (shared by later runs).
+//! Python tools nobody here wrote, run by a real CPython: the quick-start guide's
+//! client on the `websockets` library, and the `schemathesis` OpenAPI fuzzer. The
+//! interpreter is the machine's `python3`; a package is used from it when importable,
+//! otherwise installed from PyPI once into a virtual environment of its own under the
+//! system temporary directory (kept for later runs).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 
-static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static PROVIDED: Mutex<Option<HashMap<&'static str, Result<PathBuf, String>>>> = Mutex::new(None);
 
-/// A Python interpreter that can `import websockets`.
-pub fn python_with_websockets() -> anyhow::Result<PathBuf> {
-    PYTHON
-        .get_or_init(|| provide().map_err(|e| format!("{e:#}")))
+/// A Python interpreter that can `import module` (from PyPI's `package`).
+pub fn python_with(module: &'static str, package: &str) -> anyhow::Result<PathBuf> {
+    // Held while installing, so parallel tests wait for one install.
+    let mut provided = PROVIDED.lock().unwrap_or_else(|e| e.into_inner());
+    provided
+        .get_or_insert_with(HashMap::new)
+        .entry(module)
+        .or_insert_with(|| provide(module, package).map_err(|e| format!("{e:#}")))
         .clone()
-        .map_err(|e| anyhow::anyhow!("no Python with websockets: {e}"))
+        .map_err(|e| anyhow::anyhow!("no Python with {module}: {e}"))
 }
 
-fn imports_websockets(python: &std::path::Path) -> bool {
+fn imports(python: &Path, module: &str) -> bool {
     Command::new(python)
-        .args(["-c", "import websockets"])
+        .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
-fn provide() -> anyhow::Result<PathBuf> {
+fn provide(module: &str, package: &str) -> anyhow::Result<PathBuf> {
     let system = PathBuf::from("python3");
-    if imports_websockets(&system) {
+    if imports(&system, module) {
         return Ok(system);
     }
-    let venv = std::env::temp_dir().join("chat-server-tests-python");
+    let venv = std::env::temp_dir().join(format!("chat-server-tests-python-{module}"));
     let python = venv.join("bin").join("python");
-    if imports_websockets(&python) {
+    if imports(&python, module) {
         return Ok(python);
     }
     let run = |cmd: &mut Command, what: &str| -> anyhow::Result<()> {
@@ -56,19 +62,18 @@ fn provide() -> anyhow::Result<PathBuf> {
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            "websockets",
+            package,
         ]),
-        "pip install websockets",
+        &format!("pip install {package}"),
     )?;
     Ok(python)
 }
 
-/// Runs `script` with `args`; returns its stdout, or fails with its stderr.
-pub async fn run_script(script: &str, args: &[String]) -> anyhow::Result<String> {
-    let python = python_with_websockets()?;
+/// Runs `python args...` with `module` importable; returns its stdout, or fails with
+/// its output.
+pub async fn run(module: &'static str, package: &str, args: &[String]) -> anyhow::Result<String> {
+    let python = python_with(module, package)?;
     let out = tokio::process::Command::new(python)
-        .arg("-c")
-        .arg(script)
         .args(args)
         .kill_on_drop(true)
         .output()
@@ -77,7 +82,8 @@ pub async fn run_script(script: &str, args: &[String]) -> anyhow::Result<String>
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
-            "python exited with {}:\nstdout: {stdout}\nstderr: {}",
+            "python {} exited with {}:\nstdout: {stdout}\nstderr: {}",
+            args.first().map_or("", String::as_str),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );

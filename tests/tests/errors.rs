@@ -133,6 +133,27 @@ async fn non_object_bodies_are_422(srv: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A plain GET of the WebSocket route: 426 with `Upgrade: websocket`, or 422 naming
+/// `token` when that is missing too.
+async fn plain_get_of_the_websocket_route(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let user = api.new_user("plainget").await?;
+    let conv = api.create_conversation(&user, "p", &[]).await?;
+    let id = str_field(&conv, "id")?;
+    let path = format!("/api/chat/ws/{id}?token={}", user.token);
+    let reply = api.get(&path, None).await?;
+    reply.expect_detail(426, "Expected a WebSocket upgrade")?;
+    ensure!(
+        reply.headers.get("upgrade").and_then(|v| v.to_str().ok()) == Some("websocket"),
+        "426 without Upgrade: {:?}",
+        reply.headers
+    );
+    api.get(&format!("/api/chat/ws/{id}"), None)
+        .await?
+        .expect_validation(Some("token"))?;
+    Ok(())
+}
+
 /// `before=` with no value is refused (422 naming `before`), not read as absent.
 async fn empty_before_is_422(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
@@ -290,6 +311,7 @@ tests::e2e!(
     json_content_type,
     non_object_bodies_are_422,
     empty_before_is_422,
+    plain_get_of_the_websocket_route,
 );
 
 /// The body limit follows `--max-body-bytes`.

@@ -141,8 +141,14 @@ async fn run_python_snippet(
     let api = srv.api();
     let ([alice], conv) = group(&api, &["python"]).await?;
     let uri = tests::ws::ws_url(&srv.ws_base_url(), &conv, &alice.token);
-    let out = tests::python::run_script(PYTHON_SNIPPET, &[uri, ping_interval.into(), stay.into()])
-        .await?;
+    let args = [
+        "-c".into(),
+        PYTHON_SNIPPET.into(),
+        uri,
+        ping_interval.into(),
+        stay.into(),
+    ];
+    let out = tests::python::run("websockets", "websockets", &args).await?;
     let result: Value =
         serde_json::from_str(out.trim()).with_context(|| format!("python printed {out}"))?;
     ensure!(

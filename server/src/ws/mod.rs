@@ -37,6 +37,17 @@ pub struct Admitted {
 
 pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation: &str) -> Reply {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        // Plain HTTP is validated like any route (a missing parameter is a 422) and
+        // then told to upgrade. A real upgrade hears about its token on the socket,
+        // where a browser can read it.
+        if query_param(&req, "token").is_none() {
+            return Err(ApiError::field(
+                "query",
+                "token",
+                "missing",
+                "Field required",
+            ));
+        }
         return Err(ApiError::UpgradeRequired);
     }
     let admission = admit(shard, query_param(&req, "token"), conversation).await;

@@ -224,9 +224,24 @@ fn websocket() -> Operation {
                 .build(),
         )
         .response(
+            "422",
+            ResponseBuilder::new()
+                .description("A plain HTTP request without `token`")
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+        .response(
             "426",
             ResponseBuilder::new()
-                .description("Not a WebSocket upgrade request")
+                .description(
+                    "Not a WebSocket upgrade request: a plain GET always gets this \
+                     (with `Upgrade: websocket`); open a WebSocket instead",
+                )
                 .content(
                     "application/json",
                     ContentBuilder::new()
@@ -265,6 +280,7 @@ included, receives a `system` event `User <name> joined the conversation`.
 | `reaction` | `message_id`, `emoji` (1-{EMOJI_MAX_CHARS} characters) | toggles the caller's reaction; persisted; broadcast |
 | `presence` | `status`: `online`, `away` or `offline` | broadcast to the conversation |
 | `ping` | | answered with `{{"type":"pong"}}` (RFC 6455 ping frames are answered too) |
+| `auth` | `token` | a fresh token of the same user for this socket; answered `{{"type":"auth","status":"ok","expires_at"}}` |
 
 Any client event may carry a `ref` string (at most {REF_MAX_CHARS} characters), echoed in
 an `error` about that event.
@@ -281,8 +297,17 @@ an `error` about that event.
 {{"type":"reaction","message_id","emoji","sender_id","sender_username","action":"added"|"removed"}}
 {{"type":"presence","sender_id","sender_username","status"}}
 {{"type":"pong"}}
+{{"type":"auth","status":"ok","expires_at"}}
 {{"type":"error","detail","ref"?}}
 ```
+
+**Staying connected.** The server pings every 25 s (RFC 6455 ping frames, which browsers
+and libraries answer by themselves) and closes with 1001 `Idle timeout` a connection
+that sent nothing at all, pongs included, for 60 s. At the token's `exp` the socket
+gets `{{"type":"error","detail":"Token expired"}}` and close 1008 `Token expired`, unless
+a fresh token arrived first in an `auth` event. A participant removed from the
+conversation gets `{{"type":"error","detail":"Not a member of this conversation"}}` and
+close 1008 on each of their sockets there, before anything said after the removal.
 
 **Guarantees.** The sender's own `message` event is its acknowledgement: it is sent only
 after the message is durably committed; a message that could not be committed gets an
@@ -294,7 +319,8 @@ If the store cannot be reached while joining, the socket is closed with 1011; re
 
 **Errors and limits.** Bad input (invalid JSON, unknown type, missing field, content too
 long, binary frame, editing someone else's message) gets an `error` event and the
-connection stays open. Frames over 64 KiB close the connection with 1009. Flooding past
+connection stays open. Frames over 64 KiB close the connection with 1009; frames that
+break RFC 6455 framing with 1002, text that is not UTF-8 with 1007. Flooding past
 the rate limit gets `error` with detail `Rate limit exceeded`; a client that cannot keep
 up with its backlog is closed with 1013."#
     )
