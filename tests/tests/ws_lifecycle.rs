@@ -2,7 +2,7 @@
 //! (pings, answered pongs keep a connection, silence past the idle timeout ends it and
 //! takes the user out of presence), tokens that expire on open sockets unless
 //! refreshed with an `auth` event, and a participant's removal reaching their open
-//! sockets at once, on every shard.
+//! sockets at once, on every shard; and TCP keepalive on accepted sockets.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -77,14 +77,10 @@ async fn pongs_alone_keep_a_connection(srv: &TestServer) -> anyhow::Result<()> {
         let content = format!("round {round}");
         // Both only read (their library answers pings) for longer than the idle
         // timeout, then bob talks.
-        let wait = tokio::time::sleep(Duration::from_millis(1200));
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                _ = &mut wait => break,
-                ev = a.recv() => bail!("alice got {:?} while idle", ev?),
-                ev = b.recv() => bail!("bob got {:?} while idle", ev?),
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(1200)) => {}
+            ev = a.recv() => bail!("alice got {:?} while idle", ev?),
+            ev = b.recv() => bail!("bob got {:?} while idle", ev?),
         }
         b.send_message(&content).await?;
         a.wait_for(&content, |v| is_message_with(v, &content))
@@ -215,3 +211,60 @@ async fn removal_reaches_open_sockets(srv: &TestServer) -> anyhow::Result<()> {
 
 tests::e2e!(options = super::fast_heartbeat; heartbeat_and_dead_peers, pongs_alone_keep_a_connection);
 tests::e2e!(tokens_expire_on_open_sockets, removal_reaches_open_sockets);
+
+/// Accepted sockets carry TCP keepalive (so peers that vanished are found even on
+/// plain HTTP keep-alive connections), unless turned off with 0. Read from the
+/// kernel's own table: `/proc/net/tcp` timer 2 is the keepalive timer.
+async fn tcp_keepalive_on_accepted_sockets(srv: &TestServer) -> anyhow::Result<()> {
+    let enabled = !srv
+        .options()
+        .extra_args
+        .windows(2)
+        .any(|w| w[0] == "--tcp-keepalive-seconds" && w[1] == "0");
+    let addr = server_addr(srv)?;
+    let client = tokio::net::TcpStream::connect(addr).await?;
+    let client_port = client.local_addr()?.port();
+    // The server side of this connection: local port = the server's, remote = ours.
+    let timer = || -> anyhow::Result<Option<String>> {
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        Ok(table.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let port = |col: &str| {
+                col.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            (cols.len() > 5
+                && port(cols[1]) == Some(addr.port())
+                && port(cols[2]) == Some(client_port)
+                && cols[3] == "01")
+                .then(|| cols[5].split(':').next().unwrap_or("").to_string())
+        }))
+    };
+    // The shard sets the option right after accept: give it a moment.
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = timer()?;
+        if seen.as_deref() == Some(if enabled { "02" } else { "00" }) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("server socket timer {seen:?}, keepalive expected: {enabled}")
+}
+
+tests::e2e_on!(tcp_keepalive_on_accepted_sockets, |o| o, [
+    sqlite_uring => (Sqlite, Uring),
+    sqlite_epoll => (Sqlite, Epoll),
+]);
+
+/// The same check with `--tcp-keepalive-seconds 0`: no keepalive timer.
+async fn tcp_keepalive_can_be_turned_off(srv: &TestServer) -> anyhow::Result<()> {
+    tcp_keepalive_on_accepted_sockets(srv).await
+}
+
+tests::e2e_on!(
+    tcp_keepalive_can_be_turned_off,
+    |o| o.arg("--tcp-keepalive-seconds").arg("0"),
+    [sqlite_uring => (Sqlite, Uring)]
+);
