@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
+use crate::bus::Bus;
 use crate::config::Config;
-use crate::hub::bus::Bus;
 use crate::store::writer::WriterHandle;
 use crate::store::Db;
 

@@ -46,7 +46,7 @@ pub enum ApiError {
     NotFound(String),
     /// With the methods the path does take, for the `Allow` header.
     #[error("Method Not Allowed")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(&'static str),
     #[error("Request body too large")]

@@ -1,17 +1,45 @@
-//! The chat server: the contract of API.md on a thread-per-core design (DESIGN.md).
+//! The chat server: the wire contract of `docs/protocol.md` on the thread-per-core
+//! design of `docs/architecture.md`.
 //!
-//! Data flows one way: `shard` (sockets) -> `http` / `ws` -> `protocol` -> `hub`
-//! -> `store` -> `hub` -> `ws` -> socket. `server::run` wires it together.
+//! Data flows one way: socket -> `shard` -> `http` / `ws` -> `protocol` -> `hub` ->
+//! `store` -> `hub` -> `ws` -> socket, and imports follow the layers below: a module
+//! may import only modules of a lower layer, never one above it.
+//!
+//! | layer | modules | owns |
+//! |---|---|---|
+//! | 1 | `config`, `ids` | the one configuration struct; id newtypes, timestamps |
+//! | 2 | `protocol`, `auth`, `store` | wire events and close codes; tokens, passwords, login throttling; persistence |
+//! | 3 | `error` | the one error type and its HTTP shape |
+//! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
+//! | 5 | `app` | what every shard shares, built once |
+//! | 6 | `hub` | per shard: the connection registry and the conversation homes |
+//! | 7 | `context` | one shard's context as its tasks see it |
+//! | 8 | `ws` | admission, upgrade, a connection's reader and writer |
+//! | 9 | `http` | routing, REST handlers, OpenAPI and docs pages |
+//! | 10 | `shard` | threads, runtimes, listeners, accept loop, heartbeat |
+//! | 11 | `server` | start-up and shutdown, wiring everything |
+
+pub mod config;
+pub mod ids;
+
+pub mod auth;
+pub mod protocol;
+pub mod store;
+
+pub mod error;
+
+pub mod bus;
 
 pub mod app;
-pub mod auth;
-pub mod config;
-pub mod error;
-pub mod http;
+
 pub mod hub;
-pub mod ids;
-pub mod protocol;
-pub mod server;
-pub mod shard;
-pub mod store;
+
+pub mod context;
+
 pub mod ws;
+
+pub mod http;
+
+pub mod shard;
+
+pub mod server;

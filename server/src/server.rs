@@ -12,8 +12,8 @@ use signal_hook::iterator::Signals;
 
 use crate::app::App;
 use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
+use crate::bus::{Bus, ShardMsg};
 use crate::config::Config;
-use crate::hub::bus::{Bus, ShardMsg};
 use crate::shard;
 use crate::store::writer::{self, BatchPolicy};
 use crate::store::{self, Db};

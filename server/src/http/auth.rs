@@ -10,9 +10,9 @@ use hyper::Request;
 use super::dto::{Credentials, ErrorBody, Token, UserOut, UserSummary};
 use super::{json, request, Reply};
 use crate::auth::{check_password, check_username};
+use crate::context::ShardContext;
 use crate::error::ApiError;
 use crate::ids::{now_micros, UserId};
-use crate::shard::Shard;
 use crate::store::{StoreError, UserRecord};
 
 /// Create an account.
@@ -29,7 +29,7 @@ use crate::store::{StoreError, UserRecord};
         (status = 503, description = "Store or password hashing unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn register(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+pub async fn register(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let creds: Credentials = request::json(&body)?;
     let mut errors = Vec::new();
@@ -90,7 +90,7 @@ pub async fn register(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         (status = 503, description = "Store or password hashing unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn login(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let address = request::client_address(&req, &shard.app.config.trusted_proxies);
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let creds: Credentials = request::json(&body)?;
@@ -142,7 +142,7 @@ pub async fn login(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn me(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+pub async fn me(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
     let user = shard
         .app
@@ -169,7 +169,7 @@ pub async fn me(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn lookup(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+pub async fn lookup(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     request::bearer(shard, &req)?;
     let name = request::query_param(&req, "username")
         .ok_or_else(|| ApiError::field("query", "username", "missing", "Field required"))?;

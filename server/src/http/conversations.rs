@@ -11,9 +11,9 @@ use super::dto::{
     ConversationOut, ErrorBody, HistoryQuery, MessageOut, NewConversation, NewParticipant,
 };
 use super::{empty, json, request, Reply};
+use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};
-use crate::shard::Shard;
 use crate::store::{ConversationRecord, Store};
 
 const NAME_MAX: usize = 200;
@@ -30,7 +30,11 @@ fn user_not_found(id: &str) -> ApiError {
 }
 
 /// The conversation, if it exists and the caller is in it.
-async fn member_of(shard: &Shard, me: UserId, id: &str) -> Result<ConversationRecord, ApiError> {
+async fn member_of(
+    shard: &ShardContext,
+    me: UserId,
+    id: &str,
+) -> Result<ConversationRecord, ApiError> {
     let id: ConversationId = id.parse().map_err(|_| not_found())?;
     let (conversation, member) = shard
         .app
@@ -52,7 +56,7 @@ async fn member_of(shard: &Shard, me: UserId, id: &str) -> Result<ConversationRe
     Ok(conversation)
 }
 
-async fn with_participants(shard: &Shard, c: &ConversationRecord) -> Reply {
+async fn with_participants(shard: &ShardContext, c: &ConversationRecord) -> Reply {
     let id = c.id;
     let ids = shard
         .app
@@ -81,7 +85,7 @@ async fn with_participants(shard: &Shard, c: &ConversationRecord) -> Reply {
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn create(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+pub async fn create(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let new: NewConversation = request::json(&body)?;
@@ -166,7 +170,7 @@ pub async fn create(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn list(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+pub async fn list(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
     let list = shard
         .app
@@ -193,7 +197,7 @@ pub async fn list(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn get(shard: &Rc<Shard>, req: Request<Incoming>, id: &str) -> Reply {
+pub async fn get(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
     let conversation = member_of(shard, me, id).await?;
     with_participants(shard, &conversation).await
@@ -217,7 +221,7 @@ pub async fn get(shard: &Rc<Shard>, req: Request<Incoming>, id: &str) -> Reply {
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn add_participant(shard: &Rc<Shard>, req: Request<Incoming>, id: &str) -> Reply {
+pub async fn add_participant(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let new: NewParticipant = request::json(&body)?;
@@ -263,7 +267,7 @@ pub async fn add_participant(shard: &Rc<Shard>, req: Request<Incoming>, id: &str
     )
 )]
 pub async fn remove_participant(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardContext>,
     req: Request<Incoming>,
     id: &str,
     user: &str,
@@ -309,7 +313,7 @@ pub async fn remove_participant(
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn history(shard: &Rc<Shard>, req: Request<Incoming>, id: &str) -> Reply {
+pub async fn history(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
     let limit = match request::query_param(&req, "limit") {
         None => HISTORY_DEFAULT,

@@ -1,9 +1,11 @@
-//! Request and response bodies of the REST API, field for field as API.md gives them.
+//! Request and response bodies of the REST API, field for field as docs/protocol.md
+//! gives them.
 //! They derive `ToSchema` so the OpenAPI document is generated from the same types
 //! the handlers use.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::ToSchema;
 
 use crate::ids::timestamp;
@@ -155,7 +157,7 @@ impl From<MessageRecord> for MessageOut {
 #[schema(example = json!({"detail": "Not a member of this conversation"}))]
 pub struct ErrorBody {
     /// A message, or on 422 a list of `{"type", "loc", "msg"}` field errors.
-    #[schema(schema_with = crate::http::docs::error_detail_schema)]
+    #[schema(schema_with = error_detail_schema)]
     pub detail: serde_json::Value,
 }
 
@@ -190,4 +192,41 @@ pub struct HistoryQuery {
     /// Only messages older than this message id; the newest page when absent.
     #[param(value_type = Option<String>, format = Uuid)]
     pub before: Option<String>,
+}
+
+/// The `detail` of an error body: a message, or on 422 FastAPI's list of field errors.
+/// `serde_json::Value` in the type says nothing, so the shape is spelled out here.
+pub fn error_detail_schema() -> Schema {
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let field_error = ObjectBuilder::new()
+        .property(
+            "type",
+            string().description(Some("Which rule failed, e.g. `missing`")),
+        )
+        .property(
+            "loc",
+            ArrayBuilder::new()
+                .items(
+                    OneOfBuilder::new()
+                        .item(string())
+                        .item(ObjectBuilder::new().schema_type(Type::Integer)),
+                )
+                .description(Some("Where: `body`, `query` or `path`, then the field"))
+                .examples([serde_json::json!(["body", "password"])]),
+        )
+        .property(
+            "msg",
+            string().description(Some("What is wrong, for humans")),
+        )
+        .required("type")
+        .required("loc")
+        .required("msg");
+    OneOfBuilder::new()
+        .item(string().description(Some("What went wrong, for humans")))
+        .item(
+            ArrayBuilder::new()
+                .items(field_error)
+                .description(Some("422 only: one entry per invalid field")),
+        )
+        .into()
 }

@@ -8,6 +8,7 @@ mod conversations;
 pub mod docs;
 pub mod dto;
 mod request;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -22,8 +23,9 @@ use hyper::{Request, Response};
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::context::ShardContext;
 use crate::error::ApiError;
-use crate::shard::Shard;
+use routes::Endpoint;
 
 pub use request::{percent_decode, query_param, Peer};
 
@@ -32,7 +34,7 @@ pub type Reply = Result<Response<Body>, ApiError>;
 
 /// Entry point of every request on a shard.
 pub async fn serve(
-    shard: Rc<Shard>,
+    shard: Rc<ShardContext>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
@@ -57,66 +59,43 @@ pub async fn serve(
     Ok(response)
 }
 
-async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Reply {
+async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let Some((route, values)) = routes::find(&path) else {
+        return Err(ApiError::NotFound("Not Found".into()));
+    };
     // HEAD is GET without the body; hyper leaves the body out on the wire.
     let method = match req.method() {
         &Method::HEAD => Method::GET,
         other => other.clone(),
     };
-    match (segments.as_slice(), &method) {
-        (["api", "auth", "register"], &Method::POST) => auth::register(shard, req).await,
-        (["api", "auth", "login"], &Method::POST) => auth::login(shard, req).await,
-        (["api", "auth", "me"], &Method::GET) => auth::me(shard, req).await,
-        (["api", "users"], &Method::GET) => auth::lookup(shard, req).await,
-        (["api", "chat", "conversations"], &Method::POST) => {
-            conversations::create(shard, req).await
-        }
-        (["api", "chat", "conversations"], &Method::GET) => conversations::list(shard, req).await,
-        (["api", "chat", "conversations", id], &Method::GET) => {
-            conversations::get(shard, req, id).await
-        }
-        (["api", "chat", "conversations", id, "participants"], &Method::POST) => {
-            conversations::add_participant(shard, req, id).await
-        }
-        (["api", "chat", "conversations", id, "participants", user], &Method::DELETE) => {
-            conversations::remove_participant(shard, req, id, user).await
-        }
-        (["api", "chat", "conversations", id, "messages"], &Method::GET) => {
-            conversations::history(shard, req, id).await
-        }
-        (["api", "chat", "ws", id], &Method::GET) => crate::ws::upgrade(shard, req, id).await,
-        (["health"], &Method::GET) => {
-            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
-        }
-        (["ready"], &Method::GET) => docs::ready(shard).await,
-        (["openapi.json"], &Method::GET) => Ok(docs::openapi()),
-        (["docs", rest @ ..], &Method::GET) => docs::swagger(&rest.join("/")),
-        (["redoc", rest @ ..], &Method::GET) => docs::redoc(&rest.join("/")),
-        _ => match allowed_methods(&segments) {
-            Some(allow) => Err(ApiError::MethodNotAllowed(allow)),
-            None => Err(ApiError::NotFound("Not Found".into())),
-        },
+    if !route.methods.contains(&method) {
+        return Err(ApiError::MethodNotAllowed(route.allow()));
     }
-}
-
-/// The methods routed for this path (the `Allow` header of a 405), or `None` when
-/// the path is unknown (404).
-fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
-    Some(match segments {
-        ["api", "auth", "register" | "login"] => "POST",
-        ["api", "chat", "conversations"] => "GET, HEAD, POST",
-        ["api", "chat", "conversations", _, "participants"] => "POST",
-        ["api", "chat", "conversations", _, "participants", _] => "DELETE",
-        ["api", "auth", "me"]
-        | ["api", "users"]
-        | ["api", "chat", "conversations", _]
-        | ["api", "chat", "conversations", _, "messages"]
-        | ["api", "chat", "ws", _]
-        | ["health" | "ready" | "openapi.json" | "docs" | "redoc", ..] => "GET, HEAD",
-        _ => return None,
-    })
+    let value = |i: usize| values.get(i).copied().unwrap_or_default();
+    match (route.endpoint, method) {
+        (Endpoint::Register, _) => auth::register(shard, req).await,
+        (Endpoint::Login, _) => auth::login(shard, req).await,
+        (Endpoint::Me, _) => auth::me(shard, req).await,
+        (Endpoint::Users, _) => auth::lookup(shard, req).await,
+        (Endpoint::Conversations, Method::POST) => conversations::create(shard, req).await,
+        (Endpoint::Conversations, _) => conversations::list(shard, req).await,
+        (Endpoint::Conversation, _) => conversations::get(shard, req, value(0)).await,
+        (Endpoint::Participants, _) => conversations::add_participant(shard, req, value(0)).await,
+        (Endpoint::Participant, _) => {
+            conversations::remove_participant(shard, req, value(0), value(1)).await
+        }
+        (Endpoint::Messages, _) => conversations::history(shard, req, value(0)).await,
+        (Endpoint::WebSocket, _) => {
+            let token = query_param(&req, "token");
+            crate::ws::upgrade(shard, req, value(0), token).await
+        }
+        (Endpoint::Health, _) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (Endpoint::Ready, _) => docs::ready(shard).await,
+        (Endpoint::OpenApi, _) => Ok(docs::openapi()),
+        (Endpoint::SwaggerUi, _) => docs::swagger(value(0)),
+        (Endpoint::Redoc, _) => docs::redoc(value(0)),
+    }
 }
 
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
@@ -147,7 +126,9 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
             );
         }
         ApiError::MethodNotAllowed(allow) => {
-            headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            if let Ok(allow) = header::HeaderValue::from_str(allow) {
+                headers.insert(header::ALLOW, allow);
+            }
         }
         ApiError::TooManyLogins(seconds) => {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from(*seconds));

@@ -11,9 +11,9 @@ use hyper::Request;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::UserId;
-use crate::shard::Shard;
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
@@ -189,7 +189,7 @@ pub fn percent_decode(s: &str) -> String {
 }
 
 /// The authenticated caller, from `Authorization: Bearer <jwt>`.
-pub fn bearer(shard: &Shard, req: &Request<Incoming>) -> Result<UserId, ApiError> {
+pub fn bearer(shard: &ShardContext, req: &Request<Incoming>) -> Result<UserId, ApiError> {
     let header = req
         .headers()
         .get(http::header::AUTHORIZATION)

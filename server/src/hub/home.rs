@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
 use super::Hub;
+use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
 use crate::ids::{format_timestamp, now_micros, ConversationId, UserId};
 use crate::protocol::{ClientEvent, ServerEvent};
 use crate::store::{ChangeOutcome, NewMessage, ReactionOutcome, Store, StoreError};

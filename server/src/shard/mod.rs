@@ -4,12 +4,9 @@
 //! accepted it. A shard never blocks: store work, hashing and the writer live
 //! elsewhere.
 
-mod latch;
 mod listen;
 mod serve;
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,20 +16,7 @@ use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBu
 
 use crate::app::App;
 use crate::config::IoDriver;
-use crate::hub::Hub;
-pub use latch::Latch;
 pub use listen::bind;
-
-/// One shard's state, shared by its tasks (never across threads).
-pub struct Shard {
-    pub id: usize,
-    pub app: Arc<App>,
-    pub hub: Rc<Hub>,
-    /// Set when the server is asked to stop.
-    pub shutdown: Latch,
-    /// HTTP connections still open, for a graceful stop.
-    pub http_connections: Cell<usize>,
-}
 
 /// A running shard thread, and the driver its runtime got.
 pub struct Started {

@@ -13,11 +13,11 @@ use hyper::service::service_fn;
 use monoio::net::TcpStream;
 use monoio_compat::hyper::{MonoioIo, MonoioTimer};
 
-use super::{Latch, Ready, Shard};
+use super::Ready;
 use crate::app::App;
-use crate::hub::bus::ShardMsg;
-use crate::hub::conn::Heartbeat;
-use crate::hub::Hub;
+use crate::bus::ShardMsg;
+use crate::context::ShardContext;
+use crate::hub::outbox::Heartbeat;
 use crate::protocol::Close;
 
 pub async fn shard_main(
@@ -34,13 +34,7 @@ pub async fn shard_main(
             return;
         }
     };
-    let shard = Rc::new(Shard {
-        id,
-        hub: Hub::new(id, Arc::clone(&app)),
-        app,
-        shutdown: Latch::default(),
-        http_connections: std::cell::Cell::new(0),
-    });
+    let shard = ShardContext::new(id, app);
     monoio::spawn(bus_task(Rc::clone(&shard)));
     monoio::spawn(heartbeat(Rc::clone(&shard)));
     let _ = ready.send(Ok(driver));
@@ -77,18 +71,23 @@ pub async fn shard_main(
 }
 
 /// After the stop signal: close WebSockets with 1001, let HTTP requests finish.
-async fn drain(shard: &Shard) {
+async fn drain(shard: &ShardContext) {
     shard.hub.close_all(Close::ShuttingDown);
-    let deadline = std::time::Instant::now() + shard.app.config.shutdown_grace();
-    while (shard.http_connections.get() > 0 || shard.hub.connection_count() > 0)
-        && std::time::Instant::now() < deadline
+    let grace = shard.app.config.shutdown_grace();
+    if monoio::time::timeout(grace, shard.connections.all_closed())
+        .await
+        .is_err()
     {
-        monoio::time::sleep(Duration::from_millis(20)).await;
+        tracing::warn!(
+            shard = shard.id,
+            open = shard.connections.count(),
+            "grace period over; dropping the connections still open"
+        );
     }
     tracing::info!(shard = shard.id, "shard stopped");
 }
 
-async fn bus_task(shard: Rc<Shard>) {
+async fn bus_task(shard: Rc<ShardContext>) {
     let mailbox = shard.app.bus.mailbox(shard.id);
     loop {
         mailbox
@@ -107,7 +106,7 @@ const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 /// Visits every WebSocket of the shard a few times per ping interval: one task and
 /// one timer per shard, however many connections it holds.
-async fn heartbeat(shard: Rc<Shard>) {
+async fn heartbeat(shard: Rc<ShardContext>) {
     let config = &shard.app.config;
     let beat = Heartbeat {
         ping_every: config.ws_ping_interval,
@@ -123,7 +122,7 @@ async fn heartbeat(shard: Rc<Shard>) {
     }
 }
 
-async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection(shard: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
     let io = match stream.try_into_poll_io() {
         Ok(io) => OnShard(MonoioIo::new(io)),
         Err((e, _)) => {
@@ -131,7 +130,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
             return;
         }
     };
-    shard.http_connections.set(shard.http_connections.get() + 1);
+    let _open = shard.connections.open();
     let service = {
         let shard = Rc::clone(&shard);
         service_fn(move |req| crate::http::serve(Rc::clone(&shard), req, peer))
@@ -145,7 +144,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     let mut connection = std::pin::pin!(connection);
     let result = monoio::select! {
         r = connection.as_mut() => r,
-        _ = stopping(&shard.shutdown) => {
+        _ = shard.shutdown.wait() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -153,11 +152,6 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr)
     if let Err(e) = result {
         tracing::debug!(error = %e, "http connection ended with an error");
     }
-    shard.http_connections.set(shard.http_connections.get() - 1);
-}
-
-async fn stopping(latch: &Latch) {
-    latch.wait().await;
 }
 
 /// The socket of an HTTP connection. hyper's upgrade machinery requires `Send` I/O,

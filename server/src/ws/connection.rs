@@ -20,11 +20,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
-use super::Admitted;
-use crate::hub::conn::{Conn, Next};
-use crate::hub::Hub;
+use crate::context::ShardContext;
+use crate::hub::outbox::{Next, Outbox};
+use crate::hub::{Admitted, Hub};
 use crate::protocol::{self, Close, ProtocolError, ServerEvent};
-use crate::shard::Shard;
 
 /// How long a closing connection may take to flush its last frames, and how long it
 /// waits for the client's answering close.
@@ -36,7 +35,7 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<tokio::io::ReadHalf<Io>>;
 
-pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted, Close>) {
+pub async fn run(shard: &ShardContext, ws: WebSocket<Io>, admission: Result<Admitted, Close>) {
     let (read, mut write) = tokio::io::split(ws.into_inner());
     let (mut reader, _) =
         fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
@@ -67,7 +66,7 @@ pub async fn run(shard: Rc<Shard>, ws: WebSocket<Io>, admission: Result<Admitted
         };
         let conn = &Rc::clone(&registered.conn);
         let ended = monoio::select! {
-            end = read_loop(&shard, conn, &mut reader) => End::Reader(end),
+            end = read_loop(shard, conn, &mut reader) => End::Reader(end),
             end = write_loop(conn, &mut write) => End::Writer(end),
         };
         // Gone from presence at once, whatever the goodbye below takes.
@@ -115,7 +114,7 @@ enum ReadEnd {
 /// Unregisters the connection from the hub however its task ends, unwinding included.
 struct Registered<'a> {
     hub: &'a Hub,
-    conn: Rc<Conn>,
+    conn: Rc<Outbox>,
 }
 
 impl Drop for Registered<'_> {
@@ -138,7 +137,7 @@ async fn linger(reader: &mut Reader) {
     .await;
 }
 
-async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) -> ReadEnd {
+async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> ReadEnd {
     let max = shard.app.config.ws_max_message_bytes;
     // Fragments are reassembled here rather than by fastwebsockets so that the total
     // size of a fragmented message is bounded too, not only each fragment.
@@ -218,7 +217,7 @@ async fn read_loop(shard: &Shard, conn: &Conn, reader: &mut Reader) -> ReadEnd {
 
 /// One complete client message: parse, validate, submit; any refusal is an `error`
 /// event and the connection stays open.
-fn on_message(shard: &Shard, conn: &Conn, opcode: OpCode, payload: &mut [u8]) {
+fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload: &mut [u8]) {
     let (detail, reference) = if opcode == OpCode::Binary {
         (ProtocolError::Binary.to_string(), None)
     } else {
@@ -242,7 +241,7 @@ fn on_message(shard: &Shard, conn: &Conn, opcode: OpCode, payload: &mut [u8]) {
 }
 
 /// Closes with the status RFC 6455 gives for what went wrong; I/O errors just end.
-fn fail(conn: &Conn, e: &WebSocketError) -> ReadEnd {
+fn fail(conn: &Outbox, e: &WebSocketError) -> ReadEnd {
     let reason = match e {
         WebSocketError::UnexpectedEOF
         | WebSocketError::IoError(_)
@@ -269,7 +268,7 @@ pub enum WriterEnd {
     Failed,
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(conn: &Conn, write: &mut W) -> WriterEnd {
+async fn write_loop<W: AsyncWrite + Unpin>(conn: &Outbox, write: &mut W) -> WriterEnd {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut coalesced: Vec<u8> = Vec::new();
     loop {

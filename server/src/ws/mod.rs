@@ -3,44 +3,40 @@
 //! (fastwebsockets on the shard's hyper connection), then the connection's life in
 //! `connection`. Refusals follow the protocol (docs/protocol.md): an `error` event,
 //! then close 1008.
+//!
+//! Below `http`: the router hands it the request and the token; it never imports the
+//! HTTP layer back.
 
 mod connection;
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, Response};
 
+use crate::context::ShardContext;
 use crate::error::ApiError;
-use crate::http::{query_param, Reply};
-use crate::ids::{ConversationId, UserId};
+use crate::hub::Admitted;
+use crate::ids::ConversationId;
 use crate::protocol::Close;
-use crate::shard::Shard;
 
-/// Who may join which conversation, until when, and since when we know it.
-pub struct Admitted {
-    pub user: UserId,
-    pub username: Arc<str>,
-    pub conversation: ConversationId,
-    /// When the token expires (Unix seconds); the socket is closed then.
-    pub expires_at: u64,
-    /// Taken before membership was read: a removal committed after this instant may
-    /// not have been seen, so the home checks it against its recent removals.
-    pub checked_at: Instant,
-}
-
-pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation: &str) -> Reply {
+/// Upgrades `req` (with the `token` of its query) to a WebSocket in `conversation`.
+pub async fn upgrade(
+    shard: &Rc<ShardContext>,
+    mut req: Request<Incoming>,
+    conversation: &str,
+    token: Option<String>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         // Plain HTTP is validated like any route (a missing parameter is a 422) and
         // then told to upgrade. A real upgrade hears about its token on the socket,
         // where a browser can read it.
-        if query_param(&req, "token").is_none() {
+        if token.is_none() {
             return Err(ApiError::field(
                 "query",
                 "token",
@@ -50,15 +46,16 @@ pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation
         }
         return Err(ApiError::UpgradeRequired);
     }
-    let admission = admit(shard, query_param(&req, "token"), conversation).await;
+    let admission = admit(shard, token, conversation).await;
     let (response, upgraded) =
         fastwebsockets::upgrade::upgrade(&mut req).map_err(|_| ApiError::UpgradeRequired)?;
     let shard = Rc::clone(shard);
     monoio::spawn(async move {
+        let _open = shard.connections.open();
         match upgraded.await {
             Ok(ws) => {
                 // A bug in one connection must not take the shard thread down with it.
-                let run = AssertUnwindSafe(connection::run(shard, ws, admission));
+                let run = AssertUnwindSafe(connection::run(&shard, ws, admission));
                 if run.catch_unwind().await.is_err() {
                     tracing::error!("websocket connection task panicked");
                 }
@@ -70,7 +67,7 @@ pub async fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, conversation
 }
 
 async fn admit(
-    shard: &Shard,
+    shard: &ShardContext,
     token: Option<String>,
     conversation: &str,
 ) -> Result<Admitted, Close> {

@@ -15,9 +15,7 @@ use hyper::Response;
 
 use super::dto::Readiness;
 use super::{json, Body, Reply};
-use crate::shard::Shard;
-
-pub use spec::error_detail_schema;
+use crate::context::ShardContext;
 
 /// `GET /openapi.json`.
 pub fn openapi() -> Response<Body> {
@@ -54,7 +52,7 @@ pub fn redoc(rest: &str) -> Reply {
             example = json!({"status": "unavailable", "store": "unavailable"})),
     )
 )]
-pub async fn ready(shard: &Rc<Shard>) -> Reply {
+pub async fn ready(shard: &Rc<ShardContext>) -> Reply {
     match shard.app.db.call(|s| async move { s.ping().await }).await {
         Ok(()) => Ok(json(
             StatusCode::OK,

@@ -11,9 +11,7 @@ use bytes::Bytes;
 use utoipa::openapi::path::{
     HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
 };
-use utoipa::openapi::schema::{
-    ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
-};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -97,43 +95,6 @@ pub fn json() -> Bytes {
         Bytes::from(body)
     })
     .clone()
-}
-
-/// The `detail` of an error body: a message, or on 422 FastAPI's list of field errors.
-/// `serde_json::Value` in the type says nothing, so the shape is spelled out here.
-pub fn error_detail_schema() -> Schema {
-    let string = || ObjectBuilder::new().schema_type(Type::String);
-    let field_error = ObjectBuilder::new()
-        .property(
-            "type",
-            string().description(Some("Which rule failed, e.g. `missing`")),
-        )
-        .property(
-            "loc",
-            ArrayBuilder::new()
-                .items(
-                    OneOfBuilder::new()
-                        .item(string())
-                        .item(ObjectBuilder::new().schema_type(Type::Integer)),
-                )
-                .description(Some("Where: `body`, `query` or `path`, then the field"))
-                .examples([serde_json::json!(["body", "password"])]),
-        )
-        .property(
-            "msg",
-            string().description(Some("What is wrong, for humans")),
-        )
-        .required("type")
-        .required("loc")
-        .required("msg");
-    OneOfBuilder::new()
-        .item(string().description(Some("What went wrong, for humans")))
-        .item(
-            ArrayBuilder::new()
-                .items(field_error)
-                .description(Some("422 only: one entry per invalid field")),
-        )
-        .into()
 }
 
 /// The bearer-JWT scheme the protected operations name.
@@ -336,24 +297,21 @@ mod tests {
         serde_json::from_slice(&json()).expect("the served document is JSON")
     }
 
-    /// Every route of API.md with its methods, lower-case as OpenAPI spells them.
-    const ROUTES: &[(&str, &[&str])] = &[
-        ("/api/auth/register", &["post"]),
-        ("/api/auth/login", &["post"]),
-        ("/api/auth/me", &["get"]),
-        ("/api/users", &["get"]),
-        ("/api/chat/conversations", &["post", "get"]),
-        ("/api/chat/conversations/{id}", &["get"]),
-        ("/api/chat/conversations/{id}/participants", &["post"]),
-        (
-            "/api/chat/conversations/{id}/participants/{user_id}",
-            &["delete"],
-        ),
-        ("/api/chat/conversations/{id}/messages", &["get"]),
-        ("/health", &["get"]),
-        ("/ready", &["get"]),
-        (WS_PATH, &["get"]),
-    ];
+    /// The routes the document describes, with their methods as OpenAPI spells them.
+    fn documented() -> Vec<(&'static str, Vec<String>)> {
+        crate::http::routes::ROUTES
+            .iter()
+            .filter(|r| r.documented)
+            .map(|r| {
+                let methods = r
+                    .methods
+                    .iter()
+                    .map(|m| m.as_str().to_lowercase())
+                    .collect();
+                (r.path, methods)
+            })
+            .collect()
+    }
 
     #[test]
     fn is_openapi_3_with_title_and_version() {
@@ -368,15 +326,16 @@ mod tests {
     fn documents_every_route_with_its_methods() {
         let spec = spec();
         let paths = spec["paths"].as_object().expect("paths");
-        for (path, methods) in ROUTES {
+        let routes = documented();
+        for (path, methods) in &routes {
             let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing"));
-            for method in *methods {
-                assert!(item.get(*method).is_some(), "{method} {path} missing");
+            for method in methods {
+                assert!(item.get(method).is_some(), "{method} {path} missing");
             }
         }
         assert_eq!(
             paths.len(),
-            ROUTES.len(),
+            routes.len(),
             "unexpected paths: {:?}",
             paths.keys().collect::<Vec<_>>()
         );
@@ -396,13 +355,13 @@ mod tests {
             "/ready",
             WS_PATH,
         ];
-        for (path, methods) in ROUTES {
-            for method in *methods {
-                let op = &spec["paths"][*path][*method];
+        for (path, methods) in documented() {
+            for method in methods {
+                let op = &spec["paths"][path][&method];
                 let secured = op["security"]
                     .as_array()
                     .is_some_and(|reqs| reqs.iter().any(|r| r.get(BEARER).is_some()));
-                assert_eq!(secured, !public.contains(path), "{method} {path} security");
+                assert_eq!(secured, !public.contains(&path), "{method} {path} security");
                 if secured {
                     assert_error(op, "401", path);
                 }

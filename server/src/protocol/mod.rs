@@ -1,15 +1,21 @@
-//! The WebSocket protocol of API.md: client events parsed (simd-json, in place, on
-//! the frame's own buffer) and validated into `ClientEvent`; server events encoded
-//! once into a ready-to-write WebSocket frame (`Bytes`) that every recipient shares.
+//! The WebSocket protocol of docs/protocol.md: client events parsed (simd-json, in
+//! place, on the frame's own buffer) and validated into `ClientEvent` (here); server
+//! events encoded once into shared frames (`event`); close codes (`close`). Pure: no
+//! I/O, no state beyond the per-thread parse buffers.
 
 use std::cell::RefCell;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::MessageId;
+
+mod close;
+mod event;
+
+pub use close::{Close, PING_FRAME};
+pub use event::ServerEvent;
 
 /// Longest message content, in characters.
 pub const CONTENT_MAX_CHARS: usize = 5000;
@@ -196,205 +202,11 @@ fn message_id(value: &BorrowedValue) -> Result<MessageId, ProtocolError> {
         .map_err(|_| ProtocolError::UnknownMessage)
 }
 
-/// An event from the server. Field names and order follow API.md.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum ServerEvent<'a> {
-    Message {
-        message_id: MessageId,
-        conversation_id: ConversationId,
-        content: &'a str,
-        sender_id: UserId,
-        sender_username: &'a str,
-        timestamp: &'a str,
-        is_edited: bool,
-    },
-    System {
-        content: &'a str,
-        sender_id: UserId,
-        active_users: &'a [UserId],
-    },
-    Typing {
-        sender_id: UserId,
-        sender_username: &'a str,
-        conversation_id: ConversationId,
-    },
-    Edit {
-        message_id: MessageId,
-        content: &'a str,
-        sender_id: UserId,
-        is_edited: bool,
-        timestamp: &'a str,
-    },
-    Delete {
-        message_id: MessageId,
-        sender_id: UserId,
-        timestamp: &'a str,
-    },
-    Reaction {
-        message_id: MessageId,
-        emoji: &'a str,
-        sender_id: UserId,
-        sender_username: &'a str,
-        action: &'a str,
-    },
-    Presence {
-        sender_id: UserId,
-        sender_username: &'a str,
-        status: Presence,
-    },
-    Error {
-        detail: &'a str,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
-    },
-    Pong,
-    /// The answer to a token refresh: the socket now lives until `expires_at`.
-    Auth {
-        status: &'a str,
-        expires_at: &'a str,
-    },
-}
-
-impl ServerEvent<'_> {
-    /// Serialises the event and frames it as one unmasked text frame, once.
-    pub fn frame(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(256).writer();
-        // Reserve the largest header a frame under 64 KiB needs; fixed up below.
-        let _ = std::io::Write::write_all(&mut out, &[0; 4]);
-        if serde_json::to_writer(&mut out, self).is_err() {
-            // Serialising plain structs of strings cannot fail; never send half a frame.
-            return Bytes::new();
-        }
-        let mut buf = out.into_inner();
-        let len = buf.len() - 4;
-        if len < 126 {
-            buf[2] = 0x81;
-            buf[3] = len as u8;
-            buf.split_off(2).freeze()
-        } else if len <= usize::from(u16::MAX) {
-            buf[0] = 0x81;
-            buf[1] = 126;
-            buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            buf.freeze()
-        } else {
-            let mut framed = BytesMut::with_capacity(len + 10);
-            framed.put_u8(0x81);
-            framed.put_u8(127);
-            framed.put_u64(len as u64);
-            framed.extend_from_slice(&buf[4..]);
-            framed.freeze()
-        }
-    }
-}
-
-/// An RFC 6455 ping with no payload, as the server sends it for its heartbeat.
-pub const PING_FRAME: Bytes = Bytes::from_static(&[0x89, 0x00]);
-
-/// Every reason the server closes a WebSocket, with its RFC 6455 status code and the
-/// reason it sends: the one table of close codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Close {
-    /// The answer to a client's close that carried no status code.
-    Normal,
-    /// The client's token was bad, expired or named no user at admission.
-    InvalidToken,
-    /// The user is not (or no longer) a participant; also for unknown conversations.
-    NotAMember,
-    /// The token the socket was opened (or last refreshed) with has expired.
-    TokenExpired,
-    /// The store could not be asked at admission.
-    Unavailable,
-    /// The server is stopping.
-    ShuttingDown,
-    /// Nothing at all arrived from the client within the idle timeout.
-    IdleTimeout,
-    /// A frame broke RFC 6455 framing rules.
-    ProtocolError,
-    /// A continuation frame without a message, or a new message inside one.
-    BadFragmentation,
-    /// A text message that is not UTF-8.
-    InvalidUtf8,
-    /// A message over the size limit.
-    TooBig,
-    /// The client did not read its backlog.
-    TooFarBehind,
-}
-
-impl Close {
-    pub const fn code(self) -> u16 {
-        match self {
-            Self::Normal => 1000,
-            Self::ShuttingDown | Self::IdleTimeout => 1001,
-            Self::ProtocolError | Self::BadFragmentation => 1002,
-            Self::InvalidUtf8 => 1007,
-            Self::InvalidToken | Self::NotAMember | Self::TokenExpired => 1008,
-            Self::TooBig => 1009,
-            Self::Unavailable => 1011,
-            Self::TooFarBehind => 1013,
-        }
-    }
-
-    pub const fn reason(self) -> &'static str {
-        match self {
-            Self::Normal => "",
-            Self::InvalidToken => "Invalid token",
-            Self::NotAMember => "Not a member of this conversation",
-            Self::TokenExpired => "Token expired",
-            Self::Unavailable => "Service unavailable, please retry",
-            Self::ShuttingDown => "Server shutting down",
-            Self::IdleTimeout => "Idle timeout",
-            Self::ProtocolError => "Protocol error",
-            Self::BadFragmentation => "Protocol error: bad fragmentation",
-            Self::InvalidUtf8 => "Invalid UTF-8",
-            Self::TooBig => "Message too big",
-            Self::TooFarBehind => "Try again later: too far behind",
-        }
-    }
-
-    /// Whether the client is told why in an `error` event before the close frame, as
-    /// API.md asks for refusals of access (browsers do not expose close reasons well).
-    pub const fn announced(self) -> bool {
-        self.code() == 1008 || matches!(self, Self::Unavailable)
-    }
-
-    /// The close frame alone.
-    pub fn frame(self) -> Bytes {
-        close_frame(self.code(), self.reason())
-    }
-
-    /// The close frame, preceded by its `error` event when the reason is announced.
-    pub fn frames(self) -> Vec<Bytes> {
-        let close = self.frame();
-        if self.announced() {
-            vec![
-                ServerEvent::Error {
-                    detail: self.reason(),
-                    reference: None,
-                }
-                .frame(),
-                close,
-            ]
-        } else {
-            vec![close]
-        }
-    }
-}
-
-/// A close frame with a status code and reason, as the server sends it.
-fn close_frame(code: u16, reason: &str) -> Bytes {
-    let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut frame = BytesMut::with_capacity(4 + reason.len());
-    frame.put_u8(0x88);
-    frame.put_u8((2 + reason.len()) as u8);
-    frame.put_u16(code);
-    frame.extend_from_slice(reason);
-    frame.freeze()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::close::close_frame;
     use super::*;
+    use crate::ids::{ConversationId, UserId};
 
     fn parse_str(s: &str) -> Parsed {
         parse(&mut s.as_bytes().to_vec())

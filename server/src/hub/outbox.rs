@@ -6,7 +6,7 @@
 //!
 //! It also keeps what the shard's heartbeat needs: when the client was last heard
 //! from, when it was last pinged, and when its token expires. The heartbeat visits
-//! every connection from one task per shard (`Conn::beat`), so an idle connection
+//! every connection from one task per shard (`Outbox::beat`), so an idle connection
 //! costs no timer of its own.
 
 use std::cell::{Cell, RefCell};
@@ -31,7 +31,7 @@ enum State {
     Condemned(Close),
 }
 
-pub struct Conn {
+pub struct Outbox {
     pub id: u64,
     pub user: UserId,
     pub username: Arc<str>,
@@ -65,7 +65,7 @@ pub struct Heartbeat {
     pub idle_timeout: Duration,
 }
 
-impl Conn {
+impl Outbox {
     pub fn new(
         id: u64,
         user: UserId,
@@ -221,8 +221,8 @@ impl Conn {
 mod tests {
     use super::*;
 
-    fn conn(limit: usize) -> Conn {
-        Conn::new(
+    fn conn(limit: usize) -> Outbox {
+        Outbox::new(
             1,
             UserId::random(),
             "u".into(),

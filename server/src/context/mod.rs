@@ -1,0 +1,88 @@
+//! One shard's context as its tasks see it: the shard's id, what all shards share
+//! (`App`), the shard's hub, the stop signal and the count of open connections.
+//!
+//! A leaf below `ws`, `http` and `shard`, so the handlers that receive it and the
+//! runtime that builds it need not import each other. It holds state, never logic:
+//! nothing here does I/O.
+
+mod latch;
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use crate::app::App;
+use crate::hub::Hub;
+pub use latch::Latch;
+
+/// One shard's state, shared by its tasks (never across threads).
+pub struct ShardContext {
+    pub id: usize,
+    pub app: Arc<App>,
+    pub hub: Rc<Hub>,
+    /// Set when the server is asked to stop.
+    pub shutdown: Latch,
+    /// HTTP and WebSocket connections still open, for a graceful stop.
+    pub connections: Connections,
+}
+
+impl ShardContext {
+    pub fn new(id: usize, app: Arc<App>) -> Rc<Self> {
+        Rc::new(Self {
+            id,
+            hub: Hub::new(id, Arc::clone(&app)),
+            app,
+            shutdown: Latch::default(),
+            connections: Connections::default(),
+        })
+    }
+}
+
+/// Counts a shard's open connections; the shutdown drain waits for the count to reach
+/// zero instead of polling it.
+#[derive(Default)]
+pub struct Connections {
+    open: Cell<usize>,
+    drained: Cell<Option<Waker>>,
+}
+
+/// Held by a connection's task for its lifetime, unwinding included.
+pub struct Open<'a>(&'a Connections);
+
+impl Connections {
+    pub fn open(&self) -> Open<'_> {
+        self.open.set(self.open.get() + 1);
+        Open(self)
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Resolves once no connection is open. One waiter at a time (the drain).
+    pub async fn all_closed(&self) {
+        poll_fn(|cx| {
+            if self.open.get() == 0 {
+                Poll::Ready(())
+            } else {
+                self.drained.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let left = self.0.open.get() - 1;
+        self.0.open.set(left);
+        if left == 0 {
+            if let Some(waker) = self.0.drained.take() {
+                waker.wake();
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! How the server ends a WebSocket: the one table of close codes (each named, with its
+//! reason text and whether the client is told why in an `error` event first), and the
+//! few control frames the server writes itself.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::ServerEvent;
+
+/// An RFC 6455 ping with no payload, as the server sends it for its heartbeat.
+pub const PING_FRAME: Bytes = Bytes::from_static(&[0x89, 0x00]);
+
+/// Every reason the server closes a WebSocket, with its RFC 6455 status code and the
+/// reason it sends: the one table of close codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// The answer to a client's close that carried no status code.
+    Normal,
+    /// The client's token was bad, expired or named no user at admission.
+    InvalidToken,
+    /// The user is not (or no longer) a participant; also for unknown conversations.
+    NotAMember,
+    /// The token the socket was opened (or last refreshed) with has expired.
+    TokenExpired,
+    /// The store could not be asked at admission.
+    Unavailable,
+    /// The server is stopping.
+    ShuttingDown,
+    /// Nothing at all arrived from the client within the idle timeout.
+    IdleTimeout,
+    /// A frame broke RFC 6455 framing rules.
+    ProtocolError,
+    /// A continuation frame without a message, or a new message inside one.
+    BadFragmentation,
+    /// A text message that is not UTF-8.
+    InvalidUtf8,
+    /// A message over the size limit.
+    TooBig,
+    /// The client did not read its backlog.
+    TooFarBehind,
+}
+
+impl Close {
+    pub const fn code(self) -> u16 {
+        match self {
+            Self::Normal => 1000,
+            Self::ShuttingDown | Self::IdleTimeout => 1001,
+            Self::ProtocolError | Self::BadFragmentation => 1002,
+            Self::InvalidUtf8 => 1007,
+            Self::InvalidToken | Self::NotAMember | Self::TokenExpired => 1008,
+            Self::TooBig => 1009,
+            Self::Unavailable => 1011,
+            Self::TooFarBehind => 1013,
+        }
+    }
+
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::Normal => "",
+            Self::InvalidToken => "Invalid token",
+            Self::NotAMember => "Not a member of this conversation",
+            Self::TokenExpired => "Token expired",
+            Self::Unavailable => "Service unavailable, please retry",
+            Self::ShuttingDown => "Server shutting down",
+            Self::IdleTimeout => "Idle timeout",
+            Self::ProtocolError => "Protocol error",
+            Self::BadFragmentation => "Protocol error: bad fragmentation",
+            Self::InvalidUtf8 => "Invalid UTF-8",
+            Self::TooBig => "Message too big",
+            Self::TooFarBehind => "Try again later: too far behind",
+        }
+    }
+
+    /// Whether the client is told why in an `error` event before the close frame, as
+    /// API.md asks for refusals of access (browsers do not expose close reasons well).
+    pub const fn announced(self) -> bool {
+        self.code() == 1008 || matches!(self, Self::Unavailable)
+    }
+
+    /// The close frame alone.
+    pub fn frame(self) -> Bytes {
+        close_frame(self.code(), self.reason())
+    }
+
+    /// The close frame, preceded by its `error` event when the reason is announced.
+    pub fn frames(self) -> Vec<Bytes> {
+        let close = self.frame();
+        if self.announced() {
+            vec![
+                ServerEvent::Error {
+                    detail: self.reason(),
+                    reference: None,
+                }
+                .frame(),
+                close,
+            ]
+        } else {
+            vec![close]
+        }
+    }
+}
+
+/// A close frame with a status code and reason, as the server sends it.
+pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = BytesMut::with_capacity(4 + reason.len());
+    frame.put_u8(0x88);
+    frame.put_u8((2 + reason.len()) as u8);
+    frame.put_u16(code);
+    frame.extend_from_slice(reason);
+    frame.freeze()
+}
