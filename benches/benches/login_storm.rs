@@ -9,12 +9,9 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LOGINS: usize = 100;
 const ROUNDS: usize = 5;
@@ -24,8 +21,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (host, _server) = match std::env::var("STORM_HOST") {
         Ok(host) => (host, None),
         Err(_) => {
-            let (host, child, dir) = start_server().await?;
-            (host, Some((child, dir)))
+            let (server, dir) = start_server()?;
+            (server.base_url().to_string(), Some((server, dir)))
         }
     };
     let client = reqwest::Client::new();
@@ -120,44 +117,15 @@ fn report(label: &str, samples: &[Duration]) {
 }
 
 /// Starts the release server on an ephemeral port with a fresh embedded store.
-async fn start_server(
-) -> Result<(String, tokio::process::Child, std::path::PathBuf), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "chat-server"])
-            .current_dir(&root)
-            .status()?;
-    if !status.success() {
-        return Err("building the server failed".into());
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map_or_else(|_| root.join("target"), std::path::PathBuf::from);
-    let dir = std::env::temp_dir().join(format!("login-storm-{}", std::process::id()));
-    let mut child = tokio::process::Command::new(target.join("release/chat-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--secret-key",
-            "login-storm-secret-key-0123456789abcdef",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    while let Some(line) = lines.next_line().await? {
-        if let Some(addr) = line.split("listening on ").nth(1) {
-            let host = addr
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Ok((host, child, dir));
-        }
-    }
-    Err("server exited before listening".into())
+fn start_server() -> anyhow::Result<(testkit::ServerProcess, tempfile::TempDir)> {
+    let binary = testkit::server_binary(testkit::Profile::Release)?;
+    let dir = tempfile::Builder::new().prefix("login-storm-").tempdir()?;
+    let args = [
+        "--secret-key".into(),
+        "login-storm-secret-key-0123456789abcdef".into(),
+        "--data-dir".into(),
+        dir.path().into(),
+    ];
+    let server = testkit::ServerProcess::start(&binary, &args, &[], testkit::Output::Memory)?;
+    Ok((server, dir))
 }

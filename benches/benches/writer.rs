@@ -4,7 +4,7 @@
 //! policy. Each run uses a fresh database, dropped at the end.
 //!
 //! Run: `cargo bench -p benches --bench writer` (needs PostgreSQL at 127.0.0.1:5432,
-//! or `BENCH_DATABASE_URL`).
+//! or `TEST_POSTGRES_URL`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use benches::ScratchDatabase;
 use chat_server::ids::{now_micros, ConversationId, MessageIdGen, UserId};
 use chat_server::store::writer::{self, BatchPolicy};
 use chat_server::store::{ConversationRecord, NewMessage, PostgresStore, Store, UserRecord};
+use chat_server::text::Content;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const BATCH: usize = 1000;
@@ -79,9 +80,10 @@ impl Fixture {
                     id: self.ids.next(at),
                     conversation_id: self.conversations[n % self.conversations.len()],
                     sender_id: self.senders[n % self.senders.len()],
-                    content: format!(
+                    content: Content::parse(&format!(
                         "message {n}: a typical chat line of about this length, give or take"
-                    ),
+                    ))
+                    .expect("valid content"),
                     created_at: at,
                 }
             })
@@ -104,7 +106,7 @@ fn writer_throughput(c: &mut Criterion) {
         .expect("a scratch database on the local PostgreSQL");
     let store: Arc<dyn Store> = Arc::new(
         runtime
-            .block_on(PostgresStore::connect(db.url(), 4))
+            .block_on(PostgresStore::connect(&db.url(), 4))
             .expect("postgres store"),
     );
     let mut fixture = runtime.block_on(Fixture::create(&*store));

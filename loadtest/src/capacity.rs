@@ -13,8 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::console::{say, thousands};
-use crate::driver::pause;
-use crate::report::Percentiles;
+use crate::state::Percentiles;
 use crate::state::Run;
 
 /// How long after a step ends it is judged.
@@ -98,7 +97,7 @@ pub async fn search(run: &Arc<Run>) -> CapacityResult {
         let mut remaining = step_time;
         if let Some((prev, prev_target, prev_drops)) = pending.take() {
             let settle = SETTLE.min(step_time);
-            if !pause(run, settle).await {
+            if !run.pause(settle).await {
                 stopped_because = "stopped".into();
                 break;
             }
@@ -112,7 +111,7 @@ pub async fn search(run: &Arc<Run>) -> CapacityResult {
                 break;
             }
         }
-        if !pause(run, remaining).await {
+        if !run.pause(remaining).await {
             stopped_because = "stopped".into();
             break;
         }
@@ -123,7 +122,7 @@ pub async fn search(run: &Arc<Run>) -> CapacityResult {
     if let Some((prev, prev_target, prev_drops)) = pending.take() {
         run.end_chat();
         let drops_at_end = run.counters.drops.load(Ordering::Relaxed);
-        let _ = pause(run, SETTLE).await;
+        let _ = run.pause(SETTLE).await;
         let judged = judge(run, prev, prev_target, prev_drops, drops_at_end);
         report_step(&judged);
         if stopped_because.is_empty() {

@@ -22,14 +22,6 @@ pub struct Driven {
     pub capacity: Option<CapacityResult>,
 }
 
-/// Sleeps `d`, or less if the run is stopped; `false` when it was.
-pub async fn pause(run: &Run, d: Duration) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => !run.stopping(),
-        () = run.until_stopping() => false,
-    }
-}
-
 fn finish(run: &Run, reason: &str) {
     run.end_chat();
     run.set_stage(Stage::Stopping);
@@ -103,7 +95,7 @@ pub async fn drive(run: Arc<Run>) -> Driven {
     run.begin_window(0, base_rate);
     let mut aborted = None;
     let mut capacity = None;
-    if pause(&run, config.warmup()).await {
+    if run.pause(config.warmup()).await {
         if config.capacity {
             capacity = Some(capacity::search(&run).await);
         } else {
@@ -136,7 +128,7 @@ async fn steady(run: &Run, run_time: Duration) -> bool {
     let mut last = Instant::now();
     while started.elapsed() < run_time {
         let left = run_time.saturating_sub(started.elapsed());
-        if !pause(run, left.min(Duration::from_secs(5))).await {
+        if !run.pause(left.min(Duration::from_secs(5))).await {
             return false;
         }
         let (sent, delivered) = (

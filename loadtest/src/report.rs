@@ -7,52 +7,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use goose::metrics::GooseMetrics;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::capacity::CapacityResult;
 use crate::console::thousands;
 use crate::server::ProcessUsage;
+pub use crate::state::Percentiles;
 use crate::state::Tally;
 use crate::sys::FdLimit;
 use crate::verify::Persistence;
-
-/// Latency percentiles in milliseconds, and the rate of the samples.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
-pub struct Percentiles {
-    pub count: u64,
-    pub per_second: f64,
-    pub mean_ms: f64,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub p99_9_ms: f64,
-    pub max_ms: f64,
-}
-
-impl Percentiles {
-    /// From a histogram of microseconds collected over `seconds`.
-    pub fn of(h: &Histogram<u64>, seconds: f64) -> Self {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        let ms = |us: u64| us as f64 / 1000.0;
-        Percentiles {
-            count: h.len(),
-            per_second: if seconds > 0.0 {
-                h.len() as f64 / seconds
-            } else {
-                0.0
-            },
-            mean_ms: h.mean() / 1000.0,
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p90_ms: ms(h.value_at_quantile(0.9)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p99_9_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-        }
-    }
-}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
@@ -548,6 +511,8 @@ fn render_capacity(s: &mut String, cap: &CapacityResult) {
 
 #[cfg(test)]
 mod tests {
+    use hdrhistogram::Histogram;
+
     use super::*;
 
     #[test]

@@ -29,6 +29,11 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
+    /// Once every shard listens, write `http://ADDRESS` (the bound address, port 0
+    /// resolved) to this file: the readiness signal for supervisors and test harnesses.
+    #[arg(long, env = "READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
     /// Number of shards (threads, one runtime each). Default: available cores.
     #[arg(long, env = "SHARDS")]
     pub shards: Option<usize>,

@@ -54,8 +54,14 @@ pub enum ApiError {
     /// Login throttled; retry after this many seconds.
     #[error("Too many login attempts, retry later")]
     TooManyLogins(u64),
-    #[error("{0}")]
-    Unavailable(&'static str),
+    /// Something on our side failed; `detail` is what the client is told, `cause`
+    /// what the log is told (once, where the response is made).
+    #[error("{detail}")]
+    Unavailable {
+        detail: &'static str,
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("Expected a WebSocket upgrade")]
     UpgradeRequired,
 }
@@ -77,7 +83,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyLogins(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         }
     }
@@ -96,13 +102,38 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    pub fn unavailable(
+        detail: &'static str,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Unavailable {
+            detail,
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// The cause chain, for the log line of a failed request.
+    pub fn causes(&self) -> String {
+        let mut chain = String::new();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            if !chain.is_empty() {
+                chain.push_str(": ");
+            }
+            chain.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        chain
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Self::Conflict("Conflict"),
             StoreError::Unavailable(_) | StoreError::Query(_) => {
-                tracing::warn!(error = %e, "store call failed");
-                Self::Unavailable("Database unavailable, please retry")
+                Self::unavailable("Database unavailable, please retry", e)
             }
         }
     }
@@ -110,9 +141,10 @@ impl From<StoreError> for ApiError {
 
 impl From<HashError> for ApiError {
     fn from(e: HashError) -> Self {
-        match e {
-            HashError::Busy => Self::Unavailable("Server busy, please retry"),
-            HashError::Failed => Self::Unavailable("Password hashing failed"),
-        }
+        let detail = match e {
+            HashError::Busy => "Server busy, please retry",
+            HashError::Failed => "Password hashing failed",
+        };
+        Self::unavailable(detail, e)
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | 1 | `config`, `ids` | the one configuration struct; id newtypes, timestamps |
+//! | 1 | `config`, `ids`, `text` | the one configuration struct; id newtypes, timestamps; validated usernames, passwords, content |
 //! | 2 | `protocol`, `auth`, `store` | wire events and close codes; tokens, passwords, login throttling; persistence |
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod ids;
+pub mod text;
 
 pub mod auth;
 pub mod protocol;

@@ -69,6 +69,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", app.config.listen))?;
     let started = shard::start(&app, listeners, app.config.io_driver)?;
     tracing::info!(shards, "listening on http://{addr}");
+    if let Some(path) = &app.config.ready_file {
+        write_ready_file(path, addr)?;
+    }
 
     if let Some(signal) = signals.forever().next() {
         tracing::info!(
@@ -80,16 +83,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for s in started {
         let _ = s.thread.join();
     }
-    // The shards are gone, so nothing new reaches the writer: wait until what it holds
-    // is committed (or has failed and been reported), within the grace period.
-    let deadline = std::time::Instant::now() + app.config.shutdown_grace();
-    while app.writer.queued() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    // The shards are gone, so nothing new reaches the writer. Dropping the last handle
+    // to it (inside `App`) lets it commit what it holds, report each outcome, and end.
+    let grace = app.config.shutdown_grace();
+    drop(app);
+    let flushed = store_runtime.block_on(tokio::time::timeout(grace, writer_done));
+    if flushed.is_err() {
+        tracing::warn!("the writer did not finish within the grace period");
     }
-    drop(writer_done);
     store_runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Writes the address atomically (a temporary file renamed into place), so a reader
+/// never sees half of it.
+fn write_ready_file(path: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("http://{addr}\n"))
+        .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The JWT key: `SECRET_KEY`, or a development key kept in the data directory.

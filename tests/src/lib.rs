@@ -17,12 +17,10 @@
 //! Each test gets its own server with its own data directory or database, and every
 //! scenario creates uniquely named users, so tests run in parallel safely.
 
-pub mod binary;
 pub mod browser;
 pub mod client;
 pub mod frames;
 pub mod jwt;
-pub mod postgres;
 pub mod python;
 pub mod realtime;
 pub mod server;

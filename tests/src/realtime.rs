@@ -18,7 +18,7 @@ use crate::server::{ServerOptions, TestServer};
 use crate::ws::{ws_url, WsClient, WsEvent};
 
 mod outage;
-pub use outage::{postgres_parts, ScratchDatabase, TcpRelay};
+pub use outage::TcpRelay;
 
 /// `e2e_on!(scenario, |opts| opts.shards(4), [sqlite_uring => (Sqlite, Uring), ...]);`
 /// generates a module `scenario` with one `#[tokio::test]` per listed configuration,
@@ -211,7 +211,7 @@ pub fn check_sender(ev: &Value, who: &Session) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Asserts the shape of a `message` event (API.md): type, content, sender, conversation,
+/// Asserts the shape of a `message` event (docs/protocol.md): type, content, sender, conversation,
 /// `is_edited: false`, a timestamp and a non-empty `message_id`, which it returns.
 pub fn check_message_event(
     ev: &Value,
@@ -533,51 +533,9 @@ pub async fn raw_connect(
 
 // ---- process memory -----------------------------------------------------------------
 
-/// The pid of the server process, found by its unique data directory or database name
-/// on its command line.
-pub fn server_pid(srv: &TestServer) -> anyhow::Result<u32> {
-    let needle = match (srv.data_dir(), srv.database()) {
-        (Some(dir), _) => dir.to_string_lossy().into_owned(),
-        (None, Some(db)) => db.to_string(),
-        (None, None) => bail!("server has neither a data dir nor a database"),
-    };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_server = args.first().is_some_and(|a| a.ends_with("chat-server"));
-        if is_server && args.iter().any(|a| a.contains(&needle)) {
-            found.push(pid);
-        }
-    }
-    match found.as_slice() {
-        [pid] => Ok(*pid),
-        other => bail!("expected one chat-server process using {needle}, found {other:?}"),
-    }
-}
-
 /// `VmRSS` of a process, in KiB.
 pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
-    line.split_whitespace()
-        .nth(1)
-        .context("VmRSS without a value")?
-        .parse()
-        .context("parsing VmRSS")
+    Ok(testkit::procfs::usage(pid)?.rss_kib)
 }
 
 /// Sleeps; for waiting on a token-bucket refill or a reconnect, never for asserting time.

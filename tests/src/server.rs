@@ -1,20 +1,15 @@
-//! Starting and stopping the real `chat-server` process.
+//! A test server: the real `chat-server` process (started through the test kit) with
+//! its own data directory or scratch database, for one test.
 
+use std::ffi::OsString;
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use testkit::{server_binary, Output, Profile, ScratchDatabase, ServerProcess};
 
-use crate::binary::server_binary;
 use crate::client::Api;
-use crate::postgres;
-
-/// How long a server may take to print its `listening on` line.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-const LISTENING_MARKER: &str = "listening on http://";
 
 /// The store behind a test server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +93,7 @@ pub fn all_configs() -> [ServerOptions; 4] {
 
 enum Backing {
     Sqlite(tempfile::TempDir),
-    Postgres { database: String },
+    Postgres(ScratchDatabase),
 }
 
 /// A running `chat-server` child process with its own data directory or database.
@@ -107,8 +102,9 @@ pub struct TestServer {
     opts: ServerOptions,
     backing: Option<Backing>,
     secret_key: String,
-    child: Option<Child>,
-    logs: Arc<Mutex<String>>,
+    process: Option<ServerProcess>,
+    /// Output of the runs before the current one (restarts).
+    earlier_output: String,
     base_url: String,
     runs: usize,
 }
@@ -123,9 +119,7 @@ impl TestServer {
                     .tempdir()
                     .context("creating data dir")?,
             ),
-            Store::Postgres => Backing::Postgres {
-                database: postgres::create_database().await?,
-            },
+            Store::Postgres => Backing::Postgres(ScratchDatabase::create("chat_e2e").await?),
         };
         let secret_key = format!(
             "{}{}",
@@ -136,13 +130,13 @@ impl TestServer {
             opts,
             backing: Some(backing),
             secret_key,
-            child: None,
-            logs: Arc::new(Mutex::new(String::new())),
+            process: None,
+            earlier_output: String::new(),
             base_url: String::new(),
             runs: 0,
         };
         // On error `server` is dropped here, which cleans up the database.
-        server.spawn().await?;
+        server.spawn()?;
         Ok(server)
     }
 
@@ -173,7 +167,7 @@ impl TestServer {
     /// The database name, for Postgres-backed servers.
     pub fn database(&self) -> Option<&str> {
         match &self.backing {
-            Some(Backing::Postgres { database }) => Some(database),
+            Some(Backing::Postgres(db)) => Some(db.name()),
             _ => None,
         }
     }
@@ -188,7 +182,16 @@ impl TestServer {
 
     /// Everything the server wrote to stderr/stdout so far (all runs).
     pub fn stderr_contents(&self) -> String {
-        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+        let current = self.process.as_ref().map(ServerProcess::output);
+        format!("{}{}", self.earlier_output, current.unwrap_or_default())
+    }
+
+    /// The pid of the running server process.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.process
+            .as_ref()
+            .and_then(ServerProcess::pid)
+            .context("the server is not running")
     }
 
     /// The last `max` bytes of the server output, for failure messages.
@@ -206,53 +209,39 @@ impl TestServer {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.as_mut().is_some_and(|p| p.exited().is_none())
     }
 
     /// SIGKILL the process (no graceful shutdown) and reap it. Data stays.
     pub fn kill9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // kill() fails only if the process already exited; wait() reaps it either way.
-            let _ = child.kill();
-            child.wait().context("waiting for killed server")?;
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+            self.earlier_output.push_str(&process.output());
         }
         Ok(())
     }
 
-    /// SIGTERM the process and wait (up to `timeout`) for it to exit; SIGKILL after.
+    /// SIGTERM the process and wait (up to `timeout`) for it to exit; SIGKILL after
+    /// (then `None`).
     pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut process) = self.process.take() else {
             return Ok(None);
         };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("running kill -TERM")?;
-        if !status.success() {
-            bail!("kill -TERM {} failed: {status}", child.id());
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().context("try_wait")? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                child.wait().context("waiting for killed server")?;
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (process, status) = tokio::task::spawn_blocking(move || {
+            let status = process.stop(timeout);
+            (process, status)
+        })
+        .await
+        .context("joining the stop")?;
+        self.earlier_output.push_str(&process.output());
+        status
     }
 
     /// Kills the process if it runs and starts it again on the same data dir or database
     /// with the same secret key. The port (and so `base_url`) changes.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9()?;
-        self.spawn().await
+        self.spawn()
     }
 
     /// Stops the server and removes its data.
@@ -271,107 +260,47 @@ impl TestServer {
         }
     }
 
-    fn command(&self) -> anyhow::Result<Command> {
-        let mut cmd = Command::new(server_binary()?);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--shards")
-            .arg(self.opts.shards.to_string())
-            .arg("--io-driver")
-            .arg(self.opts.io_driver.as_arg());
+    fn args(&self) -> anyhow::Result<Vec<OsString>> {
+        let mut args: Vec<OsString> = vec![
+            "--shards".into(),
+            self.opts.shards.to_string().into(),
+            "--io-driver".into(),
+            self.opts.io_driver.as_arg().into(),
+        ];
         match &self.backing {
             Some(Backing::Sqlite(dir)) => {
-                cmd.arg("--data-dir").arg(dir.path());
+                args.extend(["--data-dir".into(), dir.path().into()]);
             }
-            Some(Backing::Postgres { database }) => {
-                cmd.arg("--database-url")
-                    .arg(postgres::database_url(database));
+            Some(Backing::Postgres(db)) => {
+                args.extend(["--database-url".into(), db.url().into()]);
             }
             None => bail!("server data already removed"),
         }
-        cmd.arg("--secret-key").arg(&self.secret_key);
-        cmd.args(&self.opts.extra_args);
-        // Every setting is also an environment variable: start from an empty
-        // environment so the developer's (DATABASE_URL, SHARDS, ...) cannot change what
-        // is under test.
-        cmd.env_clear();
-        for var in ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER"] {
-            if let Some(value) = std::env::var_os(var) {
-                cmd.env(var, value);
-            }
-        }
-        cmd.env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("RUST_BACKTRACE", "1");
-        for (k, v) in &self.opts.env {
-            cmd.env(k, v);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Ok(cmd)
+        args.extend(["--secret-key".into(), self.secret_key.clone().into()]);
+        args.extend(self.opts.extra_args.iter().map(OsString::from));
+        Ok(args)
     }
 
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut cmd = self.command()?;
+    fn spawn(&mut self) -> anyhow::Result<()> {
         self.runs += 1;
         if self.runs > 1 {
-            if let Ok(mut logs) = self.logs.lock() {
-                logs.push_str(&format!("===== server start #{} =====\n", self.runs));
-            }
+            self.earlier_output
+                .push_str(&format!("===== server start #{} =====\n", self.runs));
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
-        let stderr = child.stderr.take().context("no stderr pipe")?;
-        let stdout = child.stdout.take().context("no stdout pipe")?;
-
-        let (tx, rx) = mpsc::channel::<Option<String>>();
-        let logs = Arc::clone(&self.logs);
-        std::thread::spawn(move || drain(stderr, logs, Some(tx)));
-        let logs = Arc::clone(&self.logs);
-        std::thread::spawn(move || drain(stdout, logs, None));
-        self.child = Some(child);
-
-        let waited = tokio::task::spawn_blocking(move || rx.recv_timeout(STARTUP_TIMEOUT))
-            .await
-            .context("joining startup wait")?;
-        match waited {
-            Ok(Some(url)) => {
-                self.base_url = url;
-                Ok(())
-            }
-            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = match self.child.take() {
-                    Some(mut c) => {
-                        let _ = c.kill();
-                        c.wait().map(|s| s.to_string()).unwrap_or_default()
-                    }
-                    None => String::new(),
-                };
-                bail!(
-                    "chat-server ({}) exited before listening ({status}); output:\n{}",
-                    self.opts,
-                    self.stderr_tail(16 * 1024)
-                )
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = self.kill9();
-                bail!(
-                    "chat-server ({}) did not log `{LISTENING_MARKER}...` within {STARTUP_TIMEOUT:?}; output:\n{}",
-                    self.opts,
-                    self.stderr_tail(16 * 1024)
-                )
-            }
-        }
+        let binary = server_binary(Profile::Current)?;
+        let process = ServerProcess::start(&binary, &self.args()?, &self.opts.env, Output::Memory)
+            .with_context(|| format!("chat-server ({})", self.opts))?;
+        self.base_url = process.base_url().to_string();
+        self.process = Some(process);
+        Ok(())
     }
 
     fn shutdown(&mut self) -> anyhow::Result<()> {
         let killed = self.kill9();
         let dropped = match self.backing.take() {
-            Some(Backing::Postgres { database }) => postgres::drop_database_blocking(&database),
+            // The scratch database drops itself.
+            Some(Backing::Postgres(_)) | None => Ok(()),
             Some(Backing::Sqlite(dir)) => dir.close().context("removing data dir"),
-            None => Ok(()),
         };
         killed.and(dropped)
     }
@@ -394,86 +323,4 @@ impl Drop for TestServer {
 #[allow(clippy::print_stderr)]
 fn report(message: &str) {
     eprintln!("{message}");
-}
-
-/// Reads lines from a pipe into the shared log until EOF. When `ready` is given, sends
-/// the base URL once the listening line shows up, and `None` at EOF.
-fn drain(pipe: impl Read, logs: Arc<Mutex<String>>, ready: Option<mpsc::Sender<Option<String>>>) {
-    let mut reader = BufReader::new(pipe);
-    let mut ready = ready;
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf);
-        if let Ok(mut logs) = logs.lock() {
-            logs.push_str(&line);
-            if !line.ends_with('\n') {
-                logs.push('\n');
-            }
-        }
-        if let Some(url) = ready.as_ref().and_then(|_| parse_listening(&line)) {
-            if let Some(tx) = ready.take() {
-                let _ = tx.send(Some(url));
-            }
-        }
-    }
-    if let Some(tx) = ready {
-        let _ = tx.send(None);
-    }
-}
-
-/// Extracts `http://host:port` from a log line containing `listening on http://...`.
-fn parse_listening(line: &str) -> Option<String> {
-    let clean = strip_ansi(line);
-    let start = clean.find(LISTENING_MARKER)? + "listening on ".len();
-    let url: String = clean[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '.' | '[' | ']'))
-        .collect();
-    let url = url.trim_end_matches(['/', '.']).to_string();
-    let port = url.rsplit(':').next()?;
-    (port.parse::<u16>().ok()? != 0).then_some(url)
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_listening;
-
-    #[test]
-    fn parses_listening_lines() {
-        assert_eq!(
-            parse_listening("2026-01-01T00:00:00Z INFO chat_server: listening on http://127.0.0.1:40123 shards=2\n"),
-            Some("http://127.0.0.1:40123".to_string())
-        );
-        assert_eq!(
-            parse_listening("\u{1b}[32m INFO\u{1b}[0m listening on http://127.0.0.1:5000/"),
-            Some("http://127.0.0.1:5000".to_string())
-        );
-        assert_eq!(parse_listening("listening on http://127.0.0.1:0"), None);
-        assert_eq!(parse_listening("starting"), None);
-    }
 }

@@ -334,7 +334,7 @@ async fn token_signed_with_server_key(srv: &TestServer) -> anyhow::Result<()> {
 }
 
 /// The token shape of the FastAPI original (python-jose): only `sub` and `exp`, no
-/// `iat`. API.md requires just those two, so such a token must be accepted.
+/// `iat`. The protocol (docs/protocol.md) requires just those two, so such a token must be accepted.
 async fn token_with_sub_and_exp_only(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let user = api.new_user("subexp").await?;

@@ -12,7 +12,7 @@ async fn health(srv: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every REST route of API.md, as (method, path with `{}` for parameters).
+/// Every REST route of docs/protocol.md, as (method, path with `{}` for parameters).
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/auth/register"),
     ("post", "/api/auth/login"),

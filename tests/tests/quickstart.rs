@@ -1,4 +1,5 @@
-//! The guide's curl flows (QUICKSTART.md sections 1-3) and its message flow example.
+//! The quick-start guide's curl flows (its sections 1-3, restated in docs/protocol.md)
+//! and its message flow example.
 #![allow(clippy::unwrap_used)]
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};

@@ -157,7 +157,7 @@ async fn slow_consumer_closed(srv: &TestServer) -> anyhow::Result<()> {
     r.wait_for("the slow client's joined event", |v| is_joined(v, slow))
         .await?;
 
-    let pid = server_pid(srv)?;
+    let pid = srv.pid()?;
     let rss_before = vm_rss_kib(pid)?;
 
     // 4000 characters, 3 bytes each: about 12 KB per frame.

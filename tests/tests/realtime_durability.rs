@@ -210,14 +210,14 @@ tests::e2e!(changes_survive_kill9);
 /// relay is restored messages flow again without restarting the server. Every
 /// acknowledged message is in history; no refused one is.
 async fn postgres_outage(driver: IoDriver) -> anyhow::Result<()> {
-    let (_, pg) = postgres_parts()?;
+    let (_, pg) = testkit::postgres::url_parts()?;
     let target = tokio::net::lookup_host(pg.as_str())
         .await
         .with_context(|| format!("resolving {pg}"))?
         .next()
         .with_context(|| format!("no address for {pg}"))?;
     let relay = TcpRelay::start(target).await?;
-    let db = ScratchDatabase::create().await?;
+    let db = testkit::ScratchDatabase::create("chat_e2e").await?;
     // The store is PostgreSQL through the relay (`--database-url`); the harness's
     // data directory only holds files the server may write besides.
     let opts = ServerOptions::new(Store::Sqlite, driver)

@@ -1,4 +1,4 @@
-//! WebSocket event semantics (API.md "WebSocket"), on all four configurations: the
+//! WebSocket event semantics (docs/protocol.md, "WebSocket"), on all four configurations: the
 //! guide's message flow, join/leave, typing, presence, ping, edit/delete and reactions.
 //! What the server refuses (bad frames, limits, refused connections) is in
 //! `realtime_refusals.rs`.

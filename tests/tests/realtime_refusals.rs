@@ -1,4 +1,4 @@
-//! What the WebSocket endpoint refuses (API.md "WebSocket"), on all four
+//! What the WebSocket endpoint refuses (docs/protocol.md, "WebSocket"), on all four
 //! configurations: bad frames (an error event, the connection stays usable), the 5000
 //! character content limit, the 64 KiB frame limit (close 1009), refused connections
 //! (close 1008), content a store cannot hold, and `ref` echoing on errors.

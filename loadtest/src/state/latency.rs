@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use super::lock;
 
@@ -101,5 +102,42 @@ mod tests {
         assert_eq!(measured.delivery.len(), 2);
         let all = l.merged(|_| true);
         assert_eq!(all.ack.len(), 2);
+    }
+}
+
+/// Latency percentiles in milliseconds, and the rate of the samples.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub per_second: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p99_9_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds collected over `seconds`.
+    pub fn of(h: &Histogram<u64>, seconds: f64) -> Self {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            per_second: if seconds > 0.0 {
+                h.len() as f64 / seconds
+            } else {
+                0.0
+            },
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p99_9_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
     }
 }

@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-pub use latency::{Latencies, PhaseHist};
+pub use latency::{Latencies, Percentiles, PhaseHist};
 pub use run::{Run, Tally};
 pub use tag::{parse_tag, Tag};
 

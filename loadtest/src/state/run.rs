@@ -149,6 +149,14 @@ impl Run {
     }
 
     /// Resolves once the run is ending.
+    /// Sleeps `d`, or less if the run is stopped; `false` when it was.
+    pub async fn pause(&self, d: std::time::Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => !self.stopping(),
+            () = self.until_stopping() => false,
+        }
+    }
+
     pub async fn until_stopping(&self) {
         let mut stage = self.stage.subscribe();
         loop {

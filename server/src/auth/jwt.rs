@@ -12,7 +12,7 @@ use crate::ids::UserId;
 struct Claims {
     sub: String,
     exp: u64,
-    /// Always issued; not required on the way in, as API.md asks only `sub` and `exp`.
+    /// Always issued; not required on the way in, as the protocol (docs/protocol.md) asks only `sub` and `exp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
 }

@@ -9,11 +9,11 @@ use hyper::Request;
 
 use super::dto::{Credentials, ErrorBody, Token, UserOut, UserSummary};
 use super::{json, request, Reply};
-use crate::auth::{check_password, check_username};
 use crate::context::ShardContext;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, UserId};
 use crate::store::{StoreError, UserRecord};
+use crate::text::{Password, Username};
 
 /// Create an account.
 #[utoipa::path(
@@ -32,30 +32,24 @@ use crate::store::{StoreError, UserRecord};
 pub async fn register(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let creds: Credentials = request::json(&body)?;
-    let mut errors = Vec::new();
-    if let Err(msg) = check_username(&creds.username) {
-        errors.push(crate::error::FieldError::new(
-            "body",
-            "username",
-            "value_error",
-            msg,
-        ));
-    }
-    if let Err(msg) = check_password(&creds.password) {
-        errors.push(crate::error::FieldError::new(
-            "body",
-            "password",
-            "value_error",
-            msg,
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let password_hash = shard.app.passwords.hash(creds.password).await?;
+    let username = Username::parse(creds.username);
+    let password = Password::parse(creds.password);
+    let (username, password) = match (username, password) {
+        (Ok(u), Ok(p)) => (u, p),
+        (u, p) => {
+            let errors = [("username", u.err()), ("password", p.err())]
+                .into_iter()
+                .filter_map(|(field, e)| {
+                    e.map(|msg| FieldError::new("body", field, "value_error", msg))
+                })
+                .collect();
+            return Err(ApiError::Validation(errors));
+        }
+    };
+    let password_hash = shard.app.passwords.hash(password.into_secret()).await?;
     let user = UserRecord {
         id: UserId::random(),
-        username: creds.username,
+        username: username.into_string(),
         password_hash,
         created_at: now_micros(),
     };

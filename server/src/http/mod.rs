@@ -116,6 +116,10 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
+    if let ApiError::Unavailable { detail, .. } = e {
+        // The one place a failure's cause is logged (inside the request's span).
+        tracing::warn!(detail, cause = %e.causes(), "request failed on our side");
+    }
     let mut response = json(e.status(), &e.body());
     let headers = response.headers_mut();
     match e {

@@ -21,6 +21,7 @@ use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
 use crate::ids::{format_timestamp, now_micros, ConversationId, UserId};
 use crate::protocol::{ClientEvent, ServerEvent};
 use crate::store::{ChangeOutcome, NewMessage, ReactionOutcome, Store, StoreError};
+use crate::text::Content;
 
 /// How long a removal is remembered against connections admitted before it. Admission
 /// reads membership and registers within one store call's deadline, far below this.
@@ -193,7 +194,7 @@ impl Hub {
                         let ts = format_timestamp(&at);
                         Ok(ServerEvent::Edit {
                             message_id,
-                            content: &content,
+                            content: content.as_str(),
                             sender_id: user,
                             is_edited: true,
                             timestamp: &ts,
@@ -372,7 +373,7 @@ impl Hub {
         self.fanout(conversation, frame, None);
     }
 
-    fn post(&self, conversation: ConversationId, actor: Actor, content: String) {
+    fn post(&self, conversation: ConversationId, actor: Actor, content: Content) {
         if self.app.writer.queued() >= self.app.config.writer_queue_limit {
             return self.reply_error(&actor, "Server busy, message not sent; please retry");
         }
@@ -383,7 +384,7 @@ impl Hub {
         let frame = ServerEvent::Message {
             message_id: id,
             conversation_id: conversation,
-            content: &content,
+            content: content.as_str(),
             sender_id: actor.user,
             sender_username: &actor.username,
             timestamp: &timestamp,

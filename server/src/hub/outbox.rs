@@ -73,6 +73,7 @@ impl Outbox {
         conversation: ConversationId,
         limit: usize,
         expires_at: u64,
+        ping_phase: Duration,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -86,7 +87,9 @@ impl Outbox {
             state: Cell::new(State::Open),
             writer: Cell::new(None),
             last_seen: Cell::new(now),
-            last_ping: Cell::new(now),
+            // Connections that arrived together (a reconnect storm after a restart)
+            // are pinged spread over the interval, not all in one beat.
+            last_ping: Cell::new(now.checked_sub(ping_phase).unwrap_or(now)),
             expires_at: Cell::new(expires_at),
         }
     }
@@ -229,6 +232,7 @@ mod tests {
             ConversationId::random(),
             limit,
             u64::MAX,
+            Duration::ZERO,
         )
     }
 

@@ -14,18 +14,26 @@ use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
 use crate::ids::{format_timestamp, ConversationId, UserId};
 use crate::protocol::{ClientEvent, Close, ServerEvent};
 
+/// Into how many phases of the ping interval consecutive connections are spread.
+const PING_PHASES: u64 = 64;
+
 impl Hub {
     /// Registers a connection and announces it to the conversation's home.
     pub fn register(&self, admitted: &Admitted) -> Rc<Outbox> {
         let mut st = self.state.borrow_mut();
         st.next_conn += 1;
+        let config = &self.app.config;
+        let phase = config
+            .ws_ping_interval
+            .mul_f64((st.next_conn % PING_PHASES) as f64 / PING_PHASES as f64);
         let conn = Rc::new(Outbox::new(
             st.next_conn,
             admitted.user,
             Arc::clone(&admitted.username),
             admitted.conversation,
-            self.app.config.ws_outbound_limit_bytes,
+            config.ws_outbound_limit_bytes,
             admitted.expires_at,
+            phase,
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));
         st.by_conversation

@@ -71,7 +71,8 @@ impl Close {
     }
 
     /// Whether the client is told why in an `error` event before the close frame, as
-    /// API.md asks for refusals of access (browsers do not expose close reasons well).
+    /// docs/protocol.md gives for refusals of access (browsers expose close reasons
+    /// poorly).
     pub const fn announced(self) -> bool {
         self.code() == 1008 || matches!(self, Self::Unavailable)
     }

@@ -10,6 +10,8 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
 use crate::ids::MessageId;
+pub use crate::text::CONTENT_MAX_CHARS;
+use crate::text::{Content, ContentError};
 
 mod close;
 mod event;
@@ -17,8 +19,6 @@ mod event;
 pub use close::{Close, PING_FRAME};
 pub use event::ServerEvent;
 
-/// Longest message content, in characters.
-pub const CONTENT_MAX_CHARS: usize = 5000;
 /// Longest reaction emoji, in characters (flags and skin tones are several code points).
 pub const EMOJI_MAX_CHARS: usize = 16;
 /// Longest client reference echoed back in errors.
@@ -36,12 +36,12 @@ pub enum Presence {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientEvent {
     Message {
-        content: String,
+        content: Content,
     },
     Typing,
     Edit {
         message_id: MessageId,
-        content: String,
+        content: Content,
     },
     Delete {
         message_id: MessageId,
@@ -178,22 +178,13 @@ fn string<'v>(value: &'v BorrowedValue, field: &'static str) -> Result<&'v str, 
     }
 }
 
-/// Content is stored as sent; it must not be blank and at most 5000 characters.
-fn content(value: &BorrowedValue) -> Result<String, ProtocolError> {
-    let content = string(value, "content")?;
-    if content.trim().is_empty() {
-        return Err(ProtocolError::EmptyContent);
-    }
-    // PostgreSQL text cannot hold NUL; refusing it here keeps both stores alike and
-    // tells the client why, instead of a commit failure it would retry forever.
-    if content.contains('\0') {
-        return Err(ProtocolError::NulInContent);
-    }
-    // Cheap byte test first: 5000 characters are at most 20000 bytes.
-    if content.len() > CONTENT_MAX_CHARS && content.chars().count() > CONTENT_MAX_CHARS {
-        return Err(ProtocolError::ContentTooLong);
-    }
-    Ok(content.to_owned())
+/// Content as `text::Content` allows it, refusals named for the client.
+fn content(value: &BorrowedValue) -> Result<Content, ProtocolError> {
+    Content::parse(string(value, "content")?).map_err(|e| match e {
+        ContentError::Blank => ProtocolError::EmptyContent,
+        ContentError::TooLong => ProtocolError::ContentTooLong,
+        ContentError::Nul => ProtocolError::NulInContent,
+    })
 }
 
 fn message_id(value: &BorrowedValue) -> Result<MessageId, ProtocolError> {
@@ -233,7 +224,7 @@ mod tests {
         assert_eq!(
             parse_str(r#"{"type":"message","content":"Hello!"}"#).event,
             Ok(ClientEvent::Message {
-                content: "Hello!".into()
+                content: Content::parse("Hello!").expect("content")
             })
         );
         assert_eq!(
@@ -248,7 +239,7 @@ mod tests {
             .event,
             Ok(ClientEvent::Edit {
                 message_id: id,
-                content: "x".into()
+                content: Content::parse("x").expect("content")
             })
         );
         assert_eq!(

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::ids::{ConversationId, MessageId, UserId};
+use crate::text::Content;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -74,7 +75,8 @@ pub struct NewMessage {
     pub id: MessageId,
     pub conversation_id: ConversationId,
     pub sender_id: UserId,
-    pub content: String,
+    /// Validated at the edge; the store only ever writes content that passed the rules.
+    pub content: Content,
     pub created_at: DateTime<Utc>,
 }
 
@@ -166,7 +168,7 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         message: MessageId,
         editor: UserId,
-        content: &str,
+        content: &Content,
         at: DateTime<Utc>,
     ) -> Result<ChangeOutcome, StoreError>;
     /// Soft delete: the row stays, history no longer shows it.

@@ -1,6 +1,6 @@
-//! A TCP relay that can cut one server off its database, and scratch databases for it:
-//! how the outage tests make PostgreSQL unreachable for one server without stopping
-//! the PostgreSQL every other test shares.
+//! A TCP relay that can cut one server off its database: how the outage tests make
+//! PostgreSQL unreachable for one server without stopping the PostgreSQL every other
+//! test shares (the scratch database behind it comes from the test kit).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,57 +91,5 @@ impl Drop for TcpRelay {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
-    }
-}
-
-/// The user-info and `host:port` of the harness's PostgreSQL admin URL
-/// (`postgres://USERINFO@HOST:PORT/DB`).
-pub fn postgres_parts() -> anyhow::Result<(String, String)> {
-    let admin = crate::postgres::admin_url();
-    let rest = admin
-        .strip_prefix("postgres://")
-        .or_else(|| admin.strip_prefix("postgresql://"))
-        .with_context(|| format!("unexpected PostgreSQL URL {admin}"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (u.to_string(), h.to_string()),
-        None => (String::new(), authority.to_string()),
-    };
-    let hostport = if hostport.contains(':') {
-        hostport
-    } else {
-        format!("{hostport}:5432")
-    };
-    Ok((userinfo, hostport))
-}
-
-/// A database created for one test and dropped (`WITH (FORCE)`) when this goes away.
-pub struct ScratchDatabase {
-    pub name: String,
-}
-
-impl ScratchDatabase {
-    pub async fn create() -> anyhow::Result<Self> {
-        Ok(Self {
-            name: crate::postgres::create_database().await?,
-        })
-    }
-
-    /// The URL of this database reached through `via` (e.g. a [`TcpRelay`]).
-    pub fn url_via(&self, via: SocketAddr) -> anyhow::Result<String> {
-        let (userinfo, _) = postgres_parts()?;
-        let at = if userinfo.is_empty() {
-            String::new()
-        } else {
-            format!("{userinfo}@")
-        };
-        Ok(format!("postgres://{at}{via}/{}", self.name))
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        // Best effort: a leftover test database is harmless.
-        let _ = crate::postgres::drop_database_blocking(&self.name);
     }
 }

@@ -217,7 +217,7 @@ fn websocket() -> Operation {
         .build()
 }
 
-/// The event protocol of API.md, rendered as Markdown. Limits come from the protocol
+/// The event protocol of docs/protocol.md, rendered as Markdown. Limits come from the protocol
 /// module so the page cannot drift from what the server enforces.
 fn websocket_description() -> String {
     format!(

@@ -63,10 +63,7 @@ fn swagger_config() -> Arc<Config<'static>> {
 pub(super) fn swagger(rest: &str) -> Result<Asset, ApiError> {
     let name = if rest.is_empty() { "index.html" } else { rest };
     let file = utoipa_swagger_ui::serve(name, swagger_config())
-        .map_err(|e| {
-            tracing::error!(error = %e, file = name, "serving Swagger UI failed");
-            ApiError::Unavailable("Documentation unavailable")
-        })?
+        .map_err(|e| ApiError::unavailable("Documentation unavailable", e.to_string()))?
         .ok_or_else(not_found)?;
     let mut body = file.bytes;
     if name == "index.html" {

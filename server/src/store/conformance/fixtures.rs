@@ -1,6 +1,6 @@
 //! Test-only scaffolding shared by the store tests: records and messages to write, a
 //! seeded conversation, the anti-hang guard, and a throw-away PostgreSQL database per
-//! test.
+//! test (from the test kit).
 //!
 //! It must never be compiled into the server and never touch a database it did not
 //! create.
@@ -11,9 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::ids::{now_micros, ConversationId, MessageIdGen, UserId};
 use crate::store::{ConversationRecord, NewMessage, Store, UserRecord};
-
-/// The maintenance database of the local test server; test databases are made from it.
-pub(crate) const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use crate::text::Content;
 
 /// How long `no_hang` lets a call run: far beyond any deadline of the stores, so only
 /// a call that would never return reaches it.
@@ -25,6 +23,11 @@ pub(crate) async fn no_hang<F: std::future::Future>(call: F) -> F::Output {
     tokio::time::timeout(HANG_GUARD, call)
         .await
         .unwrap_or_else(|_| panic!("call hung: no answer within {HANG_GUARD:?}"))
+}
+
+/// Content that passes the rules (test text always does).
+pub(crate) fn content(text: &str) -> Content {
+    Content::parse(text).expect("valid test content")
 }
 
 pub(crate) fn user(username: &str) -> UserRecord {
@@ -67,7 +70,9 @@ pub(crate) fn messages(
                 id: ids.next(at),
                 conversation_id: conversation,
                 sender_id: senders[i % senders.len()],
-                content: format!("message {i} \u{1f680} \"quoted\" 'single' \\ back"),
+                content: content(&format!(
+                    "message {i} \u{1f680} \"quoted\" 'single' \\ back"
+                )),
                 created_at: at,
             }
         })
@@ -121,61 +126,24 @@ pub(crate) async fn seed(
     (chat.id, messages(chat.id, &[owner.id], start, count))
 }
 
-/// A database of its own for one test, dropped (connections and all) when this is.
-pub(crate) struct PgTestDb {
-    pub(crate) url: String,
-    name: String,
-}
+/// A PostgreSQL database of its own for one test (the test kit's scratch database),
+/// dropped with the value.
+pub(crate) struct PgTestDb(testkit::ScratchDatabase);
 
 impl PgTestDb {
     pub(crate) async fn create() -> Self {
-        let name = format!("chat_store_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = admin_client().await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create the test database");
-        Self {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
+        Self(
+            testkit::ScratchDatabase::create("chat_store_test")
+                .await
+                .expect("a scratch database on the local PostgreSQL (TEST_POSTGRES_URL)"),
+        )
     }
-}
 
-async fn admin_client() -> tokio_postgres::Client {
-    // Starts the local cluster if it is installed but stopped, as the whole suite does.
-    tests::postgres::ensure_running().expect("PostgreSQL at 127.0.0.1:5432");
-    let (client, connection) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls),
-    )
-    .await
-    .expect("PostgreSQL answers at 127.0.0.1:5432 in time")
-    .expect("PostgreSQL runs at 127.0.0.1:5432 (user postgres, trust auth)");
-    tokio::spawn(connection);
-    client
-}
+    pub(crate) fn url(&self) -> String {
+        self.0.url()
+    }
 
-impl Drop for PgTestDb {
-    fn drop(&mut self) {
-        let name = std::mem::take(&mut self.name);
-        // Drop may run inside a runtime that must not block on itself: a thread with
-        // its own runtime does the clean-up, even when the test is unwinding.
-        let cleaner = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the clean-up");
-            runtime.block_on(async {
-                admin_client()
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .expect("drop the test database");
-            });
-        });
-        if cleaner.join().is_err() {
-            tracing::warn!("could not drop a test database");
-        }
+    pub(crate) fn name(&self) -> &str {
+        self.0.name()
     }
 }

@@ -10,7 +10,7 @@ use super::{ChangeOutcome, MessageRecord, NewMessage, ReactionOutcome, Store, St
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};
 
 pub(crate) use fixtures::{
-    conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb, ADMIN_URL,
+    content, conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb,
 };
 
 /// The ids of the conversation's whole history, oldest first, read page by page.
@@ -274,7 +274,7 @@ async fn history_and_changes(store: &dyn Store) {
     assert_eq!(ids(&full), all, "oldest first, in id order");
     assert_eq!(full[0].sender_username, "h_alice");
     assert_eq!(full[1].sender_username, "h_bob");
-    assert_eq!(full[3].content, sent[3].content);
+    assert_eq!(full[3].content, sent[3].content.as_str());
     assert_eq!(full[3].created_at, sent[3].created_at);
     assert_eq!(full[3].updated_at, sent[3].created_at);
     assert_eq!(full[3].conversation_id, chat.id);
@@ -303,7 +303,7 @@ async fn history_and_changes(store: &dyn Store) {
                 user: UserId,
                 text: &'static str| async move {
         store
-            .edit_message(conversation, message, user, text, edited_at)
+            .edit_message(conversation, message, user, &content(text), edited_at)
             .await
             .expect("edit")
     };

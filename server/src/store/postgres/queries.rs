@@ -17,6 +17,7 @@ use crate::store::{
     distinct, newest_per_conversation, ChangeOutcome, ConversationRecord, MessageRecord,
     NewMessage, ReactionOutcome, Store, StoreError, UserRecord,
 };
+use crate::text::Content;
 
 /// Reads the columns `id, username, password_hash, created_at`.
 fn user_row(row: &Row) -> Result<UserRecord, tokio_postgres::Error> {
@@ -455,7 +456,7 @@ impl Store for PostgresStore {
         conversation: ConversationId,
         message: MessageId,
         editor: UserId,
-        content: &str,
+        content: &Content,
         at: DateTime<Utc>,
     ) -> Result<ChangeOutcome, StoreError> {
         self.run(async |client| {
@@ -463,7 +464,13 @@ impl Store for PostgresStore {
             let row = client
                 .query_opt(
                     &stmt,
-                    &[&conversation.0, &message.0, &editor.0, &content, &at],
+                    &[
+                        &conversation.0,
+                        &message.0,
+                        &editor.0,
+                        &content.as_str(),
+                        &at,
+                    ],
                 )
                 .await?;
             change_outcome(row)

@@ -20,12 +20,12 @@ use crate::store::{Store, StoreError};
 #[tokio::test]
 async fn postgres_store_conforms() {
     let db = PgTestDb::create().await;
-    let store = PostgresStore::connect(&db.url, 4)
+    let store = PostgresStore::connect(&db.url(), 4)
         .await
         .expect("postgres store connects");
     conformance::run(&store).await;
     // Connecting again finds the schema in place and applies nothing twice.
-    let again = PostgresStore::connect(&db.url, 1)
+    let again = PostgresStore::connect(&db.url(), 1)
         .await
         .expect("second connect");
     again.ping().await.expect("ping");
@@ -85,7 +85,7 @@ impl Relay {
     }
 
     fn url(&self, db: &PgTestDb) -> String {
-        db.url.replace(":5432/", &format!(":{}/", self.port))
+        db.url().replace(":5432/", &format!(":{}/", self.port))
     }
 }
 
@@ -149,13 +149,13 @@ async fn postgres_blackhole_is_unavailable_and_recovers() {
 #[tokio::test]
 async fn postgres_recovers_after_connections_are_killed() {
     let db = PgTestDb::create().await;
-    let store = PostgresStore::connect(&db.url, 2).await.expect("connect");
+    let store = PostgresStore::connect(&db.url(), 2).await.expect("connect");
     store.ping().await.expect("ping");
-    let (admin, connection) = tokio_postgres::connect(conformance::ADMIN_URL, NoTls)
+    let (admin, connection) = tokio_postgres::connect(&testkit::postgres::admin_url(), NoTls)
         .await
         .expect("admin connection");
     tokio::spawn(connection);
-    let db_name = db.url.rsplit('/').next().expect("database name").to_owned();
+    let db_name = db.name().to_owned();
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \

@@ -17,6 +17,7 @@ use crate::store::{
     distinct, newest_per_conversation, ChangeOutcome, ConversationRecord, MessageRecord,
     NewMessage, ReactionOutcome, Store, StoreError, UserRecord,
 };
+use crate::text::Content;
 
 /// A UUID as the schema stores it: lowercase hyphenated text, which sorts like the
 /// UUID's bytes.
@@ -368,7 +369,7 @@ impl Store for SqliteStore {
                         Key(m.id.0),
                         Key(m.conversation_id.0),
                         Key(m.sender_id.0),
-                        m.content,
+                        m.content.as_str(),
                         Micros(m.created_at)
                     ])?;
                 }
@@ -390,10 +391,10 @@ impl Store for SqliteStore {
         conversation: ConversationId,
         message: MessageId,
         editor: UserId,
-        content: &str,
+        content: &Content,
         at: DateTime<Utc>,
     ) -> Result<ChangeOutcome, StoreError> {
-        let content = content.to_owned();
+        let content = content.as_str().to_owned();
         self.write(move |conn| {
             change_message(conn, conversation, message, editor, |tx| {
                 tx.prepare_cached(

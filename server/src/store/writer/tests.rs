@@ -206,7 +206,7 @@ async fn a_rejected_message_fails_alone_and_the_rest_commit() {
 async fn an_unreachable_database_fails_every_message_of_the_batch() {
     let db = PgTestDb::create().await;
     let store = Arc::new(
-        PostgresStore::connect(&db.url, 1)
+        PostgresStore::connect(&db.url(), 1)
             .await
             .expect("postgres store"),
     );
