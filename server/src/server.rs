@@ -87,7 +87,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // to it (inside `App`) lets it commit what it holds, report each outcome, and end.
     let grace = app.config.shutdown_grace();
     drop(app);
-    let flushed = store_runtime.block_on(tokio::time::timeout(grace, writer_done));
+    let flushed = store_runtime.block_on(async { tokio::time::timeout(grace, writer_done).await });
     if flushed.is_err() {
         tracing::warn!("the writer did not finish within the grace period");
     }

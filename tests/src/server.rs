@@ -136,7 +136,7 @@ impl TestServer {
             runs: 0,
         };
         // On error `server` is dropped here, which cleans up the database.
-        server.spawn()?;
+        server.spawn().await?;
         Ok(server)
     }
 
@@ -241,7 +241,7 @@ impl TestServer {
     /// with the same secret key. The port (and so `base_url`) changes.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9()?;
-        self.spawn()
+        self.spawn().await
     }
 
     /// Stops the server and removes its data.
@@ -281,15 +281,22 @@ impl TestServer {
         Ok(args)
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    async fn spawn(&mut self) -> anyhow::Result<()> {
         self.runs += 1;
         if self.runs > 1 {
             self.earlier_output
                 .push_str(&format!("===== server start #{} =====\n", self.runs));
         }
-        let binary = server_binary(Profile::Current)?;
-        let process = ServerProcess::start(&binary, &self.args()?, &self.opts.env, Output::Memory)
-            .with_context(|| format!("chat-server ({})", self.opts))?;
+        let (args, env) = (self.args()?, self.opts.env.clone());
+        // Waiting for readiness blocks: off this runtime, whose tasks (a relay in front
+        // of the database, say) the starting server may need.
+        let process = tokio::task::spawn_blocking(move || {
+            let binary = server_binary(Profile::Current)?;
+            ServerProcess::start(&binary, &args, &env, Output::Memory)
+        })
+        .await
+        .context("joining the start")?
+        .with_context(|| format!("chat-server ({})", self.opts))?;
         self.base_url = process.base_url().to_string();
         self.process = Some(process);
         Ok(())

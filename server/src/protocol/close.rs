@@ -1,6 +1,7 @@
 //! How the server ends a WebSocket: the one table of close codes (each named, with its
-//! reason text and whether the client is told why in an `error` event first), and the
-//! few control frames the server writes itself.
+//! reason text, whether the client is told why in an `error` event first, and what a
+//! client should do next), and the few control frames the server writes itself. The
+//! OpenAPI description renders its table from here.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -40,6 +41,38 @@ pub enum Close {
 }
 
 impl Close {
+    /// Every close, in the order of the documentation's table.
+    pub const ALL: [Close; 12] = [
+        Self::Normal,
+        Self::ShuttingDown,
+        Self::IdleTimeout,
+        Self::ProtocolError,
+        Self::BadFragmentation,
+        Self::InvalidUtf8,
+        Self::InvalidToken,
+        Self::NotAMember,
+        Self::TokenExpired,
+        Self::TooBig,
+        Self::Unavailable,
+        Self::TooFarBehind,
+    ];
+
+    /// What a client should do after this close.
+    pub const fn then(self) -> &'static str {
+        match self {
+            Self::Normal => "nothing: it asked to close",
+            Self::ShuttingDown => "reconnect (another node, or this one in a moment)",
+            Self::IdleTimeout => "reconnect; answer pings to stay connected",
+            Self::ProtocolError | Self::BadFragmentation | Self::InvalidUtf8 => {
+                "fix the client; reconnecting repeats the failure"
+            }
+            Self::InvalidToken | Self::TokenExpired => "log in again, then reconnect",
+            Self::NotAMember => "do not reconnect: access was refused or revoked",
+            Self::TooBig => "reconnect and send smaller messages",
+            Self::Unavailable | Self::TooFarBehind => "reconnect with backoff",
+        }
+    }
+
     pub const fn code(self) -> u16 {
         match self {
             Self::Normal => 1000,
@@ -109,4 +142,27 @@ pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
     frame.put_u16(code);
     frame.extend_from_slice(reason);
     frame.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documentation's close-code table cannot drift from this one: every code
+    /// and reason appears in docs/protocol.md.
+    #[test]
+    fn every_close_is_documented() {
+        let doc = include_str!("../../../docs/protocol.md");
+        for close in Close::ALL {
+            let row = format!(
+                "| {} | {}",
+                close.code(),
+                match close.reason() {
+                    "" => String::new(),
+                    reason => format!("`{reason}`"),
+                }
+            );
+            assert!(doc.contains(row.trim_end()), "docs/protocol.md lacks {row}");
+        }
+    }
 }

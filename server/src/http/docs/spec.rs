@@ -20,7 +20,7 @@ use crate::http::dto::{
     ConversationOut, Credentials, ErrorBody, Liveness, MessageOut, NewConversation, NewParticipant,
     Readiness, Token, UserOut, UserSummary,
 };
-use crate::protocol::{CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
+use crate::protocol::{Close, CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
 
 /// Name of the security scheme the protected operations refer to (`security(("bearer" = []))`).
 pub const BEARER: &str = "bearer";
@@ -280,11 +280,30 @@ If the store cannot be reached while joining, the socket is closed with 1011; re
 
 **Errors and limits.** Bad input (invalid JSON, unknown type, missing field, content too
 long, binary frame, editing someone else's message) gets an `error` event and the
-connection stays open. Frames over 64 KiB close the connection with 1009; frames that
-break RFC 6455 framing with 1002, text that is not UTF-8 with 1007. Flooding past
-the rate limit gets `error` with detail `Rate limit exceeded`; a client that cannot keep
-up with its backlog is closed with 1013."#
+connection stays open. Flooding past the rate limit gets `error` with detail
+`Rate limit exceeded`.
+
+**Close codes**
+
+| code | reason | then |
+|---|---|---|
+{close_codes}"#,
+        close_codes = close_codes()
     )
+}
+
+/// The close-code table, from the one table in `protocol::Close`.
+fn close_codes() -> String {
+    Close::ALL
+        .iter()
+        .map(|c| {
+            let reason = match c.reason() {
+                "" => String::new(),
+                reason => format!("`{reason}`"),
+            };
+            format!("| {} | {reason} | {} |\n", c.code(), c.then())
+        })
+        .collect()
 }
 
 #[cfg(test)]
