@@ -83,10 +83,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for s in started {
         let _ = s.thread.join();
     }
-    // The shards are gone, so nothing new reaches the writer. Dropping the last handle
-    // to it (inside `App`) lets it commit what it holds, report each outcome, and end.
+    // The shards are gone, so nothing new reaches the writer: it commits what it
+    // holds, reports each outcome, and ends.
     let grace = app.config.shutdown_grace();
-    drop(app);
+    app.writer.stop();
     let flushed = store_runtime.block_on(async { tokio::time::timeout(grace, writer_done).await });
     if flushed.is_err() {
         tracing::warn!("the writer did not finish within the grace period");

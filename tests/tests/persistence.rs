@@ -67,6 +67,12 @@ async fn sigterm_stops_cleanly(srv: &mut TestServer) -> anyhow::Result<()> {
         bail!("the server did not exit within 60 s of SIGTERM");
     };
     ensure!(status.success(), "exit status after SIGTERM: {status}");
+    // Every connection and the writer finished by themselves, not by the grace
+    // period running out.
+    let log = srv.stderr_contents();
+    for sign in ["grace period over", "did not finish within the grace period"] {
+        ensure!(!log.contains(sign), "the stop waited out its grace period: {sign}");
+    }
 
     srv.restart().await?;
     let history = srv.api().history_list(&alice, &id, "").await?;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::{NewMessage, Store, StoreError};
 
@@ -56,6 +56,7 @@ struct Submitted {
 pub struct WriterHandle {
     queue: mpsc::UnboundedSender<Submitted>,
     queued: Arc<AtomicUsize>,
+    stop: Arc<Notify>,
 }
 
 impl WriterHandle {
@@ -80,6 +81,12 @@ impl WriterHandle {
         }
     }
 
+    /// Asks the writer to commit what is queued and end; later submissions are
+    /// reported as failed. Its `JoinHandle` resolves once everything is reported.
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+
     /// Messages submitted but not yet reported, for back-pressure.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
@@ -87,7 +94,8 @@ impl WriterHandle {
 }
 
 /// Spawns the writer task on `runtime`. It exits, and the returned `JoinHandle`
-/// resolves, once every `WriterHandle` is dropped and everything queued was flushed.
+/// resolves, once it is asked to `stop` (or every `WriterHandle` is dropped) and
+/// everything queued was flushed.
 pub fn spawn(
     store: Arc<dyn Store>,
     policy: BatchPolicy,
@@ -95,16 +103,25 @@ pub fn spawn(
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (queue, incoming) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(Notify::new());
     let writer = Writer {
         store,
         policy,
         incoming,
+        stop: Arc::clone(&stop),
         queued: Arc::clone(&queued),
         messages: Vec::with_capacity(policy.capacity()),
         callbacks: VecDeque::with_capacity(policy.capacity()),
     };
     let task = runtime.spawn(writer.run());
-    (WriterHandle { queue, queued }, task)
+    (
+        WriterHandle {
+            queue,
+            queued,
+            stop,
+        },
+        task,
+    )
 }
 
 /// What the gatherer does next with the batch it holds.
@@ -140,6 +157,7 @@ struct Writer {
     store: Arc<dyn Store>,
     policy: BatchPolicy,
     incoming: mpsc::UnboundedReceiver<Submitted>,
+    stop: Arc<Notify>,
     queued: Arc<AtomicUsize>,
     /// The batch being gathered or committed. It lives here rather than on the task's
     /// stack so that a writer dropped mid-batch (runtime shutdown, abort) still
@@ -150,13 +168,24 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self) {
-        while let Some(first) = self.incoming.recv().await {
+        let mut stopping = false;
+        loop {
+            let next = tokio::select! {
+                next = self.incoming.recv() => next,
+                () = self.stop.notified(), if !stopping => {
+                    // Closed, the queue still yields what it holds, then `None`.
+                    self.incoming.close();
+                    stopping = true;
+                    continue;
+                }
+            };
+            let Some(first) = next else { break };
             let oldest = first.at;
             self.take(first);
             self.gather(oldest).await;
             self.commit().await;
         }
-        tracing::debug!("message writer stopped: every handle dropped, queue flushed");
+        tracing::debug!("message writer stopped, queue flushed");
     }
 
     fn take(&mut self, submitted: Submitted) {

@@ -278,3 +278,27 @@ async fn a_panicking_callback_does_not_stop_the_writer() {
     assert_eq!(reports.len(), 3);
     assert!(reports.iter().all(|(_, r)| r.is_ok()));
 }
+
+#[tokio::test]
+async fn stop_commits_what_is_queued_then_ends_with_handles_alive() {
+    let (_dir, store, chat, batch) = sqlite_fixture().await;
+    // A long delay: only `stop` makes this batch go now.
+    let (writer, task) = start(store.clone(), policy(1024, Duration::from_secs(30)));
+    let reports: Reports = Arc::default();
+    for (i, message) in batch[..5].iter().cloned().enumerate() {
+        writer.submit(message, recorder(&reports, i));
+    }
+    writer.stop();
+    no_hang(task)
+        .await
+        .expect("the writer ends although a handle is alive");
+    let reports = take(&reports);
+    assert_eq!(order(&reports), vec![0, 1, 2, 3, 4]);
+    assert!(reports.iter().all(|(_, r)| r.is_ok()), "{reports:?}");
+    let stored = store.history(chat, 100, None).await.expect("history");
+    assert_eq!(stored.map(|h| h.len()), Some(5));
+    // After the stop, a submission is refused at once, never silently dropped.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    writer.submit(batch[5].clone(), Box::new(move |r| drop(tx.send(r))));
+    assert!(is_unavailable(&rx.try_recv().expect("reported at once")));
+}
