@@ -70,8 +70,14 @@ async fn sigterm_stops_cleanly(srv: &mut TestServer) -> anyhow::Result<()> {
     // Every connection and the writer finished by themselves, not by the grace
     // period running out.
     let log = srv.stderr_contents();
-    for sign in ["grace period over", "did not finish within the grace period"] {
-        ensure!(!log.contains(sign), "the stop waited out its grace period: {sign}");
+    for sign in [
+        "grace period over",
+        "did not finish within the grace period",
+    ] {
+        ensure!(
+            !log.contains(sign),
+            "the stop waited out its grace period: {sign}"
+        );
     }
 
     srv.restart().await?;

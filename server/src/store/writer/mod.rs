@@ -109,6 +109,7 @@ pub fn spawn(
         policy,
         incoming,
         stop: Arc::clone(&stop),
+        stopping: false,
         queued: Arc::clone(&queued),
         messages: Vec::with_capacity(policy.capacity()),
         callbacks: VecDeque::with_capacity(policy.capacity()),
@@ -158,6 +159,8 @@ struct Writer {
     policy: BatchPolicy,
     incoming: mpsc::UnboundedReceiver<Submitted>,
     stop: Arc<Notify>,
+    /// Asked to stop: the queue is closed and being drained.
+    stopping: bool,
     queued: Arc<AtomicUsize>,
     /// The batch being gathered or committed. It lives here rather than on the task's
     /// stack so that a writer dropped mid-batch (runtime shutdown, abort) still
@@ -168,14 +171,11 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self) {
-        let mut stopping = false;
         loop {
             let next = tokio::select! {
                 next = self.incoming.recv() => next,
-                () = self.stop.notified(), if !stopping => {
-                    // Closed, the queue still yields what it holds, then `None`.
-                    self.incoming.close();
-                    stopping = true;
+                () = self.stop.notified(), if !self.stopping => {
+                    self.begin_stopping();
                     continue;
                 }
             };
@@ -186,6 +186,13 @@ impl Writer {
             self.commit().await;
         }
         tracing::debug!("message writer stopped, queue flushed");
+    }
+
+    /// Closed, the queue still yields what it holds, then `None`: the loops drain it
+    /// and end.
+    fn begin_stopping(&mut self) {
+        self.incoming.close();
+        self.stopping = true;
     }
 
     fn take(&mut self, submitted: Submitted) {
@@ -210,9 +217,17 @@ impl Writer {
                 Gather::Flush => return,
                 Gather::WaitUntil(deadline) => {
                     let deadline = tokio::time::Instant::from_std(deadline);
-                    match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout_at(deadline, self.incoming.recv()) => next,
+                        // Stopping: no point waiting for the batch to fill.
+                        () = self.stop.notified(), if !self.stopping => {
+                            self.begin_stopping();
+                            continue;
+                        }
+                    };
+                    match next {
                         Ok(Some(next)) => self.take(next),
-                        // Deadline reached, or every handle is gone: commit what we have.
+                        // Deadline reached, or the queue is closed and empty: commit.
                         Ok(None) | Err(_) => return,
                     }
                 }
