@@ -76,6 +76,9 @@ impl LocalServer {
             args.extend(["--shards".into(), shards.to_string().into()]);
         }
         args.extend(config.server_arg.iter().map(OsString::from));
+        // A fresh log per run: the report reads its warnings back.
+        std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let process = ServerProcess::start(&binary, &args, &[], Output::File(log_path.clone()))?;
         Ok(LocalServer {
             base_url: process.base_url().to_string(),
@@ -132,6 +135,9 @@ impl LocalServer {
 
     /// SIGTERM, then SIGKILL after 30 s. Returns how it ended and how long it took.
     pub fn stop(&mut self) -> String {
+        if self.process.pid().is_none() {
+            return "not running".into();
+        }
         if let Some(status) = self.process.exited() {
             return format!("had already exited: {status}");
         }

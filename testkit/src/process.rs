@@ -70,25 +70,24 @@ impl ServerProcess {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The sinks first: once the child runs, nothing may fail before it is owned.
+        let memory = Arc::new(Mutex::new(String::new()));
+        let sinks = [Sink::new(&output, &memory)?, Sink::new(&output, &memory)?];
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let memory = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let sink = Sink::new(&output, &memory)?;
-            std::thread::spawn(move || pump(pipe, sink));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>);
+        for (pipe, sink) in [stdout, stderr].into_iter().zip(sinks) {
+            if let Some(pipe) = pipe {
+                std::thread::spawn(move || pump(pipe, sink));
+            }
         }
         let mut process = Self {
             child: Some(child),

@@ -148,7 +148,6 @@ impl Run {
         self.stage() == Stage::Stopping || goose::is_killswitch_triggered()
     }
 
-    /// Resolves once the run is ending.
     /// Sleeps `d`, or less if the run is stopped; `false` when it was.
     pub async fn pause(&self, d: std::time::Duration) -> bool {
         tokio::select! {
@@ -157,6 +156,7 @@ impl Run {
         }
     }
 
+    /// Resolves once the run is ending.
     pub async fn until_stopping(&self) {
         let mut stage = self.stage.subscribe();
         loop {

@@ -42,7 +42,8 @@ impl LoginThrottle {
         Self {
             per_pair,
             per_address,
-            window,
+            // Bounded so `Instant + window` cannot overflow, whatever is configured.
+            window: window.min(Duration::from_secs(365 * 24 * 3600)),
             windows: Mutex::new(HashMap::new()),
         }
     }

@@ -25,6 +25,10 @@ impl Latch {
         }
     }
 
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
     pub fn wait(&self) -> Wait<'_> {
         Wait {
             latch: self,

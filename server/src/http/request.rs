@@ -140,19 +140,25 @@ fn forwarded_client(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::I
     if !is_trusted(&peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
+    let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse().ok())
+        .map(str::trim)
         .collect();
-    hops.iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(hops.first())
-        .copied()
-        .unwrap_or(peer)
+    // From the right: each hop a trusted proxy added may be believed, up to the first
+    // untrusted one. A hop that is not a bare address (`ip:port`, `unknown`) ends the
+    // walk: what lies left of it cannot be attributed, so the peer is used.
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
+        }
+    }
+    client
 }
 
 /// The value of query parameter `name`, percent-decoded.
@@ -298,6 +304,23 @@ mod tests {
         assert_eq!(
             forwarded_client(ip("10.0.0.1"), &http::HeaderMap::new(), &trusted),
             ip("10.0.0.1")
+        );
+        // A hop that is not an address stops the walk; nothing left of it is believed.
+        let mut odd = http::HeaderMap::new();
+        odd.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7:4711".parse().expect("hv"),
+        );
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &odd, &trusted),
+            ip("10.0.0.1")
+        );
+        // Only trusted hops: the leftmost of them.
+        let mut inner = http::HeaderMap::new();
+        inner.insert("x-forwarded-for", "10.0.0.7, 10.0.0.8".parse().expect("hv"));
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &inner, &trusted),
+            ip("10.0.0.7")
         );
     }
 

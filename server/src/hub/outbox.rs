@@ -45,9 +45,15 @@ pub struct Outbox {
     last_seen: Cell<Instant>,
     /// When the server last pinged the client.
     last_ping: Cell<Instant>,
+    /// When the final close frame was queued.
+    closing_since: Cell<Instant>,
     /// Unix time (seconds) at which the socket's token expires.
     expires_at: Cell<u64>,
 }
+
+/// How long a queued close frame may wait for a client that does not read before the
+/// connection is dropped without it.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
 
 /// What the writer should do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,6 +96,7 @@ impl Outbox {
             // Connections that arrived together (a reconnect storm after a restart)
             // are pinged spread over the interval, not all in one beat.
             last_ping: Cell::new(now.checked_sub(ping_phase).unwrap_or(now)),
+            closing_since: Cell::new(now),
             expires_at: Cell::new(expires_at),
         }
     }
@@ -116,6 +123,7 @@ impl Outbox {
         }
         self.queue.borrow_mut().push_back(frame);
         self.state.set(State::Closing);
+        self.closing_since.set(Instant::now());
         self.wake();
     }
 
@@ -159,10 +167,18 @@ impl Outbox {
     }
 
     /// One beat of the shard's heartbeat: closes a connection that has been silent
-    /// past the idle timeout or whose token has expired, and pings one that is due.
+    /// past the idle timeout or whose token has expired, pings one that is due, and
+    /// gives up on one whose close frame a client that stopped reading never took.
     pub fn beat(&self, beat: &Heartbeat, now: Instant, unix_now: u64) {
-        if !self.is_open() {
-            return;
+        match self.state.get() {
+            State::Open => {}
+            State::Closing => {
+                if now.duration_since(self.closing_since.get()) >= CLOSING_GRACE {
+                    self.condemn(Close::IdleTimeout);
+                }
+                return;
+            }
+            State::Condemned(_) => return,
         }
         if now.duration_since(self.last_seen.get()) >= beat.idle_timeout {
             // The peer is probably gone: do not wait behind a backlog it will not read.
@@ -307,6 +323,21 @@ mod tests {
             block_on(c.next(&mut batch)),
             Next::Condemned(Close::IdleTimeout)
         );
+    }
+
+    #[test]
+    fn a_close_nobody_reads_is_given_up_on() {
+        let beat = Heartbeat {
+            ping_every: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let c = conn(100);
+        c.close(Close::TokenExpired);
+        let now = Instant::now();
+        c.beat(&beat, now, 0);
+        assert_eq!(c.state.get(), State::Closing);
+        c.beat(&beat, now + CLOSING_GRACE, 0);
+        assert_eq!(c.state.get(), State::Condemned(Close::IdleTimeout));
     }
 
     #[test]

@@ -176,10 +176,6 @@ impl Hub {
         }
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.state.borrow().conns.len()
-    }
-
     /// One beat of the heartbeat over every local connection: pings those due,
     /// closes the silent and the expired.
     pub fn beat(&self, heartbeat: &Heartbeat) {

@@ -5,9 +5,10 @@
 //! Nothing here blocks the shard.
 //!
 //! Every frame the server writes is one whole, well-formed frame: the frames the
-//! protocol obliges (pongs, the close echo) go through the same queue as events.
-//! Whoever closes first, the TCP connection ends only after both close frames have
-//! crossed (or a grace period passed), so clients see a clean close, not a reset.
+//! protocol obliges (pongs, the close echo) go through the same queue as events, and
+//! the writer is never dropped in the middle of a write. When the server closes first
+//! it waits briefly for the client's close before ending TCP, so clients see a clean
+//! close rather than a reset (a condemned or vanished peer gets no such wait).
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -65,24 +66,36 @@ pub async fn run(shard: &ShardContext, ws: WebSocket<Io>, admission: Result<Admi
             conn: shard.hub.register(&admitted),
         };
         let conn = &Rc::clone(&registered.conn);
-        let ended = monoio::select! {
-            end = read_loop(shard, conn, &mut reader) => End::Reader(end),
-            end = write_loop(conn, &mut write) => End::Writer(end),
-        };
-        // Gone from presence at once, whatever the goodbye below takes.
-        drop(registered);
-        let closed_first = match ended {
-            // The peer vanished: there is nobody to say goodbye to.
-            End::Reader(ReadEnd::Gone) => false,
-            End::Reader(end) => {
-                // The reader stopped (client close, protocol error, a close queued by
-                // the hub): let the writer send what is queued, the close included.
-                let flushed = monoio::time::timeout(FLUSH_GRACE, write_loop(conn, &mut write));
-                matches!(flushed.await, Ok(WriterEnd::Closed)) && end != ReadEnd::PeerClosed
-            }
-            End::Writer(end) => end == WriterEnd::Closed,
+        if shard.shutdown.is_set() {
+            // Admitted while the shard was already draining: say goodbye at once.
+            conn.close(Close::ShuttingDown);
+        }
+        let (ended, closed_first) = {
+            // One writer future for the whole life of the connection: dropping it in the
+            // middle of a write would leave half a frame on the wire.
+            let mut writer = std::pin::pin!(write_loop(conn, &mut write));
+            let ended = monoio::select! {
+                end = read_loop(shard, conn, &mut reader) => End::Reader(end),
+                end = &mut writer => End::Writer(end),
+            };
+            // Gone from presence at once, whatever the goodbye below takes.
+            drop(registered);
+            let closed_first = match ended {
+                // The peer vanished: there is nobody to say goodbye to.
+                End::Reader(ReadEnd::Gone) => false,
+                End::Reader(end) => {
+                    // The reader stopped (client close, protocol error, a close queued
+                    // by the hub): let the writer send what is queued, the close included.
+                    let flushed = monoio::time::timeout(FLUSH_GRACE, &mut writer).await;
+                    matches!(flushed, Ok(WriterEnd::Closed)) && end != ReadEnd::PeerClosed
+                }
+                End::Writer(end) => end == WriterEnd::Closed,
+            };
+            (ended, closed_first)
         };
         if closed_first {
+            // Best effort: the reader may have been dropped inside a frame, in which
+            // case this gives up early and the TCP close follows sooner.
             linger(&mut reader).await;
         }
         let _ = write.shutdown().await;
@@ -148,6 +161,7 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
         // as everything else, so frames never interleave on the wire.
         let mut obliged = |mut frame: Frame<'_>| {
             conn.seen();
+            // fastwebsockets refuses long pings itself, not long closes.
             if frame.payload.len() > MAX_CONTROL_PAYLOAD {
                 conn.close(Close::ProtocolError);
             } else if frame.opcode == OpCode::Close && frame.payload.is_empty() {
@@ -260,7 +274,7 @@ fn fail(conn: &Outbox, e: &WebSocketError) -> ReadEnd {
 
 /// Why the writer stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriterEnd {
+enum WriterEnd {
     /// A close frame went out after everything queued before it.
     Closed,
     /// The connection was condemned (too far behind, silent past the idle timeout).
@@ -282,7 +296,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: &Outbox, write: &mut W) -> Writ
                     // Condemned while a write was stuck on a client that stopped
                     // reading. Give the write a moment so the close frame can follow a
                     // whole frame; past that, dropping the socket is the only way out.
-                    next = Next::Condemned(reason);
+                    // A stuck batch that ends in our close frame needs no second one.
+                    if next != (Next::Write { last: true }) {
+                        next = Next::Condemned(reason);
+                    }
                     match monoio::time::timeout(FLUSH_GRACE, &mut write_batch).await {
                         Ok(r) => r,
                         Err(_) => return WriterEnd::Condemned(reason),

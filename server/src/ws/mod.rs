@@ -2,7 +2,7 @@
 //! membership) while the upgrade request is still HTTP, the upgrade itself
 //! (fastwebsockets on the shard's hyper connection), then the connection's life in
 //! `connection`. Refusals follow the protocol (docs/protocol.md): an `error` event,
-//! then close 1008.
+//! then close 1008 (1011 when the store could not be asked).
 //!
 //! Below `http`: the router hands it the request and the token; it never imports the
 //! HTTP layer back.
@@ -46,9 +46,10 @@ pub async fn upgrade(
         }
         return Err(ApiError::UpgradeRequired);
     }
-    let admission = admit(shard, token, conversation).await;
+    // The handshake is checked before admission costs a store read.
     let (response, upgraded) =
         fastwebsockets::upgrade::upgrade(&mut req).map_err(|_| ApiError::UpgradeRequired)?;
+    let admission = admit(shard, token, conversation).await;
     let shard = Rc::clone(shard);
     monoio::spawn(async move {
         let _open = shard.connections.open();

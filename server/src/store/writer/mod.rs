@@ -50,8 +50,8 @@ struct Submitted {
     at: Instant,
 }
 
-/// Where shards submit messages. Cheap to clone; the writer stops once every clone is
-/// dropped and the queue is flushed.
+/// Where shards submit messages. Cheap to clone; the writer stops, with the queue
+/// flushed, when asked to (`stop`) or once every clone is dropped.
 #[derive(Clone)]
 pub struct WriterHandle {
     queue: mpsc::UnboundedSender<Submitted>,
