@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::console::{say, thousands};
-use crate::state::Percentiles;
 use crate::state::Run;
+use crate::state::{DeliveryCost, Percentiles};
 
 /// How long after a step ends it is judged.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -39,6 +39,8 @@ pub struct Step {
     pub refused: u64,
     pub unacknowledged: u64,
     pub dropped_connections: u64,
+    /// The server's CPU per delivery in this step, when its /proc could be read.
+    pub server_cost: Option<DeliveryCost>,
     pub held: bool,
     /// Why it did not hold, if it did not.
     pub failure: Option<String>,
@@ -163,10 +165,9 @@ pub async fn search(run: &Arc<Run>) -> CapacityResult {
 
 fn judge(run: &Run, phase: u16, target: f64, drops_before: u64, drops_after: u64) -> Step {
     let config = &run.config;
-    let window = run
-        .windows()
-        .into_iter()
-        .find(|w| w.phase == phase)
+    let windows = run.windows();
+    let step_window = windows.iter().find(|w| w.phase == phase);
+    let window = step_window
         .map(|w| (w.seconds(), w.rate_per_user))
         .unwrap_or((config.step_time, target / run.plan.users() as f64));
     let seconds = window.0.max(0.001);
@@ -215,6 +216,7 @@ fn judge(run: &Run, phase: u16, target: f64, drops_before: u64, drops_after: u64
         refused: tally.failed,
         unacknowledged: tally.unacked,
         dropped_connections: dropped,
+        server_cost: DeliveryCost::of(&step_window.into_iter().collect::<Vec<_>>(), deliveries),
         held: failure.is_none(),
         failure,
         harness_limited,
@@ -236,8 +238,12 @@ fn stop_reason(step: &Step) -> Option<String> {
 }
 
 fn report_step(step: &Step) {
+    let cost = step
+        .server_cost
+        .map(|c| format!(", server {:.2} us CPU per delivery", c.total_us))
+        .unwrap_or_default();
     say(&format!(
-        "step {}: {:.0} msg/s sent, {} deliveries/s, delivery p50 {:.1} ms p99 {:.1} ms max {:.1} ms -> {}",
+        "step {}: {:.0} msg/s sent, {} deliveries/s, delivery p50 {:.1} ms p99 {:.1} ms max {:.1} ms{cost} -> {}",
         step.step,
         step.messages_per_s,
         thousands(step.deliveries_per_s.round() as u64),

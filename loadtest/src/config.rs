@@ -218,6 +218,12 @@ pub struct Config {
     )]
     pub max_steps: usize,
 
+    /// With --host: the pid of that server when it runs on this machine, so the report
+    /// can state its CPU per delivery (read from /proc). A server the harness starts
+    /// itself is measured without it.
+    #[arg(long, env = "LOADTEST_SERVER_PID")]
+    pub server_pid: Option<u32>,
+
     // ----- local server -----
     /// The chat-server binary to start when no --host is given. Default: the workspace's
     /// target/release/chat-server, built with `cargo build --release -p chat-server`.

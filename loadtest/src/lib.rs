@@ -92,7 +92,17 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         ));
     }
 
-    let run = Run::new(config.clone(), base_url.clone(), target, sources);
+    let server_pid = local
+        .as_ref()
+        .and_then(LocalServer::pid)
+        .or(config.server_pid);
+    let run = Run::new(
+        config.clone(),
+        base_url.clone(),
+        target,
+        sources,
+        server_pid,
+    );
     // A previous run in this process left Goose's stop switch on.
     goose::reset_killswitch();
     let attack = goose_attack(&run, &config, &base_url)?;
@@ -290,6 +300,10 @@ fn build_report(
             },
             ack: Percentiles::of(&hist.ack, measured_seconds),
             delivery: Percentiles::of(&hist.delivery, measured_seconds),
+            server_cost: state::DeliveryCost::of(
+                &windows.iter().filter(|w| w.phase >= 1).collect::<Vec<_>>(),
+                hist.delivery.len(),
+            ),
         },
         correctness: Correctness {
             tally: whole,

@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::capacity::CapacityResult;
 use crate::console::thousands;
 use crate::server::ProcessUsage;
-pub use crate::state::Percentiles;
 use crate::state::Tally;
+pub use crate::state::{DeliveryCost, Percentiles};
 use crate::sys::FdLimit;
 use crate::verify::Persistence;
 
@@ -56,6 +56,9 @@ pub struct Measured {
     pub messages_per_s: f64,
     pub ack: Percentiles,
     pub delivery: Percentiles,
+    /// The server's CPU per delivery over the measured phase (or capacity steps), when
+    /// its /proc could be read.
+    pub server_cost: Option<DeliveryCost>,
 }
 
 /// Everything sent during the run (warm-up and measured time) and what became of it.
@@ -412,6 +415,21 @@ pub fn render(r: &Report) -> String {
     for err in &p.errors {
         let _ = writeln!(s, "   read-back error: {err}");
     }
+    match &m.server_cost {
+        Some(c) => {
+            let _ = writeln!(
+                s,
+                " Cost: {:.2} us of server CPU per delivery over the measured phase ({:.2} user + {:.2} kernel)",
+                c.total_us, c.user_us, c.kernel_us
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                " Cost: not measured (the server is remote; on this machine pass --server-pid)"
+            );
+        }
+    }
     if let Some(server) = &r.server {
         if let Some(u) = &server.usage {
             let _ = writeln!(
@@ -467,7 +485,7 @@ fn render_capacity(s: &mut String, cap: &CapacityResult) {
     let _ = writeln!(s, "{RULE}");
     let _ = writeln!(
         s,
-        " {:>4} | {:>9} | {:>9} | {:>12} | {:>7} | {:>7} | {:>8} | {:>7} | {:>6} | result",
+        " {:>4} | {:>9} | {:>9} | {:>12} | {:>7} | {:>7} | {:>8} | {:>7} | {:>8} | {:>6} | result",
         "step",
         "target/s",
         "sent/s",
@@ -476,6 +494,7 @@ fn render_capacity(s: &mut String, cap: &CapacityResult) {
         "p99 ms",
         "p99.9 ms",
         "max ms",
+        "us/deliv",
         "lost"
     );
     let _ = writeln!(s, "{RULE}");
@@ -483,7 +502,7 @@ fn render_capacity(s: &mut String, cap: &CapacityResult) {
         let lost = step.missing + step.refused + step.unacknowledged;
         let _ = writeln!(
             s,
-            " {:>4} | {:>9} | {:>9} | {:>12} | {:>7} | {:>7} | {:>8} | {:>7} | {:>6} | {}",
+            " {:>4} | {:>9} | {:>9} | {:>12} | {:>7} | {:>7} | {:>8} | {:>7} | {:>8} | {:>6} | {}",
             step.step,
             rate(step.target_messages_per_s),
             rate(step.messages_per_s),
@@ -492,6 +511,8 @@ fn render_capacity(s: &mut String, cap: &CapacityResult) {
             ms(step.delivery.p99_ms),
             ms(step.delivery.p99_9_ms),
             ms(step.delivery.max_ms),
+            step.server_cost
+                .map_or_else(|| "-".to_string(), |c| format!("{:.2}", c.total_us)),
             thousands(lost),
             if step.held {
                 if step.harness_limited {

@@ -8,6 +8,10 @@ use anyhow::Context;
 pub struct Usage {
     /// User + system CPU time, in seconds.
     pub cpu_seconds: f64,
+    /// User CPU time, in seconds.
+    pub user_seconds: f64,
+    /// System (kernel) CPU time, in seconds.
+    pub system_seconds: f64,
     /// Resident memory now (`VmRSS`), in KiB.
     pub rss_kib: u64,
     /// Peak resident memory (`VmHWM`), in KiB.
@@ -33,7 +37,7 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     };
     // utime and stime are fields 14 and 15 of the whole line (11 and 12 here), in
     // USER_HZ: 100 per second on every common configuration.
-    let ticks = field(11)? + field(12)?;
+    let (user, system) = (field(11)?, field(12)?);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kib = |key: &str| {
@@ -45,7 +49,9 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
             .unwrap_or(0)
     };
     Ok(Usage {
-        cpu_seconds: ticks as f64 / 100.0,
+        cpu_seconds: (user + system) as f64 / 100.0,
+        user_seconds: user as f64 / 100.0,
+        system_seconds: system as f64 / 100.0,
         rss_kib: kib("VmRSS:"),
         peak_rss_kib: kib("VmHWM:"),
         threads: field(17)?,

@@ -12,10 +12,13 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 async fn short_run(srv: &TestServer) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let pid = srv.pid()?.to_string();
     let config = Config::try_from_iter([
         "loadtest",
         "--host",
         srv.base_url(),
+        "--server-pid",
+        &pid,
         "--users",
         "50",
         "--run-time",
@@ -71,6 +74,15 @@ fn check(r: &Report) -> anyhow::Result<()> {
         "history duplicates or disorder"
     );
     ensure!(r.verdict.ok, "verdict: {:?}", r.verdict.problems);
+    // With the server's pid the report states what a delivery cost it.
+    let cost = r
+        .measured
+        .server_cost
+        .context("no server CPU per delivery in the report")?;
+    ensure!(
+        cost.user_us >= 0.0 && cost.kernel_us >= 0.0,
+        "negative CPU: {cost:?}"
+    );
     Ok(())
 }
 

@@ -183,10 +183,81 @@ pub struct Window {
     pub start_us: u64,
     #[serde(skip)]
     pub end_us: u64,
+    /// The server's CPU (user, kernel seconds) when the window opened and closed, when
+    /// the harness can read it.
+    #[serde(skip)]
+    pub cpu_start: Option<(f64, f64)>,
+    #[serde(skip)]
+    pub cpu_end: Option<(f64, f64)>,
 }
 
 impl Window {
     pub fn seconds(&self) -> f64 {
         self.end_us.saturating_sub(self.start_us) as f64 / 1e6
+    }
+
+    /// The server's (user, kernel) CPU seconds spent inside the window.
+    pub fn server_cpu(&self) -> Option<(f64, f64)> {
+        let ((u0, k0), (u1, k1)) = (self.cpu_start?, self.cpu_end?);
+        Some((u1 - u0, k1 - k0))
+    }
+}
+
+/// What the server spent per delivery, in microseconds of CPU.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct DeliveryCost {
+    pub user_us: f64,
+    pub kernel_us: f64,
+    pub total_us: f64,
+}
+
+impl DeliveryCost {
+    /// From the windows' CPU and the deliveries made in them; `None` without a reading.
+    pub fn of(windows: &[&Window], deliveries: u64) -> Option<Self> {
+        if deliveries == 0 {
+            return None;
+        }
+        let mut user = 0.0;
+        let mut kernel = 0.0;
+        for w in windows {
+            let (u, k) = w.server_cpu()?;
+            user += u;
+            kernel += k;
+        }
+        let per = |s: f64| s * 1e6 / deliveries as f64;
+        Some(Self {
+            user_us: per(user),
+            kernel_us: per(kernel),
+            total_us: per(user + kernel),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(cpu_start: (f64, f64), cpu_end: (f64, f64)) -> Window {
+        Window {
+            phase: 1,
+            rate_per_user: 1.0,
+            start_us: 0,
+            end_us: 1,
+            cpu_start: Some(cpu_start),
+            cpu_end: Some(cpu_end),
+        }
+    }
+
+    #[test]
+    fn delivery_cost_sums_the_windows() {
+        let a = window((1.0, 2.0), (1.5, 2.25));
+        let b = window((3.0, 3.0), (3.5, 3.75));
+        let cost = DeliveryCost::of(&[&a, &b], 1_000_000).expect("cost");
+        assert!((cost.user_us - 1.0).abs() < 1e-9);
+        assert!((cost.kernel_us - 1.0).abs() < 1e-9);
+        assert!((cost.total_us - 2.0).abs() < 1e-9);
+        let unread = Window { cpu_end: None, ..a };
+        assert_eq!(DeliveryCost::of(&[&unread], 10), None);
+        assert_eq!(DeliveryCost::of(&[&b], 0), None);
     }
 }

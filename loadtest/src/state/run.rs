@@ -37,6 +37,8 @@ pub struct Run {
     pub control: watch::Sender<Control>,
     pub stage: watch::Sender<Stage>,
     pub windows: Mutex<Vec<Window>>,
+    /// The server process whose CPU the windows sample, when it runs on this host.
+    pub server_pid: Option<u32>,
     /// Per user, per layer: the socket task's handle.
     pub sockets: Vec<Mutex<Option<crate::ws::SocketHandle>>>,
     pub message_filler: String,
@@ -48,6 +50,7 @@ impl Run {
         base_url: String,
         target: SocketAddr,
         sources: Sources,
+        server_pid: Option<u32>,
     ) -> Arc<Self> {
         let users = config.users();
         let plan = Plan::new(
@@ -109,6 +112,7 @@ impl Run {
             control,
             stage,
             windows: Mutex::new(Vec::new()),
+            server_pid,
             sockets,
             message_filler: filler,
             config,
@@ -184,14 +188,22 @@ impl Run {
         }
     }
 
+    /// The server's (user, kernel) CPU seconds now, if it can be read.
+    fn server_cpu(&self) -> Option<(f64, f64)> {
+        let usage = testkit::procfs::usage(self.server_pid?).ok()?;
+        Some((usage.user_seconds, usage.system_seconds))
+    }
+
     /// Opens a measured window (or capacity step) and tells every socket.
     pub fn begin_window(&self, phase: u16, rate_per_user: f64) {
         let now = self.now_us();
+        let cpu = self.server_cpu();
         {
             let mut windows = lock(&self.windows);
             if let Some(last) = windows.last_mut() {
                 if last.end_us == 0 {
                     last.end_us = now;
+                    last.cpu_end = cpu;
                 }
             }
             if phase > 0 {
@@ -200,6 +212,8 @@ impl Run {
                     rate_per_user,
                     start_us: now,
                     end_us: 0,
+                    cpu_start: cpu,
+                    cpu_end: None,
                 });
             }
         }
@@ -213,9 +227,11 @@ impl Run {
     /// Stops all chat and closes the last window.
     pub fn end_chat(&self) {
         let now = self.now_us();
+        let cpu = self.server_cpu();
         if let Some(last) = lock(&self.windows).last_mut() {
             if last.end_us == 0 {
                 last.end_us = now;
+                last.cpu_end = cpu;
             }
         }
         let mut control = *self.control.borrow();
