@@ -75,6 +75,8 @@ pub async fn run(module: &'static str, package: &str, args: &[String]) -> anyhow
     let python = python_with(module, package)?;
     let out = tokio::process::Command::new(python)
         .args(args)
+        // Tools keep caches in their working directory (schemathesis does): not here.
+        .current_dir(std::env::temp_dir())
         .kill_on_drop(true)
         .output()
         .await
