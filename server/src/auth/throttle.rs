@@ -56,8 +56,8 @@ impl LoginThrottle {
         let blocked = |key: &Key, limit: u32| {
             windows
                 .get(key)
-                .filter(|w| w.failures >= limit && now < w.started + self.window)
-                .map(|w| w.started + self.window - now)
+                .filter(|w| w.failures >= limit && now < self.ends(w))
+                .map(|w| self.ends(w) - now)
         };
         let pair = Key::Pair(address, username.to_owned());
         match blocked(&pair, self.per_pair)
@@ -74,7 +74,7 @@ impl LoginThrottle {
         let now = Instant::now();
         let mut windows = self.lock();
         if windows.len() > SWEEP_ABOVE {
-            windows.retain(|_, w| now < w.started + self.window);
+            windows.retain(|_, w| now < self.ends(w));
         }
         let address = bucket(address);
         for key in [
@@ -85,7 +85,7 @@ impl LoginThrottle {
                 started: now,
                 failures: 0,
             });
-            if now >= w.started + self.window {
+            if now >= self.ends(w) {
                 *w = Window {
                     started: now,
                     failures: 0,
@@ -99,6 +99,11 @@ impl LoginThrottle {
     pub fn succeeded(&self, address: IpAddr, username: &str) {
         self.lock()
             .remove(&Key::Pair(bucket(address), username.to_owned()));
+    }
+
+    /// When a window's count stops applying.
+    fn ends(&self, w: &Window) -> Instant {
+        w.started + self.window
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Window>> {

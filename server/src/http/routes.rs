@@ -126,9 +126,10 @@ pub fn find(path: &str) -> Option<(&'static Route, Vec<&str>)> {
 
 fn matches<'p>(route: &Route, path: &'p str, segments: &[&'p str]) -> Option<Vec<&'p str>> {
     let mut values = Vec::new();
-    let template: Vec<&str> = route.path.split('/').skip(1).collect();
-    for (i, part) in template.iter().enumerate() {
-        if *part == "*" {
+    let mut parts = 0;
+    // The template is walked in place: this runs for every request, against every route.
+    for (i, part) in route.path.split('/').skip(1).enumerate() {
+        if part == "*" {
             // Everything after the first `i` segments, slashes included.
             values.push(path.splitn(i + 2, '/').nth(i + 1).unwrap_or(""));
             return Some(values);
@@ -136,11 +137,12 @@ fn matches<'p>(route: &Route, path: &'p str, segments: &[&'p str]) -> Option<Vec
         let segment = *segments.get(i)?;
         if part.starts_with('{') {
             values.push(segment);
-        } else if *part != segment {
+        } else if part != segment {
             return None;
         }
+        parts += 1;
     }
-    (template.len() == segments.len()).then_some(values)
+    (parts == segments.len()).then_some(values)
 }
 
 #[cfg(test)]

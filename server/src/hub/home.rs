@@ -299,7 +299,7 @@ impl Hub {
             home.add(actor, shards);
             home.active_users()
         };
-        self.announce(conversation, actor, "joined", &active);
+        self.announce(conversation, actor.user, &actor.username, "joined", &active);
     }
 
     fn leave(&self, conversation: ConversationId, actor: &Actor) {
@@ -317,7 +317,7 @@ impl Hub {
             gone.then_some(active)
         };
         if let Some(active) = left {
-            self.announce(conversation, actor, "left", &active);
+            self.announce(conversation, actor.user, &actor.username, "left", &active);
         }
     }
 
@@ -351,22 +351,22 @@ impl Hub {
                 },
             );
         }
-        let content = format!("User {username} left the conversation");
-        let frame = ServerEvent::System {
-            content: &content,
-            sender_id: user,
-            active_users: &active,
-        }
-        .frame();
-        self.fanout(conversation, frame, None);
+        self.announce(conversation, user, &username, "left", &active);
     }
 
     /// The `system` event of a user joining or leaving, to everyone connected.
-    fn announce(&self, conversation: ConversationId, actor: &Actor, verb: &str, active: &[UserId]) {
-        let content = format!("User {} {verb} the conversation", actor.username);
+    fn announce(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        username: &str,
+        verb: &str,
+        active: &[UserId],
+    ) {
+        let content = format!("User {username} {verb} the conversation");
         let frame = ServerEvent::System {
             content: &content,
-            sender_id: actor.user,
+            sender_id: user,
             active_users: active,
         }
         .frame();

@@ -40,7 +40,7 @@ impl Hub {
             .entry(conn.conversation)
             .or_default()
             .push(Rc::clone(&conn));
-        let burst = self.app.config.ws_rate_burst;
+        let burst = config.ws_rate_burst;
         st.users
             .entry(conn.user)
             .or_insert_with(|| UserSlot {
@@ -147,7 +147,7 @@ impl Hub {
         );
     }
 
-    pub(super) fn to_home(&self, conn: &Outbox, reference: Option<String>, msg: HomeMsg) {
+    fn to_home(&self, conn: &Outbox, reference: Option<String>, msg: HomeMsg) {
         let actor = Actor {
             user: conn.user,
             username: Arc::clone(&conn.username),
