@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench -p benches --bench protocol`.
 
-use chat_server::ids::{ConversationId, MessageId, UserId};
+use chat_server::ids::{ConversationId, MessageId, Seq, UserId};
 use chat_server::protocol::{self, ServerEvent};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -47,6 +47,8 @@ fn encode(c: &mut Criterion) {
         sender_username: "alice",
         timestamp: "2026-02-04T10:30:00.123456Z",
         is_edited: false,
+        seq: Seq(42),
+        client_id: Some("c-1f3a"),
     };
     let mut group = c.benchmark_group("encode message event");
     group.throughput(Throughput::Elements(1));

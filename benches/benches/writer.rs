@@ -13,7 +13,7 @@ use benches::ScratchDatabase;
 use chat_server::ids::{now_micros, ConversationId, MessageIdGen, UserId};
 use chat_server::store::writer::{self, BatchPolicy};
 use chat_server::store::{ConversationRecord, NewMessage, PostgresStore, Store, UserRecord};
-use chat_server::text::Content;
+use chat_server::text::{ClientId, Content};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const BATCH: usize = 1000;
@@ -85,6 +85,8 @@ impl Fixture {
                     ))
                     .expect("valid content"),
                     created_at: at,
+                    // Every send carries its idempotency key, as the harness's do.
+                    client_id: Some(ClientId::parse(&format!("send-{n}")).expect("client id")),
                 }
             })
             .collect()
@@ -169,7 +171,7 @@ fn writer_throughput(c: &mut Criterion) {
                     let reported = reported.clone();
                     handle.submit(
                         message,
-                        Box::new(move |result| {
+                        Box::new(move |_, result| {
                             let _ = reported.send(result);
                         }),
                     );

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use futures_util::task::AtomicWaker;
 
-use crate::ids::{ConversationId, UserId};
+use crate::ids::{ConversationId, Seq, UserId};
 use crate::protocol::ClientEvent;
 use crate::store::writer::CommitResult;
+use crate::store::NewMessage;
 
 /// Which connection, on which shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,8 +35,8 @@ pub struct Actor {
 #[derive(Debug)]
 pub enum HomeMsg {
     /// A connection opened in the conversation; its membership was read after
-    /// `checked_at`.
-    Join { checked_at: Instant },
+    /// `checked_at`, when the conversation's stream stood at `position`.
+    Join { checked_at: Instant, position: Seq },
     /// A connection closed.
     Leave,
     /// A validated client event to order, persist or relay.
@@ -50,13 +51,17 @@ pub enum ShardMsg {
         actor: Actor,
         msg: HomeMsg,
     },
-    /// From the writer to the home shard: a message's batch committed or failed.
+    /// From the writer to the home shard: what became of a message.
     Committed {
         conversation: ConversationId,
         actor: Actor,
-        frame: Bytes,
+        message: NewMessage,
         result: CommitResult,
     },
+    /// From the home to a joining connection's shard, before anything delivered after
+    /// its join: the connection is live from position `seq` (what it was sent before
+    /// is not its to see; a resuming one is replayed up to `seq`).
+    Joined { conn: u64, seq: Seq },
     /// To every shard with connections in the conversation: write `frame` to each,
     /// except those of `skip` (typing goes to the others only).
     Deliver {

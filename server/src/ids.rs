@@ -1,8 +1,9 @@
-//! Identifier newtypes and the wire timestamp format.
+//! Identifier newtypes, stream positions (`Seq`) and the wire timestamp format.
 //!
 //! Ids are UUIDs on the inside and opaque strings on the wire. Message ids are
-//! time-ordered (UUIDv7) so that sorting by id is sorting by commit order within a
-//! conversation; `MessageIdGen` keeps them strictly increasing per home shard.
+//! time-ordered (UUIDv7); `MessageIdGen` keeps them strictly increasing per home shard.
+//! The order of a conversation is its stream position, not its ids: `Seq` is assigned
+//! inside the commit, so it is the order of history by construction.
 
 use std::fmt;
 use std::str::FromStr;
@@ -52,6 +53,36 @@ id_type!(
     /// A chat message; time-ordered (UUIDv7).
     MessageId
 );
+
+/// A position in a conversation's stream. Every persisted event of a conversation
+/// (message, edit, delete, reaction) takes the next one: 1, 2, 3, ... with no gaps.
+/// `Seq(0)` is the position of a conversation nothing has happened in yet.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+
+    /// As the stores keep it (a signed 64-bit column).
+    pub fn to_db(self) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX)
+    }
+
+    pub fn from_db(value: i64) -> Self {
+        Self(u64::try_from(value).unwrap_or(0))
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Generates strictly increasing UUIDv7 message ids on one shard, even when the
 /// clock stalls or steps back within the process.

@@ -1,7 +1,7 @@
-//! Validated text from the edges: usernames, passwords and message content. Each type
-//! has a private field and is built only by `parse`, so whoever holds one holds a value
-//! that passed the rules; the rules live here and nowhere else. Layer 1: imports
-//! nothing of the crate.
+//! Validated text from the edges: usernames, passwords, message content and client
+//! ids. Each type has a private field and is built only by `parse`, so whoever holds
+//! one holds a value that passed the rules; the rules live here and nowhere else.
+//! Layer 1: imports nothing of the crate.
 
 use std::fmt;
 
@@ -92,6 +92,36 @@ impl Content {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// The longest `client_id`, in characters.
+pub const CLIENT_ID_MAX_CHARS: usize = 64;
+
+/// A client's own id for one send (`client_id`): 1-64 characters, no NUL. A repeat of
+/// it by the same sender in the same conversation is the same message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub fn parse(id: &str) -> Result<Self, &'static str> {
+        let n = id.chars().count();
+        if n == 0 || n > CLIENT_ID_MAX_CHARS || id.contains('\0') {
+            return Err("client_id must be 1-64 characters");
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 

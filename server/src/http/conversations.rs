@@ -14,7 +14,7 @@ use super::{empty, json, request, Reply};
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};
-use crate::store::{ConversationRecord, Store};
+use crate::store::{ConversationRecord, Page, Store};
 
 const NAME_MAX: usize = 200;
 const DESCRIPTION_MAX: usize = 2000;
@@ -296,6 +296,24 @@ pub async fn remove_participant(
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
+/// A history anchor (`before`, `after`): absent, or a message id. Ids are opaque, so a
+/// malformed one is merely unknown (404); an empty one is no id at all (422).
+fn anchor(req: &Request<Incoming>, name: &'static str) -> Result<Option<MessageId>, ApiError> {
+    match request::query_param(req, name) {
+        None => Ok(None),
+        Some(raw) if raw.trim().is_empty() => Err(ApiError::field(
+            "query",
+            name,
+            "string_too_short",
+            format!("{name} must be a message id"),
+        )),
+        Some(raw) => raw
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::NotFound("Message not found".into())),
+    }
+}
+
 /// Message history, oldest first; deleted messages are absent.
 #[utoipa::path(
     get,
@@ -305,11 +323,11 @@ pub async fn remove_participant(
     security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid, description = "Conversation id"), HistoryQuery),
     responses(
-        (status = 200, description = "At most `limit` messages, the newest ones older than `before` when given, oldest first", body = Vec<MessageOut>),
+        (status = 200, description = "At most `limit` messages, oldest first: the newest ones (older than `before` when given), or with `after` the oldest ones newer than it", body = Vec<MessageOut>),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 403, description = "The caller is not a participant", body = ErrorBody),
-        (status = 404, description = "No such conversation, or `before` names no message", body = ErrorBody),
-        (status = 422, description = "`limit` not an integer from 1 to 100, or `before` empty", body = ErrorBody),
+        (status = 404, description = "No such conversation, or `before` or `after` names no message of it", body = ErrorBody),
+        (status = 422, description = "`limit` not an integer from 1 to 100, or `before` or `after` empty", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
@@ -331,32 +349,23 @@ pub async fn history(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str)
                 )
             })?,
     };
-    let before_raw = request::query_param(&req, "before");
-    if before_raw.as_deref().is_some_and(|b| b.trim().is_empty()) {
-        // Ids are opaque, so a malformed one is merely unknown (404); an empty one is
-        // no id at all.
-        return Err(ApiError::field(
-            "query",
-            "before",
-            "string_too_short",
-            "before must be a message id",
-        ));
-    }
-    let message_not_found = || ApiError::NotFound("Message not found".into());
-    let before: Option<MessageId> = match &before_raw {
-        None => None,
-        Some(raw) => Some(raw.parse().map_err(|_| message_not_found())?),
-    };
+    let before = anchor(&req, "before")?;
+    let after = anchor(&req, "after")?;
     let conversation = member_of(shard, me, id).await?;
     let conversation_id = conversation.id;
     let page = shard
         .app
         .db
         .call(move |s: std::sync::Arc<dyn Store>| async move {
-            s.history(conversation_id, limit, before).await
+            let page = Page {
+                limit,
+                before,
+                after,
+            };
+            s.history(conversation_id, page).await
         })
         .await?
-        .ok_or_else(message_not_found)?;
+        .ok_or_else(|| ApiError::NotFound("Message not found".into()))?;
     let out: Vec<MessageOut> = page.into_iter().map(MessageOut::from).collect();
     Ok(json(StatusCode::OK, &out))
 }

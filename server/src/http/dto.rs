@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::ToSchema;
 
-use crate::ids::timestamp;
+use crate::ids::{timestamp, Seq};
 use crate::store::{ConversationRecord, MessageRecord, UserRecord};
 
 /// Body of register and login.
@@ -135,6 +135,10 @@ pub struct MessageOut {
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: DateTime<Utc>,
+    /// The message's position in the conversation's stream (the `seq` of its
+    /// `message` event); history is in this order.
+    #[schema(value_type = u64, minimum = 1)]
+    pub seq: Seq,
 }
 
 impl From<MessageRecord> for MessageOut {
@@ -148,6 +152,7 @@ impl From<MessageRecord> for MessageOut {
             is_edited: m.is_edited,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            seq: m.seq,
         }
     }
 }
@@ -192,6 +197,10 @@ pub struct HistoryQuery {
     /// Only messages older than this message id; the newest page when absent.
     #[param(value_type = Option<String>, format = Uuid)]
     pub before: Option<String>,
+    /// Only messages newer than this message id, the oldest of them first: pages
+    /// forward. With `before` too, the messages between the two.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub after: Option<String>,
 }
 
 /// The `detail` of an error body: a message, or on 422 FastAPI's list of field errors.

@@ -87,8 +87,11 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         }
         (Endpoint::Messages, _) => conversations::history(shard, req, value(0)).await,
         (Endpoint::WebSocket, _) => {
-            let token = query_param(&req, "token");
-            crate::ws::upgrade(shard, req, value(0), token).await
+            let query = crate::ws::Query {
+                token: query_param(&req, "token"),
+                since: query_param(&req, "since"),
+            };
+            crate::ws::upgrade(shard, req, value(0), query).await
         }
         (Endpoint::Health, _) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (Endpoint::Ready, _) => docs::ready(shard).await,

@@ -1,10 +1,11 @@
 //! The home role of a shard's hub: for the conversations hashed to this shard, the
-//! single writer of their order. It assigns message ids, hands messages to the batched
-//! writer, and only when the batch commits sends the `message` event, encoded once, to
-//! every shard with a connection in the conversation. It persists edits, deletes and
-//! reactions, and it is the one place that knows who is connected where: presence
-//! (`active_users`), which shards to fan out to, and which sockets to close when a
-//! participant is removed.
+//! single source of their delivery order. It assigns message ids, hands messages to the
+//! batched writer, persists edits, deletes and reactions, and only once a commit has
+//! given the event its stream position sends it, encoded once, to every shard with a
+//! connection in the conversation, in position order (`stream`). It is the one place
+//! that knows who is connected where: presence (`active_users`), which shards to fan
+//! out to, which sockets to close when a participant is removed, and from which
+//! position each joining connection is live.
 //!
 //! It never touches a socket: everything it says goes out through the bus.
 
@@ -16,12 +17,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::stream::{self, Stream};
 use super::Hub;
-use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
-use crate::ids::{format_timestamp, now_micros, ConversationId, UserId};
+use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, ShardMsg};
+use crate::ids::{now_micros, ConversationId, Seq, UserId};
 use crate::protocol::{ClientEvent, ServerEvent};
-use crate::store::{ChangeOutcome, NewMessage, ReactionOutcome, Store, StoreError};
-use crate::text::Content;
+use crate::store::writer::CommitResult;
+use crate::store::{
+    ChangeOutcome, NewMessage, ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind,
+};
+use crate::text::{ClientId, Content};
+
+/// What a sender hears when its message's commit failed and it gave a `client_id`: the
+/// commit may have happened, and resending is safe.
+const MAY_NOT_BE_SAVED: &str = "Message may not have been saved; resend with the same client_id";
 
 /// How long a removal is remembered against connections admitted before it. Admission
 /// reads membership and registers within one store call's deadline, far below this.
@@ -35,7 +44,6 @@ struct Present {
 }
 
 /// What a home shard knows about one of its conversations.
-#[derive(Default)]
 pub(super) struct Home {
     /// Connections per shard, indexed by shard.
     shards: Vec<u32>,
@@ -43,11 +51,45 @@ pub(super) struct Home {
     users: Vec<Present>,
     /// Every connection in the conversation, and whose it is.
     conns: HashMap<ConnAddr, UserId>,
+    pub(super) stream: Stream,
 }
 
 impl Home {
-    fn is_empty(&self) -> bool {
-        self.conns.is_empty()
+    fn new(position: Seq) -> Self {
+        Self {
+            shards: Vec::new(),
+            users: Vec::new(),
+            conns: HashMap::new(),
+            stream: Stream::new(position),
+        }
+    }
+
+    /// Nobody is connected and nothing is under way: the conversation can be forgotten.
+    pub(super) fn is_idle(&self) -> bool {
+        self.conns.is_empty() && self.stream.is_idle()
+    }
+
+    /// Sends `frame` to every shard with a connection in the conversation, except to
+    /// the connections of `skip`.
+    pub(super) fn deliver(
+        &self,
+        bus: &Bus,
+        conversation: ConversationId,
+        frame: &Bytes,
+        skip: Option<UserId>,
+    ) {
+        for (shard, n) in self.shards.iter().enumerate() {
+            if *n > 0 {
+                bus.post(
+                    shard,
+                    ShardMsg::Deliver {
+                        conversation,
+                        frame: frame.clone(),
+                        skip,
+                    },
+                );
+            }
+        }
     }
 
     fn active_users(&self) -> Vec<UserId> {
@@ -134,7 +176,10 @@ impl Homes {
 impl Hub {
     pub(super) fn home(self: &Rc<Self>, conversation: ConversationId, actor: Actor, msg: HomeMsg) {
         match msg {
-            HomeMsg::Join { checked_at } => self.join(conversation, &actor, checked_at),
+            HomeMsg::Join {
+                checked_at,
+                position,
+            } => self.join(conversation, &actor, checked_at, position),
             HomeMsg::Leave => self.leave(conversation, &actor),
             HomeMsg::Event(event) => {
                 // Events from a connection the home does not know (its user was just
@@ -157,7 +202,9 @@ impl Hub {
         match event {
             // Answered by the connection's own shard; never sent home.
             ClientEvent::Ping | ClientEvent::Auth { .. } => {}
-            ClientEvent::Message { content } => self.post(conversation, actor, content),
+            ClientEvent::Message { content, client_id } => {
+                self.post(conversation, actor, content, client_id);
+            }
             ClientEvent::Typing => {
                 let frame = ServerEvent::Typing {
                     sender_id: actor.user,
@@ -189,17 +236,12 @@ impl Hub {
                             .await
                             .map(|o| (o, content))
                     },
-                    move |_, (outcome, content)| {
-                        changed(outcome, "You can only edit your own messages")?;
-                        let ts = format_timestamp(&at);
-                        Ok(ServerEvent::Edit {
-                            message_id,
-                            content: content.as_str(),
-                            sender_id: user,
-                            is_edited: true,
-                            timestamp: &ts,
-                        }
-                        .frame())
+                    move |(outcome, content)| {
+                        let seq = changed(outcome, "You can only edit your own messages")?;
+                        let kind = StreamKind::Edit {
+                            content: content.into_string(),
+                        };
+                        Ok((seq, message_id, at, kind))
                     },
                     "Message could not be edited, please retry",
                 );
@@ -210,10 +252,9 @@ impl Hub {
                     conversation,
                     actor,
                     move |s| async move { s.delete_message(conversation, message_id, user, at).await },
-                    move |_, outcome| {
-                        changed(outcome, "You can only delete your own messages")?;
-                        let ts = format_timestamp(&at);
-                        Ok(ServerEvent::Delete { message_id, sender_id: user, timestamp: &ts }.frame())
+                    move |outcome| {
+                        let seq = changed(outcome, "You can only delete your own messages")?;
+                        Ok((seq, message_id, at, StreamKind::Delete))
                     },
                     "Message could not be deleted, please retry",
                 );
@@ -228,20 +269,15 @@ impl Hub {
                             .await
                             .map(|o| (o, emoji))
                     },
-                    move |actor, (outcome, emoji)| {
-                        let action = match outcome {
-                            ReactionOutcome::Added => "added",
-                            ReactionOutcome::Removed => "removed",
+                    move |(outcome, emoji)| {
+                        let (seq, added) = match outcome {
+                            ReactionOutcome::Added(seq) => (seq, true),
+                            ReactionOutcome::Removed(seq) => (seq, false),
                             ReactionOutcome::NotFound => return Err("Message not found"),
                         };
-                        Ok(ServerEvent::Reaction {
-                            message_id,
-                            emoji: &emoji,
-                            sender_id: user,
-                            sender_username: &actor.username,
-                            action,
-                        }
-                        .frame())
+                        // Reaction events carry no time; this one is never shown.
+                        let kind = StreamKind::Reaction { emoji, added };
+                        Ok((seq, message_id, now_micros(), kind))
                     },
                     "Reaction could not be saved, please retry",
                 );
@@ -249,38 +285,86 @@ impl Hub {
         }
     }
 
-    /// Persists a change off the shard, then broadcasts what `render` makes of the
-    /// outcome, or tells the actor why not.
+    /// Persists a change off the shard, then publishes what `outcome` makes of the
+    /// result (the event's position, message, time and kind), or tells the actor why
+    /// not.
     fn change<T, F, Fut>(
         self: &Rc<Self>,
         conversation: ConversationId,
         actor: Actor,
         work: F,
-        render: impl FnOnce(&Actor, T) -> Result<Bytes, &'static str> + 'static,
+        outcome: impl FnOnce(
+                T,
+            ) -> Result<
+                (
+                    Seq,
+                    crate::ids::MessageId,
+                    chrono::DateTime<chrono::Utc>,
+                    StreamKind,
+                ),
+                &'static str,
+            > + 'static,
         failure: &'static str,
     ) where
         T: Send + 'static,
         F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.begin_commit(conversation);
         let hub = Rc::clone(self);
         monoio::spawn(async move {
-            match hub.app.db.call(work).await {
-                Ok(outcome) => match render(&actor, outcome) {
-                    Ok(frame) => hub.fanout(conversation, frame, None),
-                    Err(detail) => hub.reply_error(&actor, detail),
-                },
+            let result = hub.app.db.call(work).await;
+            hub.end_commit(conversation, &result);
+            match result.map(outcome) {
+                Ok(Ok((seq, message_id, at, kind))) => {
+                    let e = StreamEvent {
+                        seq,
+                        message_id,
+                        user_id: actor.user,
+                        username: actor.username.to_string(),
+                        at,
+                        kind,
+                    };
+                    return hub.publish(conversation, &e);
+                }
+                Ok(Err(detail)) => hub.reply_error(&actor, detail),
                 Err(e) => {
                     tracing::warn!(error = %e, %conversation, "change not persisted");
                     hub.reply_error(&actor, failure);
                 }
             }
+            hub.settle(conversation);
         });
     }
 
-    fn join(&self, conversation: ConversationId, actor: &Actor, checked_at: Instant) {
+    fn begin_commit(&self, conversation: ConversationId) {
+        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+            home.stream.begin_commit();
+        }
+    }
+
+    /// A commit was reported: one whose outcome is unknown (the store stopped
+    /// answering) may still have taken a position.
+    fn end_commit<T, E: std::borrow::Borrow<StoreError>>(
+        &self,
+        conversation: ConversationId,
+        result: &Result<T, E>,
+    ) {
+        let unknown = matches!(result, Err(e) if matches!(e.borrow(), StoreError::Unavailable(_)));
+        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+            home.stream.end_commit(unknown);
+        }
+    }
+
+    fn join(
+        self: &Rc<Self>,
+        conversation: ConversationId,
+        actor: &Actor,
+        checked_at: Instant,
+        position: Seq,
+    ) {
         let shards = self.app.bus.shards();
-        let active = {
+        let (active, seq) = {
             let mut st = self.state.borrow_mut();
             if st.homes.was_revoked(conversation, actor.user, checked_at) {
                 // Admitted on a membership read that may predate the removal.
@@ -295,48 +379,74 @@ impl Hub {
                 );
                 return;
             }
-            let home = st.homes.live.entry(conversation).or_default();
+            // A conversation the home does not hold has nothing in flight, so the
+            // position admission read is where its stream stands.
+            let home = st
+                .homes
+                .live
+                .entry(conversation)
+                .or_insert_with(|| Home::new(position));
+            home.stream.behind(position);
             home.add(actor, shards);
-            home.active_users()
+            (home.active_users(), home.stream.position())
         };
-        self.announce(conversation, actor.user, &actor.username, "joined", &active);
+        // Before the announcement, on the same road: the connection is live from here.
+        self.app.bus.post(
+            actor.conn.shard,
+            ShardMsg::Joined {
+                conn: actor.conn.conn,
+                seq,
+            },
+        );
+        self.announce(
+            conversation,
+            actor.user,
+            &actor.username,
+            "joined",
+            &active,
+            Some(seq),
+        );
+        self.settle(conversation);
     }
 
-    fn leave(&self, conversation: ConversationId, actor: &Actor) {
+    fn leave(self: &Rc<Self>, conversation: ConversationId, actor: &Actor) {
         let left = {
             let mut st = self.state.borrow_mut();
             let Some(home) = st.homes.live.get_mut(&conversation) else {
                 return;
             };
-            let gone = home.remove(actor.conn);
-            let active = home.active_users();
-            if home.is_empty() {
-                st.homes.live.remove(&conversation);
-            }
             // A user with another tab still open has not left.
-            gone.then_some(active)
+            home.remove(actor.conn).then(|| home.active_users())
         };
         if let Some(active) = left {
-            self.announce(conversation, actor.user, &actor.username, "left", &active);
+            self.announce(
+                conversation,
+                actor.user,
+                &actor.username,
+                "left",
+                &active,
+                None,
+            );
         }
+        self.settle(conversation);
     }
 
     /// `user` was removed from the conversation: close their sockets on every shard,
     /// before anything said after the removal is delivered, and tell the others they
     /// left.
-    pub(super) fn revoke_at_home(&self, conversation: ConversationId, user: UserId, at: Instant) {
+    pub(super) fn revoke_at_home(
+        self: &Rc<Self>,
+        conversation: ConversationId,
+        user: UserId,
+        at: Instant,
+    ) {
         let (gone, active) = {
             let mut st = self.state.borrow_mut();
             st.homes.remember_revocation(conversation, user, at);
             let Some(home) = st.homes.live.get_mut(&conversation) else {
                 return;
             };
-            let gone = home.remove_user(user);
-            let active = home.active_users();
-            if home.is_empty() {
-                st.homes.live.remove(&conversation);
-            }
-            (gone, active)
+            (home.remove_user(user), home.active_users())
         };
         let Some((username, shards)) = gone else {
             return;
@@ -351,10 +461,12 @@ impl Hub {
                 },
             );
         }
-        self.announce(conversation, user, &username, "left", &active);
+        self.announce(conversation, user, &username, "left", &active, None);
+        self.settle(conversation);
     }
 
-    /// The `system` event of a user joining or leaving, to everyone connected.
+    /// The `system` event of a user joining (with the position they join at) or
+    /// leaving, to everyone connected.
     fn announce(
         &self,
         conversation: ConversationId,
@@ -362,53 +474,51 @@ impl Hub {
         username: &str,
         verb: &str,
         active: &[UserId],
+        seq: Option<Seq>,
     ) {
         let content = format!("User {username} {verb} the conversation");
         let frame = ServerEvent::System {
             content: &content,
             sender_id: user,
             active_users: active,
+            seq,
         }
         .frame();
         self.fanout(conversation, frame, None);
     }
 
-    fn post(&self, conversation: ConversationId, actor: Actor, content: Content) {
+    fn post(
+        &self,
+        conversation: ConversationId,
+        actor: Actor,
+        content: Content,
+        client_id: Option<ClientId>,
+    ) {
         if self.app.writer.queued() >= self.app.config.writer_queue_limit {
             return self.reply_error(&actor, "Server busy, message not sent; please retry");
         }
         let created_at = now_micros();
         let id = self.state.borrow_mut().ids.next(created_at);
-        let timestamp = format_timestamp(&created_at);
-        // Encoded once, before the commit: the commit changes nothing in it.
-        let frame = ServerEvent::Message {
-            message_id: id,
-            conversation_id: conversation,
-            content: content.as_str(),
-            sender_id: actor.user,
-            sender_username: &actor.username,
-            timestamp: &timestamp,
-            is_edited: false,
-        }
-        .frame();
         let message = NewMessage {
             id,
             conversation_id: conversation,
             sender_id: actor.user,
             content,
             created_at,
+            client_id,
         };
+        self.begin_commit(conversation);
         let bus = Arc::clone(&self.app.bus);
         let home = self.shard;
         self.app.writer.submit(
             message,
-            Box::new(move |result| {
+            Box::new(move |message, result| {
                 bus.post(
                     home,
                     ShardMsg::Committed {
                         conversation,
                         actor,
-                        frame,
+                        message,
                         result,
                     },
                 );
@@ -416,23 +526,76 @@ impl Hub {
         );
     }
 
-    /// Sends `frame` to every shard with a connection in the conversation.
-    pub(super) fn fanout(&self, conversation: ConversationId, frame: Bytes, skip: Option<UserId>) {
-        let st = self.state.borrow();
-        let Some(home) = st.homes.live.get(&conversation) else {
-            return;
+    /// The writer reported a message: published at its position, answered with the
+    /// original when it was a repeat, or the sender is told it failed.
+    pub(super) fn committed(
+        self: &Rc<Self>,
+        conversation: ConversationId,
+        actor: Actor,
+        message: NewMessage,
+        result: CommitResult,
+    ) {
+        self.end_commit(conversation, &result);
+        let NewMessage {
+            id,
+            content,
+            created_at,
+            client_id,
+            ..
+        } = message;
+        let client_id = client_id.map(ClientId::into_string);
+        let event = |seq, message_id, at, content| StreamEvent {
+            seq,
+            message_id,
+            user_id: actor.user,
+            username: actor.username.to_string(),
+            at,
+            kind: StreamKind::Message {
+                content,
+                client_id: client_id.clone(),
+            },
         };
-        for (shard, n) in home.shards.iter().enumerate() {
-            if *n > 0 {
+        match result {
+            Ok(Stored::New(seq)) => {
+                return self.publish(
+                    conversation,
+                    &event(seq, id, created_at, content.into_string()),
+                );
+            }
+            Ok(Stored::Duplicate(original)) => {
+                // Only the sender hears of a repeat: everyone saw the original already.
+                let ack = event(
+                    original.seq,
+                    original.id,
+                    original.created_at,
+                    original.content,
+                );
                 self.app.bus.post(
-                    shard,
-                    ShardMsg::Deliver {
-                        conversation,
-                        frame: frame.clone(),
-                        skip,
+                    actor.conn.shard,
+                    ShardMsg::Direct {
+                        conn: actor.conn.conn,
+                        frame: stream::frame(conversation, &ack),
                     },
                 );
             }
+            Ok(Stored::Gone) => self.reply_error(&actor, "Conversation not found"),
+            Err(e) => {
+                tracing::warn!(error = %e, %conversation, "message not committed");
+                let detail = if client_id.is_some() {
+                    MAY_NOT_BE_SAVED
+                } else {
+                    "Message could not be saved, please retry"
+                };
+                self.reply_error(&actor, detail);
+            }
+        }
+        self.settle(conversation);
+    }
+
+    /// Sends `frame` (not a stream event) to every connection in the conversation.
+    pub(super) fn fanout(&self, conversation: ConversationId, frame: Bytes, skip: Option<UserId>) {
+        if let Some(home) = self.state.borrow().homes.live.get(&conversation) {
+            home.deliver(&self.app.bus, conversation, &frame, skip);
         }
     }
 
@@ -452,10 +615,10 @@ impl Hub {
     }
 }
 
-/// An edit or delete outcome as the error the actor gets, if any.
-fn changed(outcome: ChangeOutcome, not_sender: &'static str) -> Result<(), &'static str> {
+/// An edit or delete outcome: its position, or the error the actor gets.
+fn changed(outcome: ChangeOutcome, not_sender: &'static str) -> Result<Seq, &'static str> {
     match outcome {
-        ChangeOutcome::Done => Ok(()),
+        ChangeOutcome::Done(seq) => Ok(seq),
         ChangeOutcome::NotFound => Err("Message not found"),
         ChangeOutcome::NotSender => Err(not_sender),
     }

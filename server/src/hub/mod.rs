@@ -3,8 +3,11 @@
 //! - Local registry (`registry`): this shard's WebSocket connections by conversation,
 //!   fed by the bus with ready-made frames to write (`Deliver`, `Direct`), closed when
 //!   their user loses access (`Revoked`), visited by the heartbeat.
-//! - Home (`home`): for the conversations hashed to this shard, the single writer of
-//!   their order and the one place that knows who is connected.
+//! - Home (`home`): for the conversations hashed to this shard, the single source of
+//!   their delivery order (`stream`: position order, gaps read back from the store)
+//!   and the one place that knows who is connected.
+//! - Replay (`replay`): a resuming connection's missed events, from the store, before
+//!   its live ones.
 //!
 //! Everything here runs on the shard's own thread; state sits in a `RefCell` that is
 //! never borrowed across an await.
@@ -13,6 +16,8 @@ mod home;
 pub mod outbox;
 mod ratelimit;
 mod registry;
+mod replay;
+pub mod stream;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,7 +27,7 @@ use std::time::Instant;
 
 use crate::app::App;
 use crate::bus::ShardMsg;
-use crate::ids::{ConversationId, MessageIdGen, UserId};
+use crate::ids::{ConversationId, MessageIdGen, Seq, UserId};
 use crate::protocol::Close;
 use home::Homes;
 use outbox::Outbox;
@@ -60,6 +65,21 @@ pub struct Admitted {
     /// Taken before membership was read: a removal committed after this instant may
     /// not have been seen, so the home checks it against its recent removals.
     pub checked_at: Instant,
+    /// The conversation's stream position read with the membership.
+    pub position: Seq,
+    /// What the client asked for on connect (`since`).
+    pub resume: Resume,
+}
+
+/// A connection's `since`: where the client's copy of the stream ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// No `since`: live from the join on.
+    Fresh,
+    /// Replay every event after this position first.
+    Since(Seq),
+    /// A `since` that is not a position; the client is told so and joins live.
+    Invalid,
 }
 
 /// Why an incoming event was not taken; the text is the `error` event's detail.
@@ -95,7 +115,7 @@ impl Hub {
                 let st = self.state.borrow();
                 for conn in st.by_conversation.get(&conversation).into_iter().flatten() {
                     if skip != Some(conn.user) {
-                        conn.push(frame.clone());
+                        conn.deliver(&frame);
                     }
                 }
             }
@@ -129,15 +149,10 @@ impl Hub {
             ShardMsg::Committed {
                 conversation,
                 actor,
-                frame,
+                message,
                 result,
-            } => match result {
-                Ok(()) => self.fanout(conversation, frame, None),
-                Err(e) => {
-                    tracing::warn!(error = %e, %conversation, "message not committed");
-                    self.reply_error(&actor, "Message could not be saved, please retry");
-                }
-            },
+            } => self.committed(conversation, actor, message, result),
+            ShardMsg::Joined { conn, seq } => self.joined(conn, seq),
             ShardMsg::Shutdown => {}
         }
     }

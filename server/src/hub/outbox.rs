@@ -4,6 +4,10 @@
 //! queued into one write. A connection that overflows is condemned, its queue freed,
 //! and its writer closes it with 1013.
 //!
+//! Deliveries (events of the conversation) pass through the connection's place in the
+//! stream first: dropped before its join reached the home (they predate it), held
+//! while its missed events are replayed, queued once live.
+//!
 //! It also keeps what the shard's heartbeat needs: when the client was last heard
 //! from, when it was last pinged, and when its token expires. The heartbeat visits
 //! every connection from one task per shard (`Outbox::beat`), so an idle connection
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::Resume;
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::{Close, PING_FRAME};
 
@@ -29,6 +34,19 @@ enum State {
     /// The connection is to be closed now, with what is queued dropped: the client
     /// fell too far behind, or stopped answering.
     Condemned(Close),
+}
+
+/// Where a connection stands in its conversation's stream.
+#[derive(Debug)]
+enum Phase {
+    /// Its join has not reached the home: what is delivered predates it.
+    Joining(Resume),
+    /// Its missed events are being replayed: deliveries wait behind them, in order.
+    Holding {
+        held: Vec<Bytes>,
+        bytes: usize,
+    },
+    Live,
 }
 
 pub struct Outbox {
@@ -49,6 +67,7 @@ pub struct Outbox {
     closing_since: Cell<Instant>,
     /// Unix time (seconds) at which the socket's token expires.
     expires_at: Cell<u64>,
+    phase: RefCell<Phase>,
 }
 
 /// How long a queued close frame may wait for a client that does not read before the
@@ -80,6 +99,7 @@ impl Outbox {
         limit: usize,
         expires_at: u64,
         ping_phase: Duration,
+        resume: Resume,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -98,7 +118,66 @@ impl Outbox {
             last_ping: Cell::new(now.checked_sub(ping_phase).unwrap_or(now)),
             closing_since: Cell::new(now),
             expires_at: Cell::new(expires_at),
+            phase: RefCell::new(Phase::Joining(resume)),
         }
+    }
+
+    /// Takes an event of the conversation, as its place in the stream allows.
+    pub fn deliver(&self, frame: &Bytes) {
+        let mut phase = self.phase.borrow_mut();
+        match &mut *phase {
+            Phase::Joining(_) => {}
+            Phase::Live => {
+                drop(phase);
+                self.push(frame.clone());
+            }
+            Phase::Holding { held, bytes } => {
+                *bytes += frame.len();
+                if *bytes + self.queued_bytes.get() > self.limit {
+                    *phase = Phase::Live;
+                    drop(phase);
+                    self.condemn(Close::TooFarBehind);
+                } else {
+                    held.push(frame.clone());
+                }
+            }
+        }
+    }
+
+    /// The home has the connection: from now on deliveries are its own, held until
+    /// `go_live`. Returns what the client asked for on connect (once).
+    pub fn joined(&self) -> Option<Resume> {
+        let mut phase = self.phase.borrow_mut();
+        let Phase::Joining(resume) = &*phase else {
+            return None;
+        };
+        let resume = resume.clone();
+        *phase = Phase::Holding {
+            held: Vec::new(),
+            bytes: 0,
+        };
+        Some(resume)
+    }
+
+    /// Queues what was held (after whatever was pushed meanwhile: the replay), then
+    /// takes deliveries as they come.
+    pub fn go_live(&self) {
+        let previous = std::mem::replace(&mut *self.phase.borrow_mut(), Phase::Live);
+        if let Phase::Holding { held, .. } = previous {
+            for frame in held {
+                self.push(frame);
+            }
+        }
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn backlog(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
+    /// The byte budget of the queue.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Queues a frame. Past the byte budget the connection is condemned instead.
@@ -229,11 +308,6 @@ impl Outbox {
         })
         .await
     }
-
-    #[cfg(test)]
-    fn queued_bytes(&self) -> usize {
-        self.queued_bytes.get()
-    }
 }
 
 #[cfg(test)]
@@ -249,6 +323,7 @@ mod tests {
             limit,
             u64::MAX,
             Duration::ZERO,
+            Resume::Fresh,
         )
     }
 
@@ -267,7 +342,7 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(block_on(c.next(&mut batch)), Next::Write { last: false });
         assert_eq!(batch.len(), 2);
-        assert_eq!(c.queued_bytes(), 0);
+        assert_eq!(c.backlog(), 0);
     }
 
     #[test]
@@ -275,7 +350,7 @@ mod tests {
         let c = conn(10);
         c.push(Bytes::from(vec![0; 8]));
         c.push(Bytes::from(vec![0; 8]));
-        assert_eq!(c.queued_bytes(), 0);
+        assert_eq!(c.backlog(), 0);
         assert!(!c.is_open());
         let mut batch = Vec::new();
         assert_eq!(
@@ -314,9 +389,9 @@ mod tests {
         };
         let start = Instant::now();
         c.beat(&beat, start + Duration::from_secs(1), 0);
-        assert_eq!(c.queued_bytes(), 0, "not due yet");
+        assert_eq!(c.backlog(), 0, "not due yet");
         c.beat(&beat, start + Duration::from_secs(26), 0);
-        assert_eq!(c.queued_bytes(), PING_FRAME.len());
+        assert_eq!(c.backlog(), PING_FRAME.len());
         c.beat(&beat, start + Duration::from_secs(61), 0);
         let mut batch = Vec::new();
         assert_eq!(

@@ -34,6 +34,7 @@ impl Hub {
             config.ws_outbound_limit_bytes,
             admitted.expires_at,
             phase,
+            admitted.resume.clone(),
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));
         st.by_conversation
@@ -54,6 +55,7 @@ impl Hub {
             None,
             HomeMsg::Join {
                 checked_at: admitted.checked_at,
+                position: admitted.position,
             },
         );
         conn

@@ -6,9 +6,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use super::Presence;
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{ConversationId, MessageId, Seq, UserId};
 
-/// An event from the server.
+/// An event from the server. Persisted events (`message`, `edit`, `delete`,
+/// `reaction`) carry their stream position `seq`, after the fields the quick-start
+/// guide's clients know.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerEvent<'a> {
@@ -20,11 +22,18 @@ pub enum ServerEvent<'a> {
         sender_username: &'a str,
         timestamp: &'a str,
         is_edited: bool,
+        seq: Seq,
+        /// The sender's own id for the send, when it gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
     },
     System {
         content: &'a str,
         sender_id: UserId,
         active_users: &'a [UserId],
+        /// On `joined`: the conversation's position when the user joined.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<Seq>,
     },
     Typing {
         sender_id: UserId,
@@ -37,11 +46,13 @@ pub enum ServerEvent<'a> {
         sender_id: UserId,
         is_edited: bool,
         timestamp: &'a str,
+        seq: Seq,
     },
     Delete {
         message_id: MessageId,
         sender_id: UserId,
         timestamp: &'a str,
+        seq: Seq,
     },
     Reaction {
         message_id: MessageId,
@@ -49,6 +60,7 @@ pub enum ServerEvent<'a> {
         sender_id: UserId,
         sender_username: &'a str,
         action: &'a str,
+        seq: Seq,
     },
     Presence {
         sender_id: UserId,
@@ -61,6 +73,11 @@ pub enum ServerEvent<'a> {
         reference: Option<&'a str>,
     },
     Pong,
+    /// Before a replay that does not reach back to the client's `since`: events
+    /// before `from_seq` were not replayed; page history over REST for them.
+    Resync {
+        from_seq: Seq,
+    },
     /// The answer to a token refresh: the socket now lives until `expires_at`.
     Auth {
         status: &'a str,

@@ -11,7 +11,7 @@ use simd_json::BorrowedValue;
 
 use crate::ids::MessageId;
 pub use crate::text::CONTENT_MAX_CHARS;
-use crate::text::{Content, ContentError};
+use crate::text::{ClientId, Content, ContentError};
 
 mod close;
 mod event;
@@ -37,6 +37,8 @@ pub enum Presence {
 pub enum ClientEvent {
     Message {
         content: Content,
+        /// The client's own id for this send: a repeat is answered with the original.
+        client_id: Option<ClientId>,
     },
     Typing,
     Edit {
@@ -85,6 +87,8 @@ pub enum ProtocolError {
     BadStatus,
     #[error("Message not found")]
     UnknownMessage,
+    #[error("client_id must be 1-64 characters")]
+    BadClientId,
     #[error("Binary frames are not supported; send JSON text")]
     Binary,
 }
@@ -134,6 +138,14 @@ fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
     Ok(match kind {
         "message" => ClientEvent::Message {
             content: content(value)?,
+            client_id: match value.get("client_id") {
+                None => None,
+                Some(v) if v.is_null() => None,
+                Some(v) => {
+                    let id = v.as_str().ok_or(ProtocolError::NotAString("client_id"))?;
+                    Some(ClientId::parse(id).map_err(|_| ProtocolError::BadClientId)?)
+                }
+            },
         },
         "typing" => ClientEvent::Typing,
         "edit" => ClientEvent::Edit {
@@ -197,7 +209,7 @@ fn message_id(value: &BorrowedValue) -> Result<MessageId, ProtocolError> {
 mod tests {
     use super::close::close_frame;
     use super::*;
-    use crate::ids::{ConversationId, UserId};
+    use crate::ids::{ConversationId, Seq, UserId};
 
     fn parse_str(s: &str) -> Parsed {
         parse(&mut s.as_bytes().to_vec())
@@ -224,7 +236,15 @@ mod tests {
         assert_eq!(
             parse_str(r#"{"type":"message","content":"Hello!"}"#).event,
             Ok(ClientEvent::Message {
-                content: Content::parse("Hello!").expect("content")
+                content: Content::parse("Hello!").expect("content"),
+                client_id: None,
+            })
+        );
+        assert_eq!(
+            parse_str(r#"{"type":"message","content":"Hi","client_id":"c-1"}"#).event,
+            Ok(ClientEvent::Message {
+                content: Content::parse("Hi").expect("content"),
+                client_id: Some(ClientId::parse("c-1").expect("client id")),
             })
         );
         assert_eq!(
@@ -303,6 +323,21 @@ mod tests {
             err(r#"{"type":"presence","status":"busy"}"#),
             ProtocolError::BadStatus
         );
+        assert_eq!(
+            err(r#"{"type":"message","content":"x","client_id":""}"#),
+            ProtocolError::BadClientId
+        );
+        let long = "c".repeat(65);
+        assert_eq!(
+            err(&format!(
+                r#"{{"type":"message","content":"x","client_id":"{long}"}}"#
+            )),
+            ProtocolError::BadClientId
+        );
+        assert_eq!(
+            err(r#"{"type":"message","content":"x","client_id":7}"#),
+            ProtocolError::NotAString("client_id")
+        );
     }
 
     #[test]
@@ -354,6 +389,8 @@ mod tests {
                 sender_username: "alice",
                 timestamp: "2026-02-04T10:30:00.123456Z",
                 is_edited: false,
+                seq: Seq(7),
+                client_id: None,
             }
             .frame(),
         );
@@ -361,7 +398,11 @@ mod tests {
             v,
             serde_json::json!({"type":"message","message_id":m.to_string(),"conversation_id":c.to_string(),
                 "content":"Hello everyone!","sender_id":u.to_string(),"sender_username":"alice",
-                "timestamp":"2026-02-04T10:30:00.123456Z","is_edited":false})
+                "timestamp":"2026-02-04T10:30:00.123456Z","is_edited":false,"seq":7})
+        );
+        assert_eq!(
+            unframe(&ServerEvent::Resync { from_seq: Seq(9) }.frame()),
+            serde_json::json!({"type":"resync","from_seq":9})
         );
         assert_eq!(
             unframe(&ServerEvent::Pong.frame()),

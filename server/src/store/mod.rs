@@ -11,15 +11,15 @@ mod postgres;
 mod sqlite;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::ids::{ConversationId, MessageId, UserId};
-use crate::text::Content;
+use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::text::{ClientId, Content};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -60,6 +60,7 @@ pub struct ConversationRecord {
 #[derive(Clone, Debug)]
 pub struct MessageRecord {
     pub id: MessageId,
+    pub seq: Seq,
     pub conversation_id: ConversationId,
     pub sender_id: UserId,
     pub sender_username: String,
@@ -78,37 +79,125 @@ pub struct NewMessage {
     /// Validated at the edge; the store only ever writes content that passed the rules.
     pub content: Content,
     pub created_at: DateTime<Utc>,
+    /// The sender's own id for this send, if it gave one.
+    pub client_id: Option<ClientId>,
+}
+
+impl NewMessage {
+    /// What makes two sends the same message, when the sender gave a `client_id`.
+    pub fn idempotency_key(&self) -> Option<(ConversationId, UserId, &str)> {
+        let id = self.client_id.as_ref()?;
+        Some((self.conversation_id, self.sender_id, id.as_str()))
+    }
+}
+
+/// A message that was committed earlier with the same `client_id`, as its ack showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Original {
+    pub id: MessageId,
+    pub seq: Seq,
+    /// As first broadcast (before any edit).
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What became of one message of a committed batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed at this position.
+    New(Seq),
+    /// Its sender already sent this `client_id` in this conversation; nothing stored.
+    Duplicate(Original),
+    /// Its conversation no longer exists; nothing stored.
+    Gone,
 }
 
 /// What became of an edit or delete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeOutcome {
-    Done,
+    /// Done, at this position of the conversation's stream.
+    Done(Seq),
     /// No live message with that id in that conversation.
     NotFound,
     /// The message belongs to someone else.
     NotSender,
 }
 
-/// What became of a reaction toggle.
+/// What became of a reaction toggle; either change takes a position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReactionOutcome {
-    Added,
-    Removed,
+    Added(Seq),
+    Removed(Seq),
     NotFound,
 }
 
-/// The newest message time of each conversation in `batch`, in conversation id order
-/// so that concurrent batches touch conversation rows in the same order.
-fn newest_per_conversation(batch: &[NewMessage]) -> BTreeMap<ConversationId, DateTime<Utc>> {
-    let mut newest = BTreeMap::new();
-    for m in batch {
-        newest
-            .entry(m.conversation_id)
-            .and_modify(|at: &mut DateTime<Utc>| *at = (*at).max(m.created_at))
-            .or_insert(m.created_at);
+/// Which page of history: the newest `limit` messages before `before`, or, with
+/// `after`, the oldest `limit` messages after it (bounded by `before` when both are
+/// given). Either way the page is oldest first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u32,
+    pub before: Option<MessageId>,
+    pub after: Option<MessageId>,
+}
+
+/// One persisted event of a conversation's stream, as it was broadcast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEvent {
+    pub seq: Seq,
+    pub message_id: MessageId,
+    /// The sender of a message, the editor, deleter or reacting user otherwise.
+    pub user_id: UserId,
+    pub username: String,
+    pub at: DateTime<Utc>,
+    pub kind: StreamKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Content as first broadcast.
+    Message {
+        content: String,
+        client_id: Option<String>,
+    },
+    Edit {
+        content: String,
+    },
+    Delete,
+    Reaction {
+        emoji: String,
+        added: bool,
+    },
+}
+
+impl StreamKind {
+    /// The `kind` column of `message_changes` (messages live in their own table).
+    fn change_kind(&self) -> &'static str {
+        match self {
+            Self::Message { .. } => "message",
+            Self::Edit { .. } => "edit",
+            Self::Delete => "delete",
+            Self::Reaction { added: true, .. } => "reaction_added",
+            Self::Reaction { added: false, .. } => "reaction_removed",
+        }
     }
-    newest
+
+    /// Rebuilds a change from its columns; `None` for a kind this build does not know.
+    fn from_change(kind: &str, content: Option<String>, emoji: Option<String>) -> Option<Self> {
+        Some(match kind {
+            "edit" => Self::Edit { content: content? },
+            "delete" => Self::Delete,
+            "reaction_added" => Self::Reaction {
+                emoji: emoji?,
+                added: true,
+            },
+            "reaction_removed" => Self::Reaction {
+                emoji: emoji?,
+                added: false,
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// `ids` without repeats, each at its first place.
@@ -142,6 +231,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<ConversationRecord>, StoreError>;
     async fn participants(&self, id: ConversationId) -> Result<Vec<UserId>, StoreError>;
     async fn is_member(&self, id: ConversationId, user: UserId) -> Result<bool, StoreError>;
+    /// The conversation's stream position if `user` is a participant, `None` otherwise.
+    async fn member_position(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Seq>, StoreError>;
     /// Adding an existing participant is a no-op.
     async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError>;
     /// Returns whether the user was a participant.
@@ -151,18 +246,21 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
     ) -> Result<bool, StoreError>;
 
-    /// At most `limit` live messages, the newest ones older than `before` when given,
-    /// oldest first. `None` when `before` names no message of this conversation.
+    /// A page of live messages in stream order (see `Page`). `None` when `before` or
+    /// `after` names no message of this conversation (deleted ones still anchor).
     async fn history(
         &self,
         id: ConversationId,
-        limit: u32,
-        before: Option<MessageId>,
+        page: Page,
     ) -> Result<Option<Vec<MessageRecord>>, StoreError>;
 
-    /// Commits the whole batch in one transaction (and bumps each conversation's
-    /// `updated_at`), or nothing of it.
-    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<(), StoreError>;
+    /// Commits the whole batch in one transaction, or nothing of it: each new message
+    /// takes the next position of its conversation, each conversation's `updated_at`
+    /// is bumped. A message whose `client_id` its sender already used in that
+    /// conversation stores nothing and answers with the original. One outcome per
+    /// message, in batch order. The batch holds no two messages with the same
+    /// idempotency key (the writer sees to it).
+    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError>;
     async fn edit_message(
         &self,
         conversation: ConversationId,
@@ -187,6 +285,14 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         emoji: &str,
     ) -> Result<ReactionOutcome, StoreError>;
+
+    /// The conversation's events with positions in `(after, upto]`, in order.
+    async fn stream(
+        &self,
+        id: ConversationId,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<Vec<StreamEvent>, StoreError>;
 
     /// Cheap round trip for readiness.
     async fn ping(&self) -> Result<(), StoreError>;

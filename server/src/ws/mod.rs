@@ -21,16 +21,22 @@ use hyper::{Request, Response};
 
 use crate::context::ShardContext;
 use crate::error::ApiError;
-use crate::hub::Admitted;
-use crate::ids::ConversationId;
+use crate::hub::{Admitted, Resume};
+use crate::ids::{ConversationId, Seq};
 use crate::protocol::Close;
 
-/// Upgrades `req` (with the `token` of its query) to a WebSocket in `conversation`.
+/// What the upgrade request's query says: `token`, and `since` for a resume.
+pub struct Query {
+    pub token: Option<String>,
+    pub since: Option<String>,
+}
+
+/// Upgrades `req` to a WebSocket in `conversation`.
 pub async fn upgrade(
     shard: &Rc<ShardContext>,
     mut req: Request<Incoming>,
     conversation: &str,
-    token: Option<String>,
+    Query { token, since }: Query,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         // Plain HTTP is validated like any route (a missing parameter is a 422) and
@@ -49,7 +55,14 @@ pub async fn upgrade(
     // The handshake is checked before admission costs a store read.
     let (response, upgraded) =
         fastwebsockets::upgrade::upgrade(&mut req).map_err(|_| ApiError::UpgradeRequired)?;
-    let admission = admit(shard, token, conversation).await;
+    let resume = match since {
+        None => Resume::Fresh,
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_or(Resume::Invalid, |n| Resume::Since(Seq(n))),
+    };
+    let admission = admit(shard, token, conversation, resume).await;
     let shard = Rc::clone(shard);
     monoio::spawn(async move {
         let _open = shard.connections.open();
@@ -71,6 +84,7 @@ async fn admit(
     shard: &ShardContext,
     token: Option<String>,
     conversation: &str,
+    resume: Resume,
 ) -> Result<Admitted, Close> {
     let token = token
         .and_then(|t| shard.app.jwt.verify(&t).ok())
@@ -86,18 +100,23 @@ async fn admit(
             let Some(u) = s.user_by_id(user).await? else {
                 return Ok(None);
             };
-            Ok(Some((u.username, s.is_member(conversation, user).await?)))
+            Ok(Some((
+                u.username,
+                s.member_position(conversation, user).await?,
+            )))
         })
         .await;
     match found {
-        Ok(Some((username, true))) => Ok(Admitted {
+        Ok(Some((username, Some(position)))) => Ok(Admitted {
             user,
             username: username.into(),
             conversation,
             expires_at: token.expires_at,
             checked_at,
+            position,
+            resume,
         }),
-        Ok(Some((_, false))) => Err(Close::NotAMember),
+        Ok(Some((_, None))) => Err(Close::NotAMember),
         Ok(None) => Err(Close::InvalidToken),
         Err(e) => {
             tracing::warn!(error = %e, "websocket admission failed");

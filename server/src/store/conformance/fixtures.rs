@@ -74,6 +74,7 @@ pub(crate) fn messages(
                     "message {i} \u{1f680} \"quoted\" 'single' \\ back"
                 )),
                 created_at: at,
+                client_id: None,
             }
         })
         .collect()

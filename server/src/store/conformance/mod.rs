@@ -6,8 +6,12 @@
 
 mod fixtures;
 
-use super::{ChangeOutcome, MessageRecord, NewMessage, ReactionOutcome, Store, StoreError};
-use crate::ids::{now_micros, ConversationId, MessageId, UserId};
+mod streams;
+
+use super::{
+    ChangeOutcome, MessageRecord, NewMessage, Page, ReactionOutcome, Store, StoreError, Stored,
+};
+use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
 
 pub(crate) use fixtures::{
     content, conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb,
@@ -42,7 +46,14 @@ async fn page(
     before: Option<MessageId>,
 ) -> Vec<MessageRecord> {
     store
-        .history(id, limit, before)
+        .history(
+            id,
+            Page {
+                limit,
+                before,
+                after: None,
+            },
+        )
         .await
         .expect("history query works")
         .expect("known anchor")
@@ -57,6 +68,7 @@ pub(crate) async fn run(store: &dyn Store) {
     reactions(store).await;
     large_batch_keeps_order(store).await;
     failed_batch_commits_nothing(store).await;
+    streams::run(store).await;
 }
 
 async fn users(store: &dyn Store) {
@@ -285,16 +297,26 @@ async fn history_and_changes(store: &dyn Store) {
     assert_eq!(ids(&page(store, chat.id, 4, Some(all[2])).await), all[..2]);
     assert!(page(store, chat.id, 4, Some(all[0])).await.is_empty());
 
+    let before = |before| Page {
+        limit: 10,
+        before: Some(before),
+        after: None,
+    };
     let unknown = store
-        .history(chat.id, 10, Some(MessageId(uuid::Uuid::now_v7())))
+        .history(chat.id, before(MessageId(uuid::Uuid::now_v7())))
         .await
         .expect("history");
     assert!(unknown.is_none(), "unknown before");
     let foreign = store
-        .history(chat.id, 10, Some(elsewhere[1].id))
+        .history(chat.id, before(elsewhere[1].id))
         .await
         .expect("history");
     assert!(foreign.is_none(), "before from another conversation");
+    assert_eq!(
+        full.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=10).map(Seq).collect::<Vec<_>>(),
+        "positions 1, 2, 3, ... in history order"
+    );
 
     // Edits: sender only, live messages only, in the right conversation only.
     let edited_at = now_micros() + chrono::Duration::seconds(1);
@@ -323,7 +345,8 @@ async fn history_and_changes(store: &dyn Store) {
     );
     assert_eq!(
         edit(chat.id, alices, alice.id, "fixed typo").await,
-        ChangeOutcome::Done
+        ChangeOutcome::Done(Seq(11)),
+        "an edit takes the next position; refused ones take none"
     );
     let after_edit = page(store, chat.id, 50, None).await;
     assert_eq!(after_edit[4].content, "fixed typo");
@@ -351,7 +374,7 @@ async fn history_and_changes(store: &dyn Store) {
             .delete_message(chat.id, bobs, bob.id, edited_at)
             .await
             .expect("delete"),
-        ChangeOutcome::Done
+        ChangeOutcome::Done(Seq(12))
     );
     let mut live = all.clone();
     live.remove(5);
@@ -393,11 +416,27 @@ async fn reactions(store: &dyn Store) {
             .await
             .expect("toggle")
     };
-    assert_eq!(toggle(bob.id, "👍", target).await, ReactionOutcome::Added);
-    assert_eq!(toggle(alice.id, "👍", target).await, ReactionOutcome::Added);
-    assert_eq!(toggle(bob.id, "🎉", target).await, ReactionOutcome::Added);
-    assert_eq!(toggle(bob.id, "👍", target).await, ReactionOutcome::Removed);
-    assert_eq!(toggle(bob.id, "👍", target).await, ReactionOutcome::Added);
+    // Two messages took positions 1 and 2; every toggle takes the next one.
+    assert_eq!(
+        toggle(bob.id, "👍", target).await,
+        ReactionOutcome::Added(Seq(3))
+    );
+    assert_eq!(
+        toggle(alice.id, "👍", target).await,
+        ReactionOutcome::Added(Seq(4))
+    );
+    assert_eq!(
+        toggle(bob.id, "🎉", target).await,
+        ReactionOutcome::Added(Seq(5))
+    );
+    assert_eq!(
+        toggle(bob.id, "👍", target).await,
+        ReactionOutcome::Removed(Seq(6))
+    );
+    assert_eq!(
+        toggle(bob.id, "👍", target).await,
+        ReactionOutcome::Added(Seq(7))
+    );
     assert_eq!(
         toggle(bob.id, "👍", MessageId::random()).await,
         ReactionOutcome::NotFound
@@ -407,7 +446,7 @@ async fn reactions(store: &dyn Store) {
             .delete_message(chat.id, sent[1].id, alice.id, now_micros())
             .await
             .expect("delete"),
-        ChangeOutcome::Done
+        ChangeOutcome::Done(Seq(8))
     );
     assert_eq!(
         toggle(bob.id, "👍", sent[1].id).await,
@@ -463,13 +502,19 @@ async fn failed_batch_commits_nothing(store: &dyn Store) {
         .expect("exists");
     assert_eq!(unchanged.updated_at, start, "a failed batch bumps nothing");
 
+    // A message of a conversation that is gone sinks nothing else, and the failed
+    // batch above took no position: the next message is at 2.
     let mut orphan = messages(chat.id, &[alice.id], later, 2);
     orphan[1].conversation_id = ConversationId::random();
-    let rejected = store.insert_messages(&orphan).await;
-    assert!(
-        matches!(rejected, Err(StoreError::Query(_))),
-        "message of an unknown conversation: {rejected:?}"
+    let outcomes = store.insert_messages(&orphan).await.expect("insert");
+    assert_eq!(outcomes, vec![Stored::New(Seq(2)), Stored::Gone]);
+    assert_eq!(
+        ids(&page(store, chat.id, 50, None).await),
+        vec![first[0].id, orphan[0].id]
     );
-    assert_eq!(ids(&page(store, chat.id, 50, None).await), new_ids(&first));
-    store.insert_messages(&[]).await.expect("empty batch");
+    assert!(store
+        .insert_messages(&[])
+        .await
+        .expect("empty batch")
+        .is_empty());
 }

@@ -12,10 +12,10 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::PostgresStore;
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::{
-    distinct, newest_per_conversation, ChangeOutcome, ConversationRecord, MessageRecord,
-    NewMessage, ReactionOutcome, Store, StoreError, UserRecord,
+    distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Original, Page,
+    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };
 use crate::text::Content;
 
@@ -43,13 +43,14 @@ fn conversation_row(row: &Row) -> Result<ConversationRecord, tokio_postgres::Err
     })
 }
 
-/// Reads a row of `HISTORY_LATEST` or `HISTORY_BEFORE`, of `conversation`.
+/// Reads a row of `HISTORY_NEWEST` or `HISTORY_OLDEST`, of `conversation`.
 fn message_row(
     row: &Row,
     conversation: ConversationId,
 ) -> Result<MessageRecord, tokio_postgres::Error> {
     Ok(MessageRecord {
         id: MessageId(row.try_get(0)?),
+        seq: Seq::from_db(row.try_get(7)?),
         conversation_id: conversation,
         sender_id: UserId(row.try_get(1)?),
         sender_username: row.try_get(2)?,
@@ -64,35 +65,103 @@ fn message_row(
 fn change_outcome(row: Option<Row>) -> Result<ChangeOutcome, tokio_postgres::Error> {
     Ok(match row {
         None => ChangeOutcome::NotFound,
-        Some(row) if row.try_get::<_, bool>(0)? => ChangeOutcome::Done,
-        Some(_) => ChangeOutcome::NotSender,
+        Some(row) => match row.try_get::<_, Option<i64>>(1)? {
+            Some(seq) if row.try_get::<_, bool>(0)? => ChangeOutcome::Done(Seq::from_db(seq)),
+            _ => ChangeOutcome::NotSender,
+        },
     })
 }
 
-const INSERT_MESSAGES: &str = "\
-    WITH inserted AS (
-        INSERT INTO messages (id, conversation_id, sender_id, content, created_at, updated_at)
-        SELECT id, conversation_id, sender_id, content, created_at, created_at
-        FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[])
-             AS t (id, conversation_id, sender_id, content, created_at)
-    )
-    UPDATE conversations AS c SET updated_at = b.at
-    FROM UNNEST($6::uuid[], $7::timestamptz[]) AS b (id, at)
-    WHERE c.id = b.id AND c.updated_at < b.at";
+/// Reads a row of `STREAM`; `None` for a change kind this build does not know.
+fn stream_row(row: &Row) -> Result<Option<StreamEvent>, tokio_postgres::Error> {
+    let kind: String = row.try_get(1)?;
+    let content: Option<String> = row.try_get(5)?;
+    let kind = if kind == "message" {
+        StreamKind::Message {
+            content: content.unwrap_or_default(),
+            client_id: row.try_get(8)?,
+        }
+    } else {
+        match StreamKind::from_change(&kind, content, row.try_get(6)?) {
+            Some(kind) => kind,
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(StreamEvent {
+        seq: Seq::from_db(row.try_get(0)?),
+        message_id: MessageId(row.try_get(2)?),
+        user_id: UserId(row.try_get(3)?),
+        username: row.try_get(4)?,
+        at: row.try_get(7)?,
+        kind,
+    }))
+}
 
-/// Locks the live target, applies the change only for its sender, and answers whether
-/// the actor is the sender (no row: no such live message).
+/// Commits a batch in one statement: repeats of an earlier `client_id` are answered
+/// with the original; the others take consecutive positions from their conversation's
+/// counter (whose row lock serialises every writer of the conversation) and are
+/// inserted. One row per message that is not `Gone`: `(ord, seq, original id,
+/// original content, original time)`, the original columns null for a new message.
+const INSERT_MESSAGES: &str = "\
+    WITH batch AS (
+        SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],
+                             $5::timestamptz[], $6::text[])
+            WITH ORDINALITY AS t (id, conversation_id, sender_id, content, created_at,
+                                  client_id, ord)
+    ), original AS (
+        SELECT b.ord, m.id, m.seq, COALESCE(m.original_content, m.content) AS content,
+               m.created_at
+        FROM batch AS b JOIN messages AS m
+          ON m.conversation_id = b.conversation_id AND m.sender_id = b.sender_id
+         AND m.client_id = b.client_id AND m.client_id IS NOT NULL
+    ), fresh AS (
+        SELECT b.*, row_number() OVER (PARTITION BY b.conversation_id ORDER BY b.ord) AS k
+        FROM batch AS b WHERE b.ord NOT IN (SELECT ord FROM original)
+    ), counts AS (
+        SELECT conversation_id, count(*) AS n, max(created_at) AS at
+        FROM fresh GROUP BY conversation_id
+    ), bumped AS (
+        UPDATE conversations AS c
+        SET last_seq = c.last_seq + n.n, updated_at = GREATEST(c.updated_at, n.at)
+        FROM counts AS n WHERE c.id = n.conversation_id
+        RETURNING c.id, c.last_seq - n.n AS base
+    ), inserted AS (
+        INSERT INTO messages
+            (id, conversation_id, sender_id, content, created_at, updated_at, seq, client_id)
+        SELECT f.id, f.conversation_id, f.sender_id, f.content, f.created_at, f.created_at,
+               b.base + f.k, f.client_id
+        FROM fresh AS f JOIN bumped AS b ON b.id = f.conversation_id
+    )
+    SELECT f.ord, b.base + f.k, NULL::uuid, NULL::text, NULL::timestamptz
+    FROM fresh AS f JOIN bumped AS b ON b.id = f.conversation_id
+    UNION ALL
+    SELECT ord, seq, id, content, created_at FROM original";
+
+/// Locks the live target, applies the change only for its sender (keeping the content
+/// as first broadcast), takes the next position and logs the change at it. Answers
+/// whether the actor is the sender, and the position (no row: no such live message).
 const EDIT_MESSAGE: &str = "\
     WITH target AS (
         SELECT id, sender_id FROM messages
         WHERE conversation_id = $1::uuid AND id = $2::uuid AND deleted_at IS NULL
         FOR UPDATE
     ), changed AS (
-        UPDATE messages AS m SET content = $4::text, is_edited = true, updated_at = $5::timestamptz
+        UPDATE messages AS m
+        SET content = $4::text, original_content = COALESCE(m.original_content, m.content),
+            is_edited = true, updated_at = $5::timestamptz
         FROM target AS t WHERE m.id = t.id AND t.sender_id = $3::uuid
         RETURNING m.id
+    ), bumped AS (
+        UPDATE conversations SET last_seq = last_seq + 1
+        WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM changed)
+        RETURNING last_seq
+    ), logged AS (
+        INSERT INTO message_changes
+            (conversation_id, seq, kind, message_id, user_id, content, created_at)
+        SELECT $1::uuid, last_seq, 'edit', $2::uuid, $3::uuid, $4::text, $5::timestamptz
+        FROM bumped
     )
-    SELECT t.sender_id = $3::uuid FROM target AS t";
+    SELECT t.sender_id = $3::uuid, (SELECT last_seq FROM bumped) FROM target AS t";
 
 /// As `EDIT_MESSAGE`, for a soft delete.
 const DELETE_MESSAGE: &str = "\
@@ -104,10 +173,19 @@ const DELETE_MESSAGE: &str = "\
         UPDATE messages AS m SET deleted_at = $4::timestamptz, updated_at = $4::timestamptz
         FROM target AS t WHERE m.id = t.id AND t.sender_id = $3::uuid
         RETURNING m.id
+    ), bumped AS (
+        UPDATE conversations SET last_seq = last_seq + 1
+        WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM changed)
+        RETURNING last_seq
+    ), logged AS (
+        INSERT INTO message_changes (conversation_id, seq, kind, message_id, user_id, created_at)
+        SELECT $1::uuid, last_seq, 'delete', $2::uuid, $3::uuid, $4::timestamptz FROM bumped
     )
-    SELECT t.sender_id = $3::uuid FROM target AS t";
+    SELECT t.sender_id = $3::uuid, (SELECT last_seq FROM bumped) FROM target AS t";
 
-/// Removes the reaction if present, adds it otherwise, in one statement.
+/// Removes the reaction if present, adds it otherwise, takes the next position and
+/// logs which, in one statement. Answers `(live, removed, position)`; a live target
+/// without a position lost a race with the same toggle.
 const TOGGLE_REACTION: &str = "\
     WITH target AS (
         SELECT id FROM messages
@@ -122,8 +200,37 @@ const TOGGLE_REACTION: &str = "\
         WHERE NOT EXISTS (SELECT 1 FROM removed)
         ON CONFLICT DO NOTHING
         RETURNING message_id
+    ), bumped AS (
+        UPDATE conversations SET last_seq = last_seq + 1
+        WHERE id = $1::uuid
+          AND (EXISTS (SELECT 1 FROM removed) OR EXISTS (SELECT 1 FROM added))
+        RETURNING last_seq
+    ), logged AS (
+        INSERT INTO message_changes
+            (conversation_id, seq, kind, message_id, user_id, emoji, created_at)
+        SELECT $1::uuid, last_seq,
+               CASE WHEN EXISTS (SELECT 1 FROM removed) THEN 'reaction_removed'
+                    ELSE 'reaction_added' END,
+               $2::uuid, $3::uuid, $4::text, $5::timestamptz
+        FROM bumped
     )
-    SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM removed)";
+    SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM removed),
+           (SELECT last_seq FROM bumped)";
+
+/// A conversation's events in `($2, $3]`, messages as first broadcast.
+const STREAM: &str = "\
+    SELECT s.seq, s.kind, s.message_id, s.user_id, u.username, s.content, s.emoji,
+           s.created_at, s.client_id
+    FROM (
+        SELECT seq, 'message' AS kind, id AS message_id, sender_id AS user_id,
+               COALESCE(original_content, content) AS content, NULL::text AS emoji,
+               created_at, client_id
+        FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq <= $3
+        UNION ALL
+        SELECT seq, kind, message_id, user_id, content, emoji, created_at, NULL
+        FROM message_changes WHERE conversation_id = $1 AND seq > $2 AND seq <= $3
+    ) AS s JOIN users AS u ON u.id = s.user_id
+    ORDER BY s.seq";
 
 const CREATE_CONVERSATION: &str = "\
     WITH created AS (
@@ -135,17 +242,28 @@ const CREATE_CONVERSATION: &str = "\
     SELECT $1::uuid, u, $6::timestamptz FROM UNNEST($8::uuid[]) AS u
     ON CONFLICT DO NOTHING";
 
-const HISTORY_LATEST: &str = "\
-    SELECT m.id, m.sender_id, u.username, m.content, m.is_edited, m.created_at, m.updated_at
-    FROM messages AS m JOIN users AS u ON u.id = m.sender_id
-    WHERE m.conversation_id = $1 AND m.deleted_at IS NULL
-    ORDER BY m.id DESC LIMIT $2";
+/// The columns of a history page, in `message_row` order.
+macro_rules! history_page {
+    ($order:literal) => {
+        concat!(
+            "SELECT m.id, m.sender_id, u.username, m.content, m.is_edited, m.created_at, \
+                    m.updated_at, m.seq \
+             FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
+             WHERE m.conversation_id = $1 AND m.deleted_at IS NULL \
+               AND m.seq > COALESCE((SELECT seq FROM messages WHERE conversation_id = $1 AND id = $2), 0) \
+               AND m.seq < COALESCE((SELECT seq FROM messages WHERE conversation_id = $1 AND id = $3), \
+                                    9223372036854775807) \
+             ORDER BY m.seq ",
+            $order,
+            " LIMIT $4"
+        )
+    };
+}
 
-const HISTORY_BEFORE: &str = "\
-    SELECT m.id, m.sender_id, u.username, m.content, m.is_edited, m.created_at, m.updated_at
-    FROM messages AS m JOIN users AS u ON u.id = m.sender_id
-    WHERE m.conversation_id = $1 AND m.id < $2 AND m.deleted_at IS NULL
-    ORDER BY m.id DESC LIMIT $3";
+/// The newest messages between the anchors (`$2` after, `$3` before; null: none).
+const HISTORY_NEWEST: &str = history_page!("DESC");
+/// The oldest messages between the anchors.
+const HISTORY_OLDEST: &str = history_page!("ASC");
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -363,77 +481,99 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn history(
+    async fn member_position(
         &self,
         id: ConversationId,
-        limit: u32,
-        before: Option<MessageId>,
-    ) -> Result<Option<Vec<MessageRecord>>, StoreError> {
-        let limit = i64::from(limit);
+        user: UserId,
+    ) -> Result<Option<Seq>, StoreError> {
         self.run(async |client| {
-            let rows = match before {
-                None => {
-                    let stmt = client.prepare_cached(HISTORY_LATEST).await?;
-                    client.query(&stmt, &[&id.0, &limit]).await?
-                }
-                Some(before) => {
-                    let anchor = client
-                        .prepare_cached(
-                            "SELECT 1 FROM messages WHERE conversation_id = $1 AND id = $2",
-                        )
-                        .await?;
-                    let page = client.prepare_cached(HISTORY_BEFORE).await?;
-                    // Both go out back to back on the connection: one round trip.
-                    // Deleted messages still anchor a page, so the check ignores
-                    // deleted_at.
-                    let anchor_params: [&(dyn ToSql + Sync); 2] = [&id.0, &before.0];
-                    let page_params: [&(dyn ToSql + Sync); 3] = [&id.0, &before.0, &limit];
-                    let (known, rows) = tokio::try_join!(
-                        client.query_opt(&anchor, &anchor_params),
-                        client.query(&page, &page_params),
-                    )?;
-                    if known.is_none() {
-                        return Ok(None);
-                    }
-                    rows
-                }
-            };
-            let mut page = rows
-                .iter()
-                .map(|row| message_row(row, id))
-                .collect::<Result<Vec<_>, _>>()?;
-            page.reverse();
-            Ok(Some(page))
+            let stmt = client
+                .prepare_cached(
+                    "SELECT c.last_seq FROM participants AS p \
+                     JOIN conversations AS c ON c.id = p.conversation_id \
+                     WHERE p.conversation_id = $1 AND p.user_id = $2",
+                )
+                .await?;
+            let row = client.query_opt(&stmt, &[&id.0, &user.0]).await?;
+            row.map(|r| r.try_get(0).map(Seq::from_db)).transpose()
         })
         .await
     }
 
-    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<(), StoreError> {
+    async fn history(
+        &self,
+        id: ConversationId,
+        page: Page,
+    ) -> Result<Option<Vec<MessageRecord>>, StoreError> {
+        let limit = i64::from(page.limit);
+        let (after, before) = (page.after.map(|m| m.0), page.before.map(|m| m.0));
+        let anchors: Vec<Uuid> = after.into_iter().chain(before).collect();
+        self.run(async |client| {
+            let query = if after.is_some() {
+                HISTORY_OLDEST
+            } else {
+                HISTORY_NEWEST
+            };
+            let stmt = client.prepare_cached(query).await?;
+            let params: [&(dyn ToSql + Sync); 4] = [&id.0, &after, &before, &limit];
+            let rows = if anchors.is_empty() {
+                client.query(&stmt, &params).await?
+            } else {
+                // Deleted messages still anchor a page: a client paging from a message
+                // deleted meanwhile must not get a 404. Both statements go out back to
+                // back on the connection: one round trip.
+                let known = client
+                    .prepare_cached(
+                        "SELECT count(*) FROM messages WHERE conversation_id = $1 AND id = ANY($2)",
+                    )
+                    .await?;
+                let known_params: [&(dyn ToSql + Sync); 2] = [&id.0, &anchors];
+                let (known, rows) = tokio::try_join!(
+                    client.query_one(&known, &known_params),
+                    client.query(&stmt, &params),
+                )?;
+                let mut wanted = anchors.clone();
+                wanted.dedup();
+                if known.try_get::<_, i64>(0)? != wanted.len() as i64 {
+                    return Ok(None);
+                }
+                rows
+            };
+            let mut messages = rows
+                .iter()
+                .map(|row| message_row(row, id))
+                .collect::<Result<Vec<_>, _>>()?;
+            if after.is_none() {
+                messages.reverse();
+            }
+            Ok(Some(messages))
+        })
+        .await
+    }
+
+    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut ids = Vec::with_capacity(batch.len());
         let mut conversations = Vec::with_capacity(batch.len());
         let mut senders = Vec::with_capacity(batch.len());
         let mut contents = Vec::with_capacity(batch.len());
         let mut times = Vec::with_capacity(batch.len());
+        let mut client_ids = Vec::with_capacity(batch.len());
         for m in batch {
             ids.push(m.id.0);
             conversations.push(m.conversation_id.0);
             senders.push(m.sender_id.0);
             contents.push(m.content.as_str());
             times.push(m.created_at);
+            client_ids.push(m.client_id.as_ref().map(|c| c.as_str()));
         }
-        let (bumped, bumped_at): (Vec<Uuid>, Vec<DateTime<Utc>>) = newest_per_conversation(batch)
-            .into_iter()
-            .map(|(conversation, at)| (conversation.0, at))
-            .unzip();
-
         self.run(async |client| {
-            // One statement is one transaction: the rows and the bumps commit together.
+            // One statement is one transaction: positions, rows and bumps commit together.
             let stmt = client.prepare_cached(INSERT_MESSAGES).await?;
-            client
-                .execute(
+            let rows = client
+                .query(
                     &stmt,
                     &[
                         &ids,
@@ -441,12 +581,32 @@ impl Store for PostgresStore {
                         &senders,
                         &contents,
                         &times,
-                        &bumped,
-                        &bumped_at,
+                        &client_ids,
                     ],
                 )
                 .await?;
-            Ok(())
+            // A message without a row had no conversation left to take a position from.
+            let mut outcomes = vec![Stored::Gone; batch.len()];
+            for row in &rows {
+                let ord: i64 = row.try_get(0)?;
+                let seq = Seq::from_db(row.try_get(1)?);
+                let outcome = match row.try_get::<_, Option<Uuid>>(2)? {
+                    None => Stored::New(seq),
+                    Some(id) => Stored::Duplicate(Original {
+                        id: MessageId(id),
+                        seq,
+                        content: row.try_get(3)?,
+                        created_at: row.try_get(4)?,
+                    }),
+                };
+                if let Some(slot) = usize::try_from(ord - 1)
+                    .ok()
+                    .and_then(|i| outcomes.get_mut(i))
+                {
+                    *slot = outcome;
+                }
+            }
+            Ok(outcomes)
         })
         .await
     }
@@ -508,12 +668,38 @@ impl Store for PostgresStore {
             let row = client
                 .query_one(&stmt, &[&conversation.0, &message.0, &user.0, &emoji, &now])
                 .await?;
-            let (live, removed): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
-            Ok(match (live, removed) {
-                (false, _) => ReactionOutcome::NotFound,
-                (true, true) => ReactionOutcome::Removed,
-                (true, false) => ReactionOutcome::Added,
-            })
+            let live: bool = row.try_get(0)?;
+            let removed: bool = row.try_get(1)?;
+            let seq: Option<i64> = row.try_get(2)?;
+            Ok((live, removed, seq.map(Seq::from_db)))
+        })
+        .await
+        .and_then(|answer| match answer {
+            (false, _, _) => Ok(ReactionOutcome::NotFound),
+            (true, true, Some(seq)) => Ok(ReactionOutcome::Removed(seq)),
+            (true, false, Some(seq)) => Ok(ReactionOutcome::Added(seq)),
+            (true, _, None) => Err(StoreError::Conflict(
+                "the same reaction changed concurrently",
+            )),
+        })
+    }
+
+    async fn stream(
+        &self,
+        id: ConversationId,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<Vec<StreamEvent>, StoreError> {
+        self.run(async |client| {
+            let stmt = client.prepare_cached(STREAM).await?;
+            let rows = client
+                .query(&stmt, &[&id.0, &after.to_db(), &upto.to_db()])
+                .await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                events.extend(stream_row(row)?);
+            }
+            Ok(events)
         })
         .await
     }

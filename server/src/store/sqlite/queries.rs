@@ -12,10 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::{
-    distinct, newest_per_conversation, ChangeOutcome, ConversationRecord, MessageRecord,
-    NewMessage, ReactionOutcome, Store, StoreError, UserRecord,
+    distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Original, Page,
+    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };
 use crate::text::Content;
 
@@ -84,10 +84,11 @@ fn conversation_row(row: &Row<'_>) -> rusqlite::Result<ConversationRecord> {
 }
 
 /// Reads a row of a history page (`m.id, m.sender_id, u.username, m.content,
-/// m.is_edited, m.created_at, m.updated_at`), of `conversation`.
+/// m.is_edited, m.created_at, m.updated_at, m.seq`), of `conversation`.
 fn message_row(row: &Row<'_>, conversation: ConversationId) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
         id: MessageId(row.get::<_, Key>(0)?.0),
+        seq: Seq::from_db(row.get(7)?),
         conversation_id: conversation,
         sender_id: UserId(row.get::<_, Key>(1)?.0),
         sender_username: row.get(2)?,
@@ -98,12 +99,91 @@ fn message_row(row: &Row<'_>, conversation: ConversationId) -> rusqlite::Result<
     })
 }
 
-/// Decides an edit or delete from the target's sender, then applies `change` if allowed.
+/// The columns of a history page between two positions (`?2` < seq < `?3`), in
+/// `message_row` order.
+macro_rules! history_page {
+    ($order:literal) => {
+        concat!(
+            "SELECT m.id, m.sender_id, u.username, m.content, m.is_edited, m.created_at, \
+                    m.updated_at, m.seq \
+             FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
+             WHERE m.conversation_id = ?1 AND m.seq > ?2 AND m.seq < ?3 \
+               AND m.deleted_at IS NULL \
+             ORDER BY m.seq ",
+            $order,
+            " LIMIT ?4"
+        )
+    };
+}
+
+const HISTORY_NEWEST: &str = history_page!("DESC");
+const HISTORY_OLDEST: &str = history_page!("ASC");
+
+/// A conversation's events in `(?2, ?3]`, messages as first broadcast.
+const STREAM: &str = "\
+    SELECT s.seq, s.kind, s.message_id, s.user_id, u.username, s.content, s.emoji, \
+           s.created_at, s.client_id \
+    FROM ( \
+        SELECT seq, 'message' AS kind, id AS message_id, sender_id AS user_id, \
+               COALESCE(original_content, content) AS content, NULL AS emoji, \
+               created_at, client_id \
+        FROM messages WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?3 \
+        UNION ALL \
+        SELECT seq, kind, message_id, user_id, content, emoji, created_at, NULL \
+        FROM message_changes WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?3 \
+    ) AS s JOIN users AS u ON u.id = s.user_id \
+    ORDER BY s.seq";
+
+/// Takes the conversation's next position, inside the caller's transaction.
+fn take_position(tx: &Connection, conversation: ConversationId) -> rusqlite::Result<Seq> {
+    tx.prepare_cached(
+        "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+    )?
+    .query_row([Key(conversation.0)], |row| row.get(0))
+    .map(Seq::from_db)
+}
+
+/// Logs a change of a message at the conversation's next position.
+fn log_change(
+    tx: &Connection,
+    conversation: ConversationId,
+    message: MessageId,
+    user: UserId,
+    kind: &StreamKind,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Seq> {
+    let seq = take_position(tx, conversation)?;
+    let (content, emoji) = match kind {
+        StreamKind::Edit { content } => (Some(content.as_str()), None),
+        StreamKind::Reaction { emoji, .. } => (None, Some(emoji.as_str())),
+        StreamKind::Message { .. } | StreamKind::Delete => (None, None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO message_changes \
+         (conversation_id, seq, kind, message_id, user_id, content, emoji, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        Key(conversation.0),
+        seq.to_db(),
+        kind.change_kind(),
+        Key(message.0),
+        Key(user.0),
+        content,
+        emoji,
+        Micros(at)
+    ])?;
+    Ok(seq)
+}
+
+/// Decides an edit or delete from the target's sender, then applies `change` and logs
+/// it as `kind` if allowed.
 fn change_message(
     conn: &mut Connection,
     conversation: ConversationId,
     message: MessageId,
     actor: UserId,
+    (kind, at): (StreamKind, DateTime<Utc>),
     change: impl FnOnce(&Connection) -> rusqlite::Result<usize>,
 ) -> rusqlite::Result<ChangeOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -121,11 +201,36 @@ fn change_message(
         Some(Key(sender)) if sender != actor.0 => ChangeOutcome::NotSender,
         Some(_) => {
             change(&tx)?;
-            ChangeOutcome::Done
+            ChangeOutcome::Done(log_change(&tx, conversation, message, actor, &kind, at)?)
         }
     };
     tx.commit()?;
     Ok(outcome)
+}
+
+/// Reads a row of the stream query; `None` for a change kind this build does not know.
+fn stream_row(row: &Row<'_>) -> rusqlite::Result<Option<StreamEvent>> {
+    let kind: String = row.get(1)?;
+    let content: Option<String> = row.get(5)?;
+    let kind = if kind == "message" {
+        StreamKind::Message {
+            content: content.unwrap_or_default(),
+            client_id: row.get(8)?,
+        }
+    } else {
+        match StreamKind::from_change(&kind, content, row.get(6)?) {
+            Some(kind) => kind,
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(StreamEvent {
+        seq: Seq::from_db(row.get(0)?),
+        message_id: MessageId(row.get::<_, Key>(2)?.0),
+        user_id: UserId(row.get::<_, Key>(3)?.0),
+        username: row.get(4)?,
+        at: row.get::<_, Micros>(7)?.0,
+        kind,
+    }))
 }
 
 #[async_trait]
@@ -275,6 +380,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn member_position(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Seq>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT c.last_seq FROM participants AS p \
+                 JOIN conversations AS c ON c.id = p.conversation_id \
+                 WHERE p.conversation_id = ?1 AND p.user_id = ?2",
+            )?
+            .query_row(params![Key(id.0), Key(user.0)], |row| row.get(0))
+            .optional()
+            .map(|seq| seq.map(Seq::from_db))
+        })
+        .await
+    }
+
     async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.prepare_cached(
@@ -306,82 +429,113 @@ impl Store for SqliteStore {
     async fn history(
         &self,
         id: ConversationId,
-        limit: u32,
-        before: Option<MessageId>,
+        page: Page,
     ) -> Result<Option<Vec<MessageRecord>>, StoreError> {
         self.read(move |conn| {
-            let mut page: Vec<MessageRecord> = match before {
-                None => conn
-                    .prepare_cached(
-                        "SELECT m.id, m.sender_id, u.username, m.content, m.is_edited, \
-                                m.created_at, m.updated_at \
-                         FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
-                         WHERE m.conversation_id = ?1 AND m.deleted_at IS NULL \
-                         ORDER BY m.id DESC LIMIT ?2",
-                    )?
-                    .query_map(params![Key(id.0), limit], |row| message_row(row, id))?
-                    .collect::<rusqlite::Result<_>>()?,
-                Some(before) => {
-                    // Deleted messages still anchor a page: a client paging back from
-                    // a message that was deleted meanwhile must not get a 404.
-                    let known = conn
-                        .prepare_cached(
-                            "SELECT 1 FROM messages WHERE conversation_id = ?1 AND id = ?2",
-                        )?
-                        .exists(params![Key(id.0), Key(before.0)])?;
-                    if !known {
-                        return Ok(None);
-                    }
-                    conn.prepare_cached(
-                        "SELECT m.id, m.sender_id, u.username, m.content, m.is_edited, \
-                                m.created_at, m.updated_at \
-                         FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
-                         WHERE m.conversation_id = ?1 AND m.id < ?2 AND m.deleted_at IS NULL \
-                         ORDER BY m.id DESC LIMIT ?3",
-                    )?
-                    .query_map(params![Key(id.0), Key(before.0), limit], |row| {
-                        message_row(row, id)
-                    })?
-                    .collect::<rusqlite::Result<_>>()?
-                }
+            // Deleted messages still anchor a page: a client paging from a message that
+            // was deleted meanwhile must not get a 404.
+            let mut anchor = conn.prepare_cached(
+                "SELECT seq FROM messages WHERE conversation_id = ?1 AND id = ?2",
+            )?;
+            let mut bound = |message: Option<MessageId>, unbounded: i64| match message {
+                None => Ok(Some(unbounded)),
+                Some(m) => anchor
+                    .query_row(params![Key(id.0), Key(m.0)], |row| row.get::<_, i64>(0))
+                    .optional(),
             };
-            page.reverse();
-            Ok(Some(page))
+            let (Some(after), Some(before)) =
+                (bound(page.after, 0)?, bound(page.before, i64::MAX)?)
+            else {
+                return Ok(None);
+            };
+            let query = if page.after.is_some() {
+                HISTORY_OLDEST
+            } else {
+                HISTORY_NEWEST
+            };
+            let mut messages: Vec<MessageRecord> = conn
+                .prepare_cached(query)?
+                .query_map(params![Key(id.0), after, before, page.limit], |row| {
+                    message_row(row, id)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if page.after.is_none() {
+                messages.reverse();
+            }
+            Ok(Some(messages))
         })
         .await
     }
 
-    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<(), StoreError> {
+    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let batch = batch.to_vec();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut outcomes = Vec::with_capacity(batch.len());
             {
+                let mut original = tx.prepare_cached(
+                    "SELECT id, seq, COALESCE(original_content, content), created_at \
+                     FROM messages \
+                     WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3",
+                )?;
+                let mut bump = tx.prepare_cached(
+                    "UPDATE conversations \
+                     SET last_seq = last_seq + 1, updated_at = max(updated_at, ?2) \
+                     WHERE id = ?1 RETURNING last_seq",
+                )?;
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO messages \
-                     (id, conversation_id, sender_id, content, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                     (id, conversation_id, sender_id, content, created_at, updated_at, seq, \
+                      client_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
                 )?;
                 for m in &batch {
+                    if let Some((conversation, sender, client_id)) = m.idempotency_key() {
+                        let found = original
+                            .query_row(
+                                params![Key(conversation.0), Key(sender.0), client_id],
+                                |row| {
+                                    Ok(Original {
+                                        id: MessageId(row.get::<_, Key>(0)?.0),
+                                        seq: Seq::from_db(row.get(1)?),
+                                        content: row.get(2)?,
+                                        created_at: row.get::<_, Micros>(3)?.0,
+                                    })
+                                },
+                            )
+                            .optional()?;
+                        if let Some(found) = found {
+                            outcomes.push(Stored::Duplicate(found));
+                            continue;
+                        }
+                    }
+                    let seq: Option<i64> = bump
+                        .query_row(
+                            params![Key(m.conversation_id.0), Micros(m.created_at)],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    let Some(seq) = seq else {
+                        outcomes.push(Stored::Gone);
+                        continue;
+                    };
                     insert.execute(params![
                         Key(m.id.0),
                         Key(m.conversation_id.0),
                         Key(m.sender_id.0),
                         m.content.as_str(),
-                        Micros(m.created_at)
+                        Micros(m.created_at),
+                        seq,
+                        m.client_id.as_ref().map(|c| c.as_str())
                     ])?;
-                }
-                let mut bump = tx.prepare_cached(
-                    "UPDATE conversations SET updated_at = ?2 \
-                     WHERE id = ?1 AND updated_at < ?2",
-                )?;
-                for (conversation, at) in newest_per_conversation(&batch) {
-                    bump.execute(params![Key(conversation.0), Micros(at)])?;
+                    outcomes.push(Stored::New(Seq::from_db(seq)));
                 }
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(outcomes)
         })
         .await
     }
@@ -396,10 +550,14 @@ impl Store for SqliteStore {
     ) -> Result<ChangeOutcome, StoreError> {
         let content = content.as_str().to_owned();
         self.write(move |conn| {
-            change_message(conn, conversation, message, editor, |tx| {
+            let kind = StreamKind::Edit {
+                content: content.clone(),
+            };
+            change_message(conn, conversation, message, editor, (kind, at), |tx| {
+                // The content as first broadcast is kept for replays of the stream.
                 tx.prepare_cached(
-                    "UPDATE messages SET content = ?2, is_edited = 1, updated_at = ?3 \
-                     WHERE id = ?1",
+                    "UPDATE messages SET content = ?2, is_edited = 1, updated_at = ?3, \
+                     original_content = COALESCE(original_content, content) WHERE id = ?1",
                 )?
                 .execute(params![Key(message.0), content, Micros(at)])
             })
@@ -415,7 +573,8 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<ChangeOutcome, StoreError> {
         self.write(move |conn| {
-            change_message(conn, conversation, message, deleter, |tx| {
+            let kind = (StreamKind::Delete, at);
+            change_message(conn, conversation, message, deleter, kind, |tx| {
                 tx.prepare_cached(
                     "UPDATE messages SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1",
                 )?
@@ -449,8 +608,14 @@ impl Store for SqliteStore {
                     "DELETE FROM reactions WHERE message_id = ?1 AND user_id = ?2 AND emoji = ?3",
                 )?
                 .execute(params![Key(message.0), Key(user.0), emoji])?;
+            let now = crate::ids::now_micros();
+            let kind = StreamKind::Reaction {
+                emoji: emoji.clone(),
+                added: removed == 0,
+            };
+            let seq = log_change(&tx, conversation, message, user, &kind, now)?;
             let outcome = if removed > 0 {
-                ReactionOutcome::Removed
+                ReactionOutcome::Removed(seq)
             } else {
                 tx.prepare_cached(
                     "INSERT INTO reactions (message_id, user_id, emoji, created_at) \
@@ -460,12 +625,30 @@ impl Store for SqliteStore {
                     Key(message.0),
                     Key(user.0),
                     emoji,
-                    now_micros()
+                    Micros(now)
                 ])?;
-                ReactionOutcome::Added
+                ReactionOutcome::Added(seq)
             };
             tx.commit()?;
             Ok(outcome)
+        })
+        .await
+    }
+
+    async fn stream(
+        &self,
+        id: ConversationId,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<Vec<StreamEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut events = Vec::new();
+            let mut stmt = conn.prepare_cached(STREAM)?;
+            let mut rows = stmt.query(params![Key(id.0), after.to_db(), upto.to_db()])?;
+            while let Some(row) = rows.next()? {
+                events.extend(stream_row(row)?);
+            }
+            Ok(events)
         })
         .await
     }

@@ -2,14 +2,19 @@
 //! them many per transaction, and reports each one's fate through its callback.
 //!
 //! It owns the order of commits: one batch in flight at a time, callbacks in submission
-//! order, so history order is the order in which shards handed messages over. It must
-//! never acknowledge a message whose batch did not commit, never drop a callback (each
-//! fires exactly once), and never block a submitting shard.
+//! order, so stream positions (taken inside each commit) follow the order in which
+//! shards handed messages over. It must never acknowledge a message whose batch did not
+//! commit, never drop a callback (each fires exactly once, with its message handed
+//! back), and never block a submitting shard. Two sends with the same idempotency key
+//! never share a batch: the second waits for the next one, where the store finds the
+//! first.
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
-use super::{NewMessage, Store, StoreError};
+use super::{NewMessage, Store, StoreError, Stored};
 
 /// When a batch is committed: as soon as it holds `max_batch` messages, or `max_delay`
 /// after its oldest message was submitted, whichever comes first.
@@ -36,8 +41,9 @@ impl Default for BatchPolicy {
     }
 }
 
-pub type CommitResult = Result<(), Arc<StoreError>>;
-pub type OnCommit = Box<dyn FnOnce(CommitResult) + Send>;
+pub type CommitResult = Result<Stored, Arc<StoreError>>;
+/// Called once with the message handed back and what became of it.
+pub type OnCommit = Box<dyn FnOnce(NewMessage, CommitResult) + Send>;
 
 /// Bounds one commit so a blackholed database yields errors, not a stuck writer. Above
 /// the PostgreSQL store's own per-call deadline, which thus reports first and discards
@@ -60,8 +66,8 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Queues a message; `done` is called exactly once, after its batch committed or
-    /// failed. Callbacks fire in submission order. Never blocks: callable from any
+    /// Queues a message; `done` is called exactly once, with the message, after its
+    /// batch committed or failed. Callbacks fire in submission order. Never blocks: callable from any
     /// thread, from inside a non-tokio runtime too.
     pub fn submit(&self, message: NewMessage, done: OnCommit) {
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -72,12 +78,7 @@ impl WriterHandle {
         };
         if let Err(mpsc::error::SendError(rejected)) = self.queue.send(submitted) {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            fire(
-                rejected.done,
-                Err(Arc::new(StoreError::Unavailable(
-                    "message writer stopped".into(),
-                ))),
-            );
+            fire(rejected.done, rejected.message, Err(stopped()));
         }
     }
 
@@ -111,8 +112,10 @@ pub fn spawn(
         stop: Arc::clone(&stop),
         stopping: false,
         queued: Arc::clone(&queued),
-        messages: Vec::with_capacity(policy.capacity()),
+        messages: VecDeque::with_capacity(policy.capacity()),
         callbacks: VecDeque::with_capacity(policy.capacity()),
+        keys: HashSet::new(),
+        carried: None,
     };
     let task = runtime.spawn(writer.run());
     (
@@ -165,18 +168,26 @@ struct Writer {
     /// The batch being gathered or committed. It lives here rather than on the task's
     /// stack so that a writer dropped mid-batch (runtime shutdown, abort) still
     /// reports every callback it holds.
-    messages: Vec<NewMessage>,
+    messages: VecDeque<NewMessage>,
     callbacks: VecDeque<OnCommit>,
+    /// Hashes of the idempotency keys in the batch. A collision only splits a batch.
+    keys: HashSet<u64>,
+    /// A send whose key the batch already holds: the first of the next batch.
+    carried: Option<Submitted>,
 }
 
 impl Writer {
     async fn run(mut self) {
         loop {
-            let next = tokio::select! {
+            let next = if let Some(carried) = self.carried.take() {
+                Some(carried)
+            } else {
+                tokio::select! {
                 next = self.incoming.recv() => next,
                 () = self.stop.notified(), if !self.stopping => {
                     self.begin_stopping();
                     continue;
+                }
                 }
             };
             let Some(first) = next else { break };
@@ -195,9 +206,20 @@ impl Writer {
         self.stopping = true;
     }
 
-    fn take(&mut self, submitted: Submitted) {
-        self.messages.push(submitted.message);
+    /// Adds a message to the batch; false (and the message kept for the next batch)
+    /// when the batch already holds its idempotency key.
+    fn take(&mut self, submitted: Submitted) -> bool {
+        if let Some(key) = submitted.message.idempotency_key() {
+            let mut hasher = DefaultHasher::new();
+            key.hash(&mut hasher);
+            if !self.keys.insert(hasher.finish()) {
+                self.carried = Some(submitted);
+                return false;
+            }
+        }
+        self.messages.push_back(submitted.message);
         self.callbacks.push_back(submitted.done);
+        true
     }
 
     /// Adds queued messages to the batch until the policy says to commit it.
@@ -206,7 +228,11 @@ impl Writer {
         loop {
             while self.messages.len() < capacity {
                 match self.incoming.try_recv() {
-                    Ok(next) => self.take(next),
+                    Ok(next) => {
+                        if !self.take(next) {
+                            return;
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -226,7 +252,11 @@ impl Writer {
                         }
                     };
                     match next {
-                        Ok(Some(next)) => self.take(next),
+                        Ok(Some(next)) => {
+                            if !self.take(next) {
+                                return;
+                            }
+                        }
                         // Deadline reached, or the queue is closed and empty: commit.
                         Ok(None) | Err(_) => return,
                     }
@@ -235,53 +265,70 @@ impl Writer {
         }
     }
 
-    /// Commits the batch and reports every message of it, in order.
+    /// Commits the batch and reports every message of it, in order. The batch stays
+    /// in `self` until each message is reported, so a cancelled commit still reports.
     async fn commit(&mut self) {
-        match insert(&*self.store, &self.messages).await {
-            Ok(()) => self.report_all(&Ok(())),
+        self.keys.clear();
+        let batch = self.messages.make_contiguous();
+        match insert(&*self.store, batch).await {
+            Ok(outcomes) if outcomes.len() == self.messages.len() => {
+                for outcome in outcomes {
+                    self.report_next(Ok(outcome));
+                }
+            }
+            Ok(outcomes) => {
+                let e = StoreError::Query(format!(
+                    "{} outcomes for a batch of {}",
+                    outcomes.len(),
+                    self.messages.len()
+                ));
+                self.report_all(&Err(Arc::new(e)));
+            }
             Err(e) if matches!(e, StoreError::Unavailable(_)) || self.messages.len() == 1 => {
                 tracing::warn!(error = %e, messages = self.messages.len(), "message batch not committed");
                 self.report_all(&Err(Arc::new(e)));
             }
             Err(e) => {
                 // The store refused the batch's content, not the batch: one bad message
-                // (say, of a conversation that no longer exists) must not sink its
-                // neighbours, so each is tried alone, in order.
+                // (say, of a sender that no longer exists) must not sink its neighbours,
+                // so each is tried alone, in order.
                 tracing::warn!(error = %e, messages = self.messages.len(), "message batch rejected; committing one by one");
                 let mut unavailable: Option<Arc<StoreError>> = None;
-                for i in 0..self.messages.len() {
+                while let Some(message) = self.messages.front() {
                     let result = match &unavailable {
                         Some(e) => Err(Arc::clone(e)),
-                        None => {
-                            let message = std::slice::from_ref(&self.messages[i]);
-                            insert(&*self.store, message).await.map_err(|e| {
-                                tracing::warn!(error = %e, message = %message[0].id, "message not committed");
+                        None => match insert(&*self.store, std::slice::from_ref(message)).await {
+                            Ok(mut one) if one.len() == 1 => Ok(one.remove(0)),
+                            Ok(_) => Err(Arc::new(StoreError::Query("no outcome".into()))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, message = %message.id, "message not committed");
                                 let e = Arc::new(e);
                                 if matches!(*e, StoreError::Unavailable(_)) {
                                     unavailable = Some(Arc::clone(&e));
                                 }
-                                e
-                            })
-                        }
+                                Err(e)
+                            }
+                        },
                     };
-                    if let Some(done) = self.callbacks.pop_front() {
-                        self.report(done, result);
-                    }
+                    self.report_next(result);
                 }
             }
         }
-        self.messages.clear();
     }
 
     fn report_all(&mut self, result: &CommitResult) {
-        while let Some(done) = self.callbacks.pop_front() {
-            self.report(done, result.clone());
+        while !self.messages.is_empty() {
+            self.report_next(result.clone());
         }
     }
 
-    fn report(&self, done: OnCommit, result: CommitResult) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        fire(done, result);
+    /// Reports the oldest unreported message of the batch.
+    fn report_next(&mut self, result: CommitResult) {
+        if let (Some(message), Some(done)) = (self.messages.pop_front(), self.callbacks.pop_front())
+        {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            fire(done, message, result);
+        }
     }
 }
 
@@ -291,21 +338,22 @@ impl Drop for Writer {
     /// callback must still fire exactly once.
     fn drop(&mut self) {
         self.incoming.close();
-        if self.callbacks.is_empty() && self.incoming.is_empty() {
-            return;
-        }
-        let stopped: CommitResult = Err(Arc::new(StoreError::Unavailable(
-            "message writer stopped".into(),
-        )));
-        self.report_all(&stopped);
-        while let Ok(next) = self.incoming.try_recv() {
-            self.report(next.done, stopped.clone());
+        self.report_all(&Err(stopped()));
+        let rest = self.carried.take().into_iter();
+        let queued = std::iter::from_fn(|| self.incoming.try_recv().ok());
+        for next in rest.chain(queued).collect::<Vec<_>>() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            fire(next.done, next.message, Err(stopped()));
         }
     }
 }
 
+fn stopped() -> Arc<StoreError> {
+    Arc::new(StoreError::Unavailable("message writer stopped".into()))
+}
+
 /// One commit, bounded so a blackholed database yields an error, not a stuck writer.
-async fn insert(store: &dyn Store, batch: &[NewMessage]) -> Result<(), StoreError> {
+async fn insert(store: &dyn Store, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError> {
     tokio::time::timeout(COMMIT_TIMEOUT, store.insert_messages(batch))
         .await
         .unwrap_or_else(|_| {
@@ -318,8 +366,8 @@ async fn insert(store: &dyn Store, batch: &[NewMessage]) -> Result<(), StoreErro
 
 /// Runs a callback; one that panics is logged and must not take the writer down with
 /// the callbacks still waiting behind it.
-fn fire(done: OnCommit, result: CommitResult) {
-    if catch_unwind(AssertUnwindSafe(move || done(result))).is_err() {
+fn fire(done: OnCommit, message: NewMessage, result: CommitResult) {
+    if catch_unwind(AssertUnwindSafe(move || done(message, result))).is_err() {
         tracing::error!("a message commit callback panicked");
     }
 }

@@ -11,9 +11,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{spawn, BatchPolicy, CommitResult, Gather, OnCommit, WriterHandle};
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, Seq, UserId};
 use crate::store::conformance::{self, no_hang, PgTestDb};
-use crate::store::{NewMessage, PostgresStore, SqliteStore, Store, StoreError};
+use crate::store::{
+    NewMessage, Original, Page, PostgresStore, SqliteStore, Store, StoreError, Stored,
+};
+use crate::text::ClientId;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -88,9 +91,22 @@ type Reports = Arc<Mutex<Vec<(usize, CommitResult)>>>;
 
 fn recorder(reports: &Reports, index: usize) -> OnCommit {
     let reports = Arc::clone(reports);
-    Box::new(move |result| {
+    Box::new(move |_, result| {
         reports.lock().expect("reports lock").push((index, result));
     })
+}
+
+/// Every live message of the conversation, oldest first.
+async fn history(store: &dyn Store, chat: ConversationId) -> Vec<crate::store::MessageRecord> {
+    let page = Page {
+        limit: 100,
+        ..Page::default()
+    };
+    store
+        .history(chat, page)
+        .await
+        .expect("history")
+        .expect("known")
 }
 
 /// The reports so far, in the order they were made.
@@ -135,7 +151,18 @@ async fn commits_everything_and_reports_in_submission_order() {
 
     let reports = take(&reports);
     assert_eq!(order(&reports), (0..batch.len()).collect::<Vec<_>>());
-    assert!(reports.iter().all(|(_, r)| r.is_ok()));
+    let positions: Vec<_> = reports
+        .iter()
+        .map(|(_, r)| match r {
+            Ok(Stored::New(seq)) => *seq,
+            other => panic!("not committed: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=batch.len() as u64).map(Seq).collect::<Vec<_>>(),
+        "positions follow submission order, without gaps"
+    );
     assert_eq!(
         conformance::all_history(&*store, chat).await,
         batch.iter().map(|m| m.id).collect::<Vec<_>>()
@@ -149,23 +176,20 @@ async fn reports_after_commit_and_counts_the_queue() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     for message in batch.iter().take(5).cloned() {
         let tx = tx.clone();
-        writer.submit(message, Box::new(move |result| drop(tx.send(result))));
+        writer.submit(
+            message,
+            Box::new(move |message, result| drop(tx.send((message.id, result)))),
+        );
     }
     assert_eq!(writer.queued(), 5);
-    for _ in 0..5 {
-        no_hang(rx.recv())
-            .await
-            .expect("a report")
-            .expect("committed");
+    for sent in batch.iter().take(5) {
+        let (id, result) = no_hang(rx.recv()).await.expect("a report");
+        assert_eq!(id, sent.id, "the message is handed back with its report");
+        result.expect("committed");
     }
     assert_eq!(writer.queued(), 0);
     // Reported means committed: the messages are already in history.
-    let page = store
-        .history(chat, 50, None)
-        .await
-        .expect("history")
-        .expect("known");
-    assert_eq!(page.len(), 5);
+    assert_eq!(history(&*store, chat).await.len(), 5);
     drop(writer);
     no_hang(task).await.expect("writer exits");
 }
@@ -174,8 +198,8 @@ async fn reports_after_commit_and_counts_the_queue() {
 async fn a_rejected_message_fails_alone_and_the_rest_commit() {
     let (_dir, store, chat, mut batch) = sqlite_fixture().await;
     batch.truncate(5);
-    // A conversation that does not exist: the foreign key refuses this one row.
-    batch[2].conversation_id = ConversationId::random();
+    // A sender that does not exist: the foreign key refuses this one row.
+    batch[2].sender_id = UserId::random();
     let (writer, task) = start(store.clone(), policy(1024, 50 * MS));
     let reports: Reports = Arc::default();
     for (i, message) in batch.iter().cloned().enumerate() {
@@ -189,15 +213,11 @@ async fn a_rejected_message_fails_alone_and_the_rest_commit() {
     for (i, result) in reports.iter() {
         match (i, result) {
             (2, Err(e)) => assert!(matches!(**e, StoreError::Query(_)), "{e:?}"),
-            (2, Ok(())) => panic!("the orphan message was acknowledged"),
+            (2, Ok(_)) => panic!("the orphan message was acknowledged"),
             (_, r) => assert!(r.is_ok(), "message {i}: {r:?}"),
         }
     }
-    let page = store
-        .history(chat, 50, None)
-        .await
-        .expect("history")
-        .expect("known");
+    let page = history(&*store, chat).await;
     let expected: Vec<_> = [0, 1, 3, 4].iter().map(|&i| batch[i].id).collect();
     assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), expected);
 }
@@ -237,7 +257,7 @@ async fn submitting_to_a_stopped_writer_fails_at_once() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     writer.submit(
         batch[0].clone(),
-        Box::new(move |result| drop(tx.send(result))),
+        Box::new(move |_, result| drop(tx.send(result))),
     );
     let result = rx.try_recv().expect("reported during submit");
     assert!(is_unavailable(&result), "{result:?}");
@@ -268,7 +288,7 @@ async fn a_panicking_callback_does_not_stop_the_writer() {
     let (_dir, store, _chat, batch) = sqlite_fixture().await;
     let (writer, task) = start(store, policy(2, MS));
     let reports: Reports = Arc::default();
-    writer.submit(batch[0].clone(), Box::new(|_| panic!("a callback bug")));
+    writer.submit(batch[0].clone(), Box::new(|_, _| panic!("a callback bug")));
     for (i, message) in batch[1..4].iter().cloned().enumerate() {
         writer.submit(message, recorder(&reports, i + 1));
     }
@@ -295,10 +315,41 @@ async fn stop_commits_what_is_queued_then_ends_with_handles_alive() {
     let reports = take(&reports);
     assert_eq!(order(&reports), vec![0, 1, 2, 3, 4]);
     assert!(reports.iter().all(|(_, r)| r.is_ok()), "{reports:?}");
-    let stored = store.history(chat, 100, None).await.expect("history");
-    assert_eq!(stored.map(|h| h.len()), Some(5));
+    assert_eq!(history(&*store, chat).await.len(), 5);
     // After the stop, a submission is refused at once, never silently dropped.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    writer.submit(batch[5].clone(), Box::new(move |r| drop(tx.send(r))));
+    writer.submit(batch[5].clone(), Box::new(move |_, r| drop(tx.send(r))));
     assert!(is_unavailable(&rx.try_recv().expect("reported at once")));
+}
+
+#[tokio::test]
+async fn a_repeat_in_the_same_batch_is_answered_with_the_first() {
+    let (_dir, store, chat, mut batch) = sqlite_fixture().await;
+    batch.truncate(3);
+    for m in &mut batch {
+        m.client_id = Some(ClientId::parse("same-send").expect("client id"));
+    }
+    // One gathering window holds all three: the repeats wait for the next batch,
+    // where the store finds the first.
+    let (writer, task) = start(store.clone(), policy(1024, 50 * MS));
+    let reports: Reports = Arc::default();
+    for (i, message) in batch.iter().cloned().enumerate() {
+        writer.submit(message, recorder(&reports, i));
+    }
+    drop(writer);
+    no_hang(task).await.expect("writer exits");
+    let reports = take(&reports);
+    assert_eq!(order(&reports), vec![0, 1, 2]);
+    let original = Stored::Duplicate(Original {
+        id: batch[0].id,
+        seq: Seq(1),
+        content: batch[0].content.as_str().to_owned(),
+        created_at: batch[0].created_at,
+    });
+    let outcomes: Vec<_> = reports.into_iter().map(|(_, r)| r.expect("ok")).collect();
+    assert_eq!(
+        outcomes,
+        vec![Stored::New(Seq(1)), original.clone(), original]
+    );
+    assert_eq!(history(&*store, chat).await.len(), 1, "stored once");
 }

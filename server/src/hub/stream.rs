@@ -1,0 +1,291 @@
+//! A conversation's stream as its home delivers it: every persisted event goes out in
+//! position order (`seq`), each position exactly once, whatever order the commits
+//! report in. Edits, deletes and reactions commit concurrently on the store's pool and
+//! a commit that timed out may still have happened, so a position can arrive late or
+//! not at all: later ones wait here, and once nothing is in flight the gap is read back
+//! from the store (`Hub::fill`) rather than skipped.
+//!
+//! Also the one rendering of a stream event into its frame, shared by live delivery,
+//! gap filling and the replay of a resuming client, so all three send the same bytes.
+//!
+//! It never touches a socket or the store itself; the home drives both.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Hub;
+use crate::ids::{format_timestamp, ConversationId, Seq};
+use crate::protocol::ServerEvent;
+use crate::store::{StreamEvent, StreamKind};
+
+/// How many events one read of a gap brings back; a longer gap takes several.
+const FILL_PAGE: u64 = 1000;
+/// How long to wait before reading a gap again after the store failed to answer.
+const FILL_RETRY: Duration = Duration::from_secs(1);
+
+/// The delivery state of one conversation at its home.
+#[derive(Debug)]
+pub(super) struct Stream {
+    /// The last position delivered; everything up to it went out, in order.
+    delivered: Seq,
+    /// Committed events past a gap, waiting for it to close.
+    pending: BTreeMap<Seq, Bytes>,
+    /// Commits of this conversation submitted and not yet reported.
+    in_flight: u32,
+    /// A commit's outcome is unknown (it may have happened): look in the store once
+    /// nothing is in flight.
+    doubtful: bool,
+    /// A read of the store for a gap is under way.
+    filling: bool,
+}
+
+impl Stream {
+    pub(super) fn new(position: Seq) -> Self {
+        Self {
+            delivered: position,
+            pending: BTreeMap::new(),
+            in_flight: 0,
+            doubtful: false,
+            filling: false,
+        }
+    }
+
+    /// The last position delivered: what a client joining now has seen once it has
+    /// the events up to here.
+    pub(super) fn position(&self) -> Seq {
+        self.delivered
+    }
+
+    /// No commit or read of the conversation is under way: once nobody is connected
+    /// either, the home may forget it (whatever is pending has no one to go to).
+    pub(super) fn is_idle(&self) -> bool {
+        self.in_flight == 0 && !self.filling
+    }
+
+    pub(super) fn begin_commit(&mut self) {
+        self.in_flight += 1;
+    }
+
+    /// A commit was reported; `maybe_committed` when its outcome is unknown.
+    pub(super) fn end_commit(&mut self, maybe_committed: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.doubtful |= maybe_committed;
+    }
+
+    /// The store is known to be further along than what was delivered (a joining
+    /// connection read a later position): look.
+    pub(super) fn behind(&mut self, position: Seq) {
+        if position > self.delivered {
+            self.doubtful = true;
+        }
+    }
+
+    /// Takes a committed event; positions already delivered are ignored.
+    pub(super) fn accept(&mut self, seq: Seq, frame: Bytes) {
+        if seq > self.delivered {
+            self.pending.entry(seq).or_insert(frame);
+        }
+    }
+
+    /// The next frame to deliver, if its position is the next one.
+    pub(super) fn pop_ready(&mut self) -> Option<Bytes> {
+        let next = self.delivered.next();
+        let frame = self.pending.remove(&next)?;
+        self.delivered = next;
+        Some(frame)
+    }
+
+    /// Whether the store must be read now: a gap or a doubt, and no commit in flight
+    /// that could still close it. Starts the read when so: the caller runs it.
+    pub(super) fn start_fill(&mut self) -> Option<Seq> {
+        if self.filling || self.in_flight > 0 || !(self.doubtful || !self.pending.is_empty()) {
+            return None;
+        }
+        self.filling = true;
+        self.doubtful = false;
+        Some(self.delivered)
+    }
+
+    /// The read ended; `complete` is false when more may follow (a full page, or the
+    /// store failed).
+    pub(super) fn end_fill(&mut self, complete: bool) {
+        self.filling = false;
+        self.doubtful |= !complete;
+    }
+}
+
+/// The frame of a stream event, as live delivery sends it.
+pub fn frame(conversation: ConversationId, e: &StreamEvent) -> Bytes {
+    let timestamp = format_timestamp(&e.at);
+    match &e.kind {
+        StreamKind::Message { content, client_id } => ServerEvent::Message {
+            message_id: e.message_id,
+            conversation_id: conversation,
+            content,
+            sender_id: e.user_id,
+            sender_username: &e.username,
+            timestamp: &timestamp,
+            is_edited: false,
+            seq: e.seq,
+            client_id: client_id.as_deref(),
+        },
+        StreamKind::Edit { content } => ServerEvent::Edit {
+            message_id: e.message_id,
+            content,
+            sender_id: e.user_id,
+            is_edited: true,
+            timestamp: &timestamp,
+            seq: e.seq,
+        },
+        StreamKind::Delete => ServerEvent::Delete {
+            message_id: e.message_id,
+            sender_id: e.user_id,
+            timestamp: &timestamp,
+            seq: e.seq,
+        },
+        StreamKind::Reaction { emoji, added } => ServerEvent::Reaction {
+            message_id: e.message_id,
+            emoji,
+            sender_id: e.user_id,
+            sender_username: &e.username,
+            action: if *added { "added" } else { "removed" },
+            seq: e.seq,
+        },
+    }
+    .frame()
+}
+
+impl Hub {
+    /// A committed event of the conversation: delivered now if it is next, after the
+    /// gap before it otherwise.
+    pub(super) fn publish(self: &Rc<Self>, conversation: ConversationId, e: &StreamEvent) {
+        let frame = frame(conversation, e);
+        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+            home.stream.accept(e.seq, frame);
+        }
+        self.settle(conversation);
+    }
+
+    /// Delivers what is ready, reads the store for a gap or doubt once nothing in
+    /// flight can close it, and forgets the conversation once nothing is owed.
+    pub(super) fn settle(self: &Rc<Self>, conversation: ConversationId) {
+        let fill = {
+            let mut st = self.state.borrow_mut();
+            let Some(home) = st.homes.live.get_mut(&conversation) else {
+                return;
+            };
+            while let Some(frame) = home.stream.pop_ready() {
+                home.deliver(&self.app.bus, conversation, &frame, None);
+            }
+            if home.is_idle() {
+                st.homes.live.remove(&conversation);
+                return;
+            }
+            home.stream.start_fill()
+        };
+        if let Some(after) = fill {
+            self.fill(conversation, after);
+        }
+    }
+
+    /// Reads the events after `after` back from the store and delivers them.
+    fn fill(self: &Rc<Self>, conversation: ConversationId, after: Seq) {
+        let hub = Rc::clone(self);
+        monoio::spawn(async move {
+            let upto = Seq(after.0.saturating_add(FILL_PAGE));
+            let read = hub
+                .app
+                .db
+                .call(move |s| async move { s.stream(conversation, after, upto).await })
+                .await;
+            let complete = match read {
+                Ok(events) => {
+                    let full = events.len() as u64 >= FILL_PAGE;
+                    if let Some(home) = hub.state.borrow_mut().homes.live.get_mut(&conversation) {
+                        for e in &events {
+                            home.stream.accept(e.seq, frame(conversation, e));
+                        }
+                    }
+                    !full
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %conversation, "stream gap not read; retrying");
+                    monoio::time::sleep(FILL_RETRY).await;
+                    false
+                }
+            };
+            if let Some(home) = hub.state.borrow_mut().homes.live.get_mut(&conversation) {
+                home.stream.end_fill(complete);
+            }
+            hub.settle(conversation);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    fn drain(s: &mut Stream) -> Vec<Bytes> {
+        std::iter::from_fn(|| s.pop_ready()).collect()
+    }
+
+    #[test]
+    fn delivers_in_position_order_whatever_the_arrival_order() {
+        let mut s = Stream::new(Seq(10));
+        s.begin_commit();
+        s.begin_commit();
+        s.accept(Seq(12), f(12));
+        s.end_commit(false);
+        assert!(drain(&mut s).is_empty(), "12 waits for 11");
+        assert_eq!(s.start_fill(), None, "11 is still in flight");
+        s.accept(Seq(11), f(11));
+        s.end_commit(false);
+        assert_eq!(drain(&mut s), vec![f(11), f(12)]);
+        assert_eq!(s.position(), Seq(12));
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_gap_nothing_in_flight_can_close_is_read_back() {
+        let mut s = Stream::new(Seq(0));
+        s.begin_commit();
+        s.end_commit(true); // timed out: it may have committed at 1
+        s.begin_commit();
+        s.accept(Seq(2), f(2));
+        s.end_commit(false);
+        assert_eq!(s.start_fill(), Some(Seq(0)));
+        assert_eq!(s.start_fill(), None, "one read at a time");
+        s.accept(Seq(1), f(1));
+        s.accept(Seq(2), f(22)); // the read's copy of 2 does not replace the live one
+        s.end_fill(true);
+        assert_eq!(drain(&mut s), vec![f(1), f(2)]);
+        assert_eq!(s.start_fill(), None);
+    }
+
+    #[test]
+    fn doubts_and_late_joiners_look_in_the_store_once_idle() {
+        let mut s = Stream::new(Seq(3));
+        s.behind(Seq(3));
+        assert_eq!(s.start_fill(), None, "not behind");
+        s.behind(Seq(5));
+        assert_eq!(s.start_fill(), Some(Seq(3)));
+        s.end_fill(false);
+        assert_eq!(
+            s.start_fill(),
+            Some(Seq(3)),
+            "an incomplete read is retried"
+        );
+        s.end_fill(true);
+        s.accept(Seq(2), f(2));
+        assert!(drain(&mut s).is_empty(), "old positions are ignored");
+        assert!(s.is_idle());
+    }
+}

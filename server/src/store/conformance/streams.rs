@@ -1,0 +1,271 @@
+//! The stream checks every store must pass: positions without gaps over every kind of
+//! event, the stream read back as it was broadcast, idempotent sends, and history
+//! paged forward.
+
+use super::{content, conversation, ids, messages, new_ids, pair, Pair};
+use crate::ids::{now_micros, Seq};
+use crate::store::{ChangeOutcome, Original, Page, ReactionOutcome, Store, Stored, StreamKind};
+use crate::text::ClientId;
+
+pub(super) async fn run(store: &dyn Store) {
+    positions_and_replay(store).await;
+    idempotent_sends(store).await;
+    history_forward(store).await;
+}
+
+async fn positions_and_replay(store: &dyn Store) {
+    let Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = pair(store, "s", None).await;
+    assert_eq!(
+        store
+            .member_position(chat.id, alice.id)
+            .await
+            .expect("position"),
+        Some(Seq(0)),
+        "nothing happened yet"
+    );
+    let stranger = super::user("s_carol");
+    store.create_user(&stranger).await.expect("create");
+    assert_eq!(
+        store
+            .member_position(chat.id, stranger.id)
+            .await
+            .expect("position"),
+        None,
+        "not a participant"
+    );
+
+    let mut sent = messages(chat.id, &[alice.id, bob.id], start, 3);
+    sent[0].client_id = Some(ClientId::parse("send-1").expect("client id"));
+    let outcomes = store.insert_messages(&sent).await.expect("insert");
+    assert_eq!(
+        outcomes,
+        vec![
+            Stored::New(Seq(1)),
+            Stored::New(Seq(2)),
+            Stored::New(Seq(3))
+        ]
+    );
+    let at = now_micros();
+    let edited = store
+        .edit_message(chat.id, sent[0].id, alice.id, &content("edited"), at)
+        .await
+        .expect("edit");
+    assert_eq!(edited, ChangeOutcome::Done(Seq(4)));
+    let reacted = store
+        .toggle_reaction(chat.id, sent[1].id, alice.id, "👍")
+        .await
+        .expect("react");
+    assert_eq!(reacted, ReactionOutcome::Added(Seq(5)));
+    let unreacted = store
+        .toggle_reaction(chat.id, sent[1].id, alice.id, "👍")
+        .await
+        .expect("react");
+    assert_eq!(unreacted, ReactionOutcome::Removed(Seq(6)));
+    let deleted = store
+        .delete_message(chat.id, sent[1].id, bob.id, at)
+        .await
+        .expect("delete");
+    assert_eq!(deleted, ChangeOutcome::Done(Seq(7)));
+    let more = messages(chat.id, &[bob.id], start + chrono::Duration::seconds(1), 1);
+    assert_eq!(
+        store.insert_messages(&more).await.expect("insert"),
+        vec![Stored::New(Seq(8))]
+    );
+    assert_eq!(
+        store
+            .member_position(chat.id, bob.id)
+            .await
+            .expect("position"),
+        Some(Seq(8))
+    );
+
+    let stream = store
+        .stream(chat.id, Seq(0), Seq(100))
+        .await
+        .expect("stream");
+    assert_eq!(
+        stream.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=8).map(Seq).collect::<Vec<_>>()
+    );
+    // Messages as first broadcast: the edit and the delete follow them.
+    assert_eq!(
+        stream[0].kind,
+        StreamKind::Message {
+            content: sent[0].content.as_str().to_owned(),
+            client_id: Some("send-1".into())
+        }
+    );
+    assert_eq!(stream[0].message_id, sent[0].id);
+    assert_eq!(stream[0].user_id, alice.id);
+    assert_eq!(stream[0].username, "s_alice");
+    assert_eq!(stream[0].at, sent[0].created_at);
+    assert_eq!(
+        stream[1].kind,
+        StreamKind::Message {
+            content: sent[1].content.as_str().to_owned(),
+            client_id: None
+        },
+        "a deleted message is still in the stream"
+    );
+    assert_eq!(
+        stream[3].kind,
+        StreamKind::Edit {
+            content: "edited".into()
+        }
+    );
+    assert_eq!((stream[3].message_id, stream[3].at), (sent[0].id, at));
+    assert_eq!(
+        stream[4].kind,
+        StreamKind::Reaction {
+            emoji: "👍".into(),
+            added: true
+        }
+    );
+    assert_eq!(stream[4].user_id, alice.id);
+    assert_eq!(
+        stream[5].kind,
+        StreamKind::Reaction {
+            emoji: "👍".into(),
+            added: false
+        }
+    );
+    assert_eq!(stream[6].kind, StreamKind::Delete);
+    assert_eq!(
+        (stream[6].user_id, stream[6].username.as_str()),
+        (bob.id, "s_bob")
+    );
+
+    let window = store.stream(chat.id, Seq(3), Seq(5)).await.expect("stream");
+    assert_eq!(
+        window.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![Seq(4), Seq(5)],
+        "positions in (after, upto]"
+    );
+    assert!(store
+        .stream(chat.id, Seq(8), Seq(20))
+        .await
+        .expect("stream")
+        .is_empty());
+}
+
+async fn idempotent_sends(store: &dyn Store) {
+    let Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = pair(store, "i", None).await;
+    let other = conversation(alice.id, Some("other"), start);
+    store
+        .create_conversation(&other, &[alice.id])
+        .await
+        .expect("create");
+    let key = || Some(ClientId::parse("retry-me").expect("client id"));
+
+    let mut first = messages(chat.id, &[alice.id], start, 1);
+    first[0].client_id = key();
+    assert_eq!(
+        store.insert_messages(&first).await.expect("insert"),
+        vec![Stored::New(Seq(1))]
+    );
+    store
+        .edit_message(
+            chat.id,
+            first[0].id,
+            alice.id,
+            &content("changed"),
+            now_micros(),
+        )
+        .await
+        .expect("edit");
+
+    // The same send again (new id, new time, other content): the original answers.
+    let later = start + chrono::Duration::seconds(5);
+    let mut again = messages(chat.id, &[alice.id, bob.id, alice.id], later, 3);
+    again[0].client_id = key();
+    again[1].client_id = key(); // bob's own key: a different send
+    again[2].conversation_id = other.id;
+    again[2].client_id = key(); // alice's key, another conversation: a different send
+    let outcomes = store.insert_messages(&again).await.expect("insert");
+    assert_eq!(
+        outcomes,
+        vec![
+            Stored::Duplicate(Original {
+                id: first[0].id,
+                seq: Seq(1),
+                content: first[0].content.as_str().to_owned(),
+                created_at: first[0].created_at,
+            }),
+            Stored::New(Seq(3)),
+            Stored::New(Seq(1)),
+        ],
+        "a repeat takes no position; the edit took 2"
+    );
+    let history = super::page(store, chat.id, 50, None).await;
+    assert_eq!(
+        ids(&history),
+        vec![first[0].id, again[1].id],
+        "nothing stored twice"
+    );
+}
+
+async fn history_forward(store: &dyn Store) {
+    let Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = pair(store, "p", None).await;
+    let sent = messages(chat.id, &[alice.id, bob.id], start, 8);
+    store.insert_messages(&sent).await.expect("insert");
+    let all = new_ids(&sent);
+    store
+        .delete_message(chat.id, all[3], bob.id, now_micros())
+        .await
+        .expect("delete");
+    let page = |after, before| async move {
+        let page = Page {
+            limit: 3,
+            before,
+            after,
+        };
+        store
+            .history(chat.id, page)
+            .await
+            .expect("history")
+            .map(|p| ids(&p))
+    };
+    assert_eq!(
+        page(Some(all[0]), None).await,
+        Some(vec![all[1], all[2], all[4]]),
+        "the oldest after it, oldest first, deleted ones skipped"
+    );
+    assert_eq!(
+        page(Some(all[3]), None).await,
+        Some(vec![all[4], all[5], all[6]]),
+        "a deleted message still anchors"
+    );
+    assert_eq!(page(Some(all[7]), None).await, Some(vec![]));
+    assert_eq!(
+        page(Some(all[1]), Some(all[5])).await,
+        Some(vec![all[2], all[4]]),
+        "between the two"
+    );
+    assert_eq!(
+        page(Some(crate::ids::MessageId::random()), None).await,
+        None,
+        "unknown anchor"
+    );
+    let many = Page {
+        limit: 50,
+        before: None,
+        after: None,
+    };
+    let newest = store.history(chat.id, many).await.expect("history");
+    assert_eq!(newest.map(|p| p.len()), Some(7));
+}
