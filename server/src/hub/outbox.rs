@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Resume;
+use super::{Admitted, Resume};
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::{Close, PING_FRAME};
 
@@ -91,22 +91,15 @@ pub struct Heartbeat {
 }
 
 impl Outbox {
-    pub fn new(
-        id: u64,
-        user: UserId,
-        username: Arc<str>,
-        conversation: ConversationId,
-        limit: usize,
-        expires_at: u64,
-        ping_phase: Duration,
-        resume: Resume,
-    ) -> Self {
+    /// The outbox of connection `id` for what admission granted, with a queue of at
+    /// most `limit` bytes, first pinged `ping_phase` into the ping interval.
+    pub fn new(id: u64, admitted: &Admitted, limit: usize, ping_phase: Duration) -> Self {
         let now = Instant::now();
         Self {
             id,
-            user,
-            username,
-            conversation,
+            user: admitted.user,
+            username: Arc::clone(&admitted.username),
+            conversation: admitted.conversation,
             limit,
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -117,8 +110,8 @@ impl Outbox {
             // are pinged spread over the interval, not all in one beat.
             last_ping: Cell::new(now.checked_sub(ping_phase).unwrap_or(now)),
             closing_since: Cell::new(now),
-            expires_at: Cell::new(expires_at),
-            phase: RefCell::new(Phase::Joining(resume)),
+            expires_at: Cell::new(admitted.expires_at),
+            phase: RefCell::new(Phase::Joining(admitted.resume.clone())),
         }
     }
 
@@ -313,18 +306,19 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::Seq;
 
     fn conn(limit: usize) -> Outbox {
-        Outbox::new(
-            1,
-            UserId::random(),
-            "u".into(),
-            ConversationId::random(),
-            limit,
-            u64::MAX,
-            Duration::ZERO,
-            Resume::Fresh,
-        )
+        let admitted = Admitted {
+            user: UserId::random(),
+            username: "u".into(),
+            conversation: ConversationId::random(),
+            expires_at: u64::MAX,
+            checked_at: Instant::now(),
+            position: Seq(0),
+            resume: Resume::Fresh,
+        };
+        Outbox::new(1, &admitted, limit, Duration::ZERO)
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -431,5 +425,39 @@ mod tests {
         assert!(c.is_open());
         c.beat(&beat, now, 200);
         assert!(!c.is_open());
+    }
+
+    #[test]
+    fn deliveries_follow_the_place_in_the_stream() {
+        let c = conn(1000);
+        let f = |b: &'static [u8]| Bytes::from_static(b);
+        c.deliver(&f(b"before the join"));
+        assert_eq!(
+            c.backlog(),
+            0,
+            "what predates the join is not this connection's"
+        );
+        assert_eq!(c.joined(), Some(Resume::Fresh));
+        assert_eq!(c.joined(), None, "joined once");
+        c.deliver(&f(b"live 1"));
+        c.push(f(b"replayed"));
+        c.go_live();
+        c.deliver(&f(b"live 2"));
+        let mut batch = Vec::new();
+        assert_eq!(block_on(c.next(&mut batch)), Next::Write { last: false });
+        assert_eq!(batch, vec![f(b"replayed"), f(b"live 1"), f(b"live 2")]);
+    }
+
+    #[test]
+    fn a_client_that_reads_nothing_while_held_is_condemned() {
+        let c = conn(10);
+        c.joined();
+        c.deliver(&Bytes::from_static(b"123456"));
+        c.deliver(&Bytes::from_static(b"123456"));
+        let mut batch = Vec::new();
+        assert_eq!(
+            block_on(c.next(&mut batch)),
+            Next::Condemned(Close::TooFarBehind)
+        );
     }
 }

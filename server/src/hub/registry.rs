@@ -28,13 +28,9 @@ impl Hub {
             .mul_f64((st.next_conn % PING_PHASES) as f64 / PING_PHASES as f64);
         let conn = Rc::new(Outbox::new(
             st.next_conn,
-            admitted.user,
-            Arc::clone(&admitted.username),
-            admitted.conversation,
+            admitted,
             config.ws_outbound_limit_bytes,
-            admitted.expires_at,
             phase,
-            admitted.resume.clone(),
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));
         st.by_conversation

@@ -101,7 +101,8 @@ impl Stream {
     /// Whether the store must be read now: a gap or a doubt, and no commit in flight
     /// that could still close it. Starts the read when so: the caller runs it.
     pub(super) fn start_fill(&mut self) -> Option<Seq> {
-        if self.filling || self.in_flight > 0 || !(self.doubtful || !self.pending.is_empty()) {
+        let gap = !self.pending.is_empty();
+        if self.filling || self.in_flight > 0 || !(self.doubtful || gap) {
             return None;
         }
         self.filling = true;

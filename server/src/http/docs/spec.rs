@@ -21,6 +21,7 @@ use crate::http::dto::{
     Readiness, Token, UserOut, UserSummary,
 };
 use crate::protocol::{Close, CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
+use crate::text::CLIENT_ID_MAX_CHARS;
 
 /// Name of the security scheme the protected operations refer to (`security(("bearer" = []))`).
 pub const BEARER: &str = "bearer";
@@ -167,6 +168,19 @@ fn websocket() -> Operation {
         .required(Required::True)
         .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
         .description(Some("The `access_token` from `POST /api/auth/login`"));
+    let since = ParameterBuilder::new()
+        .name("since")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        ))
+        .description(Some(
+            "Resume: the highest `seq` the client has seen; every event after it is \
+             replayed before the live ones",
+        ));
     OperationBuilder::new()
         .tag("websocket")
         .operation_id(Some("websocket"))
@@ -174,6 +188,7 @@ fn websocket() -> Operation {
         .description(Some(websocket_description()))
         .parameter(conversation)
         .parameter(token)
+        .parameter(since)
         .response(
             "101",
             ResponseBuilder::new()
@@ -228,13 +243,14 @@ is one JSON object in a text frame, with a `type`.
 close code 1008 (`Invalid token`). A user who is not a participant, or an unknown
 conversation, gets `{{"type":"error","detail":"Not a member of this conversation"}}` and
 close 1008 with that reason. On success everyone in the conversation, the joiner
-included, receives a `system` event `User <name> joined the conversation`.
+included, receives a `system` event `User <name> joined the conversation` with `seq`, the
+conversation's position at the join.
 
 **Client to server**
 
 | type | fields | effect |
 |---|---|---|
-| `message` | `content` (1-{CONTENT_MAX_CHARS} characters, not blank) | persisted, then broadcast to every connection of the conversation, the sender's included |
+| `message` | `content` (1-{CONTENT_MAX_CHARS} characters, not blank), optional `client_id` (1-{CLIENT_ID_MAX_CHARS} characters) | persisted, then broadcast to every connection of the conversation, the sender's included; a repeated `client_id` is answered with the original and stores nothing |
 | `typing` | | `typing` to the other participants' connections; never persisted |
 | `edit` | `message_id`, `content` | sender of that message only; persisted; broadcast |
 | `delete` | `message_id` | sender of that message only; soft delete; broadcast |
@@ -249,14 +265,15 @@ an `error` about that event.
 **Server to client**
 
 ```
-{{"type":"message","message_id","conversation_id","content","sender_id","sender_username","timestamp","is_edited":false}}
-{{"type":"system","content":"User alice joined the conversation","sender_id","active_users":[user ids connected now]}}
+{{"type":"message","message_id","conversation_id","content","sender_id","sender_username","timestamp","is_edited":false,"seq","client_id"?}}
+{{"type":"system","content":"User alice joined the conversation","sender_id","active_users":[user ids connected now],"seq"}}
 {{"type":"system","content":"User alice left the conversation","sender_id","active_users":[...]}}
 {{"type":"typing","sender_id","sender_username","conversation_id"}}
-{{"type":"edit","message_id","content","sender_id","is_edited":true,"timestamp"}}
-{{"type":"delete","message_id","sender_id","timestamp"}}
-{{"type":"reaction","message_id","emoji","sender_id","sender_username","action":"added"|"removed"}}
+{{"type":"edit","message_id","content","sender_id","is_edited":true,"timestamp","seq"}}
+{{"type":"delete","message_id","sender_id","timestamp","seq"}}
+{{"type":"reaction","message_id","emoji","sender_id","sender_username","action":"added"|"removed","seq"}}
 {{"type":"presence","sender_id","sender_username","status"}}
+{{"type":"resync","from_seq"}}
 {{"type":"pong"}}
 {{"type":"auth","status":"ok","expires_at"}}
 {{"type":"error","detail","ref"?}}
@@ -270,11 +287,18 @@ a fresh token arrived first in an `auth` event. A participant removed from the
 conversation gets `{{"type":"error","detail":"Not a member of this conversation"}}` and
 close 1008 on each of their sockets there, before anything said after the removal.
 
+**Streams.** Every persisted event (`message`, `edit`, `delete`, `reaction`) carries `seq`,
+its position in the conversation's stream: 1, 2, 3, ... with no gaps, in the order every
+connection receives them and history lists them. Reconnecting with `since=<seq>` replays,
+in order and as first broadcast, every event after it (at most the newest 1000, after a
+`{{"type":"resync","from_seq"}}` when more were missed), then the `joined` event, then live
+events: no gap and no duplicate at the seam. A bad `since` gets an `error` and the socket
+joins live.
+
 **Guarantees.** The sender's own `message` event is its acknowledgement: it is sent only
 after the message is durably committed; a message that could not be committed gets an
-`error` instead. Every connection of a conversation sees `message` events in the same
-order, the order of `GET /api/chat/conversations/{{id}}/messages`. `active_users` lists each
-connected user once.
+`error` instead (with a `client_id`: `Message may not have been saved; resend with the
+same client_id`). `active_users` lists each connected user once.
 
 If the store cannot be reached while joining, the socket is closed with 1011; retry.
 
