@@ -226,10 +226,55 @@ async fn postgres_outage(driver: IoDriver) -> anyhow::Result<()> {
     let srv = TestServer::start(opts)
         .await
         .context("starting chat-server on PostgreSQL through the relay")?;
-    let result = outage_scenario(&srv, &relay).await;
+    let mut result = outage_scenario(&srv, &relay).await;
+    if result.is_ok() {
+        result = outage_with_client_id(&srv, &relay).await;
+    }
     srv.finish(result);
     drop(db);
     Ok(())
+}
+
+/// A send with a `client_id` whose commit fails is told it may not have been saved;
+/// once the store is back, resending with the same `client_id` stores it once and
+/// every further repeat gets the same ack.
+async fn outage_with_client_id(srv: &TestServer, relay: &TcpRelay) -> anyhow::Result<()> {
+    let api = srv.api();
+    let ([alice], conv) = group(&api, &["carol"]).await?;
+    let (mut a, _) = join(srv, &conv, &alice).await?;
+    let send = json!({"type": "message", "content": "sent in the dark", "client_id": "dark-1"});
+    relay.cut();
+    a.send_json(&send).await?;
+    let err = a.recv_type("error").await?;
+    ensure!(
+        err["detail"] == "Message may not have been saved; resend with the same client_id",
+        "{err}"
+    );
+    relay.restore();
+    let mut ack = None;
+    for _ in 0..60 {
+        a.send_json(&send).await?;
+        let ev = a
+            .wait_for("the resend's outcome", |v| {
+                matches!(kind(v), "message" | "error")
+            })
+            .await?;
+        if kind(&ev) == "message" {
+            ack = Some(ev);
+            break;
+        }
+        pause(500).await;
+    }
+    let ack = ack.context("no resend was acknowledged in 30 s after PostgreSQL came back")?;
+    ensure!(ack["client_id"] == "dark-1", "{ack}");
+    a.send_json(&send).await?;
+    ensure!(
+        a.recv_type("message").await? == ack,
+        "a further repeat gets the same ack"
+    );
+    let history = full_history(&api, &alice, &conv).await?;
+    ensure!(history.len() == 1, "stored once: {history:?}");
+    a.close().await
 }
 
 /// Sends message number `n` (incremented) of `phase` with a `ref`; its outcome.

@@ -16,6 +16,7 @@ use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
 pub(crate) use fixtures::{
     content, conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb,
 };
+pub(crate) use streams::upgraded_from_first_schema;
 
 /// The ids of the conversation's whole history, oldest first, read page by page.
 pub(crate) async fn all_history(store: &dyn Store, id: ConversationId) -> Vec<MessageId> {

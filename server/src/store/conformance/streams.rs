@@ -269,3 +269,43 @@ async fn history_forward(store: &dyn Store) {
     let newest = store.history(chat.id, many).await.expect("history");
     assert_eq!(newest.map(|p| p.len()), Some(7));
 }
+
+/// What a store upgraded from the first schema must show, given conversation `c1`
+/// with the messages `old` (oldest first) and `c2` with one message, all written by
+/// `user` under the first schema: positions backfilled in id order, counters set,
+/// and new messages continuing after them.
+pub(crate) async fn upgraded_from_first_schema(
+    store: &dyn Store,
+    user: crate::ids::UserId,
+    (c1, old): (crate::ids::ConversationId, &[crate::ids::MessageId]),
+    c2: crate::ids::ConversationId,
+) {
+    let page = Page {
+        limit: 50,
+        ..Page::default()
+    };
+    let history = store
+        .history(c1, page)
+        .await
+        .expect("history")
+        .expect("known");
+    assert_eq!(ids(&history), old);
+    assert_eq!(
+        history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=old.len() as u64).map(Seq).collect::<Vec<_>>()
+    );
+    let count = old.len() as u64;
+    assert_eq!(
+        store.member_position(c1, user).await.expect("position"),
+        Some(Seq(count))
+    );
+    assert_eq!(
+        store.member_position(c2, user).await.expect("position"),
+        Some(Seq(1))
+    );
+    let next = messages(c1, &[user], now_micros(), 1);
+    assert_eq!(
+        store.insert_messages(&next).await.expect("insert"),
+        vec![Stored::New(Seq(count + 1))]
+    );
+}

@@ -179,3 +179,66 @@ async fn postgres_recovers_after_connections_are_killed() {
     }
     assert!(recovered, "the pool reconnected");
 }
+
+#[tokio::test]
+async fn postgres_upgrade_gives_existing_messages_their_positions() {
+    use crate::ids::{ConversationId, MessageIdGen, UserId};
+    let db = PgTestDb::create().await;
+    let (user, c1, c2) = (
+        UserId::random(),
+        ConversationId::random(),
+        ConversationId::random(),
+    );
+    let mut gen = MessageIdGen::default();
+    let old: Vec<_> = (0..3).map(|_| gen.next(crate::ids::now_micros())).collect();
+    let last = gen.next(crate::ids::now_micros());
+    {
+        // A database written by the first schema, before streams existed.
+        let (mut client, connection) = tokio_postgres::connect(&db.url(), NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(connection);
+        super::embedded::migrations::runner()
+            .set_target(refinery::Target::Version(1))
+            .run_async(&mut client)
+            .await
+            .expect("first schema");
+        client
+            .execute(
+                "INSERT INTO users VALUES ($1, 'old_alice', 'x', now())",
+                &[&user.0],
+            )
+            .await
+            .expect("user");
+        for c in [c1, c2] {
+            client
+                .execute(
+                    "INSERT INTO conversations VALUES ($1, 'old', NULL, true, $2, now(), now())",
+                    &[&c.0, &user.0],
+                )
+                .await
+                .expect("conversation");
+            client
+                .execute(
+                    "INSERT INTO participants VALUES ($1, $2, now())",
+                    &[&c.0, &user.0],
+                )
+                .await
+                .expect("participant");
+        }
+        for (id, c) in old.iter().map(|m| (m, c1)).chain([(&last, c2)]) {
+            client
+                .execute(
+                    "INSERT INTO messages (id, conversation_id, sender_id, content, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'from before', now(), now())",
+                    &[&id.0, &c.0, &user.0],
+                )
+                .await
+                .expect("message");
+        }
+        drop(client);
+        driver.abort();
+    }
+    let store = PostgresStore::connect(&db.url(), 1).await.expect("upgrade");
+    conformance::upgraded_from_first_schema(&store, user, (c1, &old), c2).await;
+}

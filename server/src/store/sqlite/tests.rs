@@ -56,3 +56,48 @@ async fn sqlite_runs_durable_wal() {
     assert_eq!(sync, 2, "synchronous must be FULL");
     assert_eq!(fks, 1);
 }
+
+#[tokio::test]
+async fn sqlite_upgrade_gives_existing_messages_their_positions() {
+    use crate::ids::{ConversationId, MessageIdGen, UserId};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("chat.db");
+    let (user, c1, c2) = (
+        UserId::random(),
+        ConversationId::random(),
+        ConversationId::random(),
+    );
+    let mut gen = MessageIdGen::default();
+    let old: Vec<_> = (0..3).map(|_| gen.next(crate::ids::now_micros())).collect();
+    let last = gen.next(crate::ids::now_micros());
+    {
+        // A database written by the first schema, before streams existed.
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        super::embedded::migrations::runner()
+            .set_target(refinery::Target::Version(1))
+            .run(&mut conn)
+            .expect("first schema");
+        let (u, a, b) = (user.to_string(), c1.to_string(), c2.to_string());
+        conn.execute("INSERT INTO users VALUES (?1, 'old_alice', 'x', 0)", [&u])
+            .expect("user");
+        for c in [&a, &b] {
+            conn.execute(
+                "INSERT INTO conversations VALUES (?1, 'old', NULL, 1, ?2, 0, 0)",
+                [c, &u],
+            )
+            .expect("conversation");
+            conn.execute("INSERT INTO participants VALUES (?1, ?2, 0)", [c, &u])
+                .expect("participant");
+        }
+        for (id, c) in old.iter().map(|m| (m, &a)).chain([(&last, &b)]) {
+            conn.execute(
+                "INSERT INTO messages (id, conversation_id, sender_id, content, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, 'from before', 1, 1)",
+                [&id.to_string(), c, &u],
+            )
+            .expect("message");
+        }
+    }
+    let store = SqliteStore::open(&path, 1).await.expect("upgrade");
+    conformance::upgraded_from_first_schema(&store, user, (c1, &old), c2).await;
+}
