@@ -3,8 +3,10 @@
 //! Goose drives the simulated users and their REST calls (and reports them); each
 //! user's WebSockets are tokio tasks that chat and measure what Goose cannot: ack and
 //! delivery latency in HDR histograms, deliveries against what was expected,
-//! duplicates, losses. After the run every acknowledged message is looked up in the
-//! history the server returns. [`run`] does all of it and returns the [`Report`];
+//! duplicates, losses, and every stream position once and in order across reconnects
+//! (which resume with `since`; unanswered sends are retried with their `client_id`).
+//! After the run every acknowledged message is looked up in the history the server
+//! returns. [`run`] does all of it and returns the [`Report`];
 //! `cargo run --release -p loadtest` is the command-line front end.
 //!
 //! Goose's stop switch is process-wide: run one [`run`] at a time per process.
@@ -36,8 +38,8 @@ pub use report::Report;
 
 use crate::console::{say, thousands};
 use crate::report::{
-    Correctness, Events, Harness, Measured, Percentiles, ServerInfo, Setup, Sockets, Target,
-    Workload,
+    Correctness, Events, Harness, Measured, Percentiles, ServerInfo, Setup, Sockets, Streams,
+    Target, Workload,
 };
 use crate::server::LocalServer;
 use crate::state::{lock, Run, Sources, Stage};
@@ -312,6 +314,15 @@ fn build_report(
             reordered: c.reordered.load(Ordering::Relaxed),
             misrouted: c.misrouted.load(Ordering::Relaxed),
             foreign: c.foreign.load(Ordering::Relaxed),
+            retried_sends: c.retried.load(Ordering::Relaxed),
+            answered_with_original: c.repeats.load(Ordering::Relaxed),
+        },
+        streams: Streams {
+            resumed_events: c.resumed.load(Ordering::Relaxed),
+            resyncs: c.resyncs.load(Ordering::Relaxed),
+            gaps: c.stream_gaps.load(Ordering::Relaxed),
+            duplicates: c.stream_duplicates.load(Ordering::Relaxed),
+            unplaced: c.unplaced.load(Ordering::Relaxed),
         },
         sockets: Sockets {
             connects: c.connects.load(Ordering::Relaxed),

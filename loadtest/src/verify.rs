@@ -1,6 +1,9 @@
 //! After the run: read every conversation's whole history back over REST (pages of
 //! 100, newest first, `before=` the oldest id seen) and check that every acknowledged
-//! message is there, once, and that each sender's messages are in the order sent.
+//! message is there, once (resent ones too: a repeated `client_id` stores nothing), and
+//! that each sender's messages are in the order sent, except resent ones, which take
+//! their place when the resend is committed. It only reads, the run's records and the
+//! server's history alike.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -155,6 +158,7 @@ async fn check(run: &Run, client: &reqwest::Client, conv: &Conv) -> ConvCheck {
         }
     }
     out.read = true;
+    let state = lock(&conv.state);
     // Chronological order.
     let mut seen: HashMap<(usize, usize), u32> = HashMap::new();
     let mut last_seq: HashMap<usize, usize> = HashMap::new();
@@ -174,6 +178,14 @@ async fn check(run: &Run, client: &reqwest::Client, conv: &Conv) -> ConvCheck {
             out.duplicates += 1;
             continue;
         }
+        let resent = state
+            .records
+            .get(tag.slot)
+            .and_then(|r| r.get(tag.seq))
+            .is_some_and(|rec| rec.resends > 0);
+        if resent {
+            continue;
+        }
         match last_seq.get(&tag.slot) {
             Some(&last) if tag.seq < last => out.out_of_order += 1,
             _ => {
@@ -188,7 +200,6 @@ async fn check(run: &Run, client: &reqwest::Client, conv: &Conv) -> ConvCheck {
             out.lost += 1;
         }
     }
-    let state = lock(&conv.state);
     for &(slot, seq) in seen.keys() {
         match state.records.get(slot).and_then(|r| r.get(seq)) {
             Some(rec) if rec.failed => out.persisted_refused += 1,

@@ -5,7 +5,8 @@
 //! Every chat message is a [`Record`] under its conversation's mutex, indexed by the
 //! sender's slot and sequence number, with a bit per member that received it. Whether a
 //! member *had* to receive it is decided at the end from the member's connected
-//! intervals (see [`Run::tally`]).
+//! intervals (see [`Run::tally`]). A seat that resumes its stream without a resync has
+//! missed nothing while away, so its interval continues across the reconnect.
 //!
 //! Layout: this file holds the plain data (records, intervals, conversations,
 //! accounts, control, stage, counters, source addresses, windows); `run` owns
@@ -26,7 +27,7 @@ use tokio::sync::OnceCell;
 
 pub use latency::{Latencies, Percentiles, PhaseHist};
 pub use run::{Run, Tally};
-pub use tag::{parse_tag, Tag};
+pub use tag::{client_number, parse_tag, Tag};
 
 /// Locks a mutex, ignoring poisoning (a panicking task must not hide the results).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,9 +45,16 @@ pub struct Record {
     pub phase: u16,
     /// The server answered with an `error` event for it.
     pub failed: bool,
+    /// Times it was written again with its `client_id` (after a reconnect, or the
+    /// server's "may not have been saved").
+    pub resends: u32,
+    /// The sender's copies of it that came back: the acknowledgement and, for a resent
+    /// message, maybe the server's repeat of the original.
+    pub answers: u32,
 }
 
-/// A socket's time in the conversation: from its own `joined` event to its close.
+/// A socket's time in the conversation: from its own `joined` event to its close (or,
+/// when it resumed without a resync, to the close after that).
 #[derive(Clone, Copy, Debug)]
 pub struct Interval {
     pub from_us: u64,
@@ -127,6 +135,19 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     pub drops: AtomicU64,
     pub history_reads: AtomicU64,
+    /// Stream events replayed to resumed connections, before their own `joined`.
+    pub resumed: AtomicU64,
+    /// Replays that began with a `resync` (the server replays only the newest events).
+    pub resyncs: AtomicU64,
+    /// Stream positions a seat never saw, and positions it saw twice.
+    pub stream_gaps: AtomicU64,
+    pub stream_duplicates: AtomicU64,
+    /// Stream events a seat could not place: no `seq`, or before its first `joined`.
+    pub unplaced: AtomicU64,
+    /// Messages written again with their `client_id`.
+    pub retried: AtomicU64,
+    /// Answers to resent messages that repeated the original to its sender.
+    pub repeats: AtomicU64,
     /// Error events by detail.
     pub errors: Mutex<BTreeMap<String, u64>>,
     /// Connect failures by reason.

@@ -1,31 +1,41 @@
-//! One simulated user's WebSocket in one conversation, as a tokio task: it connects
-//! (from a chosen loopback source address when the run spreads sockets over several),
-//! waits for its own `joined` event, then chats at the rate the driver sets (Poisson
-//! arrivals, a `typing` event before some messages) and measures what comes back:
+//! One simulated user's WebSocket in one conversation (its seat), as a tokio task: it
+//! connects (from a chosen loopback source address when the run spreads sockets over
+//! several), waits for its own `joined` event, then chats at the rate the driver sets
+//! (Poisson arrivals, a `typing` event before some messages) and measures what comes
+//! back:
 //!
-//! - its own copy of a message is the acknowledgement: ack latency = now - send time;
+//! - its own copy of a message is the acknowledgement, matched by the `client_id` every
+//!   send carries: ack latency = now - send time;
 //! - another member's message is a delivery: delivery latency = now - the send time
 //!   written in the message's tag (one process, one clock);
+//! - every stream event's `seq` is checked against the seat's last one, across
+//!   reconnects: each position once, in order (see `stream`);
 //! - duplicates, per-sender reordering, `error` events and unexpected closes are
 //!   counted.
 //!
-//! A reconnect or close first stops sending and waits for the acknowledgements of the
-//! messages in flight, so the sender knows the fate of everything it sent; an
-//! unexpected close is counted and followed by a reconnect after a short back-off.
+//! Every connection after the seat's first `joined` event resumes with
+//! `since=<last seq seen>`: the events replayed before the new `joined` are counted as
+//! resumed. A reconnect or close first stops sending and waits for the
+//! acknowledgements of the messages in flight; whatever is still unanswered when a
+//! connection ends (closed, dropped, or answered "may not have been saved") is written
+//! again with the same `client_id` once a connection is live, so the sender learns the
+//! fate of everything it sent and nothing is stored twice. An unexpected close is
+//! counted and followed by a reconnect after a short back-off.
 //!
 //! Layout: this file owns the task (spawn, connect, back-off and reconnect loop);
-//! `session` one connection's life (the select loop, quiescing and closing), with
-//! `session::send` for what goes out and `session::receive` for what comes in.
+//! `seat` what the task keeps across connections; `stream` the pure check of stream
+//! positions; `session` one connection's life (the select loop, quiescing and closing),
+//! with `session::send` for what goes out and `session::receive` for what comes in.
 
+mod seat;
 mod session;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -34,6 +44,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::state::{Counters, Run};
+use seat::Seat;
 use session::Session;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,15 +111,27 @@ enum End {
 async fn socket_main(
     run: Arc<Run>,
     spec: SocketSpec,
+    commands: mpsc::Receiver<Command>,
+    first: oneshot::Sender<ConnectOutcome>,
+) {
+    let mut seat = Seat::new(run.convs[spec.conv].members.len());
+    connections(&run, &spec, commands, first, &mut seat).await;
+    seat.abandon(&run);
+}
+
+/// Connects, runs sessions and reconnects until the seat is closed for good.
+async fn connections(
+    run: &Run,
+    spec: &SocketSpec,
     mut commands: mpsc::Receiver<Command>,
     first: oneshot::Sender<ConnectOutcome>,
+    seat: &mut Seat,
 ) {
     let mut reply = Some(first);
     let mut backoff = BACKOFF_MIN;
-    let mut rng = SmallRng::from_rng(&mut rand::rng());
     loop {
         let started = Instant::now();
-        match connect(&run, &spec).await {
+        match connect(run, spec, seat.since()).await {
             Err(error) => {
                 run.counters
                     .connect_failures
@@ -124,7 +147,7 @@ async fn socket_main(
             }
             Ok(ws) => {
                 run.counters.connects.fetch_add(1, Ordering::Relaxed);
-                let session = Session::new(&run, &spec, ws, reply.take(), started, &mut rng);
+                let session = Session::new(run, spec, ws, reply.take(), started, seat);
                 match session.run(&mut commands).await {
                     End::Reconnect(next) => {
                         run.counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -173,8 +196,9 @@ async fn socket_main(
     }
 }
 
-/// TCP connect (bound to a source address when the run spreads sockets) and upgrade.
-async fn connect(run: &Run, spec: &SocketSpec) -> Result<Ws, String> {
+/// TCP connect (bound to a source address when the run spreads sockets) and upgrade,
+/// resuming the stream after `since` when given.
+async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws, String> {
     let socket = match run.target {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -190,10 +214,13 @@ async fn connect(run: &Run, spec: &SocketSpec) -> Result<Ws, String> {
         .map_err(|_| "tcp connect: timed out".to_string())?
         .map_err(|e| format!("tcp connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
-    let url = format!(
+    let mut url = format!(
         "{}/api/chat/ws/{}?token={}",
         run.ws_url, spec.conv_id, spec.token
     );
+    if let Some(since) = since {
+        url.push_str(&format!("&since={since}"));
+    }
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);

@@ -1,7 +1,8 @@
 //! One connection's life: the select loop over commands, control changes, frames,
-//! the send timer and the deadlines; quiescing (no new sends, wait for the
-//! acknowledgements in flight), closing, and how the session ends. The connected
-//! interval it records must be closed on every non-final end, never left open.
+//! the send timer, the resends and the deadlines; quiescing (no new sends, wait for
+//! the acknowledgements in flight), closing, and how the session ends. The connected
+//! interval it records must be closed on every non-final end, never left open. It
+//! never gives up on a send: what is unanswered when it ends stays with the seat.
 
 mod receive;
 mod send;
@@ -10,13 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::seat::Seat;
 use super::{short, Command, ConnectOutcome, End, SocketSpec, Ws, CLOSE_TIMEOUT, JOIN_TIMEOUT};
 use crate::state::{lock, Control, Run};
 
@@ -67,14 +68,15 @@ pub(super) struct Session<'a> {
     run: &'a Run,
     spec: &'a SocketSpec,
     ws: Ws,
-    rng: &'a mut SmallRng,
+    seat: &'a mut Seat,
     reply: Option<oneshot::Sender<ConnectOutcome>>,
     started: Instant,
+    /// The connection was opened with `since` (the seat's position then): what comes
+    /// before its own `joined` event is the replay.
+    resumed: bool,
+    /// The replay began with a `resync`: positions before it were skipped.
+    resynced: bool,
     joined: bool,
-    /// This connection's messages not yet acknowledged or refused.
-    outstanding: u64,
-    /// Per sender slot: 1 + the highest sequence number delivered on this connection.
-    last_seq: Vec<usize>,
     control: Control,
     next: Option<Next>,
 }
@@ -86,19 +88,18 @@ impl<'a> Session<'a> {
         ws: Ws,
         reply: Option<oneshot::Sender<ConnectOutcome>>,
         started: Instant,
-        rng: &'a mut SmallRng,
+        seat: &'a mut Seat,
     ) -> Self {
-        let members = run.convs[spec.conv].members.len();
         Session {
             run,
             spec,
             ws,
-            rng,
+            resumed: seat.since().is_some(),
+            seat,
             reply,
             started,
+            resynced: false,
             joined: false,
-            outstanding: 0,
-            last_seq: vec![0; members],
             control: *run.control.borrow(),
             next: None,
         }
@@ -126,9 +127,16 @@ impl<'a> Session<'a> {
                 let at = self.schedule();
                 send_timer.as_mut().reset(at);
             }
+            // Resends go out as soon as the connection is live, and while quiescing:
+            // they finish what was in flight.
+            if self.joined && !matches!(mode, Mode::Closing(_)) && self.seat.resend_due() {
+                if let Err(e) = self.resend().await {
+                    return self.dropped(format!("write: {}", short(&e)));
+                }
+            }
             // A quiescing socket with nothing in flight closes now.
             if let Mode::Quiescing(_) = mode {
-                if self.outstanding == 0 {
+                if !self.seat.awaiting() {
                     mode = self.begin_close(mode).await;
                     deadline.as_mut().reset(Instant::now() + CLOSE_TIMEOUT);
                     deadline_armed = true;
@@ -173,7 +181,7 @@ impl<'a> Session<'a> {
                         }
                         Some(Ok(Message::Close(frame))) => {
                             if let Mode::Closing(after) = mode {
-                                return self.finish(after);
+                                return after.into_end();
                             }
                             let reason = match frame {
                                 Some(f) => format!("server closed with {}", u16::from(f.code)),
@@ -184,13 +192,13 @@ impl<'a> Session<'a> {
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             if let Mode::Closing(after) = mode {
-                                return self.finish(after);
+                                return after.into_end();
                             }
                             return self.dropped(format!("read: {}", short(&e.to_string())));
                         }
                         None => {
                             if let Mode::Closing(after) = mode {
-                                return self.finish(after);
+                                return after.into_end();
                             }
                             return self.dropped("connection ended without a close".to_string());
                         }
@@ -211,34 +219,16 @@ impl<'a> Session<'a> {
                             return self.dropped("no joined event".to_string());
                         }
                         Mode::Quiescing(after) => {
-                            // Give up on the acknowledgements still missing.
-                            self.abandon_outstanding();
+                            // Close without the acknowledgements still missing: the
+                            // seat sends them again on its next connection.
                             mode = self.begin_close(Mode::Quiescing(after)).await;
                             deadline.as_mut().reset(Instant::now() + CLOSE_TIMEOUT);
                         }
-                        Mode::Closing(after) => return self.finish(after),
+                        Mode::Closing(after) => return after.into_end(),
                     }
                 }
             }
         }
-    }
-
-    fn settle_one(&mut self) {
-        if self.outstanding > 0 {
-            self.outstanding -= 1;
-            self.run
-                .counters
-                .outstanding
-                .fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    fn abandon_outstanding(&mut self) {
-        self.run
-            .counters
-            .outstanding
-            .fetch_sub(self.outstanding, Ordering::Relaxed);
-        self.outstanding = 0;
     }
 
     /// Ends the connected interval and sends the close frame.
@@ -275,16 +265,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn finish(mut self, after: After) -> End {
-        self.abandon_outstanding();
-        after.into_end()
-    }
-
     fn dropped(mut self, reason: String) -> End {
         if self.joined {
             self.end_interval();
         }
-        self.abandon_outstanding();
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(ConnectOutcome {
                 ok: false,
