@@ -1,36 +1,24 @@
 //! The home role of a shard's hub: for the conversations hashed to this shard, the
-//! single source of their delivery order. It assigns message ids, hands messages to the
-//! batched writer, persists edits, deletes and reactions, and only once a commit has
-//! given the event its stream position sends it, encoded once, to every shard with a
-//! connection in the conversation, in position order (`stream`). It is the one place
-//! that knows who is connected where: presence (`active_users`), which shards to fan
-//! out to, which sockets to close when a participant is removed, and from which
-//! position each joining connection is live.
+//! single source of their delivery order. What it does with client events is in
+//! `events` (persist, then publish at the commit's stream position), the order of
+//! delivery in `stream`; here is the one place that knows who is connected where:
+//! presence (`active_users`), which shards to fan out to, which sockets to close when a
+//! participant is removed, and from which position each joining connection is live.
 //!
 //! It never touches a socket: everything it says goes out through the bus.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::stream::{self, Stream};
+use super::stream::Stream;
 use super::Hub;
 use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, ShardMsg};
-use crate::ids::{now_micros, ConversationId, Seq, UserId};
-use crate::protocol::{ClientEvent, ServerEvent};
-use crate::store::writer::CommitResult;
-use crate::store::{
-    ChangeOutcome, NewMessage, ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind,
-};
-use crate::text::{ClientId, Content};
-
-/// What a sender hears when its message's commit failed and it gave a `client_id`: the
-/// commit may have happened, and resending is safe.
-const MAY_NOT_BE_SAVED: &str = "Message may not have been saved; resend with the same client_id";
+use crate::ids::{ConversationId, Seq, UserId};
+use crate::protocol::ServerEvent;
 
 /// How long a removal is remembered against connections admitted before it. Admission
 /// reads membership and registers within one store call's deadline, far below this.
@@ -197,165 +185,6 @@ impl Hub {
             }
         }
     }
-
-    fn event(self: &Rc<Self>, conversation: ConversationId, actor: Actor, event: ClientEvent) {
-        match event {
-            // Answered by the connection's own shard; never sent home.
-            ClientEvent::Ping | ClientEvent::Auth { .. } => {}
-            ClientEvent::Message { content, client_id } => {
-                self.post(conversation, actor, content, client_id);
-            }
-            ClientEvent::Typing => {
-                let frame = ServerEvent::Typing {
-                    sender_id: actor.user,
-                    sender_username: &actor.username,
-                    conversation_id: conversation,
-                }
-                .frame();
-                self.fanout(conversation, frame, Some(actor.user));
-            }
-            ClientEvent::Presence { status } => {
-                let frame = ServerEvent::Presence {
-                    sender_id: actor.user,
-                    sender_username: &actor.username,
-                    status,
-                }
-                .frame();
-                self.fanout(conversation, frame, None);
-            }
-            ClientEvent::Edit {
-                message_id,
-                content,
-            } => {
-                let (user, at) = (actor.user, now_micros());
-                self.change(
-                    conversation,
-                    actor,
-                    move |s| async move {
-                        s.edit_message(conversation, message_id, user, &content, at)
-                            .await
-                            .map(|o| (o, content))
-                    },
-                    move |(outcome, content)| {
-                        let seq = changed(outcome, "You can only edit your own messages")?;
-                        let kind = StreamKind::Edit {
-                            content: content.into_string(),
-                        };
-                        Ok((seq, message_id, at, kind))
-                    },
-                    "Message could not be edited, please retry",
-                );
-            }
-            ClientEvent::Delete { message_id } => {
-                let (user, at) = (actor.user, now_micros());
-                self.change(
-                    conversation,
-                    actor,
-                    move |s| async move { s.delete_message(conversation, message_id, user, at).await },
-                    move |outcome| {
-                        let seq = changed(outcome, "You can only delete your own messages")?;
-                        Ok((seq, message_id, at, StreamKind::Delete))
-                    },
-                    "Message could not be deleted, please retry",
-                );
-            }
-            ClientEvent::Reaction { message_id, emoji } => {
-                let user = actor.user;
-                self.change(
-                    conversation,
-                    actor,
-                    move |s| async move {
-                        s.toggle_reaction(conversation, message_id, user, &emoji)
-                            .await
-                            .map(|o| (o, emoji))
-                    },
-                    move |(outcome, emoji)| {
-                        let (seq, added) = match outcome {
-                            ReactionOutcome::Added(seq) => (seq, true),
-                            ReactionOutcome::Removed(seq) => (seq, false),
-                            ReactionOutcome::NotFound => return Err("Message not found"),
-                        };
-                        // Reaction events carry no time; this one is never shown.
-                        let kind = StreamKind::Reaction { emoji, added };
-                        Ok((seq, message_id, now_micros(), kind))
-                    },
-                    "Reaction could not be saved, please retry",
-                );
-            }
-        }
-    }
-
-    /// Persists a change off the shard, then publishes what `outcome` makes of the
-    /// result (the event's position, message, time and kind), or tells the actor why
-    /// not.
-    fn change<T, F, Fut>(
-        self: &Rc<Self>,
-        conversation: ConversationId,
-        actor: Actor,
-        work: F,
-        outcome: impl FnOnce(
-                T,
-            ) -> Result<
-                (
-                    Seq,
-                    crate::ids::MessageId,
-                    chrono::DateTime<chrono::Utc>,
-                    StreamKind,
-                ),
-                &'static str,
-            > + 'static,
-        failure: &'static str,
-    ) where
-        T: Send + 'static,
-        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
-    {
-        self.begin_commit(conversation);
-        let hub = Rc::clone(self);
-        monoio::spawn(async move {
-            let result = hub.app.db.call(work).await;
-            hub.end_commit(conversation, &result);
-            match result.map(outcome) {
-                Ok(Ok((seq, message_id, at, kind))) => {
-                    let e = StreamEvent {
-                        seq,
-                        message_id,
-                        user_id: actor.user,
-                        username: actor.username.to_string(),
-                        at,
-                        kind,
-                    };
-                    return hub.publish(conversation, &e);
-                }
-                Ok(Err(detail)) => hub.reply_error(&actor, detail),
-                Err(e) => {
-                    tracing::warn!(error = %e, %conversation, "change not persisted");
-                    hub.reply_error(&actor, failure);
-                }
-            }
-            hub.settle(conversation);
-        });
-    }
-
-    fn begin_commit(&self, conversation: ConversationId) {
-        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
-            home.stream.begin_commit();
-        }
-    }
-
-    /// A commit was reported: one whose outcome is unknown (the store stopped
-    /// answering) may still have taken a position.
-    fn end_commit<T, E: std::borrow::Borrow<StoreError>>(
-        &self,
-        conversation: ConversationId,
-        result: &Result<T, E>,
-    ) {
-        let unknown = matches!(result, Err(e) if matches!(e.borrow(), StoreError::Unavailable(_)));
-        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
-            home.stream.end_commit(unknown);
-        }
-    }
-
     fn join(
         self: &Rc<Self>,
         conversation: ConversationId,
@@ -487,111 +316,6 @@ impl Hub {
         self.fanout(conversation, frame, None);
     }
 
-    fn post(
-        &self,
-        conversation: ConversationId,
-        actor: Actor,
-        content: Content,
-        client_id: Option<ClientId>,
-    ) {
-        if self.app.writer.queued() >= self.app.config.writer_queue_limit {
-            return self.reply_error(&actor, "Server busy, message not sent; please retry");
-        }
-        let created_at = now_micros();
-        let id = self.state.borrow_mut().ids.next(created_at);
-        let message = NewMessage {
-            id,
-            conversation_id: conversation,
-            sender_id: actor.user,
-            content,
-            created_at,
-            client_id,
-        };
-        self.begin_commit(conversation);
-        let bus = Arc::clone(&self.app.bus);
-        let home = self.shard;
-        self.app.writer.submit(
-            message,
-            Box::new(move |message, result| {
-                bus.post(
-                    home,
-                    ShardMsg::Committed {
-                        conversation,
-                        actor,
-                        message,
-                        result,
-                    },
-                );
-            }),
-        );
-    }
-
-    /// The writer reported a message: published at its position, answered with the
-    /// original when it was a repeat, or the sender is told it failed.
-    pub(super) fn committed(
-        self: &Rc<Self>,
-        conversation: ConversationId,
-        actor: Actor,
-        message: NewMessage,
-        result: CommitResult,
-    ) {
-        self.end_commit(conversation, &result);
-        let NewMessage {
-            id,
-            content,
-            created_at,
-            client_id,
-            ..
-        } = message;
-        let client_id = client_id.map(ClientId::into_string);
-        let event = |seq, message_id, at, content| StreamEvent {
-            seq,
-            message_id,
-            user_id: actor.user,
-            username: actor.username.to_string(),
-            at,
-            kind: StreamKind::Message {
-                content,
-                client_id: client_id.clone(),
-            },
-        };
-        match result {
-            Ok(Stored::New(seq)) => {
-                return self.publish(
-                    conversation,
-                    &event(seq, id, created_at, content.into_string()),
-                );
-            }
-            Ok(Stored::Duplicate(original)) => {
-                // Only the sender hears of a repeat: everyone saw the original already.
-                let ack = event(
-                    original.seq,
-                    original.id,
-                    original.created_at,
-                    original.content,
-                );
-                self.app.bus.post(
-                    actor.conn.shard,
-                    ShardMsg::Direct {
-                        conn: actor.conn.conn,
-                        frame: stream::frame(conversation, &ack),
-                    },
-                );
-            }
-            Ok(Stored::Gone) => self.reply_error(&actor, "Conversation not found"),
-            Err(e) => {
-                tracing::warn!(error = %e, %conversation, "message not committed");
-                let detail = if client_id.is_some() {
-                    MAY_NOT_BE_SAVED
-                } else {
-                    "Message could not be saved, please retry"
-                };
-                self.reply_error(&actor, detail);
-            }
-        }
-        self.settle(conversation);
-    }
-
     /// Sends `frame` (not a stream event) to every connection in the conversation.
     pub(super) fn fanout(&self, conversation: ConversationId, frame: Bytes, skip: Option<UserId>) {
         if let Some(home) = self.state.borrow().homes.live.get(&conversation) {
@@ -612,14 +336,5 @@ impl Hub {
                 frame,
             },
         );
-    }
-}
-
-/// An edit or delete outcome: its position, or the error the actor gets.
-fn changed(outcome: ChangeOutcome, not_sender: &'static str) -> Result<Seq, &'static str> {
-    match outcome {
-        ChangeOutcome::Done(seq) => Ok(seq),
-        ChangeOutcome::NotFound => Err("Message not found"),
-        ChangeOutcome::NotSender => Err(not_sender),
     }
 }

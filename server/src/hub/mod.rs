@@ -4,14 +4,16 @@
 //!   fed by the bus with ready-made frames to write (`Deliver`, `Direct`), closed when
 //!   their user loses access (`Revoked`), visited by the heartbeat.
 //! - Home (`home`): for the conversations hashed to this shard, the single source of
-//!   their delivery order (`stream`: position order, gaps read back from the store)
-//!   and the one place that knows who is connected.
+//!   their delivery order and the one place that knows who is connected; `events`
+//!   persists what clients send, `stream` delivers it in position order (gaps read
+//!   back from the store).
 //! - Replay (`replay`): a resuming connection's missed events, from the store, before
 //!   its live ones.
 //!
 //! Everything here runs on the shard's own thread; state sits in a `RefCell` that is
 //! never borrowed across an await.
 
+mod events;
 mod home;
 pub mod outbox;
 mod ratelimit;
