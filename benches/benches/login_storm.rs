@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (host, _server) = match std::env::var("STORM_HOST") {
         Ok(host) => (host, None),
         Err(_) => {
-            let (server, dir) = start_server()?;
+            let (server, dir) = benches::release_server("login-storm", &[])?;
             (server.base_url().to_string(), Some((server, dir)))
         }
     };
@@ -117,15 +117,3 @@ fn report(label: &str, samples: &[Duration]) {
 }
 
 /// Starts the release server on an ephemeral port with a fresh embedded store.
-fn start_server() -> anyhow::Result<(testkit::ServerProcess, tempfile::TempDir)> {
-    let binary = testkit::server_binary(testkit::Profile::Release)?;
-    let dir = tempfile::Builder::new().prefix("login-storm-").tempdir()?;
-    let args = [
-        "--secret-key".into(),
-        "login-storm-secret-key-0123456789abcdef".into(),
-        "--data-dir".into(),
-        dir.path().into(),
-    ];
-    let server = testkit::ServerProcess::start(&binary, &args, &[], testkit::Output::Memory)?;
-    Ok((server, dir))
-}

@@ -3,6 +3,10 @@
 //! autocommitted insert per message, plus the whole `WriterHandle` path with its default
 //! policy. Each run uses a fresh database, dropped at the end.
 //!
+//! The baseline beside them is the first schema's batch insert (no stream positions,
+//! no idempotency index), on a database of that schema in the same run: what the
+//! positions and the two unique indexes cost.
+//!
 //! Run: `cargo bench -p benches --bench writer` (needs PostgreSQL at 127.0.0.1:5432,
 //! or `TEST_POSTGRES_URL`).
 
@@ -192,10 +196,137 @@ fn writer_throughput(c: &mut Criterion) {
             spent
         });
     });
+    group.throughput(elements(BATCH));
+    let baseline = runtime.block_on(FirstSchema::create());
+    let mut ids = MessageIdGen::default();
+    group.bench_function("first_schema_batch_1000", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let rows = baseline.rows(&mut ids);
+                    let started = Instant::now();
+                    baseline.insert(&rows).await;
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+    });
     group.finish();
 
     drop(store);
     drop(db);
+    runtime.block_on(baseline.drop());
+}
+
+/// The first schema's tables and its batch insert, verbatim, on a scratch database of
+/// their own: users, conversations and messages keyed by `(conversation_id, id)`.
+struct FirstSchema {
+    db: ScratchDatabase,
+    client: tokio_postgres::Client,
+    sender: uuid::Uuid,
+    conversations: Vec<uuid::Uuid>,
+}
+
+type Row = (uuid::Uuid, uuid::Uuid, String, chrono::DateTime<chrono::Utc>);
+
+impl FirstSchema {
+    const TABLES: &'static str = "
+        CREATE TABLE users (id uuid PRIMARY KEY, username text NOT NULL UNIQUE,
+            password_hash text NOT NULL, created_at timestamptz NOT NULL);
+        CREATE TABLE conversations (id uuid PRIMARY KEY, name text, description text,
+            is_group boolean NOT NULL, created_by uuid NOT NULL REFERENCES users (id),
+            created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+        CREATE INDEX conversations_updated_at_idx ON conversations (updated_at DESC, id DESC);
+        CREATE TABLE messages (id uuid PRIMARY KEY,
+            conversation_id uuid NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            sender_id uuid NOT NULL REFERENCES users (id), content text NOT NULL,
+            is_edited boolean NOT NULL DEFAULT false, deleted_at timestamptz,
+            created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+        CREATE INDEX messages_conversation_id_id_idx ON messages (conversation_id, id);";
+
+    const INSERT: &'static str = "
+        WITH inserted AS (
+            INSERT INTO messages (id, conversation_id, sender_id, content, created_at, updated_at)
+            SELECT id, conversation_id, sender_id, content, created_at, created_at
+            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[])
+                 AS t (id, conversation_id, sender_id, content, created_at)
+        )
+        UPDATE conversations AS c SET updated_at = b.at
+        FROM UNNEST($6::uuid[], $7::timestamptz[]) AS b (id, at)
+        WHERE c.id = b.id AND c.updated_at < b.at";
+
+    async fn create() -> Self {
+        let db = ScratchDatabase::create("chat_bench_v1")
+            .await
+            .expect("a scratch database");
+        let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client.batch_execute(Self::TABLES).await.expect("first schema");
+        let sender = uuid::Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO users VALUES ($1, 'bench_alice', 'x', now())",
+                &[&sender],
+            )
+            .await
+            .expect("user");
+        let mut conversations = Vec::new();
+        for _ in 0..CONVERSATIONS {
+            let id = uuid::Uuid::new_v4();
+            client
+                .execute(
+                    "INSERT INTO conversations VALUES ($1, 'room', NULL, true, $2, now(), now())",
+                    &[&id, &sender],
+                )
+                .await
+                .expect("conversation");
+            conversations.push(id);
+        }
+        Self {
+            db,
+            client,
+            sender,
+            conversations,
+        }
+    }
+
+    fn rows(&self, ids: &mut MessageIdGen) -> Vec<Row> {
+        (0..BATCH)
+            .map(|n| {
+                let at = now_micros();
+                let content =
+                    format!("message {n}: a typical chat line of about this length, give or take");
+                (ids.next(at).0, self.conversations[n % CONVERSATIONS], content, at)
+            })
+            .collect()
+    }
+
+    async fn insert(&self, rows: &[Row]) {
+        let ids: Vec<_> = rows.iter().map(|r| r.0).collect();
+        let conversations: Vec<_> = rows.iter().map(|r| r.1).collect();
+        let senders = vec![self.sender; rows.len()];
+        let contents: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        let times: Vec<_> = rows.iter().map(|r| r.3).collect();
+        let at = times.iter().max().copied().unwrap_or_else(now_micros);
+        let bumped = self.conversations.clone();
+        let bumped_at = vec![at; bumped.len()];
+        self.client
+            .execute(
+                Self::INSERT,
+                &[&ids, &conversations, &senders, &contents, &times, &bumped, &bumped_at],
+            )
+            .await
+            .expect("first-schema batch commits");
+    }
+
+    async fn drop(self) {
+        drop(self.client);
+        drop(self.db);
+    }
 }
 
 criterion_group!(benches, writer_throughput);

@@ -11,6 +11,7 @@
 //! This file holds the connection side (configuration, migrations, the pool, deadlines
 //! and error mapping); `queries` holds the statements and the row mapping.
 
+mod batch;
 mod queries;
 #[cfg(test)]
 mod tests;

@@ -11,11 +11,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::PostgresStore;
+use super::{batch, PostgresStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::{
-    distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Original, Page,
-    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Page, ReactionOutcome,
+    Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };
 use crate::text::Content;
 
@@ -96,46 +96,6 @@ fn stream_row(row: &Row) -> Result<Option<StreamEvent>, tokio_postgres::Error> {
         kind,
     }))
 }
-
-/// Commits a batch in one statement: repeats of an earlier `client_id` are answered
-/// with the original; the others take consecutive positions from their conversation's
-/// counter (whose row lock serialises every writer of the conversation) and are
-/// inserted. One row per message that is not `Gone`: `(ord, seq, original id,
-/// original content, original time)`, the original columns null for a new message.
-const INSERT_MESSAGES: &str = "\
-    WITH batch AS (
-        SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],
-                             $5::timestamptz[], $6::text[])
-            WITH ORDINALITY AS t (id, conversation_id, sender_id, content, created_at,
-                                  client_id, ord)
-    ), original AS (
-        SELECT b.ord, m.id, m.seq, COALESCE(m.original_content, m.content) AS content,
-               m.created_at
-        FROM batch AS b JOIN messages AS m
-          ON m.conversation_id = b.conversation_id AND m.sender_id = b.sender_id
-         AND m.client_id = b.client_id AND m.client_id IS NOT NULL
-    ), fresh AS (
-        SELECT b.*, row_number() OVER (PARTITION BY b.conversation_id ORDER BY b.ord) AS k
-        FROM batch AS b WHERE b.ord NOT IN (SELECT ord FROM original)
-    ), counts AS (
-        SELECT conversation_id, count(*) AS n, max(created_at) AS at
-        FROM fresh GROUP BY conversation_id
-    ), bumped AS (
-        UPDATE conversations AS c
-        SET last_seq = c.last_seq + n.n, updated_at = GREATEST(c.updated_at, n.at)
-        FROM counts AS n WHERE c.id = n.conversation_id
-        RETURNING c.id, c.last_seq - n.n AS base
-    ), inserted AS (
-        INSERT INTO messages
-            (id, conversation_id, sender_id, content, created_at, updated_at, seq, client_id)
-        SELECT f.id, f.conversation_id, f.sender_id, f.content, f.created_at, f.created_at,
-               b.base + f.k, f.client_id
-        FROM fresh AS f JOIN bumped AS b ON b.id = f.conversation_id
-    )
-    SELECT f.ord, b.base + f.k, NULL::uuid, NULL::text, NULL::timestamptz
-    FROM fresh AS f JOIN bumped AS b ON b.id = f.conversation_id
-    UNION ALL
-    SELECT ord, seq, id, content, created_at FROM original";
 
 /// Locks the live target, applies the change only for its sender (keeping the content
 /// as first broadcast), takes the next position and logs the change at it. Answers
@@ -555,60 +515,8 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut conversations = Vec::with_capacity(batch.len());
-        let mut senders = Vec::with_capacity(batch.len());
-        let mut contents = Vec::with_capacity(batch.len());
-        let mut times = Vec::with_capacity(batch.len());
-        let mut client_ids = Vec::with_capacity(batch.len());
-        for m in batch {
-            ids.push(m.id.0);
-            conversations.push(m.conversation_id.0);
-            senders.push(m.sender_id.0);
-            contents.push(m.content.as_str());
-            times.push(m.created_at);
-            client_ids.push(m.client_id.as_ref().map(|c| c.as_str()));
-        }
-        self.run(async |client| {
-            // One statement is one transaction: positions, rows and bumps commit together.
-            let stmt = client.prepare_cached(INSERT_MESSAGES).await?;
-            let rows = client
-                .query(
-                    &stmt,
-                    &[
-                        &ids,
-                        &conversations,
-                        &senders,
-                        &contents,
-                        &times,
-                        &client_ids,
-                    ],
-                )
-                .await?;
-            // A message without a row had no conversation left to take a position from.
-            let mut outcomes = vec![Stored::Gone; batch.len()];
-            for row in &rows {
-                let ord: i64 = row.try_get(0)?;
-                let seq = Seq::from_db(row.try_get(1)?);
-                let outcome = match row.try_get::<_, Option<Uuid>>(2)? {
-                    None => Stored::New(seq),
-                    Some(id) => Stored::Duplicate(Original {
-                        id: MessageId(id),
-                        seq,
-                        content: row.try_get(3)?,
-                        created_at: row.try_get(4)?,
-                    }),
-                };
-                if let Some(slot) = usize::try_from(ord - 1)
-                    .ok()
-                    .and_then(|i| outcomes.get_mut(i))
-                {
-                    *slot = outcome;
-                }
-            }
-            Ok(outcomes)
-        })
-        .await
+        let columns = batch::Columns::of(batch);
+        self.run(async |client| columns.insert(client).await).await
     }
 
     async fn edit_message(
