@@ -140,6 +140,25 @@ fn writer_throughput(c: &mut Criterion) {
         });
     });
 
+    // The same without idempotency keys: what the positions alone cost.
+    group.bench_function("insert_messages_batch_1000_without_client_ids", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut batch = fixture.messages(BATCH);
+                    for m in &mut batch {
+                        m.client_id = None;
+                    }
+                    let started = Instant::now();
+                    store.insert_messages(&batch).await.expect("batch commits");
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+    });
+
     group.throughput(elements(SINGLES));
     group.bench_function("insert_messages_one_per_message", |b| {
         b.iter_custom(|iters| {

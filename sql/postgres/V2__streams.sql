@@ -9,8 +9,9 @@
 ALTER TABLE conversations ADD COLUMN last_seq bigint NOT NULL DEFAULT 0;
 
 ALTER TABLE messages ADD COLUMN seq bigint;
--- The sender's own id for the send: a repeat is the same message.
-ALTER TABLE messages ADD COLUMN client_id text;
+-- The sender's own id for the send: a repeat is the same message. Compared as bytes
+-- ("C"): an opaque token, and the byte comparison keeps its unique index cheap.
+ALTER TABLE messages ADD COLUMN client_id text COLLATE "C";
 -- The content as first broadcast, kept once a message is edited, so a replay of the
 -- stream sends the message event as it was sent live (the edits follow it).
 ALTER TABLE messages ADD COLUMN original_content text;
