@@ -115,5 +115,3 @@ fn report(label: &str, samples: &[Duration]) {
         s.last().copied().unwrap_or_default()
     );
 }
-
-/// Starts the release server on an ephemeral port with a fresh embedded store.

@@ -18,7 +18,15 @@ const ROUNDS: usize = 7;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let (server, _dir) = benches::release_server("replay", &["--ws-rate-per-second", "1000000", "--ws-rate-burst", "1000000"])?;
+    let (server, _dir) = benches::release_server(
+        "replay",
+        &[
+            "--ws-rate-per-second",
+            "1000000",
+            "--ws-rate-burst",
+            "1000000",
+        ],
+    )?;
     let host = server.base_url().to_string();
     let ws_host = host.replacen("http", "ws", 1);
     let http = reqwest::Client::new();
@@ -27,7 +35,10 @@ async fn main() -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for who in ["writer", "reader"] {
         let body = json!({"username": format!("{prefix}_{who}"), "password": "replay-password-1"});
-        http.post(format!("{host}/api/auth/register")).json(&body).send().await?;
+        http.post(format!("{host}/api/auth/register"))
+            .json(&body)
+            .send()
+            .await?;
         let login: Value = http
             .post(format!("{host}/api/auth/login"))
             .json(&body)
@@ -35,7 +46,12 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .json()
             .await?;
-        tokens.push(login["access_token"].as_str().unwrap_or_default().to_string());
+        tokens.push(
+            login["access_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
         ids.push(login["user_id"].as_str().unwrap_or_default().to_string());
     }
     let conversation: Value = http
@@ -92,13 +108,17 @@ async fn main() -> anyhow::Result<()> {
         let mut before: Option<String> = None;
         let mut read = 0;
         while read < EVENTS {
-            let mut request = http
-                .get(format!("{host}/api/chat/conversations/{conv}/messages?limit=100"))
-                .bearer_auth(&tokens[1]);
+            let mut url = format!("{host}/api/chat/conversations/{conv}/messages?limit=100");
             if let Some(b) = &before {
-                request = request.query(&[("before", b)]);
+                url.push_str(&format!("&before={b}"));
             }
-            let page: Vec<Value> = request.send().await?.json().await?;
+            let page: Vec<Value> = http
+                .get(url)
+                .bearer_auth(&tokens[1])
+                .send()
+                .await?
+                .json()
+                .await?;
             anyhow::ensure!(!page.is_empty(), "history ended after {read}");
             read += page.len();
             before = page[0]["id"].as_str().map(str::to_owned);
@@ -106,9 +126,18 @@ async fn main() -> anyhow::Result<()> {
         rest.push(started.elapsed());
     }
     println!("replay of {EVENTS} events to one reconnecting client, median of {ROUNDS} rounds:");
-    println!("  first replayed event    {:>8.2} ms after connect", ms(median(&mut first)));
-    println!("  last replayed event     {:>8.2} ms after connect", ms(median(&mut last)));
-    println!("  same messages over REST {:>8.2} ms (10 pages of 100)", ms(median(&mut rest)));
+    println!(
+        "  first replayed event    {:>8.2} ms after connect",
+        ms(median(&mut first))
+    );
+    println!(
+        "  last replayed event     {:>8.2} ms after connect",
+        ms(median(&mut last))
+    );
+    println!(
+        "  same messages over REST {:>8.2} ms (10 pages of 100)",
+        ms(median(&mut rest))
+    );
     Ok(())
 }
 

@@ -248,7 +248,12 @@ struct FirstSchema {
     conversations: Vec<uuid::Uuid>,
 }
 
-type Row = (uuid::Uuid, uuid::Uuid, String, chrono::DateTime<chrono::Utc>);
+type Row = (
+    uuid::Uuid,
+    uuid::Uuid,
+    String,
+    chrono::DateTime<chrono::Utc>,
+);
 
 impl FirstSchema {
     const TABLES: &'static str = "
@@ -284,7 +289,10 @@ impl FirstSchema {
             .await
             .expect("connect");
         tokio::spawn(connection);
-        client.batch_execute(Self::TABLES).await.expect("first schema");
+        client
+            .batch_execute(Self::TABLES)
+            .await
+            .expect("first schema");
         let sender = uuid::Uuid::new_v4();
         client
             .execute(
@@ -319,7 +327,12 @@ impl FirstSchema {
                 let at = now_micros();
                 let content =
                     format!("message {n}: a typical chat line of about this length, give or take");
-                (ids.next(at).0, self.conversations[n % CONVERSATIONS], content, at)
+                (
+                    ids.next(at).0,
+                    self.conversations[n % CONVERSATIONS],
+                    content,
+                    at,
+                )
             })
             .collect()
     }
@@ -336,7 +349,15 @@ impl FirstSchema {
         self.client
             .execute(
                 Self::INSERT,
-                &[&ids, &conversations, &senders, &contents, &times, &bumped, &bumped_at],
+                &[
+                    &ids,
+                    &conversations,
+                    &senders,
+                    &contents,
+                    &times,
+                    &bumped,
+                    &bumped_at,
+                ],
             )
             .await
             .expect("first-schema batch commits");
