@@ -7,7 +7,7 @@
 
 use tests::browser::Browser;
 use tests::prelude::*;
-use tests::realtime::group;
+use tests::realtime::{group, join};
 
 /// Heartbeat far faster than the defaults, so one test spans many pings and idle
 /// timeouts in a few seconds.
@@ -182,5 +182,63 @@ async fn python_snippet_default_keepalive(srv: &TestServer) -> anyhow::Result<()
     run_python_snippet(srv, "20", "22").await
 }
 
+/// A Python client that comes back with `since` (the `websockets` library, as the
+/// guide's snippet uses it) reads what it missed, in order, then its joined event.
+const PYTHON_RESUME: &str = r#"
+import asyncio
+import json
+import sys
+
+import websockets
+
+async def resume(uri, me):
+    got = []
+    async with websockets.connect(uri) as websocket:
+        async for message in websocket:
+            data = json.loads(message)
+            got.append(data)
+            if data['type'] == 'system' and data['sender_id'] == me:
+                break
+    print(json.dumps(got))
+
+asyncio.run(resume(sys.argv[1], sys.argv[2]))
+"#;
+
+async fn python_resumes(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let ([alice, bob], conv) = group(&api, &["pyalice", "pybob"]).await?;
+    let (mut a, _) = join(srv, &conv, &alice).await?;
+    let (gone, joined) = join(srv, &conv, &bob).await?;
+    let since = joined["seq"].as_u64().context("joined without seq")?;
+    gone.close().await?;
+    let mut live = Vec::new();
+    for text in ["while you were out", "and this too"] {
+        live.push(a.send_message(text).await?);
+    }
+    let first = live[0]["message_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    a.send_json(&json!({"type": "edit", "message_id": first, "content": "edited"}))
+        .await?;
+    live.push(a.recv_type("edit").await?);
+    let uri = format!(
+        "{}&since={since}",
+        tests::ws::ws_url(&srv.ws_base_url(), &conv, &bob.token)
+    );
+    let args = ["-c".into(), PYTHON_RESUME.into(), uri, bob.user_id.clone()];
+    let out = tests::python::run("websockets", "websockets", &args).await?;
+    let got: Vec<Value> =
+        serde_json::from_str(out.trim()).with_context(|| format!("python printed {out}"))?;
+    let (joined, replayed) = got.split_last().context("python got nothing")?;
+    ensure!(
+        replayed == live.as_slice(),
+        "python got {replayed:?}, live was {live:?}"
+    );
+    ensure!(joined["seq"] == 3, "joined at {joined}");
+    a.close().await
+}
+
 tests::e2e!(options = super::fast_heartbeat; browser_snippet, python_snippet);
+tests::e2e_on!(python_resumes, |o| o, [sqlite_epoll => (Sqlite, Epoll), postgres_uring => (Postgres, Uring)]);
 tests::e2e_on!(python_snippet_default_keepalive, |o| o, [sqlite_uring => (Sqlite, Uring)]);
