@@ -111,10 +111,24 @@ impl Stream {
     }
 
     /// The read ended; `complete` is false when more may follow (a full page, or the
-    /// store failed).
-    pub(super) fn end_fill(&mut self, complete: bool) {
+    /// store failed). After a complete read, a gap that is still open is one the store
+    /// does not hold (rows removed by hand): its positions are skipped, not waited for,
+    /// since every later commit takes a position above what is pending. Returns the
+    /// skipped positions.
+    pub(super) fn end_fill(&mut self, complete: bool) -> u64 {
         self.filling = false;
-        self.doubtful |= !complete;
+        if !complete {
+            self.doubtful = true;
+            return 0;
+        }
+        match self.pending.first_key_value() {
+            Some((&first, _)) if first > self.delivered.next() => {
+                let skipped = first.0 - self.delivered.0 - 1;
+                self.delivered = Seq(first.0 - 1);
+                skipped
+            }
+            _ => 0,
+        }
     }
 }
 
@@ -219,7 +233,10 @@ impl Hub {
                 }
             };
             if let Some(home) = hub.state.borrow_mut().homes.live.get_mut(&conversation) {
-                home.stream.end_fill(complete);
+                let skipped = home.stream.end_fill(complete);
+                if skipped > 0 {
+                    tracing::warn!(%conversation, skipped, "stream positions missing from the store; skipped");
+                }
             }
             hub.settle(conversation);
         });
@@ -288,5 +305,18 @@ mod tests {
         s.accept(Seq(2), f(2));
         assert!(drain(&mut s).is_empty(), "old positions are ignored");
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_gap_the_store_does_not_hold_is_skipped_after_a_complete_read() {
+        let mut s = Stream::new(Seq(4));
+        s.accept(Seq(7), f(7));
+        assert_eq!(s.start_fill(), Some(Seq(4)));
+        assert_eq!(s.end_fill(false), 0, "an incomplete read skips nothing");
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.start_fill(), Some(Seq(4)));
+        assert_eq!(s.end_fill(true), 2, "5 and 6 are not in the store");
+        assert_eq!(drain(&mut s), vec![f(7)]);
+        assert_eq!(s.position(), Seq(7));
     }
 }
