@@ -9,8 +9,9 @@
 //!
 //! This file holds the connection side (opening, pragmas, migrations, the writer lock
 //! and the reader pool, error mapping); `queries` holds the statements and the row
-//! mapping.
+//! mapping, `batch` the message batch.
 
+mod batch;
 mod queries;
 #[cfg(test)]
 mod tests;
