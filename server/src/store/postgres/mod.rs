@@ -9,7 +9,8 @@
 //! seconds, and a connection that missed its deadline is thrown away, never reused.
 //!
 //! This file holds the connection side (configuration, migrations, the pool, deadlines
-//! and error mapping); `queries` holds the statements and the row mapping.
+//! and error mapping); `queries` holds the statements and the row mapping, `batch` the
+//! message batch.
 
 mod batch;
 mod queries;
