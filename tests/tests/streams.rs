@@ -104,6 +104,16 @@ async fn resume_replays_exactly_what_was_missed(srv: &mut TestServer) -> anyhow:
         live.iter().map(seq).collect::<Vec<_>>() == (1..=6).collect::<Vec<_>>(),
         "positions 1..6 in broadcast order: {live:?}"
     );
+    // Two toggles sent back to back are applied in the order sent.
+    let actions: Vec<&Value> = live
+        .iter()
+        .filter(|e| kind(e) == "reaction")
+        .map(|e| &e["action"])
+        .collect();
+    ensure!(
+        actions == [&json!("added"), &json!("removed")],
+        "reaction actions {actions:?}"
+    );
 
     let mut c = resume(srv, &conv, &carol, &since.to_string()).await?;
     let (replayed, position) = replay_then_joined(&mut c, &carol).await?;

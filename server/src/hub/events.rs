@@ -126,7 +126,9 @@ impl Hub {
 
     /// Persists a change off the shard, then publishes what `outcome` makes of the
     /// result (the event's position, message, time and kind), or tells the actor why
-    /// not.
+    /// not. Changes of one conversation run one at a time, in the order they came: a
+    /// double click on a reaction adds then removes it, and of two edits the later one
+    /// wins, which concurrent transactions would not promise.
     fn change<T, F, Fut>(
         self: &Rc<Self>,
         conversation: ConversationId,
@@ -140,9 +142,23 @@ impl Hub {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         self.begin_commit(conversation);
+        let (done, turn) = futures_channel::oneshot::channel::<()>();
+        let previous = self
+            .state
+            .borrow_mut()
+            .homes
+            .live
+            .get_mut(&conversation)
+            .and_then(|home| home.last_change.replace(turn));
         let hub = Rc::clone(self);
         monoio::spawn(async move {
+            if let Some(previous) = previous {
+                // Resolves, sent or dropped, once the change before this one is done.
+                let _ = previous.await;
+            }
             let result = hub.app.db.call(work).await;
+            // The next change may go as soon as this one is in the store.
+            drop(done);
             hub.end_commit(conversation, &result);
             match result.map(outcome) {
                 Ok(Ok((seq, message_id, at, kind))) => {

@@ -40,6 +40,9 @@ pub(super) struct Home {
     /// Every connection in the conversation, and whose it is.
     conns: HashMap<ConnAddr, UserId>,
     pub(super) stream: Stream,
+    /// Resolves when the last change queued (edit, delete, reaction) is done: changes
+    /// of a conversation run one after another, in the order they came.
+    pub(super) last_change: Option<futures_channel::oneshot::Receiver<()>>,
 }
 
 impl Home {
@@ -49,6 +52,7 @@ impl Home {
             users: Vec::new(),
             conns: HashMap::new(),
             stream: Stream::new(position),
+            last_change: None,
         }
     }
 
