@@ -1,8 +1,8 @@
 //! A conversation's stream as its home delivers it: every persisted event goes out in
 //! position order (`seq`), each position exactly once, whatever order the commits
-//! report in. Edits, deletes and reactions commit concurrently on the store's pool and
-//! a commit that timed out may still have happened, so a position can arrive late or
-//! not at all: later ones wait here, and once nothing is in flight the gap is read back
+//! report in. Edits, deletes and reactions commit on the store's pool beside the
+//! writer's batches, and a commit that timed out may still have happened, so a position
+//! can arrive late or not at all: later ones wait here, and once nothing is in flight the gap is read back
 //! from the store (`Hub::fill`) rather than skipped.
 //!
 //! Also the one rendering of a stream event into its frame, shared by live delivery,
