@@ -2,8 +2,8 @@
 //! position order (`seq`), each position exactly once, whatever order the commits
 //! report in. Edits, deletes and reactions commit on the store's pool beside the
 //! writer's batches, and a commit that timed out may still have happened, so a position
-//! can arrive late or not at all: later ones wait here, and once nothing is in flight the gap is read back
-//! from the store (`Hub::fill`) rather than skipped.
+//! can arrive late or not at all: later ones wait here, and once nothing is in flight
+//! the gap is read back from the store (`Hub::fill`) rather than skipped.
 //!
 //! Also the one rendering of a stream event into its frame, shared by live delivery,
 //! gap filling and the replay of a resuming client, so all three send the same bytes.
