@@ -182,9 +182,20 @@ impl StreamKind {
         }
     }
 
-    /// Rebuilds a change from its columns; `None` for a kind this build does not know.
-    fn from_change(kind: &str, content: Option<String>, emoji: Option<String>) -> Option<Self> {
+    /// Rebuilds an event's kind from the columns both stores' stream queries read
+    /// (`kind`, `content`, `emoji`, `client_id`); `None` for a kind this build does not
+    /// know.
+    fn from_columns(
+        kind: &str,
+        content: Option<String>,
+        emoji: Option<String>,
+        client_id: Option<String>,
+    ) -> Option<Self> {
         Some(match kind {
+            "message" => Self::Message {
+                content: content.unwrap_or_default(),
+                client_id,
+            },
             "edit" => Self::Edit { content: content? },
             "delete" => Self::Delete,
             "reaction_added" => Self::Reaction {

@@ -75,17 +75,10 @@ fn change_outcome(row: Option<Row>) -> Result<ChangeOutcome, tokio_postgres::Err
 /// Reads a row of `STREAM`; `None` for a change kind this build does not know.
 fn stream_row(row: &Row) -> Result<Option<StreamEvent>, tokio_postgres::Error> {
     let kind: String = row.try_get(1)?;
-    let content: Option<String> = row.try_get(5)?;
-    let kind = if kind == "message" {
-        StreamKind::Message {
-            content: content.unwrap_or_default(),
-            client_id: row.try_get(8)?,
-        }
-    } else {
-        match StreamKind::from_change(&kind, content, row.try_get(6)?) {
-            Some(kind) => kind,
-            None => return Ok(None),
-        }
+    let Some(kind) =
+        StreamKind::from_columns(&kind, row.try_get(5)?, row.try_get(6)?, row.try_get(8)?)
+    else {
+        return Ok(None);
     };
     Ok(Some(StreamEvent {
         seq: Seq::from_db(row.try_get(0)?),

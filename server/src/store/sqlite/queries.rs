@@ -211,17 +211,8 @@ fn change_message(
 /// Reads a row of the stream query; `None` for a change kind this build does not know.
 fn stream_row(row: &Row<'_>) -> rusqlite::Result<Option<StreamEvent>> {
     let kind: String = row.get(1)?;
-    let content: Option<String> = row.get(5)?;
-    let kind = if kind == "message" {
-        StreamKind::Message {
-            content: content.unwrap_or_default(),
-            client_id: row.get(8)?,
-        }
-    } else {
-        match StreamKind::from_change(&kind, content, row.get(6)?) {
-            Some(kind) => kind,
-            None => return Ok(None),
-        }
+    let Some(kind) = StreamKind::from_columns(&kind, row.get(5)?, row.get(6)?, row.get(8)?) else {
+        return Ok(None);
     };
     Ok(Some(StreamEvent {
         seq: Seq::from_db(row.get(0)?),

@@ -109,6 +109,22 @@ async fn history(store: &dyn Store, chat: ConversationId) -> Vec<crate::store::M
         .expect("known")
 }
 
+/// Submits every message of `batch`, lets the writer finish, and returns its reports
+/// in the order they were made.
+async fn submit_all(
+    writer: WriterHandle,
+    task: JoinHandle<()>,
+    batch: &[NewMessage],
+) -> Vec<(usize, CommitResult)> {
+    let reports: Reports = Arc::default();
+    for (i, message) in batch.iter().cloned().enumerate() {
+        writer.submit(message, recorder(&reports, i));
+    }
+    drop(writer);
+    no_hang(task).await.expect("writer exits");
+    take(&reports)
+}
+
 /// The reports so far, in the order they were made.
 fn take(reports: &Reports) -> Vec<(usize, CommitResult)> {
     std::mem::take(&mut *reports.lock().expect("reports lock"))
@@ -201,14 +217,7 @@ async fn a_rejected_message_fails_alone_and_the_rest_commit() {
     // A sender that does not exist: the foreign key refuses this one row.
     batch[2].sender_id = UserId::random();
     let (writer, task) = start(store.clone(), policy(1024, 50 * MS));
-    let reports: Reports = Arc::default();
-    for (i, message) in batch.iter().cloned().enumerate() {
-        writer.submit(message, recorder(&reports, i));
-    }
-    drop(writer);
-    no_hang(task).await.expect("writer exits");
-
-    let reports = take(&reports);
+    let reports = submit_all(writer, task, &batch).await;
     assert_eq!(order(&reports), vec![0, 1, 2, 3, 4]);
     for (i, result) in reports.iter() {
         match (i, result) {
@@ -235,13 +244,7 @@ async fn an_unreachable_database_fails_every_message_of_the_batch() {
     // The database goes away under the store, connections and all.
     drop(db);
 
-    let reports: Reports = Arc::default();
-    for (i, message) in batch.iter().cloned().enumerate() {
-        writer.submit(message, recorder(&reports, i));
-    }
-    drop(writer);
-    no_hang(task).await.expect("writer exits");
-    let reports = take(&reports);
+    let reports = submit_all(writer, task, &batch).await;
     assert_eq!(order(&reports), vec![0, 1, 2, 3]);
     for (i, result) in reports.iter() {
         assert!(is_unavailable(result), "message {i}: {result:?}");
@@ -332,13 +335,7 @@ async fn a_repeat_in_the_same_batch_is_answered_with_the_first() {
     // One gathering window holds all three: the repeats wait for the next batch,
     // where the store finds the first.
     let (writer, task) = start(store.clone(), policy(1024, 50 * MS));
-    let reports: Reports = Arc::default();
-    for (i, message) in batch.iter().cloned().enumerate() {
-        writer.submit(message, recorder(&reports, i));
-    }
-    drop(writer);
-    no_hang(task).await.expect("writer exits");
-    let reports = take(&reports);
+    let reports = submit_all(writer, task, &batch).await;
     assert_eq!(order(&reports), vec![0, 1, 2]);
     let original = Stored::Duplicate(Original {
         id: batch[0].id,
