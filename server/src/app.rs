@@ -1,11 +1,13 @@
 //! What every shard shares: configuration, the store handle, the message writer,
-//! token keys, the password pool, login throttling and the cross-shard bus. Built once at start-up and
+//! token keys, the password pool, login throttling, the cross-shard bus and, in a
+//! cluster, the link to the other nodes. Built once at start-up and
 //! read-only afterwards, so shards share it without locks.
 
 use std::sync::Arc;
 
 use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
 use crate::bus::Bus;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::store::writer::WriterHandle;
 use crate::store::Db;
@@ -18,4 +20,6 @@ pub struct App {
     pub passwords: PasswordPool,
     pub logins: LoginThrottle,
     pub bus: Arc<Bus>,
+    /// The other nodes, through Redis (`--redis-url`); `None` for a single node.
+    pub cluster: Option<Cluster>,
 }

@@ -84,8 +84,32 @@ pub enum ShardMsg {
         user: UserId,
         conn: Option<u64>,
     },
+    /// From the cluster (other nodes, through Redis) to the conversation's home.
+    Remote {
+        conversation: ConversationId,
+        msg: Remote,
+    },
+    /// From the cluster to every shard: this node's presence was lost in Redis (the
+    /// node was presumed dead, or Redis restarted empty); register every home's
+    /// connected users again, without announcing them.
+    Rejoin,
     /// Stop accepting, close connections, finish.
     Shutdown,
+}
+
+/// What another node says about a conversation, or what the cluster itself found.
+#[derive(Debug)]
+pub enum Remote {
+    /// A committed event at its stream position, as a ready frame.
+    Event { seq: Seq, frame: Bytes },
+    /// A frame that is not a stream event (typing, presence, joined/left), for every
+    /// local connection except those of `skip`.
+    Frame { skip: Option<UserId>, frame: Bytes },
+    /// `user` was removed from the conversation.
+    Revoke { user: UserId },
+    /// Events of the conversation may have been missed (a subscription just started
+    /// or came back, a node could not publish): read the stream back from the store.
+    Resync,
 }
 
 #[derive(Default)]

@@ -137,6 +137,22 @@ pub struct Config {
     #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "900", value_parser = seconds)]
     pub login_failure_window: Duration,
 
+    /// Redis URL (`redis://HOST:PORT/DB`). Present: this node joins the cluster of every
+    /// node configured with the same Redis, key prefix and database, and they share
+    /// live events, presence and rate limits through it. Absent: one node, no Redis.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel this cluster uses, so several clusters
+    /// (or test runs) can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "chat")]
+    pub redis_prefix: String,
+
+    /// Seconds after its last heartbeat in Redis that a node counts as gone: its users
+    /// leave presence and the others announce that they left.
+    #[arg(long, env = "NODE_TTL", default_value = "15", value_parser = seconds)]
+    pub node_ttl: Duration,
+
     /// Proxies whose `X-Forwarded-For` is believed (comma-separated addresses or
     /// CIDR ranges). From any other peer the header is ignored.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = ip_range)]
@@ -204,6 +220,9 @@ mod tests {
         assert_eq!(c.login_max_failures_per_address, 100);
         assert_eq!(c.login_failure_window, Duration::from_secs(900));
         assert!(c.trusted_proxies.is_empty());
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.redis_prefix, "chat");
+        assert_eq!(c.node_ttl, Duration::from_secs(15));
         assert!(c.shard_count() >= 1);
     }
 

@@ -11,6 +11,7 @@
 //! | 2 | `protocol`, `auth`, `store` | wire events and close codes; tokens, passwords, login throttling; persistence |
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
+//! | 5 | `cluster` | the other nodes through Redis: live events, presence, heartbeats |
 //! | 5 | `app` | what every shard shares, built once |
 //! | 6 | `hub` | per shard: the connection registry and the conversation homes |
 //! | 7 | `context` | one shard's context as its tasks see it |
@@ -30,6 +31,8 @@ pub mod store;
 pub mod error;
 
 pub mod bus;
+
+pub mod cluster;
 
 pub mod app;
 

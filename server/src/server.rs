@@ -1,7 +1,8 @@
 //! Start-up and shutdown: opens the store (migrations included) on the store runtime,
-//! settles the signing key, starts the writer and the shards, then waits for SIGINT or
-//! SIGTERM and stops in order: shards stop accepting and drain, then the writer
-//! flushes what it holds.
+//! settles the signing key, starts the writer, the cluster link (with `--redis-url`)
+//! and the shards, then waits for SIGINT or SIGTERM and stops in order: shards stop
+//! accepting and drain, then the writer flushes what it holds, then the node leaves
+//! the cluster.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use signal_hook::iterator::Signals;
 use crate::app::App;
 use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
 use crate::bus::{Bus, ShardMsg};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::shard;
 use crate::store::writer::{self, BatchPolicy};
@@ -49,6 +51,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         max_delay: config.writer_max_delay(),
     };
     let (writer, writer_done) = writer::spawn(Arc::clone(&store), policy, store_runtime.handle());
+    let bus = Arc::new(Bus::new(shards));
+    let cluster = match &config.redis_url {
+        Some(url) => Some(
+            Cluster::start(&config, url, Arc::clone(&bus), store_runtime.handle())
+                .context("--redis-url")?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App {
         db: Db::new(store, store_runtime.handle().clone()),
         writer,
@@ -60,7 +70,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.login_max_failures_per_address,
             config.login_failure_window,
         ),
-        bus: Arc::new(Bus::new(shards)),
+        bus,
+        cluster,
         config,
     });
 
@@ -90,6 +101,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let flushed = store_runtime.block_on(async { tokio::time::timeout(grace, writer_done).await });
     if flushed.is_err() {
         tracing::warn!("the writer did not finish within the grace period");
+    }
+    if let Some(cluster) = &app.cluster {
+        store_runtime.block_on(cluster.leave(grace));
     }
     store_runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("stopped");

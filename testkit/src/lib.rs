@@ -7,15 +7,19 @@
 //!   line), capturing its output, stopping it (SIGTERM, then SIGKILL).
 //! - [`postgres`]: scratch databases on the local PostgreSQL (`TEST_POSTGRES_URL`),
 //!   starting the local cluster when it is installed but stopped.
+//! - [`redis`]: the local Redis for cluster runs (started when installed but stopped)
+//!   and a key prefix of its own per test.
 //! - [`procfs`]: what a process uses, from `/proc`.
 //!
-//! It must never touch a database it did not create, nor leave a process behind.
+//! It must never touch a database or key it did not create, nor leave a process behind.
 
 pub mod binary;
 pub mod postgres;
 pub mod process;
 pub mod procfs;
+pub mod redis;
 
 pub use binary::{server_binary, Profile};
 pub use postgres::ScratchDatabase;
 pub use process::{Output, ServerProcess};
+pub use redis::ScratchPrefix;

@@ -19,6 +19,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod cluster;
 pub mod frames;
 pub mod jwt;
 pub mod python;

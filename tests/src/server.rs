@@ -94,6 +94,8 @@ pub fn all_configs() -> [ServerOptions; 4] {
 enum Backing {
     Sqlite(tempfile::TempDir),
     Postgres(ScratchDatabase),
+    /// A database several servers share (a cluster's); its owner drops it.
+    Shared(String),
 }
 
 /// A running `chat-server` child process with its own data directory or database.
@@ -126,6 +128,24 @@ impl TestServer {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
+        Self::launch(opts, backing, secret_key).await
+    }
+
+    /// Starts one node of a cluster: on a database it does not own, signing tokens
+    /// with the cluster's key; waits until it listens.
+    pub async fn start_on_cluster(
+        opts: ServerOptions,
+        database_url: String,
+        secret_key: String,
+    ) -> anyhow::Result<Self> {
+        Self::launch(opts, Backing::Shared(database_url), secret_key).await
+    }
+
+    async fn launch(
+        opts: ServerOptions,
+        backing: Backing,
+        secret_key: String,
+    ) -> anyhow::Result<Self> {
         let mut server = TestServer {
             opts,
             backing: Some(backing),
@@ -274,6 +294,9 @@ impl TestServer {
             Some(Backing::Postgres(db)) => {
                 args.extend(["--database-url".into(), db.url().into()]);
             }
+            Some(Backing::Shared(url)) => {
+                args.extend(["--database-url".into(), url.into()]);
+            }
             None => bail!("server data already removed"),
         }
         args.extend(["--secret-key".into(), self.secret_key.clone().into()]);
@@ -305,8 +328,8 @@ impl TestServer {
     fn shutdown(&mut self) -> anyhow::Result<()> {
         let killed = self.kill9();
         let dropped = match self.backing.take() {
-            // The scratch database drops itself.
-            Some(Backing::Postgres(_)) | None => Ok(()),
+            // The scratch database drops itself; a shared one is its owner's.
+            Some(Backing::Postgres(_) | Backing::Shared(_)) | None => Ok(()),
             Some(Backing::Sqlite(dir)) => dir.close().context("removing data dir"),
         };
         killed.and(dropped)

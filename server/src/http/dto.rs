@@ -183,6 +183,11 @@ pub struct Readiness {
     /// `ok` or `unavailable`.
     #[schema(example = "ok")]
     pub store: &'static str,
+    /// In a cluster (`--redis-url`) only: `ok`, or `degraded` while Redis is
+    /// unreachable (this node serves its own connections alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "ok")]
+    pub redis: Option<&'static str>,
 }
 
 /// Query of `GET /api/chat/conversations/{id}/messages`. The handler reads the query

@@ -16,9 +16,10 @@ use bytes::Bytes;
 
 use super::stream::Stream;
 use super::Hub;
-use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, ShardMsg};
+use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, Remote, ShardMsg};
+use crate::cluster::{Announcement, Change};
 use crate::ids::{ConversationId, Seq, UserId};
-use crate::protocol::ServerEvent;
+use crate::protocol::{Membership, ServerEvent};
 
 /// How long a removal is remembered against connections admitted before it. Admission
 /// reads membership and registers within one store call's deadline, far below this.
@@ -86,6 +87,11 @@ impl Home {
 
     fn active_users(&self) -> Vec<UserId> {
         self.users.iter().map(|p| p.user).collect()
+    }
+
+    /// Each connected user once, with their name.
+    pub(super) fn present(&self) -> impl Iterator<Item = (UserId, &Arc<str>)> {
+        self.users.iter().map(|p| (p.user, &p.username))
     }
 
     fn add(&mut self, actor: &Actor, shards: usize) {
@@ -197,7 +203,7 @@ impl Hub {
         position: Seq,
     ) {
         let shards = self.app.bus.shards();
-        let (active, seq) = {
+        let (active, seq, fresh) = {
             let mut st = self.state.borrow_mut();
             if st.homes.was_revoked(conversation, actor.user, checked_at) {
                 // Admitted on a membership read that may predate the removal.
@@ -214,6 +220,7 @@ impl Hub {
             }
             // A conversation the home does not hold has nothing in flight, so the
             // position admission read is where its stream stands.
+            let fresh = !st.homes.live.contains_key(&conversation);
             let home = st
                 .homes
                 .live
@@ -221,8 +228,13 @@ impl Hub {
                 .or_insert_with(|| Home::new(position));
             home.stream.behind(position);
             home.add(actor, shards);
-            (home.active_users(), home.stream.position())
+            (home.active_users(), home.stream.position(), fresh)
         };
+        if fresh {
+            if let Some(cluster) = &self.app.cluster {
+                cluster.subscribe(conversation);
+            }
+        }
         // Before the announcement, on the same road: the connection is live from here.
         self.app.bus.post(
             actor.conn.shard,
@@ -235,9 +247,8 @@ impl Hub {
             conversation,
             actor.user,
             &actor.username,
-            "joined",
-            &active,
-            Some(seq),
+            Change::Joined(seq),
+            active,
         );
         self.settle(conversation);
     }
@@ -256,9 +267,8 @@ impl Hub {
                 conversation,
                 actor.user,
                 &actor.username,
-                "left",
-                &active,
-                None,
+                Change::Left,
+                active,
             );
         }
         self.settle(conversation);
@@ -294,34 +304,63 @@ impl Hub {
                 },
             );
         }
-        self.announce(conversation, user, &username, "left", &active, None);
+        self.announce(conversation, user, &username, Change::Left, active);
         self.settle(conversation);
     }
 
     /// The `system` event of a user joining (with the position they join at) or
-    /// leaving, to everyone connected.
+    /// leaving, to everyone connected. In a cluster, the cluster records it and
+    /// announces it on every node, with who is connected on any of them.
     fn announce(
         &self,
         conversation: ConversationId,
         user: UserId,
-        username: &str,
-        verb: &str,
-        active: &[UserId],
-        seq: Option<Seq>,
+        username: &Arc<str>,
+        change: Change,
+        active: Vec<UserId>,
     ) {
-        let content = format!("User {username} {verb} the conversation");
-        let frame = ServerEvent::System {
-            content: &content,
-            sender_id: user,
-            active_users: active,
-            seq,
+        if let Some(cluster) = &self.app.cluster {
+            return cluster.announce(Announcement {
+                conversation,
+                user,
+                username: Arc::clone(username),
+                change,
+                local_active: active,
+            });
         }
-        .frame();
-        self.fanout(conversation, frame, None);
+        let (membership, seq) = match change {
+            Change::Joined(seq) => (Membership::Joined, Some(seq)),
+            Change::Left => (Membership::Left, None),
+            // Only a cluster records presence again.
+            Change::Rejoined => return,
+        };
+        let frame = ServerEvent::membership(membership, user, username, &active, seq);
+        self.deliver_local(conversation, frame, None);
     }
 
-    /// Sends `frame` (not a stream event) to every connection in the conversation.
+    /// Sends `frame` (not a stream event) to every connection in the conversation, on
+    /// every node.
     pub(super) fn fanout(&self, conversation: ConversationId, frame: Bytes, skip: Option<UserId>) {
+        if let Some(cluster) = &self.app.cluster {
+            cluster.publish(
+                conversation,
+                &Remote::Frame {
+                    skip,
+                    frame: frame.clone(),
+                },
+            );
+        }
+        self.deliver_local(conversation, frame, skip);
+    }
+
+    /// Sends `frame` (not a stream event) to this node's connections in the
+    /// conversation.
+    pub(super) fn deliver_local(
+        &self,
+        conversation: ConversationId,
+        frame: Bytes,
+        skip: Option<UserId>,
+    ) {
         if let Some(home) = self.state.borrow().homes.live.get(&conversation) {
             home.deliver(&self.app.bus, conversation, &frame, skip);
         }

@@ -9,6 +9,8 @@
 //!   back from the store).
 //! - Replay (`replay`): a resuming connection's missed events, from the store, before
 //!   its live ones.
+//! - Remote (`remote`): in a cluster, what other nodes say about the home's
+//!   conversations, put in the same order as its own.
 //!
 //! Everything here runs on the shard's own thread; state sits in a `RefCell` that is
 //! never borrowed across an await.
@@ -18,6 +20,7 @@ mod home;
 pub mod outbox;
 mod ratelimit;
 mod registry;
+mod remote;
 mod replay;
 pub mod stream;
 
@@ -155,6 +158,8 @@ impl Hub {
                 result,
             } => self.committed(conversation, actor, message, result),
             ShardMsg::Joined { conn, seq } => self.joined(conn, seq),
+            ShardMsg::Remote { conversation, msg } => self.remote(conversation, msg),
+            ShardMsg::Rejoin => self.rejoin(),
             ShardMsg::Shutdown => {}
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::outbox::{Heartbeat, Outbox};
 use super::ratelimit::Bucket;
 use super::{Admitted, Hub, Refused, UserSlot};
-use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
+use crate::bus::{Actor, ConnAddr, HomeMsg, Remote, ShardMsg};
 use crate::ids::{format_timestamp, ConversationId, UserId};
 use crate::protocol::{ClientEvent, Close, ServerEvent};
 
@@ -134,6 +134,9 @@ impl Hub {
     /// sockets there are closed and nothing more reaches them or is taken from them.
     /// Call after the removal is committed.
     pub fn revoke(&self, conversation: ConversationId, user: UserId) {
+        if let Some(cluster) = &self.app.cluster {
+            cluster.publish(conversation, &Remote::Revoke { user });
+        }
         let home = self.app.bus.home_of(conversation);
         self.app.bus.post(
             home,

@@ -12,11 +12,12 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::Hub;
+use crate::bus::Remote;
 use crate::ids::{format_timestamp, ConversationId, Seq};
 use crate::protocol::ServerEvent;
 use crate::store::{StreamEvent, StreamKind};
@@ -25,6 +26,21 @@ use crate::store::{StreamEvent, StreamKind};
 const FILL_PAGE: u64 = 1000;
 /// How long to wait before reading a gap again after the store failed to answer.
 const FILL_RETRY: Duration = Duration::from_secs(1);
+/// In a cluster, how long a gap may stay open before it is read from the store: the
+/// missing position was committed by another node, whose publication is normally a
+/// fraction of a millisecond behind.
+const REMOTE_GRACE: Duration = Duration::from_millis(100);
+
+/// What the home should do about a gap or a doubt.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Fill {
+    /// Nothing to read, or not yet.
+    No,
+    /// Read the store after this position now.
+    Now(Seq),
+    /// Look again after this long: another node's event may close the gap first.
+    Later(Duration),
+}
 
 /// The delivery state of one conversation at its home.
 #[derive(Debug)]
@@ -40,6 +56,10 @@ pub(super) struct Stream {
     doubtful: bool,
     /// A read of the store for a gap is under way.
     filling: bool,
+    /// Since when the gap after this position has been open.
+    gap_since: Option<(Seq, Instant)>,
+    /// A look at the gap is scheduled (`Fill::Later`).
+    timer: bool,
 }
 
 impl Stream {
@@ -50,6 +70,8 @@ impl Stream {
             in_flight: 0,
             doubtful: false,
             filling: false,
+            gap_since: None,
+            timer: false,
         }
     }
 
@@ -83,6 +105,11 @@ impl Stream {
         }
     }
 
+    /// Events may have been missed (another node's): look in the store.
+    pub(super) fn doubt(&mut self) {
+        self.doubtful = true;
+    }
+
     /// Takes a committed event; positions already delivered are ignored.
     pub(super) fn accept(&mut self, seq: Seq, frame: Bytes) {
         if seq > self.delivered {
@@ -98,16 +125,37 @@ impl Stream {
         Some(frame)
     }
 
-    /// Whether the store must be read now: a gap or a doubt, and no commit in flight
-    /// that could still close it. Starts the read when so: the caller runs it.
-    pub(super) fn start_fill(&mut self) -> Option<Seq> {
+    /// Whether the store must be read now: a doubt, or a gap open for `grace`, and no
+    /// commit in flight that could still close it. Starts the read when so: the
+    /// caller runs it.
+    pub(super) fn start_fill(&mut self, now: Instant, grace: Duration) -> Fill {
         let gap = !self.pending.is_empty();
         if self.filling || self.in_flight > 0 || !(self.doubtful || gap) {
-            return None;
+            return Fill::No;
+        }
+        if !self.doubtful {
+            let since = match self.gap_since {
+                Some((after, since)) if after == self.delivered => since,
+                _ => self.gap_since.insert((self.delivered, now)).1,
+            };
+            let waited = now.saturating_duration_since(since);
+            if waited < grace {
+                if self.timer {
+                    return Fill::No;
+                }
+                self.timer = true;
+                return Fill::Later(grace - waited);
+            }
         }
         self.filling = true;
         self.doubtful = false;
-        Some(self.delivered)
+        self.gap_since = None;
+        Fill::Now(self.delivered)
+    }
+
+    /// The look scheduled by `Fill::Later` is due.
+    pub(super) fn timer_fired(&mut self) {
+        self.timer = false;
     }
 
     /// The read ended; `complete` is false when more may follow (a full page, or the
@@ -178,6 +226,13 @@ impl Hub {
     /// gap before it otherwise.
     pub(super) fn publish(self: &Rc<Self>, conversation: ConversationId, e: &StreamEvent) {
         let frame = frame(conversation, e);
+        if let Some(cluster) = &self.app.cluster {
+            let remote = Remote::Event {
+                seq: e.seq,
+                frame: frame.clone(),
+            };
+            cluster.publish(conversation, &remote);
+        }
         if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
             home.stream.accept(e.seq, frame);
         }
@@ -187,6 +242,11 @@ impl Hub {
     /// Delivers what is ready, reads the store for a gap or doubt once nothing in
     /// flight can close it, and forgets the conversation once nothing is owed.
     pub(super) fn settle(self: &Rc<Self>, conversation: ConversationId) {
+        let grace = if self.app.cluster.is_some() {
+            REMOTE_GRACE
+        } else {
+            Duration::ZERO
+        };
         let fill = {
             let mut st = self.state.borrow_mut();
             let Some(home) = st.homes.live.get_mut(&conversation) else {
@@ -197,12 +257,27 @@ impl Hub {
             }
             if home.is_idle() {
                 st.homes.live.remove(&conversation);
+                drop(st);
+                if let Some(cluster) = &self.app.cluster {
+                    cluster.unsubscribe(conversation);
+                }
                 return;
             }
-            home.stream.start_fill()
+            home.stream.start_fill(Instant::now(), grace)
         };
-        if let Some(after) = fill {
-            self.fill(conversation, after);
+        match fill {
+            Fill::No => {}
+            Fill::Now(after) => self.fill(conversation, after),
+            Fill::Later(wait) => {
+                let hub = Rc::clone(self);
+                monoio::spawn(async move {
+                    monoio::time::sleep(wait).await;
+                    if let Some(home) = hub.state.borrow_mut().homes.live.get_mut(&conversation) {
+                        home.stream.timer_fired();
+                    }
+                    hub.settle(conversation);
+                });
+            }
         }
     }
 
@@ -251,6 +326,15 @@ mod tests {
         Bytes::from(vec![n])
     }
 
+    /// One node: a gap is read as soon as nothing in flight can close it.
+    fn now(s: &mut Stream) -> Option<Seq> {
+        match s.start_fill(Instant::now(), Duration::ZERO) {
+            Fill::Now(after) => Some(after),
+            Fill::No => None,
+            Fill::Later(_) => panic!("no grace was given"),
+        }
+    }
+
     fn drain(s: &mut Stream) -> Vec<Bytes> {
         std::iter::from_fn(|| s.pop_ready()).collect()
     }
@@ -263,7 +347,7 @@ mod tests {
         s.accept(Seq(12), f(12));
         s.end_commit(false);
         assert!(drain(&mut s).is_empty(), "12 waits for 11");
-        assert_eq!(s.start_fill(), None, "11 is still in flight");
+        assert_eq!(now(&mut s), None, "11 is still in flight");
         s.accept(Seq(11), f(11));
         s.end_commit(false);
         assert_eq!(drain(&mut s), vec![f(11), f(12)]);
@@ -279,28 +363,24 @@ mod tests {
         s.begin_commit();
         s.accept(Seq(2), f(2));
         s.end_commit(false);
-        assert_eq!(s.start_fill(), Some(Seq(0)));
-        assert_eq!(s.start_fill(), None, "one read at a time");
+        assert_eq!(now(&mut s), Some(Seq(0)));
+        assert_eq!(now(&mut s), None, "one read at a time");
         s.accept(Seq(1), f(1));
         s.accept(Seq(2), f(22)); // the read's copy of 2 does not replace the live one
         s.end_fill(true);
         assert_eq!(drain(&mut s), vec![f(1), f(2)]);
-        assert_eq!(s.start_fill(), None);
+        assert_eq!(now(&mut s), None);
     }
 
     #[test]
     fn doubts_and_late_joiners_look_in_the_store_once_idle() {
         let mut s = Stream::new(Seq(3));
         s.behind(Seq(3));
-        assert_eq!(s.start_fill(), None, "not behind");
+        assert_eq!(now(&mut s), None, "not behind");
         s.behind(Seq(5));
-        assert_eq!(s.start_fill(), Some(Seq(3)));
+        assert_eq!(now(&mut s), Some(Seq(3)));
         s.end_fill(false);
-        assert_eq!(
-            s.start_fill(),
-            Some(Seq(3)),
-            "an incomplete read is retried"
-        );
+        assert_eq!(now(&mut s), Some(Seq(3)), "an incomplete read is retried");
         s.end_fill(true);
         s.accept(Seq(2), f(2));
         assert!(drain(&mut s).is_empty(), "old positions are ignored");
@@ -311,12 +391,57 @@ mod tests {
     fn a_gap_the_store_does_not_hold_is_skipped_after_a_complete_read() {
         let mut s = Stream::new(Seq(4));
         s.accept(Seq(7), f(7));
-        assert_eq!(s.start_fill(), Some(Seq(4)));
+        assert_eq!(now(&mut s), Some(Seq(4)));
         assert_eq!(s.end_fill(false), 0, "an incomplete read skips nothing");
         assert!(drain(&mut s).is_empty());
-        assert_eq!(s.start_fill(), Some(Seq(4)));
+        assert_eq!(now(&mut s), Some(Seq(4)));
         assert_eq!(s.end_fill(true), 2, "5 and 6 are not in the store");
         assert_eq!(drain(&mut s), vec![f(7)]);
         assert_eq!(s.position(), Seq(7));
+    }
+
+    #[test]
+    fn in_a_cluster_a_gap_waits_for_the_other_nodes_before_the_store() {
+        let grace = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let mut s = Stream::new(Seq(1));
+        s.accept(Seq(3), f(3));
+        assert_eq!(s.start_fill(t0, grace), Fill::Later(grace));
+        assert_eq!(
+            s.start_fill(t0 + Duration::from_millis(10), grace),
+            Fill::No,
+            "one look scheduled at a time"
+        );
+        s.timer_fired();
+        assert_eq!(
+            s.start_fill(t0 + Duration::from_millis(40), grace),
+            Fill::Later(Duration::from_millis(60)),
+            "the wait counts from when the gap opened"
+        );
+        s.timer_fired();
+        s.accept(Seq(2), f(2));
+        assert_eq!(
+            drain(&mut s),
+            vec![f(2), f(3)],
+            "the remote event closed it"
+        );
+        s.accept(Seq(5), f(5));
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(
+            s.start_fill(t1, grace),
+            Fill::Later(grace),
+            "a new gap waits anew"
+        );
+        s.timer_fired();
+        assert_eq!(s.start_fill(t1 + grace, grace), Fill::Now(Seq(3)));
+        s.accept(Seq(4), f(4));
+        s.end_fill(true);
+        assert_eq!(drain(&mut s), vec![f(4), f(5)]);
+        s.doubt();
+        assert_eq!(
+            s.start_fill(t1 + grace, grace),
+            Fill::Now(Seq(5)),
+            "a doubt reads at once"
+        );
     }
 }

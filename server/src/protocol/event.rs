@@ -85,7 +85,37 @@ pub enum ServerEvent<'a> {
     },
 }
 
+/// A user's arrival in or departure from a conversation, as `system` events say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    Joined,
+    Left,
+}
+
 impl ServerEvent<'_> {
+    /// The `system` event of `username` joining (at position `seq`) or leaving, with
+    /// who is connected now.
+    pub fn membership(
+        change: Membership,
+        user: UserId,
+        username: &str,
+        active_users: &[UserId],
+        seq: Option<Seq>,
+    ) -> Bytes {
+        let verb = match change {
+            Membership::Joined => "joined",
+            Membership::Left => "left",
+        };
+        let content = format!("User {username} {verb} the conversation");
+        ServerEvent::System {
+            content: &content,
+            sender_id: user,
+            active_users,
+            seq,
+        }
+        .frame()
+    }
+
     /// Serialises the event and frames it as one unmasked text frame, once.
     pub fn frame(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(256).writer();

@@ -17,7 +17,7 @@ mod close;
 mod event;
 
 pub use close::{Close, PING_FRAME};
-pub use event::ServerEvent;
+pub use event::{Membership, ServerEvent};
 
 /// Longest reaction emoji, in characters (flags and skin tones are several code points).
 pub const EMOJI_MAX_CHARS: usize = 16;

@@ -1,0 +1,210 @@
+//! The cluster: several nodes on one database and one Redis (`--redis-url`). Absent,
+//! the server is one node and nothing here runs.
+//!
+//! Positions need no coordination between nodes: every node commits its own clients'
+//! events, and the database assigns each its position under the conversation's row
+//! lock, so there is one order whoever writes. What nodes share through Redis:
+//!
+//! - live events: each committed event is published once, as the frame the publisher
+//!   encoded, on the conversation's channel (`wire`); a node subscribes only to the
+//!   conversations it has connections in, and its homes put remote events in position
+//!   order with their own, reading any gap back from the store;
+//! - frames that are not stream events (typing, presence, joined/left) and removals;
+//! - presence (`presence`): who is connected on which live node, each node's
+//!   heartbeat, and the sweep of a dead node's users.
+//!
+//! Everything here runs on the store runtime (tokio), never on a shard: shards hand
+//! work over through unbounded queues and hear back through the bus. When Redis is
+//! away, nodes keep serving their own connections; when it returns, they subscribe
+//! again and read every open conversation's stream back from the store from where
+//! they stood, so nothing is missed and nothing is delivered twice.
+
+mod presence;
+mod tasks;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bus::{Bus, Remote};
+use crate::config::Config;
+use crate::ids::{ConversationId, Seq, UserId};
+use presence::Presence;
+use wire::NodeId;
+
+/// A change of presence for the cluster to record and, for joins and last leaves,
+/// announce to the conversation on every node.
+#[derive(Debug)]
+pub struct Announcement {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    pub username: Arc<str>,
+    pub change: Change,
+    /// Who this node alone has connected: the list announced while Redis is away.
+    pub local_active: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A connection joined; its stream is live from this position.
+    Joined(Seq),
+    /// The user's last connection on this node left (or was removed).
+    Left,
+    /// Recorded again after this node's presence was lost; announced to nobody.
+    Rejoined,
+}
+
+/// Whether each link to Redis works: the commands connection (publishing, presence
+/// and heartbeats share it; the heartbeat checks it every fifth of the node TTL) and
+/// the subscription.
+#[derive(Default)]
+struct Health {
+    subscriber: AtomicBool,
+    heartbeat: AtomicBool,
+}
+
+impl Health {
+    fn set(flag: &AtomicBool, up: bool, what: &str) {
+        if flag.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!(link = what, "redis reachable");
+            } else {
+                tracing::warn!(
+                    link = what,
+                    "redis unreachable; serving this node's connections alone"
+                );
+            }
+        }
+    }
+}
+
+enum Outbound {
+    Publish {
+        conversation: ConversationId,
+        payload: Vec<u8>,
+    },
+    /// Answered once everything queued before it was sent (or given up).
+    Flush(oneshot::Sender<()>),
+}
+
+enum Subscription {
+    Subscribe(ConversationId),
+    Unsubscribe(ConversationId),
+}
+
+enum PresenceOp {
+    Announce(Announcement),
+    /// Shutdown: leave the node set once every earlier change is recorded.
+    Stop(oneshot::Sender<()>),
+}
+
+/// This node's handle on the cluster; shared by every shard.
+pub struct Cluster {
+    node: NodeId,
+    outbound: mpsc::UnboundedSender<Outbound>,
+    subscriptions: mpsc::UnboundedSender<Subscription>,
+    presence: mpsc::UnboundedSender<PresenceOp>,
+    health: Arc<Health>,
+}
+
+/// A Redis URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct ClusterError(#[from] redis::RedisError);
+
+impl Cluster {
+    /// Joins the cluster of `--redis-url`: starts the publisher, the subscriber, the
+    /// presence worker and the heartbeat on `runtime`. Redis need not be up yet.
+    pub fn start(
+        config: &Config,
+        url: &str,
+        bus: Arc<Bus>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Self, ClusterError> {
+        let client = redis::Client::open(url)?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = {
+            let _inside = runtime.enter();
+            redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?
+        };
+        let node = NodeId::random();
+        let keys = Arc::new(Presence::new(&config.redis_prefix));
+        let health = Arc::new(Health::default());
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (subscriptions, subscriptions_rx) = mpsc::unbounded_channel();
+        let (presence, presence_rx) = mpsc::unbounded_channel();
+        let ctx = tasks::Context {
+            node,
+            keys,
+            ttl: config.node_ttl,
+            bus,
+            health: Arc::clone(&health),
+            outbound: outbound.clone(),
+        };
+        runtime.spawn(tasks::publish(ctx.clone(), conn.clone(), outbound_rx));
+        runtime.spawn(tasks::subscribe(ctx.clone(), client, subscriptions_rx));
+        runtime.spawn(tasks::presence(ctx.clone(), conn.clone(), presence_rx));
+        runtime.spawn(tasks::heartbeat(ctx, conn));
+        tracing::info!(%node, prefix = %config.redis_prefix, "joining the cluster");
+        Ok(Self {
+            node,
+            outbound,
+            subscriptions,
+            presence,
+            health,
+        })
+    }
+
+    /// Sends `msg` to the other nodes with connections in the conversation.
+    pub fn publish(&self, conversation: ConversationId, msg: &Remote) {
+        let payload = wire::encode(self.node, msg);
+        let _ = self.outbound.send(Outbound::Publish {
+            conversation,
+            payload,
+        });
+    }
+
+    /// This node has connections in the conversation: hear what the others say. Once
+    /// subscribed, the conversation's home is told to read the stream back (`Resync`)
+    /// for what was published before.
+    pub fn subscribe(&self, conversation: ConversationId) {
+        let _ = self
+            .subscriptions
+            .send(Subscription::Subscribe(conversation));
+    }
+
+    pub fn unsubscribe(&self, conversation: ConversationId) {
+        let _ = self
+            .subscriptions
+            .send(Subscription::Unsubscribe(conversation));
+    }
+
+    /// Records a presence change and announces it, in the order given.
+    pub fn announce(&self, announcement: Announcement) {
+        let _ = self.presence.send(PresenceOp::Announce(announcement));
+    }
+
+    /// Whether every link to Redis works (`/ready` says `degraded` otherwise).
+    pub fn is_healthy(&self) -> bool {
+        let h = &self.health;
+        h.subscriber.load(Ordering::Relaxed) && h.heartbeat.load(Ordering::Relaxed)
+    }
+
+    /// Shutdown, after the shards are gone: records the last presence changes, leaves
+    /// the node set, and sends what is still queued, within `grace`.
+    pub async fn leave(&self, grace: Duration) {
+        let (done, stopped) = oneshot::channel();
+        let _ = self.presence.send(PresenceOp::Stop(done));
+        let _ = tokio::time::timeout(grace, stopped).await;
+        let (done, flushed) = oneshot::channel();
+        let _ = self.outbound.send(Outbound::Flush(done));
+        let _ = tokio::time::timeout(grace, flushed).await;
+    }
+}

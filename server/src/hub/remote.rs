@@ -1,0 +1,54 @@
+//! The home's side of the cluster: what other nodes say about its conversations
+//! (events at their positions, frames, removals, resync hints) and the cluster's
+//! request to record this node's presence again. Without `--redis-url` nothing
+//! arrives here.
+//!
+//! Like the rest of the home it never touches a socket.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::Hub;
+use crate::bus::Remote;
+use crate::cluster::{Announcement, Change};
+use crate::ids::ConversationId;
+
+impl Hub {
+    pub(super) fn remote(self: &Rc<Self>, conversation: ConversationId, msg: Remote) {
+        match msg {
+            Remote::Event { seq, frame } => {
+                if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+                    home.stream.accept(seq, frame);
+                }
+                self.settle(conversation);
+            }
+            Remote::Frame { skip, frame } => self.deliver_local(conversation, frame, skip),
+            Remote::Revoke { user } => self.revoke_at_home(conversation, user, Instant::now()),
+            Remote::Resync => {
+                if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+                    home.stream.doubt();
+                }
+                self.settle(conversation);
+            }
+        }
+    }
+
+    /// Records every connected user of this shard's homes in the cluster again.
+    pub(super) fn rejoin(&self) {
+        let Some(cluster) = &self.app.cluster else {
+            return;
+        };
+        let st = self.state.borrow();
+        for (&conversation, home) in &st.homes.live {
+            for (user, username) in home.present() {
+                cluster.announce(Announcement {
+                    conversation,
+                    user,
+                    username: std::sync::Arc::clone(username),
+                    change: Change::Rejoined,
+                    local_active: Vec::new(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Several nodes on one PostgreSQL database and one Redis (`--redis-url`): what a
+//! client of one node sees of what is said on the others. Each test starts its own
+//! cluster (its own database and Redis key prefix), so they run in parallel.
+
+use tests::cluster::{ClusterOptions, TestCluster};
+use tests::prelude::*;
+use tests::realtime::{collect_messages, events_until, group, is_joined, is_left, join, user_ids};
+use tests::ws::ws_url;
+
+async fn with_cluster<F>(opts: ClusterOptions, scenario: F)
+where
+    F: for<'a> FnOnce(
+        &'a mut TestCluster,
+    ) -> futures_util::future::LocalBoxFuture<'a, anyhow::Result<()>>,
+{
+    let mut cluster = TestCluster::start(opts)
+        .await
+        .unwrap_or_else(|e| panic!("could not start the cluster: {e:#}"));
+    let result = scenario(&mut cluster).await;
+    cluster.finish(result);
+}
+
+fn seq(v: &Value) -> anyhow::Result<u64> {
+    v["seq"].as_u64().with_context(|| format!("no seq in {v}"))
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+fn active(v: &Value) -> anyhow::Result<Vec<String>> {
+    tests::realtime::active_users(v).map(sorted)
+}
+
+/// Checks that `stream` is every position from `first` on, once, in order.
+fn gapless(stream: &[Value], what: &str) -> anyhow::Result<u64> {
+    let first = seq(&stream[0])?;
+    for (i, v) in stream.iter().enumerate() {
+        ensure!(
+            seq(v)? == first + i as u64,
+            "{what}: position {} at index {i} (first {first}): {stream:?}",
+            seq(v)?
+        );
+    }
+    Ok(first)
+}
+
+/// Six users, two per node, send at once; every connection on every node gets every
+/// message once, in one order, and that order is history's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_across_nodes_is_exactly_once_in_one_order() {
+    with_cluster(ClusterOptions::new(3), |c| {
+        Box::pin(async move {
+            let api = c.api(0);
+            let (users, conv) = group(&api, &["fa", "fb", "fc", "fd", "fe", "ff"]).await?;
+            let mut clients = Vec::new();
+            for (i, user) in users.iter().enumerate() {
+                clients.push(join(c.node(i % 3), &conv, user).await?.0);
+            }
+            const EACH: usize = 15;
+            for k in 0..EACH {
+                for (i, ws) in clients.iter_mut().enumerate() {
+                    ws.send_json(&json!({
+                        "type": "message",
+                        "content": format!("m{i}-{k}"),
+                        "client_id": format!("c{i}-{k}"),
+                    }))
+                    .await?;
+                }
+            }
+            let total = EACH * clients.len();
+            let mut streams = Vec::new();
+            for (i, ws) in clients.iter_mut().enumerate() {
+                let got = collect_messages(ws, total)
+                    .await
+                    .with_context(|| format!("client {i} on node {}", i % 3))?;
+                gapless(&got, &format!("client {i}"))?;
+                streams.push(got);
+            }
+            for (i, s) in streams.iter().enumerate() {
+                ensure!(
+                    s == &streams[0],
+                    "client {i} saw another order than client 0"
+                );
+            }
+            for i in 0..clients.len() {
+                let own: Vec<&str> = streams[0]
+                    .iter()
+                    .filter_map(|v| v["content"].as_str())
+                    .filter(|t| t.starts_with(&format!("m{i}-")))
+                    .collect();
+                let sent: Vec<String> = (0..EACH).map(|k| format!("m{i}-{k}")).collect();
+                ensure!(own == sent, "sender {i}'s messages out of order: {own:?}");
+            }
+            let history = api.history_list(&users[0], &conv, "limit=100").await?;
+            let history_ids = ids(&history);
+            let stream_ids: Vec<String> = streams[0]
+                .iter()
+                .map(|v| v["message_id"].as_str().unwrap_or_default().to_string())
+                .collect();
+            ensure!(
+                history_ids == stream_ids,
+                "history order differs from delivery"
+            );
+            // Nothing more is owed to anyone: the next message is the next event.
+            clients[0]
+                .send_json(&json!({"type": "message", "content": "last"}))
+                .await?;
+            for (i, ws) in clients.iter_mut().enumerate() {
+                let next = collect_messages(ws, 1).await?;
+                ensure!(next[0]["content"] == "last", "client {i}: {next:?}");
+            }
+            Ok(())
+        })
+    })
+    .await;
+}
+
+/// A user with a tab on each of two nodes is listed once and leaves only with their
+/// last tab; typing reaches the others on every node and not the typist's own tabs; a
+/// removal on one node closes the removed user's socket on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_typing_and_removal_across_nodes() {
+    with_cluster(ClusterOptions::new(3), |c| {
+        Box::pin(async move {
+            let api = c.api(0);
+            let ([a, b, d], conv) = group(&api, &["pa", "pb", "pd"]).await?;
+            let (mut a0, _) = join(c.node(0), &conv, &a).await?;
+            let (mut a1, joined) = join(c.node(1), &conv, &a).await?;
+            ensure!(
+                active(&joined)? == user_ids(&[&a]),
+                "two tabs, one user: {joined}"
+            );
+            let (mut b2, joined) = join(c.node(2), &conv, &b).await?;
+            ensure!(active(&joined)? == user_ids(&[&a, &b]), "{joined}");
+            let seen = a0
+                .wait_for("b's joined event on node 0", |v| is_joined(v, &b))
+                .await?;
+            ensure!(active(&seen)? == user_ids(&[&a, &b]), "{seen}");
+            a1.wait_for("b's joined event on node 1", |v| is_joined(v, &b))
+                .await?;
+
+            // Typing: to the others, on every node; not to the typist's other tab.
+            a0.send_json(&json!({"type": "typing"})).await?;
+            let typing = b2.recv_type("typing").await?;
+            ensure!(typing["sender_id"] == a.user_id.as_str(), "{typing}");
+            a0.send_json(&json!({"type": "message", "content": "after typing"}))
+                .await?;
+            let on_a1 =
+                events_until(&mut a1, "the message", |v| v["content"] == "after typing").await?;
+            ensure!(
+                on_a1.iter().all(|v| v["type"] != "typing"),
+                "the typist's own tab got its typing: {on_a1:?}"
+            );
+
+            // a's tab on node 0 closes: a is still here (node 1). A later joiner on node
+            // 0, recorded after that leave, proves it.
+            a0.close().await?;
+            let (mut d0, joined) = join(c.node(0), &conv, &d).await?;
+            ensure!(active(&joined)? == user_ids(&[&a, &b, &d]), "{joined}");
+            let on_b = events_until(&mut b2, "d's joined event", |v| is_joined(v, &d)).await?;
+            ensure!(
+                !on_b.iter().any(|v| is_left(v, &a)),
+                "a left with a tab still open: {on_b:?}"
+            );
+            // Their last tab closes: now they left, everywhere.
+            a1.close().await?;
+            let left = b2.wait_for("a's left event", |v| is_left(v, &a)).await?;
+            ensure!(active(&left)? == user_ids(&[&b, &d]), "{left}");
+            d0.wait_for("a's left event on node 0", |v| is_left(v, &a))
+                .await?;
+
+            // The creator removes b through node 0; b's socket is on node 2.
+            api.remove_participant(&a, &conv, &b.user_id)
+                .await?
+                .expect_status(204)?;
+            let close = b2.recv_close().await?;
+            ensure!(
+                close.as_ref().map(|(code, _)| *code) == Some(1008),
+                "b's socket on node 2: {close:?}"
+            );
+            Ok(())
+        })
+    })
+    .await;
+}
+
+/// `kill -9` of a node: nothing it acknowledged is lost, its users leave presence
+/// within the node TTL, and its clients resume on another node with `since` and miss
+/// nothing while positions go on without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing_and_its_users_leave() {
+    let mut opts = ClusterOptions::new(3);
+    opts.node_ttl = 2.0;
+    with_cluster(opts, |c| {
+        Box::pin(async move {
+            let api = c.api(0);
+            let ([x, y, z], conv) = group(&api, &["kx", "ky", "kz"]).await?;
+            let (mut x0, _) = join(c.node(0), &conv, &x).await?;
+            let (mut y1, _) = join(c.node(1), &conv, &y).await?;
+            let (mut z2, _) = join(c.node(2), &conv, &z).await?;
+            let mut acked = Vec::new();
+            for k in 0..5 {
+                for ws in [&mut x0, &mut z2] {
+                    let content = format!("before-{k}-{}", acked.len());
+                    acked.push(ws.send_message(&content).await?);
+                }
+            }
+            // z's own echo came last: z has seen everything up to it.
+            let last_seen_by_z = seq(acked.last().context("sent")?)?;
+            c.node_mut(2).kill9()?;
+
+            let left = x0
+                .wait_for("z's left event after the kill", |v| is_left(v, &z))
+                .await?;
+            ensure!(active(&left)? == user_ids(&[&x, &y]), "{left}");
+            y1.wait_for("z's left event on node 1", |v| is_left(v, &z))
+                .await?;
+
+            // Said while z was away, on both surviving nodes.
+            let mut during = Vec::new();
+            for k in 0..3 {
+                during.push(x0.send_message(&format!("during-x-{k}")).await?);
+                during.push(y1.send_message(&format!("during-y-{k}")).await?);
+            }
+            // z comes back on node 1 from where its stream stood.
+            let url = format!(
+                "{}&since={last_seen_by_z}",
+                ws_url(&c.node(1).ws_base_url(), &conv, &z.token)
+            );
+            let mut z1 = WsClient::connect_url(&url).await?;
+            let replayed = collect_messages(&mut z1, during.len()).await?;
+            let first = gapless(&replayed, "z's replay")?;
+            ensure!(first == last_seen_by_z + 1, "replay starts at {first}");
+            let contents: Vec<&Value> = replayed.iter().map(|v| &v["content"]).collect();
+            let said: Vec<&Value> = during.iter().map(|v| &v["content"]).collect();
+            ensure!(contents == said, "replayed {contents:?}, said {said:?}");
+
+            let history = api.history_list(&x, &conv, "limit=100").await?;
+            for m in &acked {
+                ensure!(
+                    history.iter().any(|h| h["id"] == m["message_id"]),
+                    "acknowledged message lost: {m}"
+                );
+            }
+            let positions: Vec<u64> = history.iter().filter_map(|h| h["seq"].as_u64()).collect();
+            ensure!(
+                positions == (1..=positions.len() as u64).collect::<Vec<_>>(),
+                "positions across the kill: {positions:?}"
+            );
+            Ok(())
+        })
+    })
+    .await;
+}
+
+/// Redis goes away mid-stream and comes back: each node keeps serving its own
+/// connections and says `redis: degraded`; afterwards every connection has every
+/// committed event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_filled_from_the_store_once_it_ends() {
+    let mut opts = ClusterOptions::new(2);
+    opts.via_relay = true;
+    with_cluster(opts, |c| {
+        Box::pin(async move {
+            c.wait_redis(0, "ok").await?;
+            c.wait_redis(1, "ok").await?;
+            let api = c.api(0);
+            let ([a, b], conv) = group(&api, &["ra", "rb"]).await?;
+            let (mut a0, _) = join(c.node(0), &conv, &a).await?;
+            let (mut b1, _) = join(c.node(1), &conv, &b).await?;
+            a0.send_message("before").await?;
+            let before = collect_messages(&mut b1, 1).await?;
+            ensure!(before[0]["content"] == "before", "{before:?}");
+
+            c.relay()?.cut();
+            c.wait_redis(0, "degraded").await?;
+            c.wait_redis(1, "degraded").await?;
+            let own = b1
+                .send_message("b during")
+                .await
+                .context("node 1 serves its own connection alone")?;
+            for k in 0..5 {
+                a0.send_message(&format!("during-{k}")).await?;
+            }
+
+            c.relay()?.restore();
+            c.wait_redis(0, "ok").await?;
+            c.wait_redis(1, "ok").await?;
+            let missed = collect_messages(&mut b1, 5).await?;
+            let contents: Vec<&str> = missed
+                .iter()
+                .filter_map(|v| v["content"].as_str())
+                .collect();
+            ensure!(
+                contents == ["during-0", "during-1", "during-2", "during-3", "during-4"],
+                "b after the outage: {contents:?}"
+            );
+            ensure!(
+                gapless(&missed, "b's missed events")? == seq(&own)? + 1,
+                "b's missed events follow its own message: {missed:?}"
+            );
+            a0.send_message("after").await?;
+            let next = collect_messages(&mut b1, 1).await?;
+            ensure!(next[0]["content"] == "after", "nothing twice: {next:?}");
+            Ok(())
+        })
+    })
+    .await;
+}
