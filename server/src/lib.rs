@@ -12,13 +12,13 @@
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
 //! | 5 | `cluster` | the other nodes through Redis: live events, presence, heartbeats |
-//! | 5 | `app` | what every shard shares, built once |
-//! | 6 | `hub` | per shard: the connection registry and the conversation homes |
-//! | 7 | `context` | one shard's context as its tasks see it |
-//! | 8 | `ws` | admission, upgrade, a connection's reader and writer |
-//! | 9 | `http` | routing, REST handlers, OpenAPI and docs pages |
-//! | 10 | `shard` | threads, runtimes, listeners, accept loop, heartbeat |
-//! | 11 | `server` | start-up and shutdown, wiring everything |
+//! | 6 | `app` | what every shard shares, built once |
+//! | 7 | `hub` | per shard: the connection registry and the conversation homes |
+//! | 8 | `context` | one shard's context as its tasks see it |
+//! | 9 | `ws` | admission, upgrade, a connection's reader and writer |
+//! | 10 | `http` | routing, REST handlers, OpenAPI and docs pages |
+//! | 11 | `shard` | threads, runtimes, listeners, accept loop, heartbeat |
+//! | 12 | `server` | start-up and shutdown, wiring everything |
 
 pub mod config;
 pub mod ids;
