@@ -94,7 +94,8 @@ pub struct Config {
     #[arg(long, env = "WS_OUTBOUND_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub ws_outbound_limit_bytes: usize,
 
-    /// Sustained events per second one user may send (over all their connections).
+    /// Sustained events per second one user may send (over all their connections on a
+    /// shard; over the whole cluster with `--redis-url`).
     #[arg(long, env = "WS_RATE_PER_SECOND", default_value_t = 20.0)]
     pub ws_rate_per_second: f64,
 

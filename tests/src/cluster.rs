@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub node_ttl: f64,
     /// Reach Redis through a relay the test can cut (`TestCluster::relay`).
     pub via_relay: bool,
+    /// Each user's event budget: per second, burst.
+    pub rate: (f64, f64),
 }
 
 impl ClusterOptions {
@@ -37,6 +39,7 @@ impl ClusterOptions {
             io_driver: IoDriver::Uring,
             node_ttl: 15.0,
             via_relay: false,
+            rate: (1000.0, 1000.0),
         }
     }
 }
@@ -70,9 +73,9 @@ impl TestCluster {
                 .arg("--node-ttl")
                 .arg(opts.node_ttl.to_string())
                 .arg("--ws-rate-per-second")
-                .arg("1000")
+                .arg(opts.rate.0.to_string())
                 .arg("--ws-rate-burst")
-                .arg("1000");
+                .arg(opts.rate.1.to_string());
             let node = TestServer::start_on_cluster(server, cluster.db.url(), cluster.secret())
                 .await
                 .with_context(|| format!("starting node {i}"))?;

@@ -309,3 +309,56 @@ async fn a_redis_outage_is_filled_from_the_store_once_it_ends() {
     })
     .await;
 }
+
+/// A user's event budget is one across nodes: two tabs on two nodes that send as fast
+/// as they can share it, instead of getting a budget each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_rate_limit_holds_across_nodes() {
+    let mut opts = ClusterOptions::new(2);
+    let (rate, burst) = (1.0, 10.0);
+    opts.rate = (rate, burst);
+    with_cluster(opts, |c| {
+        Box::pin(async move {
+            let api = c.api(0);
+            let ([a, b], conv) = group(&api, &["la", "lb"]).await?;
+            let (mut tab0, _) = join(c.node(0), &conv, &a).await?;
+            let (mut tab1, _) = join(c.node(1), &conv, &a).await?;
+            let (_watcher, _) = join(c.node(1), &conv, &b).await?;
+            const EACH: usize = 25;
+            let started = std::time::Instant::now();
+            for k in 0..EACH {
+                for tab in [&mut tab0, &mut tab1] {
+                    tab.send_json(&json!({"type": "typing", "ref": format!("t{k}")}))
+                        .await?;
+                }
+            }
+            let mut refused = 0;
+            for tab in [&mut tab0, &mut tab1] {
+                // Events of a connection are taken in order: once the last one is
+                // answered (a pong, or its refusal), every earlier one was decided.
+                tab.send_json(&json!({"type": "ping", "ref": "last"})).await?;
+                let seen = events_until(tab, "the answer to the last event", |v| {
+                    v["type"] == "pong" || v["ref"] == "last"
+                })
+                .await?;
+                refused += seen
+                    .iter()
+                    .filter(|v| v["detail"] == "Rate limit exceeded")
+                    .filter(|v| v["ref"] != "last")
+                    .count();
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let taken = 2 * EACH - refused;
+            // The burst, what refilled meanwhile, and at most one unspent lease (one
+            // token at this rate) per shard of each node.
+            let bound = burst + rate * elapsed + 4.0;
+            ensure!(
+                (taken as f64) <= bound,
+                "{taken} events taken in {elapsed:.1} s: a budget per node, not one per user (bound {bound:.1})"
+            );
+            ensure!(taken >= burst as usize, "the burst itself was refused: {taken}");
+            Ok(())
+        })
+    })
+    .await;
+}

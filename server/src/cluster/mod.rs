@@ -11,7 +11,8 @@
 //!   order with their own, reading any gap back from the store;
 //! - frames that are not stream events (typing, presence, joined/left) and removals;
 //! - presence (`presence`): who is connected on which live node, each node's
-//!   heartbeat, and the sweep of a dead node's users.
+//!   heartbeat, and the sweep of a dead node's users;
+//! - each user's event budget (`rate`), leased to shards a few tokens at a time.
 //!
 //! Everything here runs on the store runtime (tokio), never on a shard: shards hand
 //! work over through unbounded queues and hear back through the bus. When Redis is
@@ -20,9 +21,11 @@
 //! they stood, so nothing is missed and nothing is delivered twice.
 
 mod presence;
+mod rate;
 mod tasks;
 pub mod wire;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +36,7 @@ use crate::bus::{Bus, Remote};
 use crate::config::Config;
 use crate::ids::{ConversationId, Seq, UserId};
 use presence::Presence;
+use rate::Budget;
 use wire::NodeId;
 
 /// A change of presence for the cluster to record and, for joins and last leaves,
@@ -108,6 +112,9 @@ pub struct Cluster {
     subscriptions: mpsc::UnboundedSender<Subscription>,
     presence: mpsc::UnboundedSender<PresenceOp>,
     health: Arc<Health>,
+    budget: Arc<Budget>,
+    conn: redis::aio::ConnectionManager,
+    runtime: tokio::runtime::Handle,
 }
 
 /// A Redis URL that cannot be used.
@@ -151,7 +158,7 @@ impl Cluster {
         runtime.spawn(tasks::publish(ctx.clone(), conn.clone(), outbound_rx));
         runtime.spawn(tasks::subscribe(ctx.clone(), client, subscriptions_rx));
         runtime.spawn(tasks::presence(ctx.clone(), conn.clone(), presence_rx));
-        runtime.spawn(tasks::heartbeat(ctx, conn));
+        runtime.spawn(tasks::heartbeat(ctx, conn.clone()));
         tracing::info!(%node, prefix = %config.redis_prefix, "joining the cluster");
         Ok(Self {
             node,
@@ -159,7 +166,26 @@ impl Cluster {
             subscriptions,
             presence,
             health,
+            budget: Arc::new(Budget::new(
+                &config.redis_prefix,
+                config.ws_rate_per_second,
+                config.ws_rate_burst,
+            )),
+            conn,
+            runtime: runtime.clone(),
         })
+    }
+
+    /// Leases tokens of `user`'s event budget, shared by every node: how many were
+    /// granted (0: the budget is spent), or `None` when Redis did not answer.
+    pub fn lease(&self, user: UserId) -> impl Future<Output = Option<u32>> + 'static {
+        let (granted, answer) = futures_channel::oneshot::channel();
+        let budget = Arc::clone(&self.budget);
+        let mut conn = self.conn.clone();
+        self.runtime.spawn(async move {
+            let _ = granted.send(budget.take(&mut conn, user).await.ok());
+        });
+        async move { answer.await.ok().flatten() }
     }
 
     /// Sends `msg` to the other nodes with connections in the conversation.

@@ -41,6 +41,8 @@ use ratelimit::Bucket;
 struct UserSlot {
     bucket: Bucket,
     conns: u32,
+    /// In a cluster: tokens of the user's shared budget leased to this shard.
+    lease: u32,
 }
 
 #[derive(Default)]

@@ -1,5 +1,7 @@
 //! Per-user token buckets for incoming WebSocket events, kept per shard: a user's
 //! events on this shard draw from one bucket however many tabs they have open here.
+//! In a cluster the budget lives in Redis (`cluster`) and this bucket is the fallback
+//! while Redis does not answer.
 
 use std::time::Instant;
 

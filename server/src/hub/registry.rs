@@ -43,6 +43,7 @@ impl Hub {
             .or_insert_with(|| UserSlot {
                 bucket: Bucket::full(burst, Instant::now()),
                 conns: 0,
+                lease: 0,
             })
             .conns += 1;
         drop(st);
@@ -80,25 +81,14 @@ impl Hub {
 
     /// Takes one event from a client, after its rate limit. Pings and token refreshes
     /// are answered here; everything else goes to the conversation's home.
-    pub fn submit(
+    pub async fn submit(
         &self,
         conn: &Outbox,
         event: ClientEvent,
         reference: Option<String>,
     ) -> Result<(), Refused> {
-        {
-            let mut st = self.state.borrow_mut();
-            let config = &self.app.config;
-            let allowed = st.users.get_mut(&conn.user).is_some_and(|slot| {
-                slot.bucket.take(
-                    config.ws_rate_per_second,
-                    config.ws_rate_burst,
-                    Instant::now(),
-                )
-            });
-            if !allowed {
-                return Err(Refused::RateLimited);
-            }
+        if !self.spend(conn.user).await {
+            return Err(Refused::RateLimited);
         }
         match event {
             ClientEvent::Ping => conn.push(ServerEvent::Pong.frame()),
@@ -128,6 +118,43 @@ impl Hub {
             event => self.to_home(conn, reference, HomeMsg::Event(event)),
         }
         Ok(())
+    }
+
+    /// Takes one token of `user`'s budget: from this shard's bucket on one node; in a
+    /// cluster from the budget all nodes share, leased a few tokens at a time (this
+    /// shard's bucket again while Redis does not answer).
+    async fn spend(&self, user: UserId) -> bool {
+        let Some(cluster) = &self.app.cluster else {
+            return self.spend_locally(user);
+        };
+        if let Some(slot) = self.state.borrow_mut().users.get_mut(&user) {
+            if slot.lease > 0 {
+                slot.lease -= 1;
+                return true;
+            }
+        }
+        match cluster.lease(user).await {
+            Some(0) => false,
+            Some(granted) => {
+                if let Some(slot) = self.state.borrow_mut().users.get_mut(&user) {
+                    slot.lease += granted - 1;
+                }
+                true
+            }
+            None => self.spend_locally(user),
+        }
+    }
+
+    fn spend_locally(&self, user: UserId) -> bool {
+        let config = &self.app.config;
+        let mut st = self.state.borrow_mut();
+        st.users.get_mut(&user).is_some_and(|slot| {
+            slot.bucket.take(
+                config.ws_rate_per_second,
+                config.ws_rate_burst,
+                Instant::now(),
+            )
+        })
     }
 
     /// Tells the conversation's home that `user` was removed from it: their open

@@ -191,7 +191,7 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
                 return ReadEnd::Refused;
             }
             (OpCode::Text | OpCode::Binary, None) if frame.fin => {
-                on_message(shard, conn, frame.opcode, frame.payload.to_mut());
+                on_message(shard, conn, frame.opcode, frame.payload.to_mut()).await;
             }
             (OpCode::Text | OpCode::Binary, None) => {
                 fragmented = Some(frame.opcode);
@@ -210,7 +210,7 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
                         conn.close(Close::InvalidUtf8);
                         return ReadEnd::Refused;
                     }
-                    on_message(shard, conn, opcode, &mut fragments);
+                    on_message(shard, conn, opcode, &mut fragments).await;
                     if fragments.capacity() > 64 * 1024 {
                         fragments = Vec::new();
                     }
@@ -231,13 +231,17 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
 
 /// One complete client message: parse, validate, submit; any refusal is an `error`
 /// event and the connection stays open.
-fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload: &mut [u8]) {
+async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload: &mut [u8]) {
     let (detail, reference) = if opcode == OpCode::Binary {
         (ProtocolError::Binary.to_string(), None)
     } else {
         let parsed = protocol::parse(payload);
         let refused = match parsed.event {
-            Ok(event) => match shard.hub.submit(conn, event, parsed.reference.clone()) {
+            Ok(event) => match shard
+                .hub
+                .submit(conn, event, parsed.reference.clone())
+                .await
+            {
                 Ok(()) => return,
                 Err(refused) => refused.to_string(),
             },
