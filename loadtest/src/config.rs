@@ -218,11 +218,23 @@ pub struct Config {
     )]
     pub max_steps: usize,
 
-    /// With --host: the pid of that server when it runs on this machine, so the report
-    /// can state its CPU per delivery (read from /proc). A server the harness starts
-    /// itself is measured without it.
-    #[arg(long, env = "LOADTEST_SERVER_PID")]
-    pub server_pid: Option<u32>,
+    /// With --host: the pid of that server when it runs on this machine (comma-separated,
+    /// one per node), so the report can state its CPU per delivery (read from /proc). A
+    /// server the harness starts itself is measured without it.
+    #[arg(long, env = "LOADTEST_SERVER_PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Without --host: start this many local nodes as one cluster, on one PostgreSQL
+    /// database (DATABASE_URL, or a scratch database on the local PostgreSQL) and one
+    /// Redis (REDIS_URL, or the local one) under a key prefix of their own; users are
+    /// spread over them. 1: one node with the embedded store.
+    #[arg(
+        long,
+        env = "LOADTEST_NODES",
+        default_value_t = 1,
+        help_heading = "Local server"
+    )]
+    pub nodes: usize,
 
     // ----- local server -----
     /// The chat-server binary to start when no --host is given. Default: the workspace's
@@ -316,7 +328,7 @@ impl Config {
             .after_long_help(AFTER_HELP)
             // Goose options whose meaning or default the harness changes.
             .mut_arg("host", |a| {
-                a.help("Target server, http://HOST:PORT [default: start a local chat-server]")
+                a.help("Target server, http://HOST:PORT, or several nodes of one cluster separated by commas (users are spread over them) [default: start a local chat-server]")
                     .long_help(None)
             })
             .mut_arg("users", |a| {
@@ -331,6 +343,17 @@ impl Config {
                     .long_help(None)
             })
             .mut_args(with_env)
+    }
+
+    /// The target nodes of `--host` (a comma-separated list), without trailing slashes.
+    pub fn hosts(&self) -> Vec<String> {
+        self.goose
+            .host
+            .iter()
+            .flat_map(|h| h.split(','))
+            .map(|h| h.trim().trim_end_matches('/').to_string())
+            .filter(|h| !h.is_empty())
+            .collect()
     }
 
     /// Simulated users (`--users`, default 1000).
@@ -352,6 +375,12 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.users() == 0 {
             bail!("--users must be at least 1");
+        }
+        if self.nodes == 0 {
+            bail!("--nodes must be at least 1");
+        }
+        if self.nodes > 1 && self.goose.host.is_some() {
+            bail!("--nodes starts local nodes; with --host, list the nodes there instead");
         }
         if !(self.message_rate.is_finite() && self.message_rate >= 0.0) {
             bail!("--message-rate must be a number >= 0");

@@ -41,8 +41,8 @@ use crate::report::{
     Correctness, Events, Harness, Measured, Percentiles, ServerInfo, Setup, Sockets, Streams,
     Target, Workload,
 };
-use crate::server::LocalServer;
-use crate::state::{lock, Run, Sources, Stage};
+use crate::server::{LocalNodes, LocalServer, ProcessUsage};
+use crate::state::{lock, Node, Run, Sources, Stage};
 
 /// Runs the harness: starts a local server unless `--host` is given, runs the users,
 /// measures, checks persistence, stops what it started and returns the report (also
@@ -63,29 +63,33 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         None => {}
     }
 
-    let mut local = match &config.goose.host {
-        Some(_) => None,
-        None => {
-            let cfg = config.clone();
-            let server = tokio::task::spawn_blocking(move || LocalServer::start(&cfg))
-                .await
-                .context("starting the local server")??;
+    let hosts = config.hosts();
+    let mut local = if hosts.is_empty() {
+        let started = LocalNodes::start(&config)
+            .await
+            .context("starting the local server")?;
+        for server in &started.nodes {
             say(&format!(
                 "started {} at {} (log: {})",
                 server.binary.display(),
                 server.base_url,
                 server.log_path().display()
             ));
-            Some(server)
         }
+        Some(started)
+    } else {
+        None
     };
-    let base_url = match (&config.goose.host, &local) {
-        (Some(host), _) => host.trim_end_matches('/').to_string(),
-        (None, Some(server)) => server.base_url.clone(),
-        (None, None) => bail!("no target"),
+    let urls = match &local {
+        Some(started) => started.nodes.iter().map(|n| n.base_url.clone()).collect(),
+        None => hosts,
     };
-    let target = resolve(&base_url).await?;
-    let sources = Sources::new(source_addresses(&config, target));
+    let mut nodes = Vec::with_capacity(urls.len());
+    for url in &urls {
+        nodes.push(Node::new(url, resolve(url).await?));
+    }
+    let first = nodes.first().context("no target")?.addr;
+    let sources = Sources::new(source_addresses(&config, first));
     if sources.addrs().len() > 1 {
         say(&format!(
             "spreading {} sockets over {} loopback source addresses",
@@ -94,20 +98,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         ));
     }
 
-    let server_pid = local
-        .as_ref()
-        .and_then(LocalServer::pid)
-        .or(config.server_pid);
-    let run = Run::new(
-        config.clone(),
-        base_url.clone(),
-        target,
-        sources,
-        server_pid,
-    );
+    let server_pids = match &local {
+        Some(started) => started.pids(),
+        None => config.server_pid.clone(),
+    };
+    let run = Run::new(config.clone(), nodes, sources, server_pids);
     // A previous run in this process left Goose's stop switch on.
     goose::reset_killswitch();
-    let attack = goose_attack(&run, &config, &base_url)?;
+    let attack = goose_attack(&run, &config, &run.base_url)?;
     let driver = tokio::spawn(driver::drive(Arc::clone(&run)));
     let goose_result = attack.execute().await;
     // Goose is done (or failed to start): make sure the driver ends too.
@@ -118,7 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         Ok(metrics) => Some(metrics),
         Err(e) => {
             driver::close_all(&run).await;
-            if let Some(server) = local.as_mut() {
+            for server in local.iter_mut().flat_map(|l| l.nodes.iter_mut()) {
                 server.stop();
             }
             return Err(anyhow::anyhow!("goose: {e}"));
@@ -130,26 +128,50 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     driver::close_all(&run).await;
 
     // The server's figures and health before it is stopped.
-    let server_crash = local
+    let servers = local
         .as_mut()
-        .and_then(LocalServer::exited)
-        .map(|status| status.to_string());
-    let server_usage = local.as_ref().and_then(LocalServer::usage);
+        .map(|l| l.nodes.as_mut_slice())
+        .unwrap_or_default();
+    let crashes: Vec<(usize, String)> = servers
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, server)| server.exited().map(|status| (i, status.to_string())))
+        .collect();
+    let server_usage =
+        servers
+            .iter()
+            .map(LocalServer::usage)
+            .try_fold(ProcessUsage::default(), |sum, usage| {
+                let u = usage?;
+                Some(ProcessUsage {
+                    cpu_seconds: sum.cpu_seconds + u.cpu_seconds,
+                    peak_rss_mib: sum.peak_rss_mib + u.peak_rss_mib,
+                    threads: sum.threads + u.threads,
+                })
+            });
 
     say("reading every conversation's history back");
     let persistence = verify::verify(&run).await;
 
-    let server = local.as_mut().map(|server| {
-        let stop = server.stop();
-        let mut log_problems = server.log_problems(10);
-        if server_crash.is_some() {
-            log_problems.push(server.log_tail(2000));
+    let server = (!servers.is_empty()).then(|| {
+        let mut stops = Vec::new();
+        let mut log_problems = Vec::new();
+        for (i, server) in servers.iter_mut().enumerate() {
+            stops.push(server.stop());
+            log_problems.extend(server.log_problems(10));
+            if crashes.iter().any(|(crashed, _)| *crashed == i) {
+                log_problems.push(server.log_tail(2000));
+            }
         }
+        let crashed = crashes.iter().map(|(i, status)| match servers.len() {
+            1 => status.clone(),
+            _ => format!("node {i}: {status}"),
+        });
         ServerInfo {
-            pid: server.pid(),
+            pid: servers.first().and_then(LocalServer::pid),
             usage: server_usage.clone(),
-            crashed: server_crash.clone(),
-            stop,
+            crashed: (!crashes.is_empty()).then(|| crashed.collect::<Vec<_>>().join("; ")),
+            stop: stops.join("; "),
             log_problems,
         }
     });
@@ -160,7 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         &driven,
         persistence,
         server,
-        local.as_ref(),
+        local.as_ref().and_then(|l| l.nodes.first()),
         metrics.as_ref(),
         open_files,
     );
@@ -268,7 +290,13 @@ fn build_report(
             "steady"
         },
         target: Target {
-            url: run.base_url.clone(),
+            url: run
+                .nodes
+                .iter()
+                .map(|n| n.base_url.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            nodes: run.nodes.len(),
             local_server: local.is_some(),
             server_binary: local.map(|s| s.binary.display().to_string()),
             server_log: local.map(|s| s.log_path().display().to_string()),

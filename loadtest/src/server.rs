@@ -1,18 +1,20 @@
 //! Starting the chat server locally when no `--host` is given: the release binary
 //! (built with `cargo build --release -p chat-server` first unless `--no-build`), the
-//! embedded store in a temporary directory, an ephemeral loopback port, a random
-//! secret key and rate limits far above anything the harness sends. The server's
+//! embedded store in a temporary directory (or, with `--nodes`, several nodes of one
+//! cluster on one PostgreSQL database and one Redis key prefix), an ephemeral loopback
+//! port, a random secret key and rate limits far above anything the harness sends. The server's
 //! output goes to a log file; its CPU time and peak memory are read from /proc. The
 //! process itself is the test kit's, as everywhere else in the workspace.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use testkit::{Output, Profile, ServerProcess};
+use testkit::{Output, Profile, ScratchDatabase, ScratchPrefix, ServerProcess};
 
 use crate::config::Config;
 use crate::console::say;
@@ -40,14 +42,93 @@ pub struct ProcessUsage {
     pub threads: u64,
 }
 
+/// What every local node shares: the binary, the signing key and, for a cluster, its
+/// database, Redis and key prefix (as arguments).
+struct Shared {
+    binary: PathBuf,
+    secret: String,
+    args: Vec<OsString>,
+}
+
+/// The servers the harness started: one node with the embedded store, or `--nodes`
+/// nodes of one cluster with the database and Redis key prefix they share.
+pub struct LocalNodes {
+    pub nodes: Vec<LocalServer>,
+    // Dropped after the nodes (field order): the database and keys they used.
+    _database: Option<ScratchDatabase>,
+    _redis: Option<ScratchPrefix>,
+}
+
+impl LocalNodes {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let secret = format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        );
+        let (mut database, mut redis, mut args) = (None, None, Vec::<OsString>::new());
+        if config.nodes > 1 {
+            let url = match std::env::var("DATABASE_URL") {
+                Ok(url) => url,
+                Err(_) => {
+                    let db = ScratchDatabase::create("loadtest")
+                        .await
+                        .context("--nodes needs DATABASE_URL or a local PostgreSQL")?;
+                    let url = db.url();
+                    database = Some(db);
+                    url
+                }
+            };
+            let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| testkit::redis::url());
+            let prefix = ScratchPrefix::create("loadtest")
+                .context("--nodes needs REDIS_URL or a local Redis")?;
+            args.extend(["--database-url".into(), url.into()]);
+            args.extend(["--redis-url".into(), redis_url.into()]);
+            args.extend(["--redis-prefix".into(), prefix.prefix().into()]);
+            redis = Some(prefix);
+        }
+        let shared = Arc::new(Shared {
+            binary: {
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || locate_binary(&config))
+                    .await
+                    .context("locating the server")??
+            },
+            secret,
+            args,
+        });
+        let mut nodes = Vec::with_capacity(config.nodes);
+        for index in 0..config.nodes {
+            let (config, shared) = (config.clone(), Arc::clone(&shared));
+            // Waiting for readiness blocks: off the runtime.
+            let node =
+                tokio::task::spawn_blocking(move || LocalServer::start(&config, &shared, index))
+                    .await
+                    .context("starting a node")??;
+            nodes.push(node);
+        }
+        Ok(Self {
+            nodes,
+            _database: database,
+            _redis: redis,
+        })
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(LocalServer::pid).collect()
+    }
+}
+
 impl LocalServer {
-    pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let binary = locate_binary(config)?;
+    fn start(config: &Config, shared: &Shared, index: usize) -> anyhow::Result<Self> {
+        let binary = shared.binary.clone();
         let data_dir = tempfile::Builder::new()
             .prefix("loadtest-chat-")
             .tempdir()
             .context("creating the server's data directory")?;
         let (log_path, log_dir) = match &config.server_log {
+            // One log per node: the first at the path given, the others beside it.
+            Some(path) if index > 0 => (path.with_extension(format!("{index}.log")), None),
             Some(path) => (path.clone(), None),
             None => {
                 let dir = tempfile::Builder::new()
@@ -57,16 +138,11 @@ impl LocalServer {
                 (dir.path().join("chat-server.log"), Some(dir))
             }
         };
-        let secret = format!(
-            "{:032x}{:032x}",
-            rand::random::<u128>(),
-            rand::random::<u128>()
-        );
         let mut args: Vec<OsString> = vec![
             "--data-dir".into(),
             data_dir.path().into(),
             "--secret-key".into(),
-            secret.into(),
+            shared.secret.clone().into(),
             "--ws-rate-per-second".into(),
             GENEROUS_RATE.into(),
             "--ws-rate-burst".into(),
@@ -75,6 +151,7 @@ impl LocalServer {
         if let Some(shards) = config.server_shards {
             args.extend(["--shards".into(), shards.to_string().into()]);
         }
+        args.extend(shared.args.iter().cloned());
         args.extend(config.server_arg.iter().map(OsString::from));
         // A fresh log per run: the report reads its warnings back.
         std::fs::File::create(&log_path)

@@ -27,7 +27,10 @@ pub use render::render;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
+    /// The node URLs, comma-separated.
     pub url: String,
+    /// How many nodes the users were spread over.
+    pub nodes: usize,
     /// Started by the harness (else `--host`).
     pub local_server: bool,
     pub server_binary: Option<String>,

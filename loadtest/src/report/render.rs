@@ -48,10 +48,13 @@ pub fn render(r: &Report) -> String {
         s,
         " Target: {}{}",
         r.target.url,
-        if r.target.local_server {
-            " (chat-server started by the harness: embedded store, temporary directory)"
-        } else {
-            ""
+        match (r.target.local_server, r.target.nodes) {
+            (true, 1) => " (chat-server started by the harness: embedded store, temporary directory)".to_string(),
+            (true, n) => format!(
+                " ({n} chat-server nodes started by the harness: one PostgreSQL database, one Redis; users spread over them)"
+            ),
+            (false, 1) => String::new(),
+            (false, n) => format!(" ({n} nodes; users spread over them)"),
         }
     );
     let _ = writeln!(

@@ -16,6 +16,7 @@ fn healthy() -> Report {
     Report {
         mode: "steady",
         target: Target {
+            nodes: 1,
             url: "http://127.0.0.1:1".into(),
             local_server: false,
             server_binary: None,

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 pub use latency::{Latencies, Percentiles, PhaseHist};
-pub use run::{Run, Tally};
+pub use run::{Node, Run, Tally};
 pub use tag::{client_number, parse_tag, Tag};
 
 /// Locks a mutex, ignoring poisoning (a panicking task must not hide the results).

@@ -21,11 +21,12 @@ pub struct Run {
     /// Random tag in every message of this run (other runs' messages are ignored).
     pub run_tag: String,
     pub user_prefix: String,
-    /// `http://host:port`, no trailing slash.
+    /// `http://host:port` of the first node, no trailing slash: REST and the final
+    /// history check go there.
     pub base_url: String,
-    /// `ws://host:port`.
-    pub ws_url: String,
-    pub target: SocketAddr,
+    /// Every node; user `i`'s sockets go to node `i % nodes.len()`, so the members of
+    /// a conversation (consecutive users) sit on different nodes.
+    pub nodes: Vec<Node>,
     pub sources: Sources,
     epoch: Instant,
     pub convs: Vec<Conv>,
@@ -37,20 +38,42 @@ pub struct Run {
     pub control: watch::Sender<Control>,
     pub stage: watch::Sender<Stage>,
     pub windows: Mutex<Vec<Window>>,
-    /// The server process whose CPU the windows sample, when it runs on this host.
-    pub server_pid: Option<u32>,
+    /// The server processes (one per node) whose CPU the windows sample, when they run
+    /// on this host.
+    pub server_pids: Vec<u32>,
     /// Per user, per layer: the socket task's handle.
     pub sockets: Vec<Mutex<Option<crate::ws::SocketHandle>>>,
     pub message_filler: String,
 }
 
+/// One node of the target.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// `http://host:port`, no trailing slash.
+    pub base_url: String,
+    /// `ws://host:port`.
+    pub ws_url: String,
+    pub addr: SocketAddr,
+}
+
+impl Node {
+    pub fn new(base_url: &str, addr: SocketAddr) -> Self {
+        Self {
+            base_url: base_url.to_string(),
+            ws_url: base_url
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1),
+            addr,
+        }
+    }
+}
+
 impl Run {
     pub fn new(
         config: Config,
-        base_url: String,
-        target: SocketAddr,
+        nodes: Vec<Node>,
         sources: Sources,
-        server_pid: Option<u32>,
+        server_pids: Vec<u32>,
     ) -> Arc<Self> {
         let users = config.users();
         let plan = Plan::new(
@@ -78,9 +101,6 @@ impl Run {
             .user_prefix
             .clone()
             .unwrap_or_else(|| format!("lt{run_tag}"));
-        let ws_url = base_url
-            .replacen("https://", "wss://", 1)
-            .replacen("http://", "ws://", 1);
         let (control, _) = watch::channel(Control {
             rate_per_user: 0.0,
             phase: 0,
@@ -98,9 +118,11 @@ impl Run {
             plan,
             run_tag,
             user_prefix,
-            base_url,
-            ws_url,
-            target,
+            base_url: nodes
+                .first()
+                .map(|n| n.base_url.clone())
+                .unwrap_or_default(),
+            nodes,
             sources,
             epoch: Instant::now(),
             convs,
@@ -112,7 +134,7 @@ impl Run {
             control,
             stage,
             windows: Mutex::new(Vec::new()),
-            server_pid,
+            server_pids,
             sockets,
             message_filler: filler,
             config,
@@ -188,10 +210,23 @@ impl Run {
         }
     }
 
-    /// The server's (user, kernel) CPU seconds now, if it can be read.
+    /// The server's (user, kernel) CPU seconds now, over all its nodes, if they can be
+    /// read.
     fn server_cpu(&self) -> Option<(f64, f64)> {
-        let usage = testkit::procfs::usage(self.server_pid?).ok()?;
-        Some((usage.user_seconds, usage.system_seconds))
+        if self.server_pids.is_empty() {
+            return None;
+        }
+        self.server_pids
+            .iter()
+            .try_fold((0.0, 0.0), |(user, kernel), &pid| {
+                let usage = testkit::procfs::usage(pid).ok()?;
+                Some((user + usage.user_seconds, kernel + usage.system_seconds))
+            })
+    }
+
+    /// The node user `user`'s sockets connect to.
+    pub fn node_of(&self, user: usize) -> &Node {
+        &self.nodes[user % self.nodes.len()]
     }
 
     /// Opens a measured window (or capacity step) and tells every socket.

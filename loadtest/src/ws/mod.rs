@@ -199,7 +199,8 @@ async fn connections(
 /// TCP connect (bound to a source address when the run spreads sockets) and upgrade,
 /// resuming the stream after `since` when given.
 async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws, String> {
-    let socket = match run.target {
+    let node = run.node_of(spec.user);
+    let socket = match node.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
@@ -209,14 +210,14 @@ async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws,
             .bind(SocketAddr::new(source, 0))
             .map_err(|e| format!("bind {source}: {}", e.kind()))?;
     }
-    let stream = timeout(CONNECT_TIMEOUT, socket.connect(run.target))
+    let stream = timeout(CONNECT_TIMEOUT, socket.connect(node.addr))
         .await
         .map_err(|_| "tcp connect: timed out".to_string())?
         .map_err(|e| format!("tcp connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
     let mut url = format!(
         "{}/api/chat/ws/{}?token={}",
-        run.ws_url, spec.conv_id, spec.token
+        node.ws_url, spec.conv_id, spec.token
     );
     if let Some(since) = since {
         url.push_str(&format!("&since={since}"));
