@@ -118,3 +118,72 @@ impl Drop for ScratchPrefix {
         let _ = self.clean();
     }
 }
+
+/// (channel, payload) of each message published.
+type Published = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Everything published on a prefix's channels while it lives: a pattern subscription
+/// on a connection of its own, read in a thread.
+pub struct Listener {
+    seen: Published,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ScratchPrefix {
+    /// Starts listening to every channel of this prefix; returns once subscribed.
+    pub fn listen(&self) -> anyhow::Result<Listener> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let mut conn = ::redis::Client::open(url())?.get_connection()?;
+        conn.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let pattern = format!("{}:*", self.prefix);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready, subscribed) = std::sync::mpsc::channel();
+        let thread = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut pubsub = conn.as_pubsub();
+                let _ = ready.send(pubsub.psubscribe(&pattern).map_err(|e| e.to_string()));
+                while !stop.load(Ordering::Relaxed) {
+                    match pubsub.get_message() {
+                        Ok(msg) => {
+                            if let Ok(mut seen) = seen.lock() {
+                                let channel = msg.get_channel_name().to_string();
+                                seen.push((channel, msg.get_payload_bytes().to_vec()));
+                            }
+                        }
+                        Err(e) if e.is_timeout() => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        subscribed
+            .recv()
+            .context("the listener thread ended")?
+            .map_err(|e| anyhow::anyhow!("subscribing: {e}"))?;
+        Ok(Listener {
+            seen,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Listener {
+    /// (channel, payload) of everything published so far.
+    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -113,6 +113,11 @@ impl TestCluster {
         self.redis.keys()
     }
 
+    /// Records everything the nodes publish from now on.
+    pub fn listen(&self) -> anyhow::Result<testkit::redis::Listener> {
+        self.redis.listen()
+    }
+
     /// Waits until `/ready` on node `i` reports `redis` as `want`.
     pub async fn wait_redis(&self, i: usize, want: &str) -> anyhow::Result<()> {
         let api = self.api(i);

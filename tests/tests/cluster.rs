@@ -58,6 +58,7 @@ async fn fan_out_across_nodes_is_exactly_once_in_one_order() {
             for (i, user) in users.iter().enumerate() {
                 clients.push(join(c.node(i % 3), &conv, user).await?.0);
             }
+            let published = c.listen()?;
             const EACH: usize = 15;
             for k in 0..EACH {
                 for (i, ws) in clients.iter_mut().enumerate() {
@@ -111,6 +112,29 @@ async fn fan_out_across_nodes_is_exactly_once_in_one_order() {
                 let next = collect_messages(ws, 1).await?;
                 ensure!(next[0]["content"] == "last", "client {i}: {next:?}");
             }
+            // One publish per committed event, however many recipients on however many
+            // nodes: the payload's tag (after the 16-byte node id) says what it carries.
+            let count = || {
+                published
+                    .messages()
+                    .iter()
+                    .filter(|(channel, payload)| {
+                        channel.ends_with(&conv) && payload.get(16) == Some(&b'E')
+                    })
+                    .count()
+            };
+            // Every client has the last message, so it was published; the listener
+            // may read it a moment later.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while count() < total + 1 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let events = count();
+            ensure!(
+                events == total + 1,
+                "{events} events published for {} committed",
+                total + 1
+            );
             Ok(())
         })
     })
