@@ -344,6 +344,10 @@ async fn a_users_rate_limit_holds_across_nodes() {
     with_cluster(opts, |c| {
         Box::pin(async move {
             let api = c.api(0);
+            // The budget is shared while Redis answers (each node falls back to its own
+            // otherwise).
+            c.wait_redis(0, "ok").await?;
+            c.wait_redis(1, "ok").await?;
             let ([a, b], conv) = group(&api, &["la", "lb"]).await?;
             let (mut tab0, _) = join(c.node(0), &conv, &a).await?;
             let (mut tab1, _) = join(c.node(1), &conv, &a).await?;

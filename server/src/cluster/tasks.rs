@@ -104,6 +104,17 @@ pub(super) async fn publish(
                 Err(e) => {
                     tracing::debug!(error = %e, "publish failed");
                     lost.extend(sent);
+                    // What queued up meanwhile would fail the same way: drop it now
+                    // (its conversations get a resync hint later), so an outage
+                    // costs no memory.
+                    while let Ok(item) = queue.try_recv() {
+                        match item {
+                            Outbound::Publish { conversation, .. } => {
+                                lost.insert(conversation);
+                            }
+                            Outbound::Flush(done) => flushes.push(done),
+                        }
+                    }
                 }
             }
         }

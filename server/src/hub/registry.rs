@@ -124,7 +124,9 @@ impl Hub {
     /// cluster from the budget all nodes share, leased a few tokens at a time (this
     /// shard's bucket again while Redis does not answer).
     async fn spend(&self, user: UserId) -> bool {
-        let Some(cluster) = &self.app.cluster else {
+        let Some(cluster) = self.app.cluster.as_ref().filter(|c| c.is_healthy()) else {
+            // One node, or Redis known to be away: waiting for it would stall the
+            // sender's every event.
             return self.spend_locally(user);
         };
         if let Some(slot) = self.state.borrow_mut().users.get_mut(&user) {

@@ -33,12 +33,19 @@ impl Hub {
         }
     }
 
-    /// Records every connected user of this shard's homes in the cluster again.
-    pub(super) fn rejoin(&self) {
+    /// This node was cut off from the cluster (Redis was away, or it was presumed
+    /// dead): records every connected user of this shard's homes again, and reads
+    /// every stream back from the store, since a subscription that survived the cut
+    /// may have missed events.
+    pub(super) fn rejoin(self: &Rc<Self>) {
         let Some(cluster) = &self.app.cluster else {
             return;
         };
-        let st = self.state.borrow();
+        let mut st = self.state.borrow_mut();
+        for home in st.homes.live.values_mut() {
+            home.stream.doubt();
+        }
+        let conversations: Vec<ConversationId> = st.homes.live.keys().copied().collect();
         for (&conversation, home) in &st.homes.live {
             for (user, username) in home.present() {
                 cluster.announce(Announcement {
@@ -49,6 +56,10 @@ impl Hub {
                     local_active: Vec::new(),
                 });
             }
+        }
+        drop(st);
+        for conversation in conversations {
+            self.settle(conversation);
         }
     }
 }
