@@ -79,13 +79,20 @@ impl LocalNodes {
                     url
                 }
             };
-            let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| testkit::redis::url());
-            let prefix = ScratchPrefix::create("loadtest")
-                .context("--nodes needs REDIS_URL or a local Redis")?;
+            let (redis_url, prefix) = match std::env::var("REDIS_URL") {
+                // Someone else's Redis: a prefix of the run's own, left as it is.
+                Ok(url) => (url, format!("loadtest-{:08x}", rand::random::<u32>())),
+                Err(_) => {
+                    let scratch = ScratchPrefix::create("loadtest")
+                        .context("--nodes needs REDIS_URL or a local Redis")?;
+                    let prefix = scratch.prefix().to_string();
+                    redis = Some(scratch);
+                    (testkit::redis::url(), prefix)
+                }
+            };
             args.extend(["--database-url".into(), url.into()]);
             args.extend(["--redis-url".into(), redis_url.into()]);
-            args.extend(["--redis-prefix".into(), prefix.prefix().into()]);
-            redis = Some(prefix);
+            args.extend(["--redis-prefix".into(), prefix.into()]);
         }
         let shared = Arc::new(Shared {
             binary: {

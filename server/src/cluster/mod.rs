@@ -20,6 +20,7 @@
 //! again and read every open conversation's stream back from the store from where
 //! they stood, so nothing is missed and nothing is delivered twice.
 
+mod membership;
 mod presence;
 mod rate;
 mod tasks;
@@ -107,14 +108,14 @@ enum PresenceOp {
 
 /// This node's handle on the cluster; shared by every shard.
 pub struct Cluster {
-    node: NodeId,
-    outbound: mpsc::UnboundedSender<Outbound>,
+    ctx: tasks::Context,
     subscriptions: mpsc::UnboundedSender<Subscription>,
     presence: mpsc::UnboundedSender<PresenceOp>,
-    health: Arc<Health>,
     budget: Arc<Budget>,
     conn: redis::aio::ConnectionManager,
     runtime: tokio::runtime::Handle,
+    /// Stopped before leaving, so it cannot put the node back in the set.
+    heartbeat: tokio::task::AbortHandle,
 }
 
 /// A Redis URL that cannot be used.
@@ -152,20 +153,20 @@ impl Cluster {
             keys,
             ttl: config.node_ttl,
             bus,
-            health: Arc::clone(&health),
-            outbound: outbound.clone(),
+            health,
+            outbound,
         };
         runtime.spawn(tasks::publish(ctx.clone(), conn.clone(), outbound_rx));
         runtime.spawn(tasks::subscribe(ctx.clone(), client, subscriptions_rx));
-        runtime.spawn(tasks::presence(ctx.clone(), conn.clone(), presence_rx));
-        runtime.spawn(tasks::heartbeat(ctx, conn.clone()));
+        runtime.spawn(membership::presence(ctx.clone(), conn.clone(), presence_rx));
+        let heartbeat = runtime
+            .spawn(membership::heartbeat(ctx.clone(), conn.clone()))
+            .abort_handle();
         tracing::info!(%node, prefix = %config.redis_prefix, "joining the cluster");
         Ok(Self {
-            node,
-            outbound,
+            ctx,
             subscriptions,
             presence,
-            health,
             budget: Arc::new(Budget::new(
                 &config.redis_prefix,
                 config.ws_rate_per_second,
@@ -173,6 +174,7 @@ impl Cluster {
             )),
             conn,
             runtime: runtime.clone(),
+            heartbeat,
         })
     }
 
@@ -190,11 +192,7 @@ impl Cluster {
 
     /// Sends `msg` to the other nodes with connections in the conversation.
     pub fn publish(&self, conversation: ConversationId, msg: &Remote) {
-        let payload = wire::encode(self.node, msg);
-        let _ = self.outbound.send(Outbound::Publish {
-            conversation,
-            payload,
-        });
+        self.ctx.publish(conversation, msg);
     }
 
     /// This node has connections in the conversation: hear what the others say. Once
@@ -219,18 +217,20 @@ impl Cluster {
 
     /// Whether every link to Redis works (`/ready` says `degraded` otherwise).
     pub fn is_healthy(&self) -> bool {
-        let h = &self.health;
+        let h = &self.ctx.health;
         h.subscriber.load(Ordering::Relaxed) && h.heartbeat.load(Ordering::Relaxed)
     }
 
-    /// Shutdown, after the shards are gone: records the last presence changes, leaves
-    /// the node set, and sends what is still queued, within `grace`.
+    /// Shutdown, after the shards are gone: records the last presence changes, takes
+    /// this node's users out of presence, leaves the node set, and sends what is still
+    /// queued, within `grace`.
     pub async fn leave(&self, grace: Duration) {
+        self.heartbeat.abort();
         let (done, stopped) = oneshot::channel();
         let _ = self.presence.send(PresenceOp::Stop(done));
         let _ = tokio::time::timeout(grace, stopped).await;
         let (done, flushed) = oneshot::channel();
-        let _ = self.outbound.send(Outbound::Flush(done));
+        let _ = self.ctx.outbound.send(Outbound::Flush(done));
         let _ = tokio::time::timeout(grace, flushed).await;
     }
 }

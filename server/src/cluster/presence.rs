@@ -28,8 +28,9 @@ local function live(key, nodes, self, cutoff)
   local alive, first = {}, {}
   for i = 1, #all, 2 do
     local user, node = string.match(all[i], '^([^/]+)/(.+)$')
-    local ok = alive[node]
-    if ok == nil then
+    if user == nil then node = nil end
+    local ok = node and alive[node]
+    if node and ok == nil then
       if node == self then
         ok = true
       else
@@ -87,7 +88,7 @@ return out
 
 /// KEYS: presence, nodes. ARGV: the dead node, ttl ms, the sweeping node. Removes the
 /// dead node's fields. Returns the number of live users, the live users, then pairs of
-/// (user, username) for each user who is connected nowhere any more.
+/// (user, username) for each user who has no field left on any node.
 const SWEEP: &str = r#"
 local now = now_ms()
 local all = redis.call('HGETALL', KEYS[1])
@@ -100,11 +101,17 @@ for i = 1, #all, 2 do
     gone[user] = string.sub(value, string.find(value, '|', 1, true) + 1)
   end
 end
-local users, first = live(KEYS[1], KEYS[2], ARGV[3], now - tonumber(ARGV[2]))
-local out = {#users}
+local users = live(KEYS[1], KEYS[2], ARGV[3], now - tonumber(ARGV[2]))
+-- A user with a field left (even of another dead node, swept later) has not left yet.
+local remaining = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local user = string.match(field, '^([^/]+)/')
+  if user then remaining[user] = true end
+end
+local out = {tostring(#users)}
 for _, u in ipairs(users) do table.insert(out, u) end
 for user, name in pairs(gone) do
-  if first[user] == nil then
+  if not remaining[user] then
     table.insert(out, user)
     table.insert(out, name)
   end
@@ -143,7 +150,7 @@ impl Presence {
             join: with_live(JOIN),
             leave: with_live(LEAVE),
             sweep: with_live(SWEEP),
-            heartbeat: Script::new(&format!("{LIVE}{HEARTBEAT}")),
+            heartbeat: with_live(HEARTBEAT),
         }
     }
 

@@ -1,37 +1,36 @@
-//! The cluster's four tasks, all on the store runtime:
+//! The cluster's traffic, two tasks on the store runtime (presence and heartbeats are
+//! in `membership`):
 //!
 //! - `publish`: sends queued payloads in pipelines, in the order queued; what could
-//!   not be sent is followed, once Redis answers again, by a `Resync` hint for its
-//!   conversations, so the other nodes read them back from the store.
+//!   not be sent is owed to the other nodes once Redis answers again (a `Resync` hint
+//!   per conversation, every removal itself), tried every second until it goes.
 //! - `subscribe`: one pub/sub connection, subscribed to the conversations this node
-//!   has connections in; hands what arrives to each conversation's home; reconnects
-//!   and subscribes again after an outage, then has every home resync.
-//! - `presence`: records joins and leaves in Redis, one at a time in the order they
-//!   came, and announces them.
-//! - `heartbeat`: keeps this node in the live set and sweeps the nodes that left it.
+//!   has connections in and pinged so a dead one is noticed; hands what arrives to each
+//!   conversation's home; reconnects and subscribes again after an outage, then has
+//!   every home resync.
 //!
-//! None of them ever blocks a shard; shards hear back only through the bus.
+//! Neither ever blocks a shard; shards hear back only through the bus.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
-use super::presence::{users, Presence};
+use super::presence::Presence;
 use super::wire::{self, NodeId};
-use super::{Announcement, Change, Health, Outbound, PresenceOp, Subscription};
+use super::{Health, Outbound, Subscription};
 use crate::bus::{Bus, Remote, ShardMsg};
-use crate::ids::{ConversationId, UserId};
-use crate::protocol::{Membership, ServerEvent};
+use crate::ids::ConversationId;
 
 /// Most payloads sent in one pipeline.
 const PIPELINE: usize = 1024;
 /// Longest wait between attempts to reach Redis again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often what could not be published is tried again while nothing else is sent.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// What every task needs.
 #[derive(Clone)]
@@ -45,22 +44,27 @@ pub(super) struct Context {
 }
 
 impl Context {
-    fn ttl_ms(&self) -> u64 {
+    pub fn ttl_ms(&self) -> u64 {
         self.ttl.as_millis() as u64
     }
 
-    /// Delivers `msg` to this node's connections in the conversation (its home) and
-    /// publishes it to the others.
-    fn everywhere(&self, conversation: ConversationId, msg: Remote) {
-        let payload = wire::encode(self.node, &msg);
+    /// Queues `msg` for the other nodes with connections in the conversation.
+    pub fn publish(&self, conversation: ConversationId, msg: &Remote) {
+        let payload = wire::encode(self.node, msg);
         let _ = self.outbound.send(Outbound::Publish {
             conversation,
             payload,
         });
+    }
+
+    /// Delivers `msg` to this node's connections in the conversation (its home) and
+    /// publishes it to the others.
+    pub fn everywhere(&self, conversation: ConversationId, msg: Remote) {
+        self.publish(conversation, &msg);
         self.local(conversation, msg);
     }
 
-    fn local(&self, conversation: ConversationId, msg: Remote) {
+    pub fn local(&self, conversation: ConversationId, msg: Remote) {
         self.bus.post(
             self.bus.home_of(conversation),
             ShardMsg::Remote { conversation, msg },
@@ -73,9 +77,24 @@ pub(super) async fn publish(
     mut conn: ConnectionManager,
     mut queue: mpsc::UnboundedReceiver<Outbound>,
 ) {
-    let mut lost: HashSet<ConversationId> = HashSet::new();
+    let mut lost = Lost::default();
     let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, PIPELINE).await > 0 {
+    loop {
+        let received = if lost.is_empty() {
+            queue.recv_many(&mut batch, PIPELINE).await
+        } else {
+            // A quiet node still owes the others its hints and removals.
+            tokio::select! {
+                n = queue.recv_many(&mut batch, PIPELINE) => n,
+                () = tokio::time::sleep(RETRY) => {
+                    lost.resend(&ctx, &mut conn).await;
+                    continue;
+                }
+            }
+        };
+        if received == 0 {
+            return;
+        }
         let mut pipe = redis::pipe();
         let mut sent = Vec::new();
         let mut flushes = Vec::new();
@@ -87,33 +106,31 @@ pub(super) async fn publish(
                 } => {
                     pipe.cmd("PUBLISH")
                         .arg(ctx.keys.channel(conversation))
-                        .arg(payload)
+                        .arg(&payload)
                         .ignore();
-                    sent.push(conversation);
+                    sent.push((conversation, payload));
                 }
                 Outbound::Flush(done) => flushes.push(done),
             }
         }
         if !sent.is_empty() {
             match pipe.query_async::<()>(&mut conn).await {
-                Ok(()) => {
-                    if !lost.is_empty() && resync_hints(&ctx, &mut conn, &lost).await {
-                        lost.clear();
-                    }
-                }
+                Ok(()) => lost.resend(&ctx, &mut conn).await,
                 Err(e) => {
                     tracing::debug!(error = %e, "publish failed");
-                    lost.extend(sent);
-                    // What queued up meanwhile would fail the same way: drop it now
-                    // (its conversations get a resync hint later), so an outage
-                    // costs no memory.
+                    // What queued up meanwhile would fail the same way: it is taken
+                    // now, so an outage costs no memory.
                     while let Ok(item) = queue.try_recv() {
                         match item {
-                            Outbound::Publish { conversation, .. } => {
-                                lost.insert(conversation);
-                            }
+                            Outbound::Publish {
+                                conversation,
+                                payload,
+                            } => sent.push((conversation, payload)),
                             Outbound::Flush(done) => flushes.push(done),
                         }
+                    }
+                    for (conversation, payload) in sent {
+                        lost.add(conversation, payload);
                     }
                 }
             }
@@ -124,21 +141,51 @@ pub(super) async fn publish(
     }
 }
 
-/// Tells the other nodes to read these conversations back from the store: what this
-/// node published into them may not have arrived.
-async fn resync_hints(
-    ctx: &Context,
-    conn: &mut ConnectionManager,
-    conversations: &HashSet<ConversationId>,
-) -> bool {
-    let mut pipe = redis::pipe();
-    for &conversation in conversations {
-        pipe.cmd("PUBLISH")
-            .arg(ctx.keys.channel(conversation))
-            .arg(wire::encode(ctx.node, &Remote::Resync))
-            .ignore();
+/// What could not be published, owed to the other nodes once Redis answers: a hint
+/// per conversation to read its stream back from the store (events and frames are not
+/// kept), and every removal itself, so no removed user keeps a socket anywhere.
+#[derive(Default)]
+struct Lost {
+    conversations: HashSet<ConversationId>,
+    removals: Vec<(ConversationId, Vec<u8>)>,
+}
+
+impl Lost {
+    fn is_empty(&self) -> bool {
+        self.conversations.is_empty() && self.removals.is_empty()
     }
-    pipe.query_async::<()>(conn).await.is_ok()
+
+    fn add(&mut self, conversation: ConversationId, payload: Vec<u8>) {
+        if wire::is_removal(&payload) {
+            self.removals.push((conversation, payload));
+        } else {
+            self.conversations.insert(conversation);
+        }
+    }
+
+    async fn resend(&mut self, ctx: &Context, conn: &mut ConnectionManager) {
+        if self.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let hint = wire::encode(ctx.node, &Remote::Resync);
+        for &conversation in &self.conversations {
+            pipe.cmd("PUBLISH")
+                .arg(ctx.keys.channel(conversation))
+                .arg(&hint)
+                .ignore();
+        }
+        for (conversation, payload) in &self.removals {
+            pipe.cmd("PUBLISH")
+                .arg(ctx.keys.channel(*conversation))
+                .arg(payload)
+                .ignore();
+        }
+        if pipe.query_async::<()>(conn).await.is_ok() {
+            self.conversations.clear();
+            self.removals.clear();
+        }
+    }
 }
 
 pub(super) async fn subscribe(
@@ -147,57 +194,72 @@ pub(super) async fn subscribe(
     mut commands: mpsc::UnboundedReceiver<Subscription>,
 ) {
     let mut wanted: HashSet<ConversationId> = HashSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let every = (ctx.ttl / 5).max(Duration::from_millis(50));
+    // How long to wait before the next attempt: none at first, a short pause after a
+    // working subscription was lost, doubling while attempts fail.
+    let mut backoff: Option<Duration> = None;
     loop {
-        let connected = tokio::time::timeout(MAX_BACKOFF, client.get_async_pubsub()).await;
-        let Ok(Ok(pubsub)) = connected else {
+        if let Some(wait) = backoff {
             Health::set(&ctx.health.subscriber, false, "subscriber");
             while let Ok(cmd) = commands.try_recv() {
                 apply(&mut wanted, cmd);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::time::sleep(wait).await;
+        }
+        backoff = Some(backoff.map_or(Duration::from_millis(100), |b| (b * 2).min(MAX_BACKOFF)));
+        let connected = tokio::time::timeout(MAX_BACKOFF, client.get_async_pubsub()).await;
+        let Ok(Ok(pubsub)) = connected else {
             continue;
         };
         let (mut sink, mut messages) = pubsub.split();
         let channels: Vec<String> = wanted.iter().map(|&c| ctx.keys.channel(c)).collect();
-        if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
+        if !channels.is_empty() && !answered(sink.subscribe(&channels)).await {
             continue;
         }
-        backoff = Duration::from_millis(100);
         Health::set(&ctx.health.subscriber, true, "subscriber");
         // Whatever was published while this node was not listening is in the store.
         for &conversation in &wanted {
             ctx.local(conversation, Remote::Resync);
         }
+        // A connection that died without closing (a partition) delivers nothing and
+        // never ends: pinging it is the only way to tell.
+        let mut probe = tokio::time::interval(every);
         loop {
-            tokio::select! {
+            let alive = tokio::select! {
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { return };
-                    let result = match cmd {
+                    match cmd {
                         Subscription::Subscribe(c) if wanted.insert(c) => {
-                            let r = sink.subscribe(ctx.keys.channel(c)).await;
+                            let subscribed = answered(sink.subscribe(ctx.keys.channel(c))).await;
                             // Published before the subscription took: in the store.
                             ctx.local(c, Remote::Resync);
-                            r
+                            subscribed
                         }
                         Subscription::Unsubscribe(c) if wanted.remove(&c) => {
-                            sink.unsubscribe(ctx.keys.channel(c)).await
+                            answered(sink.unsubscribe(ctx.keys.channel(c))).await
                         }
-                        _ => Ok(()),
-                    };
-                    if result.is_err() {
-                        break;
+                        _ => true,
                     }
                 }
                 msg = messages.next() => {
                     let Some(msg) = msg else { break };
                     dispatch(&ctx, msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
+                    true
                 }
+                _ = probe.tick() => answered(sink.ping::<redis::Value>()).await,
+            };
+            if !alive {
+                break;
             }
         }
-        Health::set(&ctx.health.subscriber, false, "subscriber");
+        tracing::debug!("subscription lost; reconnecting");
+        backoff = Some(Duration::from_millis(100));
     }
+}
+
+/// Whether a call on the subscription connection was answered in time.
+async fn answered<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>) -> bool {
+    matches!(tokio::time::timeout(MAX_BACKOFF, call).await, Ok(Ok(_)))
 }
 
 fn apply(wanted: &mut HashSet<ConversationId>, cmd: Subscription) {
@@ -217,186 +279,4 @@ fn dispatch(ctx: &Context, channel: &[u8], payload: &[u8]) {
         Some((_, msg)) => ctx.local(conversation, msg),
         None => tracing::warn!(%conversation, "unreadable cluster message ignored"),
     }
-}
-
-pub(super) async fn presence(
-    ctx: Context,
-    mut conn: ConnectionManager,
-    mut ops: mpsc::UnboundedReceiver<PresenceOp>,
-) {
-    let node = ctx.node.to_string();
-    while let Some(op) = ops.recv().await {
-        let a = match op {
-            PresenceOp::Announce(a) => a,
-            PresenceOp::Stop(done) => {
-                let _: Result<(), _> = redis::cmd("ZREM")
-                    .arg(ctx.keys.nodes())
-                    .arg(&node)
-                    .query_async(&mut conn)
-                    .await;
-                let _ = done.send(());
-                continue;
-            }
-        };
-        if let Some(frame) = record(&ctx, &mut conn, &node, &a).await {
-            ctx.everywhere(a.conversation, Remote::Frame { skip: None, frame });
-        }
-    }
-}
-
-/// Records one change in Redis; the `system` event to announce, if any. Without
-/// Redis, joins and leaves are announced with this node's own list.
-async fn record(
-    ctx: &Context,
-    conn: &mut ConnectionManager,
-    node: &str,
-    a: &Announcement,
-) -> Option<Bytes> {
-    let keys = &ctx.keys;
-    let presence = keys.presence(a.conversation);
-    let convs = keys.node_conversations(node);
-    let conversation = a.conversation.to_string();
-    let user = a.user.to_string();
-    let answer = match a.change {
-        Change::Joined(_) | Change::Rejoined => keys
-            .join
-            .key(&presence)
-            .key(keys.nodes())
-            .key(&convs)
-            .arg(&user)
-            .arg(node)
-            .arg(ctx.ttl_ms())
-            .arg(&conversation)
-            .arg(&*a.username)
-            .invoke_async::<Vec<String>>(conn)
-            .await
-            .map(|active| (false, users(&active))),
-        Change::Left => keys
-            .leave
-            .key(&presence)
-            .key(keys.nodes())
-            .key(&convs)
-            .arg(&user)
-            .arg(node)
-            .arg(ctx.ttl_ms())
-            .arg(&conversation)
-            .invoke_async::<Vec<String>>(conn)
-            .await
-            .map(|out| {
-                let elsewhere = out.first().is_some_and(|s| s == "1");
-                (elsewhere, users(out.get(1..).unwrap_or_default()))
-            }),
-    };
-    let (elsewhere, active) = match answer {
-        Ok(answer) => answer,
-        Err(e) => {
-            tracing::debug!(error = %e, "presence not recorded");
-            (false, a.local_active.clone())
-        }
-    };
-    let frame = |change, seq| ServerEvent::membership(change, a.user, &a.username, &active, seq);
-    match a.change {
-        Change::Joined(seq) => Some(frame(Membership::Joined, Some(seq))),
-        // A user with a tab open on another node has not left.
-        Change::Left => (!elsewhere).then(|| frame(Membership::Left, None)),
-        Change::Rejoined => None,
-    }
-}
-
-pub(super) async fn heartbeat(ctx: Context, mut conn: ConnectionManager) {
-    let node = ctx.node.to_string();
-    let every = (ctx.ttl / 5).max(Duration::from_millis(50));
-    let mut first = true;
-    let mut failed = false;
-    loop {
-        let beat = ctx
-            .keys
-            .heartbeat
-            .key(ctx.keys.nodes())
-            .arg(&node)
-            .arg(ctx.ttl_ms())
-            .invoke_async::<Vec<String>>(&mut conn)
-            .await;
-        match beat {
-            Ok(out) => {
-                Health::set(&ctx.health.heartbeat, true, "heartbeat");
-                let added = out.first().is_some_and(|s| s == "1");
-                // Presumed dead, or Redis came back empty: our presence is gone.
-                if !first && (added || failed) {
-                    ctx.bus.broadcast(|| ShardMsg::Rejoin);
-                }
-                for dead in out.iter().skip(1) {
-                    sweep(&ctx, &mut conn, &node, dead).await;
-                }
-                failed = false;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "heartbeat failed");
-                Health::set(&ctx.health.heartbeat, false, "heartbeat");
-                failed = true;
-            }
-        }
-        first = false;
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// A node stopped beating: whichever node removes it from the set first removes its
-/// presence and announces, on every node, that its users left.
-async fn sweep(ctx: &Context, conn: &mut ConnectionManager, node: &str, dead: &str) {
-    let claimed: Result<u32, _> = redis::cmd("ZREM")
-        .arg(ctx.keys.nodes())
-        .arg(dead)
-        .query_async(conn)
-        .await;
-    if claimed != Ok(1) {
-        return;
-    }
-    let convs_key = ctx.keys.node_conversations(dead);
-    let Ok(convs) = redis::cmd("SMEMBERS")
-        .arg(&convs_key)
-        .query_async::<Vec<String>>(conn)
-        .await
-    else {
-        return;
-    };
-    tracing::info!(
-        node = dead,
-        conversations = convs.len(),
-        "node gone; sweeping its presence"
-    );
-    for conversation in convs
-        .iter()
-        .filter_map(|c| c.parse::<ConversationId>().ok())
-    {
-        let Ok(out) = ctx
-            .keys
-            .sweep
-            .key(ctx.keys.presence(conversation))
-            .key(ctx.keys.nodes())
-            .arg(dead)
-            .arg(ctx.ttl_ms())
-            .arg(node)
-            .invoke_async::<Vec<String>>(conn)
-            .await
-        else {
-            continue;
-        };
-        let live = out
-            .first()
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(0);
-        let Some(active) = out.get(1..1 + live) else {
-            continue;
-        };
-        let active = users(active);
-        for pair in out[1 + live..].chunks_exact(2) {
-            let Ok(user) = pair[0].parse::<UserId>() else {
-                continue;
-            };
-            let frame = ServerEvent::membership(Membership::Left, user, &pair[1], &active, None);
-            ctx.everywhere(conversation, Remote::Frame { skip: None, frame });
-        }
-    }
-    let _: Result<(), _> = redis::cmd("DEL").arg(&convs_key).query_async(conn).await;
 }

@@ -62,6 +62,11 @@ pub fn encode(origin: NodeId, msg: &Remote) -> Vec<u8> {
     out
 }
 
+/// Whether a payload is a removal (`Remote::Revoke`).
+pub fn is_removal(payload: &[u8]) -> bool {
+    payload.get(16) == Some(&b'V')
+}
+
 /// The publisher and its message, or `None` for a payload this version cannot read.
 pub fn decode(payload: &[u8]) -> Option<(NodeId, Remote)> {
     let origin = NodeId(uuid_at(payload, 0)?);
@@ -135,6 +140,11 @@ mod tests {
             Remote::Revoke { user: u } if u == user
         ));
         assert!(matches!(round_trip(Remote::Resync), Remote::Resync));
+        assert!(is_removal(&encode(
+            NodeId::random(),
+            &Remote::Revoke { user }
+        )));
+        assert!(!is_removal(&encode(NodeId::random(), &Remote::Resync)));
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub(super) struct Stream {
     gap_since: Option<(Seq, Instant)>,
     /// A look at the gap is scheduled (`Fill::Later`).
     timer: bool,
+    /// The highest position pending when the read under way started: every position
+    /// below it was committed before the read, so the read must bring back those it
+    /// does not skip.
+    known_before_fill: Option<Seq>,
 }
 
 impl Stream {
@@ -72,6 +76,7 @@ impl Stream {
             filling: false,
             gap_since: None,
             timer: false,
+            known_before_fill: None,
         }
     }
 
@@ -125,12 +130,14 @@ impl Stream {
         Some(frame)
     }
 
-    /// Whether the store must be read now: a doubt, or a gap open for `grace`, and no
-    /// commit in flight that could still close it. Starts the read when so: the
-    /// caller runs it.
+    /// Whether the store must be read now: a doubt, or a gap open for `grace`. On one
+    /// node (no grace) only once no commit in flight could still close the gap; in a
+    /// cluster the gap may be another node's event, which no local commit closes, and
+    /// any position below a committed one is committed too, so the read is safe
+    /// whatever is in flight. Starts the read when so: the caller runs it.
     pub(super) fn start_fill(&mut self, now: Instant, grace: Duration) -> Fill {
         let gap = !self.pending.is_empty();
-        if self.filling || self.in_flight > 0 || !(self.doubtful || gap) {
+        if self.filling || !(self.doubtful || gap) || (self.in_flight > 0 && grace.is_zero()) {
             return Fill::No;
         }
         if !self.doubtful {
@@ -150,6 +157,7 @@ impl Stream {
         self.filling = true;
         self.doubtful = false;
         self.gap_since = None;
+        self.known_before_fill = self.pending.last_key_value().map(|(&seq, _)| seq);
         Fill::Now(self.delivered)
     }
 
@@ -159,18 +167,20 @@ impl Stream {
     }
 
     /// The read ended; `complete` is false when more may follow (a full page, or the
-    /// store failed). After a complete read, a gap that is still open is one the store
-    /// does not hold (rows removed by hand): its positions are skipped, not waited for,
-    /// since every later commit takes a position above what is pending. Returns the
-    /// skipped positions.
+    /// store failed). After a complete read, a gap still open below a position that
+    /// was pending before the read began is one the store does not hold (rows removed
+    /// by hand): its positions are skipped, not waited for. A gap below positions that
+    /// arrived during the read (another node's, committed after the read looked) is
+    /// waited for like any other. Returns the skipped positions.
     pub(super) fn end_fill(&mut self, complete: bool) -> u64 {
         self.filling = false;
+        let known = self.known_before_fill.take();
         if !complete {
             self.doubtful = true;
             return 0;
         }
         match self.pending.first_key_value() {
-            Some((&first, _)) if first > self.delivered.next() => {
+            Some((&first, _)) if first > self.delivered.next() && known >= Some(first) => {
                 let skipped = first.0 - self.delivered.0 - 1;
                 self.delivered = Seq(first.0 - 1);
                 skipped
@@ -443,5 +453,38 @@ mod tests {
             Fill::Now(Seq(5)),
             "a doubt reads at once"
         );
+    }
+
+    #[test]
+    fn a_gap_below_what_arrived_during_a_read_is_waited_for_not_skipped() {
+        let grace = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let mut s = Stream::new(Seq(4));
+        s.doubt();
+        assert_eq!(s.start_fill(t0, grace), Fill::Now(Seq(4)));
+        // Another node's 6 arrives while the read runs; its 5 committed after the read
+        // looked, so the read did not bring it.
+        s.accept(Seq(6), f(6));
+        assert_eq!(s.end_fill(true), 0, "5 exists: it is not skipped");
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(
+            s.start_fill(t0, grace),
+            Fill::Later(grace),
+            "it is waited for"
+        );
+        s.accept(Seq(5), f(5));
+        assert_eq!(drain(&mut s), vec![f(5), f(6)]);
+    }
+
+    #[test]
+    fn in_a_cluster_commits_in_flight_do_not_hold_a_read_back() {
+        let grace = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let mut s = Stream::new(Seq(1));
+        s.begin_commit();
+        s.accept(Seq(3), f(3));
+        assert_eq!(s.start_fill(t0, grace), Fill::Later(grace));
+        s.timer_fired();
+        assert_eq!(s.start_fill(t0 + grace, grace), Fill::Now(Seq(1)));
     }
 }
