@@ -23,16 +23,24 @@ use crate::store::{NewMessage, Original, Stored};
 /// The index that makes a `client_id` one message.
 const CLIENT_ID_KEY: &str = "messages_client_id_key";
 
-/// The common path. `$7..$9` are the batch's conversations in id order (the order their
-/// rows are locked in), how many messages each has and the newest one's time; `$6` is
-/// each message's place among its conversation's messages (1, 2, ...). Answers each
-/// conversation's position before the batch.
+/// The common path. `$7..$9` are the batch's conversations in id order, how many
+/// messages each has and the newest one's time; `$6` is each message's place among its
+/// conversation's messages (1, 2, ...). Answers each conversation's position before the
+/// batch.
+///
+/// The conversations' rows are locked in id order (`locked`) before they are bumped:
+/// batches from several nodes share conversations, and two batches that locked the
+/// same rows in different orders (the planner picks the join) would deadlock, which
+/// PostgreSQL breaks only after `deadlock_timeout`.
 const INSERT: &str = "\
-    WITH bumped AS (
+    WITH locked AS (
+        SELECT id FROM conversations WHERE id = ANY($7::uuid[])
+        ORDER BY id FOR NO KEY UPDATE
+    ), bumped AS (
         UPDATE conversations AS c
         SET last_seq = c.last_seq + n.n, updated_at = GREATEST(c.updated_at, n.at)
-        FROM UNNEST($7::uuid[], $8::int8[], $9::timestamptz[]) AS n (id, n, at)
-        WHERE c.id = n.id
+        FROM locked AS l, UNNEST($7::uuid[], $8::int8[], $9::timestamptz[]) AS n (id, n, at)
+        WHERE c.id = l.id AND n.id = l.id
         RETURNING c.id, c.last_seq - n.n AS base
     ), inserted AS (
         INSERT INTO messages
@@ -49,7 +57,7 @@ const INSERT: &str = "\
 /// The path after a repeat, on the batch's first six columns (`$6`: the client ids):
 /// each `client_id` is looked up first (an index probe per message), repeats are
 /// answered with their original and take no position, the rest are numbered and
-/// inserted as above. One row per message that is not gone: `(ord,
+/// inserted as above (rows locked in id order too). One row per message that is not gone: `(ord,
 /// seq, original id, original content, original time)`, the original columns null for a
 /// new message.
 const INSERT_CHECKED: &str = "\
@@ -73,10 +81,13 @@ const INSERT_CHECKED: &str = "\
     ), counts AS (
         SELECT conversation_id, count(*) AS n, max(created_at) AS at
         FROM fresh GROUP BY conversation_id
+    ), locked AS (
+        SELECT id FROM conversations WHERE id IN (SELECT conversation_id FROM counts)
+        ORDER BY id FOR NO KEY UPDATE
     ), bumped AS (
         UPDATE conversations AS c
         SET last_seq = c.last_seq + n.n, updated_at = GREATEST(c.updated_at, n.at)
-        FROM counts AS n WHERE c.id = n.conversation_id
+        FROM locked AS l, counts AS n WHERE c.id = l.id AND n.conversation_id = l.id
         RETURNING c.id, c.last_seq - n.n AS base
     ), inserted AS (
         INSERT INTO messages
