@@ -297,6 +297,16 @@ fn build_report(
                 .collect::<Vec<_>>()
                 .join(","),
             nodes: run.nodes.len(),
+            store: if run.nodes.len() > 1
+                || config
+                    .server_arg
+                    .iter()
+                    .any(|a| a.starts_with("--database-url"))
+            {
+                "PostgreSQL".into()
+            } else {
+                "embedded store, temporary directory".into()
+            },
             local_server: local.is_some(),
             server_binary: local.map(|s| s.binary.display().to_string()),
             server_log: local.map(|s| s.log_path().display().to_string()),

@@ -31,6 +31,8 @@ pub struct Target {
     pub url: String,
     /// How many nodes the users were spread over.
     pub nodes: usize,
+    /// The store of a server the harness started.
+    pub store: String,
     /// Started by the harness (else `--host`).
     pub local_server: bool,
     pub server_binary: Option<String>,

@@ -49,7 +49,7 @@ pub fn render(r: &Report) -> String {
         " Target: {}{}",
         r.target.url,
         match (r.target.local_server, r.target.nodes) {
-            (true, 1) => " (chat-server started by the harness: embedded store, temporary directory)".to_string(),
+            (true, 1) => format!(" (chat-server started by the harness: {})", r.target.store),
             (true, n) => format!(
                 " ({n} chat-server nodes started by the harness: one PostgreSQL database, one Redis; users spread over them)"
             ),

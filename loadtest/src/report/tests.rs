@@ -17,6 +17,7 @@ fn healthy() -> Report {
         mode: "steady",
         target: Target {
             nodes: 1,
+            store: "embedded store, temporary directory".into(),
             url: "http://127.0.0.1:1".into(),
             local_server: false,
             server_binary: None,
