@@ -4,6 +4,7 @@
 //! acknowledged message in history.
 
 use loadtest::{Config, Report};
+use tests::cluster::{ClusterOptions, TestCluster};
 use tests::prelude::*;
 use tokio::sync::Mutex;
 
@@ -11,14 +12,19 @@ use tokio::sync::Mutex;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 async fn short_run(srv: &TestServer) -> anyhow::Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
     let pid = srv.pid()?.to_string();
-    let config = Config::try_from_iter([
+    short_run_against(srv.base_url(), &pid, &[]).await
+}
+
+/// The short run against `hosts` (comma-separated nodes) whose processes are `pids`.
+async fn short_run_against(hosts: &str, pids: &str, extra: &[&str]) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let args = [
         "loadtest",
         "--host",
-        srv.base_url(),
+        hosts,
         "--server-pid",
-        &pid,
+        pids,
         "--users",
         "50",
         "--run-time",
@@ -33,7 +39,8 @@ async fn short_run(srv: &TestServer) -> anyhow::Result<()> {
         "2",
         "--think-time",
         "2",
-    ])?;
+    ];
+    let config = Config::try_from_iter(args.iter().chain(extra))?;
     let report = loadtest::run(config).await?;
     check(&report).with_context(|| loadtest::report::render(&report))
 }
@@ -101,4 +108,25 @@ async fn harness_short_run_postgres() {
         |srv| Box::pin(short_run(srv)),
     )
     .await;
+}
+
+/// Across two nodes of a cluster: every conversation has members on both, and the same
+/// checks hold (order, exactly once, every acknowledged message in history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_short_run_across_two_nodes() {
+    let cluster = TestCluster::start(ClusterOptions::new(2))
+        .await
+        .unwrap_or_else(|e| panic!("could not start the cluster: {e:#}"));
+    let result = async {
+        let hosts = format!(
+            "{},{}",
+            cluster.node(0).base_url(),
+            cluster.node(1).base_url()
+        );
+        let pids = format!("{},{}", cluster.node(0).pid()?, cluster.node(1).pid()?);
+        // The cluster's shared budget is 1,000 events per second per user.
+        short_run_against(&hosts, &pids, &["--server-rate-limit", "1000"]).await
+    }
+    .await;
+    cluster.finish(result);
 }
