@@ -16,9 +16,9 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use super::messages::{Announcement, Change, Health, PresenceOp};
 use super::presence::users;
 use super::tasks::Context;
-use super::{Announcement, Change, Health, PresenceOp};
 use crate::bus::{Remote, ShardMsg};
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::{Membership, ServerEvent};

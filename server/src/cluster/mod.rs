@@ -18,16 +18,18 @@
 //! work over through unbounded queues and hear back through the bus. When Redis is
 //! away, nodes keep serving their own connections; when it returns, they subscribe
 //! again and read every open conversation's stream back from the store from where
-//! they stood, so nothing is missed and nothing is delivered twice.
+//! they stood, so no committed event is missed and none is delivered twice (frames that
+//! are not stream events, such as typing, are not replayed; removals are resent).
 
 mod membership;
+mod messages;
 mod presence;
 mod rate;
 mod tasks;
 pub mod wire;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,76 +37,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{Bus, Remote};
 use crate::config::Config;
-use crate::ids::{ConversationId, Seq, UserId};
+use crate::ids::{ConversationId, UserId};
+pub use messages::{Announcement, Change};
+use messages::{Health, Outbound, PresenceOp, Subscription};
 use presence::Presence;
 use rate::Budget;
 use wire::NodeId;
-
-/// A change of presence for the cluster to record and, for joins and last leaves,
-/// announce to the conversation on every node.
-#[derive(Debug)]
-pub struct Announcement {
-    pub conversation: ConversationId,
-    pub user: UserId,
-    pub username: Arc<str>,
-    pub change: Change,
-    /// Who this node alone has connected: the list announced while Redis is away.
-    pub local_active: Vec<UserId>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// A connection joined; its stream is live from this position.
-    Joined(Seq),
-    /// The user's last connection on this node left (or was removed).
-    Left,
-    /// Recorded again after this node's presence was lost; announced to nobody.
-    Rejoined,
-}
-
-/// Whether each link to Redis works: the commands connection (publishing, presence
-/// and heartbeats share it; the heartbeat checks it every fifth of the node TTL) and
-/// the subscription.
-#[derive(Default)]
-struct Health {
-    subscriber: AtomicBool,
-    heartbeat: AtomicBool,
-}
-
-impl Health {
-    fn set(flag: &AtomicBool, up: bool, what: &str) {
-        if flag.swap(up, Ordering::Relaxed) != up {
-            if up {
-                tracing::info!(link = what, "redis reachable");
-            } else {
-                tracing::warn!(
-                    link = what,
-                    "redis unreachable; serving this node's connections alone"
-                );
-            }
-        }
-    }
-}
-
-enum Outbound {
-    Publish {
-        conversation: ConversationId,
-        payload: Vec<u8>,
-    },
-    /// Answered once everything queued before it was sent (or given up).
-    Flush(oneshot::Sender<()>),
-}
-
-enum Subscription {
-    Subscribe(ConversationId),
-    Unsubscribe(ConversationId),
-}
-
-enum PresenceOp {
-    Announce(Announcement),
-    /// Shutdown: leave the node set once every earlier change is recorded.
-    Stop(oneshot::Sender<()>),
-}
 
 /// This node's handle on the cluster; shared by every shard.
 pub struct Cluster {

@@ -19,9 +19,9 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use super::messages::{Health, Outbound, Subscription};
 use super::presence::Presence;
 use super::wire::{self, NodeId};
-use super::{Health, Outbound, Subscription};
 use crate::bus::{Bus, Remote, ShardMsg};
 use crate::ids::ConversationId;
 
