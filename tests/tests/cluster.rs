@@ -210,9 +210,10 @@ async fn presence_typing_and_removal_across_nodes() {
     .await;
 }
 
-/// `kill -9` of a node: nothing it acknowledged is lost, its users leave presence
-/// within the node TTL, and its clients resume on another node with `since` and miss
-/// nothing while positions go on without a gap.
+/// `kill -9` of a node in the middle of a burst: nothing it acknowledged is lost, its
+/// users leave presence within the node TTL, its client resumes on another node with
+/// `since` and misses nothing, resending the burst there with the same `client_id`s
+/// stores each message once, and positions go on without a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_nothing_and_its_users_leave() {
     let mut opts = ClusterOptions::new(3);
@@ -232,7 +233,21 @@ async fn a_killed_node_loses_nothing_and_its_users_leave() {
                 }
             }
             // z's own echo came last: z has seen everything up to it.
-            let last_seen_by_z = seq(acked.last().context("sent")?)?;
+            let mut z_seen = seq(acked.last().context("sent")?)?;
+            // A burst without waiting; the node dies under it, some of it acknowledged,
+            // some committed unacknowledged, some never taken.
+            const BURST: usize = 30;
+            for k in 0..BURST {
+                z2.send_json(&json!({
+                    "type": "message",
+                    "content": format!("burst-{k}"),
+                    "client_id": format!("zb-{k}"),
+                }))
+                .await?;
+            }
+            let burst_acked = collect_messages(&mut z2, 3).await?;
+            z_seen = seq(burst_acked.last().context("acked")?)?.max(z_seen);
+            acked.extend(burst_acked);
             c.node_mut(2).kill9()?;
 
             let left = x0
@@ -243,23 +258,49 @@ async fn a_killed_node_loses_nothing_and_its_users_leave() {
                 .await?;
 
             // Said while z was away, on both surviving nodes.
-            let mut during = Vec::new();
             for k in 0..3 {
-                during.push(x0.send_message(&format!("during-x-{k}")).await?);
-                during.push(y1.send_message(&format!("during-y-{k}")).await?);
+                acked.push(x0.send_message(&format!("during-x-{k}")).await?);
+                acked.push(y1.send_message(&format!("during-y-{k}")).await?);
             }
+            let missed: Vec<Value> = api
+                .history_list(&x, &conv, "limit=100")
+                .await?
+                .into_iter()
+                .filter(|h| h["seq"].as_u64() > Some(z_seen))
+                .collect();
             // z comes back on node 1 from where its stream stood.
             let url = format!(
-                "{}&since={last_seen_by_z}",
+                "{}&since={z_seen}",
                 ws_url(&c.node(1).ws_base_url(), &conv, &z.token)
             );
             let mut z1 = WsClient::connect_url(&url).await?;
-            let replayed = collect_messages(&mut z1, during.len()).await?;
+            let replayed = collect_messages(&mut z1, missed.len()).await?;
             let first = gapless(&replayed, "z's replay")?;
-            ensure!(first == last_seen_by_z + 1, "replay starts at {first}");
+            ensure!(
+                first == z_seen + 1,
+                "replay starts at {first}, z saw {z_seen}"
+            );
             let contents: Vec<&Value> = replayed.iter().map(|v| &v["content"]).collect();
-            let said: Vec<&Value> = during.iter().map(|v| &v["content"]).collect();
-            ensure!(contents == said, "replayed {contents:?}, said {said:?}");
+            let stored: Vec<&Value> = missed.iter().map(|v| &v["content"]).collect();
+            ensure!(
+                contents == stored,
+                "replayed {contents:?}, history {stored:?}"
+            );
+
+            // Unsure what the dead node took, z sends the whole burst again.
+            for k in 0..BURST {
+                let (content, client_id) = (format!("burst-{k}"), format!("zb-{k}"));
+                z1.send_json(
+                    &json!({"type": "message", "content": content, "client_id": client_id}),
+                )
+                .await?;
+                let answer = z1
+                    .wait_for(&format!("the answer to {client_id}"), |v| {
+                        v["type"] == "message" && v["client_id"] == client_id.as_str()
+                    })
+                    .await?;
+                ensure!(answer["content"] == content.as_str(), "{answer}");
+            }
 
             let history = api.history_list(&x, &conv, "limit=100").await?;
             for m in &acked {
@@ -267,6 +308,13 @@ async fn a_killed_node_loses_nothing_and_its_users_leave() {
                     history.iter().any(|h| h["id"] == m["message_id"]),
                     "acknowledged message lost: {m}"
                 );
+            }
+            for k in 0..BURST {
+                let copies = history
+                    .iter()
+                    .filter(|h| h["content"] == format!("burst-{k}").as_str())
+                    .count();
+                ensure!(copies == 1, "burst-{k} stored {copies} times");
             }
             let positions: Vec<u64> = history.iter().filter_map(|h| h["seq"].as_u64()).collect();
             ensure!(
