@@ -438,3 +438,68 @@ async fn a_users_rate_limit_holds_across_nodes() {
     })
     .await;
 }
+
+/// The guide's Python snippet (`websockets`), twice, on two nodes: alice says hello
+/// on node 0, bob answers from node 1 once he has heard her; each prints what the
+/// guide's loop prints. The library pings every 0.2 s and fails on any protocol error.
+const PYTHON_PAIR: &str = r#"
+import asyncio
+import json
+import sys
+
+import websockets
+
+async def chat(uri, say_first, reply):
+    printed = []
+    async with websockets.connect(uri, ping_interval=0.2) as websocket:
+        if say_first:
+            await websocket.send(json.dumps({'type': 'message', 'content': say_first}))
+        async for message in websocket:
+            data = json.loads(message)
+            if data['type'] == 'message':
+                printed.append(f"{data['sender_username']}: {data['content']}")
+                if reply and data['content'] != reply:
+                    await websocket.send(json.dumps({'type': 'message', 'content': reply}))
+                elif data['content'] == (reply or 'Hello from node 1'):
+                    break
+    return {'printed': printed, 'close_code': websocket.close_code}
+
+async def main(alice_uri, bob_uri):
+    bob = asyncio.create_task(chat(bob_uri, None, 'Hello from node 1'))
+    await asyncio.sleep(0.5)
+    alice = await chat(alice_uri, 'Hello from node 0', None)
+    print(json.dumps({'alice': alice, 'bob': await bob}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_python_clients_talk_across_nodes() {
+    with_cluster(ClusterOptions::new(2), |c| {
+        Box::pin(async move {
+            let api = c.api(0);
+            let ([alice, bob], conv) = group(&api, &["pya", "pyb"]).await?;
+            let args = [
+                "-c".to_string(),
+                PYTHON_PAIR.to_string(),
+                ws_url(&c.node(0).ws_base_url(), &conv, &alice.token),
+                ws_url(&c.node(1).ws_base_url(), &conv, &bob.token),
+            ];
+            let out = tests::python::run("websockets", "websockets", &args).await?;
+            let got: Value = serde_json::from_str(out.trim())
+                .with_context(|| format!("python printed {out}"))?;
+            let said = json!([
+                format!("{}: Hello from node 0", alice.username),
+                format!("{}: Hello from node 1", bob.username),
+            ]);
+            ensure!(got["alice"]["printed"] == said, "alice: {got}");
+            ensure!(got["bob"]["printed"] == said, "bob: {got}");
+            ensure!(
+                got["alice"]["close_code"] == 1000 && got["bob"]["close_code"] == 1000,
+                "not closed cleanly: {got}"
+            );
+            Ok(())
+        })
+    })
+    .await;
+}
