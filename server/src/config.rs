@@ -18,6 +18,16 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line: timestamp, level, target, message, fields, and the
+    /// fields of every span it happened in (request id, shard, user, conversation).
+    Json,
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "chat-server",
@@ -138,6 +148,10 @@ pub struct Config {
     #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "900", value_parser = seconds)]
     pub login_failure_window: Duration,
 
+    /// Log line format on stderr (`RUST_LOG` sets what is logged).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     /// Redis URL (`redis://HOST:PORT/DB`). Present: this node joins the cluster of every
     /// node configured with the same Redis, key prefix and database, and they share
     /// live events, presence and rate limits through it. Absent: one node, no Redis.
@@ -222,6 +236,7 @@ mod tests {
         assert_eq!(c.login_failure_window, Duration::from_secs(900));
         assert!(c.trusted_proxies.is_empty());
         assert!(c.redis_url.is_none());
+        assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.redis_prefix, "chat");
         assert_eq!(c.node_ttl, Duration::from_secs(15));
         assert!(c.shard_count() >= 1);

@@ -39,12 +39,18 @@ pub async fn serve(
     peer: SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     req.extensions_mut().insert(Peer(peer));
-    let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
+    let id = request_id(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %req.method(),
+        path = %req.uri().path()
+    );
     // A bug in one handler must cost one request, not the shard thread it runs on.
     let handled = AssertUnwindSafe(route(&shard, req).instrument(span.clone()))
         .catch_unwind()
         .await;
-    let response = match handled {
+    let mut response = match handled {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => error_response(&e),
         Err(_) => {
@@ -56,7 +62,25 @@ pub async fn serve(
         }
     };
     tracing::debug!(parent: &span, status = response.status().as_u16(), "done");
+    response.headers_mut().insert(REQUEST_ID, id);
     Ok(response)
+}
+
+/// The header a request's id travels in, both ways.
+const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// The request's id: the one a client or proxy sent in `X-Request-Id` when it is a
+/// short printable token, a fresh one otherwise. It names the request's span in the
+/// logs and is echoed in the response, so one request can be followed end to end.
+fn request_id(req: &Request<Incoming>) -> header::HeaderValue {
+    req.headers()
+        .get(&REQUEST_ID)
+        .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+        .unwrap_or_else(|| {
+            let fresh = uuid::Uuid::new_v4().simple().to_string();
+            header::HeaderValue::from_str(&fresh).unwrap_or(header::HeaderValue::from_static("-"))
+        })
 }
 
 async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
