@@ -148,6 +148,13 @@ pub struct Config {
     #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "900", value_parser = seconds)]
     pub login_failure_window: Duration,
 
+    /// Browser origins (`https://app.example.com`, comma-separated) allowed to call the
+    /// API across origins and to open WebSockets; `*` allows any (refused with
+    /// `--production`). Requests without `Origin` (non-browser clients) and from the
+    /// server's own origin are always allowed.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Log line format on stderr (`RUST_LOG` sets what is logged).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -237,6 +244,7 @@ mod tests {
         assert!(c.trusted_proxies.is_empty());
         assert!(c.redis_url.is_none());
         assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.allowed_origins.is_empty());
         assert_eq!(c.redis_prefix, "chat");
         assert_eq!(c.node_ttl, Duration::from_secs(15));
         assert!(c.shard_count() >= 1);

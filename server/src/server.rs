@@ -23,6 +23,9 @@ use crate::store::{self, Db};
 const DEV_KEY_FILE: &str = "dev-secret-key";
 
 pub fn run(config: Config) -> anyhow::Result<()> {
+    if config.production && config.allowed_origins.iter().any(|o| o.trim() == "*") {
+        anyhow::bail!("--production refuses --allowed-origins '*': list the origins");
+    }
     let secret = signing_key(&config)?;
     let shards = config.shard_count();
     let store_runtime = tokio::runtime::Builder::new_multi_thread()

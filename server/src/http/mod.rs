@@ -7,6 +7,7 @@ mod auth;
 mod conversations;
 pub mod docs;
 pub mod dto;
+mod origins;
 mod request;
 pub mod routes;
 
@@ -25,6 +26,7 @@ use tracing::Instrument;
 
 use crate::context::ShardContext;
 use crate::error::ApiError;
+use origins::Origin;
 use routes::Endpoint;
 
 pub use request::{percent_decode, query_param, Peer};
@@ -46,6 +48,17 @@ pub async fn serve(
         method = %req.method(),
         path = %req.uri().path()
     );
+    let origin = Origin::of(&shard.app.config, &req);
+    if let Some(mut answer) = origin.preflight(&req) {
+        answer.headers_mut().insert(REQUEST_ID, id);
+        return Ok(answer);
+    }
+    // Browsers do not preflight WebSocket upgrades: the origin is checked here.
+    if matches!(origin, Origin::Refused) && fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let mut refused = error_response(&ApiError::Forbidden("Origin not allowed"));
+        refused.headers_mut().insert(REQUEST_ID, id);
+        return Ok(refused);
+    }
     // A bug in one handler must cost one request, not the shard thread it runs on.
     let handled = AssertUnwindSafe(route(&shard, req).instrument(span.clone()))
         .catch_unwind()
@@ -63,6 +76,7 @@ pub async fn serve(
     };
     tracing::debug!(parent: &span, status = response.status().as_u16(), "done");
     response.headers_mut().insert(REQUEST_ID, id);
+    origin.decorate(&mut response);
     Ok(response)
 }
 
