@@ -182,7 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         &driven,
         persistence,
         server,
-        local.as_ref().and_then(|l| l.nodes.first()),
+        local.as_ref(),
         metrics.as_ref(),
         open_files,
     );
@@ -273,7 +273,7 @@ fn build_report(
     driven: &driver::Driven,
     persistence: verify::Persistence,
     server: Option<ServerInfo>,
-    local: Option<&LocalServer>,
+    local: Option<&LocalNodes>,
     metrics: Option<&goose::metrics::GooseMetrics>,
     open_files: sys::FdLimit,
 ) -> Report {
@@ -297,19 +297,14 @@ fn build_report(
                 .collect::<Vec<_>>()
                 .join(","),
             nodes: run.nodes.len(),
-            store: if run.nodes.len() > 1
-                || config
-                    .server_arg
-                    .iter()
-                    .any(|a| a.starts_with("--database-url"))
-            {
-                "PostgreSQL".into()
-            } else {
-                "embedded store, temporary directory".into()
-            },
+            store: local.map(LocalNodes::store).unwrap_or_default().into(),
             local_server: local.is_some(),
-            server_binary: local.map(|s| s.binary.display().to_string()),
-            server_log: local.map(|s| s.log_path().display().to_string()),
+            server_binary: local
+                .and_then(|l| l.nodes.first())
+                .map(|s| s.binary.display().to_string()),
+            server_log: local
+                .and_then(|l| l.nodes.first())
+                .map(|s| s.log_path().display().to_string()),
         },
         workload: Workload {
             users: run.plan.users(),

@@ -54,6 +54,8 @@ struct Shared {
 /// nodes of one cluster with the database and Redis key prefix they share.
 pub struct LocalNodes {
     pub nodes: Vec<LocalServer>,
+    /// What they store into, as the report names it.
+    store: &'static str,
     // Dropped after the nodes (field order): the database and keys they used.
     _database: Option<ScratchDatabase>,
     _redis: Option<ScratchPrefix>,
@@ -114,11 +116,25 @@ impl LocalNodes {
                     .context("starting a node")??;
             nodes.push(node);
         }
+        let postgres = config.nodes > 1
+            || config
+                .server_arg
+                .iter()
+                .any(|a| a.starts_with("--database-url"));
         Ok(Self {
             nodes,
+            store: if postgres {
+                "PostgreSQL"
+            } else {
+                "embedded store, temporary directory"
+            },
             _database: database,
             _redis: redis,
         })
+    }
+
+    pub fn store(&self) -> &'static str {
+        self.store
     }
 
     pub fn pids(&self) -> Vec<u32> {

@@ -87,40 +87,29 @@ async fn record(
     a: &Announcement,
 ) -> redis::RedisResult<(bool, Vec<UserId>)> {
     let keys = &ctx.keys;
-    let presence = keys.presence(a.conversation);
-    let convs = keys.node_conversations(node);
-    let conversation = a.conversation.to_string();
-    let user = a.user.to_string();
-    match a.change {
-        Change::Joined(_) | Change::Rejoined => keys
-            .join
-            .key(&presence)
-            .key(keys.nodes())
-            .key(&convs)
-            .arg(&user)
-            .arg(node)
-            .arg(ctx.ttl_ms())
-            .arg(&conversation)
-            .arg(&*a.username)
-            .invoke_async::<Vec<String>>(conn)
-            .await
-            .map(|active| (false, users(&active))),
-        Change::Left => keys
-            .leave
-            .key(&presence)
-            .key(keys.nodes())
-            .key(&convs)
-            .arg(&user)
-            .arg(node)
-            .arg(ctx.ttl_ms())
-            .arg(&conversation)
-            .invoke_async::<Vec<String>>(conn)
-            .await
-            .map(|out| {
-                let elsewhere = out.first().is_some_and(|s| s == "1");
-                (elsewhere, users(out.get(1..).unwrap_or_default()))
-            }),
+    let script = match a.change {
+        Change::Joined(_) | Change::Rejoined => &keys.join,
+        Change::Left => &keys.leave,
+    };
+    let mut call = script.prepare_invoke();
+    call.key(keys.presence(a.conversation))
+        .key(keys.nodes())
+        .key(keys.node_conversations(node))
+        .arg(a.user.to_string())
+        .arg(node)
+        .arg(ctx.ttl_ms())
+        .arg(a.conversation.to_string());
+    if a.change != Change::Left {
+        call.arg(&*a.username);
     }
+    let out: Vec<String> = call.invoke_async(conn).await?;
+    Ok(match a.change {
+        Change::Left => {
+            let elsewhere = out.first().is_some_and(|s| s == "1");
+            (elsewhere, users(out.get(1..).unwrap_or_default()))
+        }
+        Change::Joined(_) | Change::Rejoined => (false, users(&out)),
+    })
 }
 
 /// The `system` event a change is announced with, if any.
@@ -173,7 +162,7 @@ async fn leave_cluster(ctx: &Context, conn: &mut ConnectionManager, node: &str) 
 
 pub(super) async fn heartbeat(ctx: Context, mut conn: ConnectionManager) {
     let node = ctx.node.to_string();
-    let every = (ctx.ttl / 5).max(Duration::from_millis(50));
+    let every = ctx.beat();
     let mut first = true;
     let mut failed = false;
     loop {

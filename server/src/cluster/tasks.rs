@@ -44,6 +44,25 @@ pub(super) struct Context {
 }
 
 impl Context {
+    /// How often a live link proves itself: the heartbeat beats and the subscription is
+    /// pinged five times per node TTL.
+    pub fn beat(&self) -> Duration {
+        (self.ttl / 5).max(Duration::from_millis(50))
+    }
+
+    /// Adds `PUBLISH payload` on the conversation's channel to `pipe`.
+    fn publish_into(
+        &self,
+        pipe: &mut redis::Pipeline,
+        conversation: ConversationId,
+        payload: &[u8],
+    ) {
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.channel(conversation))
+            .arg(payload)
+            .ignore();
+    }
+
     pub fn ttl_ms(&self) -> u64 {
         self.ttl.as_millis() as u64
     }
@@ -104,10 +123,7 @@ pub(super) async fn publish(
                     conversation,
                     payload,
                 } => {
-                    pipe.cmd("PUBLISH")
-                        .arg(ctx.keys.channel(conversation))
-                        .arg(&payload)
-                        .ignore();
+                    ctx.publish_into(&mut pipe, conversation, &payload);
                     sent.push((conversation, payload));
                 }
                 Outbound::Flush(done) => flushes.push(done),
@@ -170,16 +186,10 @@ impl Lost {
         let mut pipe = redis::pipe();
         let hint = wire::encode(ctx.node, &Remote::Resync);
         for &conversation in &self.conversations {
-            pipe.cmd("PUBLISH")
-                .arg(ctx.keys.channel(conversation))
-                .arg(&hint)
-                .ignore();
+            ctx.publish_into(&mut pipe, conversation, &hint);
         }
         for (conversation, payload) in &self.removals {
-            pipe.cmd("PUBLISH")
-                .arg(ctx.keys.channel(*conversation))
-                .arg(payload)
-                .ignore();
+            ctx.publish_into(&mut pipe, *conversation, payload);
         }
         if pipe.query_async::<()>(conn).await.is_ok() {
             self.conversations.clear();
@@ -194,7 +204,7 @@ pub(super) async fn subscribe(
     mut commands: mpsc::UnboundedReceiver<Subscription>,
 ) {
     let mut wanted: HashSet<ConversationId> = HashSet::new();
-    let every = (ctx.ttl / 5).max(Duration::from_millis(50));
+    let every = ctx.beat();
     // How long to wait before the next attempt: none at first, a short pause after a
     // working subscription was lost, doubling while attempts fail.
     let mut backoff: Option<Duration> = None;

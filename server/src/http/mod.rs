@@ -49,35 +49,43 @@ pub async fn serve(
         path = %req.uri().path()
     );
     let origin = Origin::of(&shard.app.config, &req);
-    if let Some(mut answer) = origin.preflight(&req) {
-        answer.headers_mut().insert(REQUEST_ID, id);
-        return Ok(answer);
+    let mut response = respond(&shard, req, &origin, &span).await;
+    tracing::debug!(parent: &span, status = response.status().as_u16(), "done");
+    response.headers_mut().insert(REQUEST_ID, id);
+    origin.decorate(&mut response);
+    Ok(response)
+}
+
+/// The response to one request: a preflight or a refused origin answered here, the
+/// rest routed to its handler.
+async fn respond(
+    shard: &Rc<ShardContext>,
+    req: Request<Incoming>,
+    origin: &Origin,
+    span: &tracing::Span,
+) -> Response<Body> {
+    if let Some(answer) = origin.preflight(&req) {
+        return answer;
     }
     // Browsers do not preflight WebSocket upgrades: the origin is checked here.
     if matches!(origin, Origin::Refused) && fastwebsockets::upgrade::is_upgrade_request(&req) {
-        let mut refused = error_response(&ApiError::Forbidden("Origin not allowed"));
-        refused.headers_mut().insert(REQUEST_ID, id);
-        return Ok(refused);
+        return error_response(&ApiError::Forbidden("Origin not allowed"));
     }
     // A bug in one handler must cost one request, not the shard thread it runs on.
-    let handled = AssertUnwindSafe(route(&shard, req).instrument(span.clone()))
+    let handled = AssertUnwindSafe(route(shard, req).instrument(span.clone()))
         .catch_unwind()
         .await;
-    let mut response = match handled {
+    match handled {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => error_response(&e),
         Err(_) => {
-            tracing::error!(parent: &span, "handler panicked");
+            tracing::error!(parent: span, "handler panicked");
             json(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &serde_json::json!({"detail": "Internal Server Error"}),
             )
         }
-    };
-    tracing::debug!(parent: &span, status = response.status().as_u16(), "done");
-    response.headers_mut().insert(REQUEST_ID, id);
-    origin.decorate(&mut response);
-    Ok(response)
+    }
 }
 
 /// The header a request's id travels in, both ways.

@@ -56,7 +56,8 @@ impl Origin {
     }
 
     /// A preflight (`OPTIONS` with `Access-Control-Request-Method`): the answer, which
-    /// no handler is asked for.
+    /// no handler is asked for. What every response to a listed origin carries is
+    /// added by `decorate`, as for any other response.
     pub fn preflight(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
         if req.method() != Method::OPTIONS
             || !req
@@ -67,9 +68,8 @@ impl Origin {
         }
         let mut response = Response::new(Body::new(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
-        if let Origin::Allowed(origin) = self {
+        if let Origin::Allowed(_) = self {
             let h = response.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
@@ -82,7 +82,6 @@ impl Origin {
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static("600"),
             );
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
         } else {
             *response.status_mut() = StatusCode::FORBIDDEN;
         }
