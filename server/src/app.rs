@@ -1,7 +1,8 @@
 //! What every shard shares: configuration, the store handle, the message writer,
-//! token keys, the password pool, login throttling, the cross-shard bus and, in a
-//! cluster, the link to the other nodes. Built once at start-up and
-//! read-only afterwards, so shards share it without locks.
+//! token keys, the password pool, login throttling, the cross-shard bus, the TLS
+//! configuration and, in a cluster, the link to the other nodes. Built once at start-up
+//! and read-only afterwards (but for the TLS certificate a SIGHUP swaps), so shards
+//! share it without locks.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::store::writer::WriterHandle;
 use crate::store::Db;
+use crate::tls::Tls;
 
 pub struct App {
     pub config: Config,
@@ -22,4 +24,6 @@ pub struct App {
     pub bus: Arc<Bus>,
     /// The other nodes, through Redis (`--redis-url`); `None` for a single node.
     pub cluster: Option<Cluster>,
+    /// TLS termination (`--tls-cert`); `None` for plain HTTP.
+    pub tls: Option<Tls>,
 }

@@ -64,9 +64,25 @@ pub struct Config {
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
 
-    /// Refuse to start without a real `SECRET_KEY`.
+    /// Refuse what is unsafe on a public host: a missing `SECRET_KEY`,
+    /// `--allowed-origins '*'`, and plain HTTP on a non-loopback address (unless
+    /// `--behind-proxy`).
     #[arg(long, env = "PRODUCTION")]
     pub production: bool,
+
+    /// PEM certificate chain: with `--tls-key`, the port serves `https://` and `wss://`
+    /// (TLS 1.2 and 1.3). Both files are read again on SIGHUP.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// TLS ends at a proxy in front of this server: `--production` then accepts plain
+    /// HTTP on a public address.
+    #[arg(long, env = "BEHIND_PROXY")]
+    pub behind_proxy: bool,
 
     /// Lifetime of access tokens, in minutes.
     #[arg(long, env = "ACCESS_TOKEN_EXPIRE_MINUTES", default_value_t = 1440)]
@@ -217,6 +233,11 @@ impl Config {
         Duration::from_secs(self.shutdown_grace_seconds)
     }
 
+    /// The certificate and key files, when the server terminates TLS itself.
+    pub fn tls_files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
+    }
+
     pub fn tcp_keepalive(&self) -> Option<Duration> {
         (self.tcp_keepalive_seconds > 0).then(|| Duration::from_secs(self.tcp_keepalive_seconds))
     }
@@ -248,6 +269,7 @@ mod tests {
         assert_eq!(c.redis_prefix, "chat");
         assert_eq!(c.node_ttl, Duration::from_secs(15));
         assert!(c.shard_count() >= 1);
+        assert!(c.tls_cert.is_none() && c.tls_key.is_none() && !c.behind_proxy);
     }
 
     #[test]
@@ -285,5 +307,8 @@ mod tests {
         assert!(Config::try_parse_from(["chat-server", "--ws-idle-timeout", "0"]).is_err());
         assert!(Config::try_parse_from(["chat-server", "--ws-ping-interval", "-1"]).is_err());
         assert!(Config::try_parse_from(["chat-server", "--trusted-proxies", "proxy"]).is_err());
+        // A certificate without its key, or a key without its certificate.
+        assert!(Config::try_parse_from(["chat-server", "--tls-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["chat-server", "--tls-key", "k.pem"]).is_err());
     }
 }

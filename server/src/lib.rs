@@ -8,7 +8,7 @@
 //! | layer | modules | owns |
 //! |---|---|---|
 //! | 1 | `config`, `ids`, `text` | the one configuration struct; id newtypes, timestamps; validated usernames, passwords, content |
-//! | 2 | `protocol`, `auth`, `store` | wire events and close codes; tokens, passwords, login throttling; persistence |
+//! | 2 | `protocol`, `auth`, `store`, `tls` | wire events and close codes; tokens, passwords, login throttling; persistence; certificates and the TLS configuration |
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
 //! | 5 | `cluster` | the other nodes through Redis: live events, presence, heartbeats |
@@ -27,6 +27,7 @@ pub mod text;
 pub mod auth;
 pub mod protocol;
 pub mod store;
+pub mod tls;
 
 pub mod error;
 

@@ -2,13 +2,13 @@
 //! settles the signing key, starts the writer, the cluster link (with `--redis-url`)
 //! and the shards, then waits for SIGINT or SIGTERM and stops in order: shards stop
 //! accepting and drain, then the writer flushes what it holds, then the node leaves
-//! the cluster.
+//! the cluster. SIGHUP reloads the TLS certificate and key.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::app::App;
@@ -19,13 +19,16 @@ use crate::config::Config;
 use crate::shard;
 use crate::store::writer::{self, BatchPolicy};
 use crate::store::{self, Db};
+use crate::tls::Tls;
 
 const DEV_KEY_FILE: &str = "dev-secret-key";
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    if config.production && config.allowed_origins.iter().any(|o| o.trim() == "*") {
-        anyhow::bail!("--production refuses --allowed-origins '*': list the origins");
-    }
+    refuse_unsafe_production(&config)?;
+    let tls = match config.tls_files() {
+        Some((cert, key)) => Some(Tls::load(cert, key).context("--tls-cert / --tls-key")?),
+        None => None,
+    };
     let secret = signing_key(&config)?;
     let shards = config.shard_count();
     let store_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -75,23 +78,33 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ),
         bus,
         cluster,
+        tls,
         config,
     });
 
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("signal handlers")?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("signal handlers")?;
     let (listeners, addr) = shard::bind(app.config.listen, shards)
         .with_context(|| format!("binding {}", app.config.listen))?;
     let started = shard::start(&app, listeners, app.config.io_driver)?;
-    tracing::info!(shards, "listening on http://{addr}");
+    let url = format!(
+        "{}://{addr}",
+        if app.tls.is_some() { "https" } else { "http" }
+    );
+    tracing::info!(shards, "listening on {url}");
     if let Some(path) = &app.config.ready_file {
-        write_ready_file(path, addr)?;
+        write_ready_file(path, &url)?;
     }
 
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload_tls(&app);
+            continue;
+        }
         tracing::info!(
             signal,
             "stopping: no new connections, finishing in-flight work"
         );
+        break;
     }
     app.bus.broadcast(|| ShardMsg::Shutdown);
     for s in started {
@@ -113,11 +126,44 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `--production` refuses to start with.
+fn refuse_unsafe_production(config: &Config) -> anyhow::Result<()> {
+    if !config.production {
+        return Ok(());
+    }
+    if config.allowed_origins.iter().any(|o| o.trim() == "*") {
+        anyhow::bail!("--production refuses --allowed-origins '*': list the origins");
+    }
+    // Tokens and passwords would cross the network in the clear.
+    if config.tls_files().is_none() && !config.behind_proxy && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--production refuses plain HTTP on {}: give --tls-cert and --tls-key, \
+             or --behind-proxy when TLS ends at a proxy in front",
+            config.listen
+        );
+    }
+    Ok(())
+}
+
+/// SIGHUP: new handshakes get the certificate and key read from disk now.
+fn reload_tls(app: &App) {
+    let Some(tls) = &app.tls else {
+        tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the certificate in use")
+        }
+    }
+}
+
 /// Writes the address atomically (a temporary file renamed into place), so a reader
 /// never sees half of it.
-fn write_ready_file(path: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+fn write_ready_file(path: &Path, url: &str) -> anyhow::Result<()> {
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, format!("http://{addr}\n"))
+    std::fs::write(&partial, format!("{url}\n"))
         .with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
 }
@@ -156,4 +202,35 @@ fn dev_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
         .collect();
     std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
     Ok(key.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn production(args: &[&str]) -> anyhow::Result<()> {
+        let mut argv = vec!["chat-server", "--production"];
+        argv.extend_from_slice(args);
+        refuse_unsafe_production(&Config::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn production_needs_tls_a_proxy_or_loopback() {
+        assert!(production(&["--listen", "0.0.0.0:8000"]).is_err());
+        assert!(production(&["--listen", "[::]:8000"]).is_err());
+        assert!(production(&["--listen", "0.0.0.0:8000", "--behind-proxy"]).is_ok());
+        assert!(production(&["--listen", "127.0.0.1:8000"]).is_ok());
+        assert!(production(&[
+            "--listen",
+            "0.0.0.0:8443",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem"
+        ])
+        .is_ok());
+        assert!(production(&["--listen", "127.0.0.1:8000", "--allowed-origins", "*"]).is_err());
+    }
 }

@@ -165,7 +165,12 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_client(base, reqwest::Client::builder())
+    }
+
+    /// An API client built from `builder` (trusting a test certificate, say).
+    pub fn with_client(base: &str, builder: reqwest::ClientBuilder) -> Self {
+        let http = builder
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .unwrap_or_default();

@@ -160,14 +160,18 @@ impl TestServer {
         Ok(server)
     }
 
-    /// `http://127.0.0.1:PORT` (no trailing slash).
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS (no trailing slash).
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
-    /// `ws://127.0.0.1:PORT` (no trailing slash).
+    /// `ws://127.0.0.1:PORT`, or `wss://` when the server terminates TLS (no trailing
+    /// slash).
     pub fn ws_base_url(&self) -> String {
-        self.base_url.replacen("http://", "ws://", 1)
+        match self.base_url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => self.base_url.replacen("http://", "ws://", 1),
+        }
     }
 
     /// An API client for this server.

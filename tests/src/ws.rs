@@ -53,11 +53,20 @@ impl WsClient {
 
     /// Connects to any URL.
     pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
-        let (stream, _response) =
-            tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url))
-                .await
-                .with_context(|| format!("WebSocket connect to {url} timed out"))?
-                .with_context(|| format!("WebSocket connect to {url}"))?;
+        Self::connect_url_with(url, None).await
+    }
+
+    /// Connects to any URL; `wss://` trusts what `tls` trusts.
+    pub async fn connect_url_with(
+        url: &str,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector);
+        let (stream, _response) = tokio::time::timeout(RECV_TIMEOUT, connect)
+            .await
+            .with_context(|| format!("WebSocket connect to {url} timed out"))?
+            .with_context(|| format!("WebSocket connect to {url}"))?;
         let label = url.split("?token=").next().unwrap_or(url).to_string();
         Ok(Self { stream, label })
     }

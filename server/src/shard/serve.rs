@@ -1,5 +1,6 @@
-//! A shard's life: its bus task, its heartbeat, its accept loop, and hyper serving
-//! each accepted connection until shutdown, then a graceful drain.
+//! A shard's life: its bus task, its heartbeat, its accept loop, the TLS handshake
+//! when the server terminates TLS, and hyper serving each accepted connection until
+//! shutdown, then a graceful drain.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -124,22 +125,46 @@ async fn heartbeat(shard: Rc<ShardContext>) {
 
 async fn serve_connection(shard: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
     let io = match stream.try_into_poll_io() {
-        Ok(io) => OnShard(MonoioIo::new(io)),
+        Ok(io) => io,
         Err((e, _)) => {
             tracing::debug!(error = %e, "could not switch the socket to readiness mode");
             return;
         }
     };
     let _open = shard.connections.open();
+    let Some(tls) = &shard.app.tls else {
+        return serve_http(&shard, io, peer).await;
+    };
+    // A client that stalls or botches its handshake costs this task, nothing more.
+    let handshake = monoio::select! {
+        r = monoio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(io)) => r,
+        _ = shard.shutdown.wait() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_http(&shard, stream, peer).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// hyper serving HTTP/1.1 (and upgrades) on a plain or TLS stream until it closes or
+/// the shard stops.
+async fn serve_http<T>(shard: &Rc<ShardContext>, io: T, peer: SocketAddr)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let service = {
-        let shard = Rc::clone(&shard);
+        let shard = Rc::clone(shard);
         service_fn(move |req| crate::http::serve(Rc::clone(&shard), req, peer))
     };
     let connection = http1::Builder::new()
         .timer(MonoioTimer)
         .keep_alive(true)
         .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(io, service)
+        .serve_connection(OnShard(MonoioIo::new(io)), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let result = monoio::select! {
