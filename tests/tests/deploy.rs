@@ -620,8 +620,8 @@ fn systemd_analyze() -> anyhow::Result<PathBuf> {
     })
 }
 
-/// `KEY=value` lines of the unit (the last one of each key, and every one of
-/// `SystemCallFilter`, `Environment`).
+/// The values of every `KEY=value` line of the unit, in order (the last one wins for
+/// most keys; `SystemCallFilter=` and `Environment=` add up).
 fn unit_lines<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines()
         .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
