@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use benches::ScratchDatabase;
 use chat_server::ids::{now_micros, ConversationId, MessageIdGen, UserId};
+use chat_server::metrics::WriterMetrics;
 use chat_server::store::writer::{self, BatchPolicy};
 use chat_server::store::{ConversationRecord, NewMessage, PostgresStore, Store, UserRecord};
 use chat_server::text::{ClientId, Content};
@@ -187,7 +188,12 @@ fn writer_throughput(c: &mut Criterion) {
             for _ in 0..iters {
                 let messages = fixture.messages(WRITER_MESSAGES);
                 let (handle, task) =
-                    writer::spawn(Arc::clone(&store), BatchPolicy::default(), runtime.handle());
+                    writer::spawn(
+                        Arc::clone(&store),
+                        BatchPolicy::default(),
+                        WriterMetrics::default(),
+                        runtime.handle(),
+                    );
                 let (reported, mut reports) = tokio::sync::mpsc::unbounded_channel();
                 let started = Instant::now();
                 for message in messages {

@@ -171,6 +171,11 @@ pub struct Config {
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Serve `GET /metrics` on this address (`127.0.0.1:9100`, say) instead of on the
+    /// service port, so scrapes stay off the public listener.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log line format on stderr (`RUST_LOG` sets what is logged).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -270,6 +275,7 @@ mod tests {
         assert_eq!(c.node_ttl, Duration::from_secs(15));
         assert!(c.shard_count() >= 1);
         assert!(c.tls_cert.is_none() && c.tls_key.is_none() && !c.behind_proxy);
+        assert!(c.metrics_listen.is_none());
     }
 
     #[test]

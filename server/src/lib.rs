@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | 1 | `config`, `ids`, `text` | the one configuration struct; id newtypes, timestamps; validated usernames, passwords, content |
+//! | 1 | `config`, `ids`, `text`, `metrics` | the one configuration struct; id newtypes, timestamps; validated usernames, passwords, content; the Prometheus series |
 //! | 2 | `protocol`, `auth`, `store`, `tls` | wire events and close codes; tokens, passwords, login throttling; persistence; certificates and the TLS configuration |
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod ids;
+pub mod metrics;
 pub mod text;
 
 pub mod auth;

@@ -16,6 +16,7 @@ use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
 use crate::bus::{Bus, ShardMsg};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::shard;
 use crate::store::writer::{self, BatchPolicy};
 use crate::store::{self, Db};
@@ -56,7 +57,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         max_batch: config.writer_max_batch,
         max_delay: config.writer_max_delay(),
     };
-    let (writer, writer_done) = writer::spawn(Arc::clone(&store), policy, store_runtime.handle());
+    let metrics = Metrics::new(config.redis_url.is_some());
+    let (writer, writer_done) = writer::spawn(
+        Arc::clone(&store),
+        policy,
+        metrics.writer.clone(),
+        store_runtime.handle(),
+    );
     let bus = Arc::new(Bus::new(shards));
     let cluster = match &config.redis_url {
         Some(url) => Some(
@@ -66,7 +73,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let app = Arc::new(App {
-        db: Db::new(store, store_runtime.handle().clone()),
+        db: Db::new(
+            store,
+            store_runtime.handle().clone(),
+            metrics.writer.store_errors.clone(),
+        ),
         writer,
         jwt: JwtKeys::new(&secret, config.token_ttl()),
         passwords: PasswordPool::new(config.hash_threads, config.hash_queue)
@@ -79,9 +90,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         bus,
         cluster,
         tls,
+        metrics,
         config,
     });
 
+    if let Some(addr) = app.config.metrics_listen {
+        let bound = crate::http::scrape::spawn(Arc::clone(&app), addr, store_runtime.handle())
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("signal handlers")?;
     let (listeners, addr) = shard::bind(app.config.listen, shards)
         .with_context(|| format!("binding {}", app.config.listen))?;

@@ -66,6 +66,11 @@ impl PasswordPool {
         Ok(Self { jobs })
     }
 
+    /// Hashes waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
+    }
+
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Job::Hash { password, reply })?;

@@ -1,5 +1,6 @@
 //! One shard's context as its tasks see it: the shard's id, what all shards share
-//! (`App`), the shard's hub, the stop signal and the count of open connections.
+//! (`App`), the shard's hub, its metrics, the stop signal and the count of open
+//! connections.
 //!
 //! A leaf below `ws`, `http` and `shard`, so the handlers that receive it and the
 //! runtime that builds it need not import each other. It holds state, never logic:
@@ -13,8 +14,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::app::App;
 use crate::hub::Hub;
+use crate::metrics::ShardMetrics;
 pub use latch::Latch;
 
 /// One shard's state, shared by its tasks (never across threads).
@@ -22,6 +26,7 @@ pub struct ShardContext {
     pub id: usize,
     pub app: Arc<App>,
     pub hub: Rc<Hub>,
+    pub metrics: Rc<ShardMetrics>,
     /// Set when the server is asked to stop.
     pub shutdown: Latch,
     /// HTTP and WebSocket connections still open, for a graceful stop.
@@ -30,30 +35,42 @@ pub struct ShardContext {
 
 impl ShardContext {
     pub fn new(id: usize, app: Arc<App>) -> Rc<Self> {
+        let metrics = Rc::new(app.metrics.shard(id));
         Rc::new(Self {
             id,
-            hub: Hub::new(id, Arc::clone(&app)),
+            hub: Hub::new(id, Arc::clone(&app), Rc::clone(&metrics)),
+            connections: Connections::new(metrics.connections_open.clone()),
+            metrics,
             app,
             shutdown: Latch::default(),
-            connections: Connections::default(),
         })
     }
 }
 
 /// Counts a shard's open connections; the shutdown drain waits for the count to reach
 /// zero instead of polling it.
-#[derive(Default)]
 pub struct Connections {
     open: Cell<usize>,
     drained: Cell<Option<Waker>>,
+    /// The same count, for `/metrics`.
+    gauge: Gauge,
 }
 
 /// Held by a connection's task for its lifetime, unwinding included.
 pub struct Open<'a>(&'a Connections);
 
 impl Connections {
+    fn new(gauge: Gauge) -> Self {
+        Self {
+            open: Cell::new(0),
+            drained: Cell::new(None),
+            gauge,
+        }
+    }
+
     pub fn open(&self) -> Open<'_> {
         self.open.set(self.open.get() + 1);
+        self.gauge.inc();
         Open(self)
     }
 
@@ -79,6 +96,7 @@ impl Drop for Open<'_> {
     fn drop(&mut self) {
         let left = self.0.open.get() - 1;
         self.0.open.set(left);
+        self.0.gauge.dec();
         if left == 0 {
             if let Some(waker) = self.0.drained.take() {
                 waker.wake();

@@ -91,7 +91,10 @@ pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let throttle = &shard.app.logins;
     throttle
         .check(address, &creds.username)
-        .map_err(|wait| ApiError::TooManyLogins(wait.as_secs()))?;
+        .map_err(|wait| {
+            shard.app.metrics.login_throttled.inc();
+            ApiError::TooManyLogins(wait.as_secs())
+        })?;
     let name = creds.username.clone();
     let user = shard
         .app

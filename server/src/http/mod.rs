@@ -10,10 +10,12 @@ pub mod dto;
 mod origins;
 mod request;
 pub mod routes;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -24,8 +26,10 @@ use hyper::{Request, Response};
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::app::App;
 use crate::context::ShardContext;
 use crate::error::ApiError;
+use crate::metrics::Upgrade;
 use origins::Origin;
 use routes::Endpoint;
 
@@ -49,8 +53,13 @@ pub async fn serve(
         path = %req.uri().path()
     );
     let origin = Origin::of(&shard.app.config, &req);
+    let started = Instant::now();
+    // The route's template, never the path: clients must not be able to mint series.
+    let route = routes::find(req.uri().path()).map_or("unmatched", |(route, _)| route.path);
     let mut response = respond(&shard, req, &origin, &span).await;
-    tracing::debug!(parent: &span, status = response.status().as_u16(), "done");
+    let status = response.status().as_u16();
+    shard.metrics.http(route, status, started.elapsed());
+    tracing::debug!(parent: &span, status, "done");
     response.headers_mut().insert(REQUEST_ID, id);
     origin.decorate(&mut response);
     Ok(response)
@@ -69,6 +78,7 @@ async fn respond(
     }
     // Browsers do not preflight WebSocket upgrades: the origin is checked here.
     if matches!(origin, Origin::Refused) && fastwebsockets::upgrade::is_upgrade_request(&req) {
+        shard.metrics.upgrade(Upgrade::Origin);
         return error_response(&ApiError::Forbidden("Origin not allowed"));
     }
     // A bug in one handler must cost one request, not the shard thread it runs on.
@@ -141,10 +151,30 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         }
         (Endpoint::Health, _) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (Endpoint::Ready, _) => docs::ready(shard).await,
+        (Endpoint::Metrics, _) => metrics(shard),
         (Endpoint::OpenApi, _) => Ok(docs::openapi()),
         (Endpoint::SwaggerUi, _) => docs::swagger(value(0)),
         (Endpoint::Redoc, _) => docs::redoc(value(0)),
     }
+}
+
+/// `GET /metrics` on the service port, unless `--metrics-listen` moved it elsewhere.
+fn metrics(shard: &ShardContext) -> Reply {
+    if shard.app.config.metrics_listen.is_some() {
+        return Err(ApiError::NotFound("Not Found".into()));
+    }
+    Ok(metrics_response(&shard.app))
+}
+
+/// The scrape: Prometheus text format 0.0.4.
+pub fn metrics_response(app: &App) -> Response<Body> {
+    let text = app.scrape();
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {

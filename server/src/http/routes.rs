@@ -19,6 +19,8 @@ pub enum Endpoint {
     WebSocket,
     Health,
     Ready,
+    /// Prometheus metrics (404 when `--metrics-listen` serves them elsewhere).
+    Metrics,
     OpenApi,
     SwaggerUi,
     Redoc,
@@ -95,6 +97,7 @@ pub static ROUTES: &[Route] = &[
     ),
     route(Endpoint::Health, "/health", GET, true),
     route(Endpoint::Ready, "/ready", GET, true),
+    route(Endpoint::Metrics, "/metrics", GET, false),
     route(Endpoint::OpenApi, "/openapi.json", GET, false),
     route(Endpoint::SwaggerUi, "/docs/*", GET, false),
     route(Endpoint::Redoc, "/redoc/*", GET, false),

@@ -33,6 +33,7 @@ use std::time::Instant;
 use crate::app::App;
 use crate::bus::ShardMsg;
 use crate::ids::{ConversationId, MessageIdGen, Seq, UserId};
+use crate::metrics::ShardMetrics;
 use crate::protocol::Close;
 use home::Homes;
 use outbox::Outbox;
@@ -58,6 +59,7 @@ struct State {
 pub struct Hub {
     pub shard: usize,
     app: Arc<App>,
+    metrics: Rc<ShardMetrics>,
     state: RefCell<State>,
 }
 
@@ -101,10 +103,11 @@ pub enum Refused {
 }
 
 impl Hub {
-    pub fn new(shard: usize, app: Arc<App>) -> Rc<Self> {
+    pub fn new(shard: usize, app: Arc<App>, metrics: Rc<ShardMetrics>) -> Rc<Self> {
         Rc::new(Self {
             shard,
             app,
+            metrics,
             state: RefCell::new(State::default()),
         })
     }
@@ -120,11 +123,14 @@ impl Hub {
                 skip,
             } => {
                 let st = self.state.borrow();
+                let mut delivered = 0;
                 for conn in st.by_conversation.get(&conversation).into_iter().flatten() {
                     if skip != Some(conn.user) {
                         conn.deliver(&frame);
+                        delivered += 1;
                     }
                 }
+                self.metrics.deliveries.inc_by(delivered);
             }
             ShardMsg::Direct { conn, frame } => {
                 if let Some(conn) = self.state.borrow().conns.get(&conn) {

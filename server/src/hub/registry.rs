@@ -33,6 +33,7 @@ impl Hub {
             phase,
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));
+        self.metrics.websockets_open.inc();
         st.by_conversation
             .entry(conn.conversation)
             .or_default()
@@ -63,6 +64,7 @@ impl Hub {
         if st.conns.remove(&conn.id).is_none() {
             return;
         }
+        self.metrics.websockets_open.dec();
         if let Some(list) = st.by_conversation.get_mut(&conn.conversation) {
             list.retain(|c| c.id != conn.id);
             if list.is_empty() {
@@ -207,14 +209,19 @@ impl Hub {
     }
 
     /// One beat of the heartbeat over every local connection: pings those due,
-    /// closes the silent and the expired.
+    /// closes the silent and the expired, and samples the bytes they have queued.
     pub fn beat(&self, heartbeat: &Heartbeat) {
         let now = Instant::now();
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let mut queued = 0;
         for conn in self.state.borrow().conns.values() {
             conn.beat(heartbeat, now, unix_now);
+            queued += conn.backlog();
         }
+        self.metrics
+            .outbound_queue_bytes
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
 }

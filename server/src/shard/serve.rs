@@ -141,10 +141,11 @@ async fn serve_connection(shard: Rc<ShardContext>, stream: TcpStream, peer: Sock
         _ = shard.shutdown.wait() => return,
     };
     match handshake {
-        Ok(Ok(stream)) => serve_http(&shard, stream, peer).await,
+        Ok(Ok(stream)) => return serve_http(&shard, stream, peer).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
+    shard.metrics.tls_handshake_failures.inc();
 }
 
 /// Longest a TLS handshake may take before the connection is dropped.

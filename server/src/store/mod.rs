@@ -341,11 +341,21 @@ pub async fn open(
 pub struct Db {
     store: Arc<dyn Store>,
     runtime: tokio::runtime::Handle,
+    /// Counts the calls that failed for the store's sake (not conflicts).
+    failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl Db {
-    pub fn new(store: Arc<dyn Store>, runtime: tokio::runtime::Handle) -> Self {
-        Self { store, runtime }
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: tokio::runtime::Handle,
+        failures: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        Self {
+            store,
+            runtime,
+            failures,
+        }
     }
 
     /// Runs `f` against the store on the store runtime.
@@ -360,7 +370,13 @@ impl Db {
         self.runtime.spawn(async move {
             let _ = tx.send(f(store).await);
         });
-        rx.await
-            .map_err(|_| StoreError::Unavailable("store runtime stopped".into()))?
+        let result = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("store runtime stopped".into()))
+            .and_then(|r| r);
+        if matches!(result, Err(StoreError::Unavailable(_) | StoreError::Query(_))) {
+            self.failures.inc();
+        }
+        result
     }
 }

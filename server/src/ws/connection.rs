@@ -23,8 +23,9 @@ use tracing::Instrument;
 
 use crate::context::ShardContext;
 use crate::hub::outbox::{Next, Outbox};
-use crate::hub::{Admitted, Hub};
-use crate::protocol::{self, Close, ProtocolError, ServerEvent};
+use crate::hub::{Admitted, Hub, Refused};
+use crate::metrics::{EventKind, Refusal, ShardMetrics};
+use crate::protocol::{self, ClientEvent, Close, ProtocolError, ServerEvent};
 
 /// How long a closing connection may take to flush its last frames, and how long it
 /// waits for the client's answering close.
@@ -73,13 +74,16 @@ pub async fn run(shard: &ShardContext, ws: WebSocket<Io>, admission: Result<Admi
         let (ended, closed_first) = {
             // One writer future for the whole life of the connection: dropping it in the
             // middle of a write would leave half a frame on the wire.
-            let mut writer = std::pin::pin!(write_loop(conn, &mut write));
+            let mut writer = std::pin::pin!(write_loop(conn, &mut write, &shard.metrics));
             let ended = monoio::select! {
                 end = read_loop(shard, conn, &mut reader) => End::Reader(end),
                 end = &mut writer => End::Writer(end),
             };
             // Gone from presence at once, whatever the goodbye below takes.
             drop(registered);
+            if ended == End::Reader(ReadEnd::Refused) {
+                shard.metrics.refusal(Refusal::BadFrame);
+            }
             let closed_first = match ended {
                 // The peer vanished: there is nobody to say goodbye to.
                 End::Reader(ReadEnd::Gone) => false,
@@ -105,7 +109,7 @@ pub async fn run(shard: &ShardContext, ws: WebSocket<Io>, admission: Result<Admi
     .await;
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
     Reader(ReadEnd),
     Writer(WriterEnd),
@@ -233,19 +237,33 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
 /// event and the connection stays open.
 async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload: &mut [u8]) {
     let (detail, reference) = if opcode == OpCode::Binary {
+        shard.metrics.refusal(Refusal::Invalid);
         (ProtocolError::Binary.to_string(), None)
     } else {
         let parsed = protocol::parse(payload);
         let refused = match parsed.event {
-            Ok(event) => match shard
-                .hub
-                .submit(conn, event, parsed.reference.clone())
-                .await
-            {
-                Ok(()) => return,
-                Err(refused) => refused.to_string(),
-            },
-            Err(e) => e.to_string(),
+            Ok(event) => {
+                shard.metrics.event(kind(&event));
+                match shard
+                    .hub
+                    .submit(conn, event, parsed.reference.clone())
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(refused) => {
+                        if matches!(refused, Refused::RateLimited) {
+                            shard.metrics.refusal(Refusal::RateLimit);
+                        } else {
+                            shard.metrics.refusal(Refusal::Invalid);
+                        }
+                        refused.to_string()
+                    }
+                }
+            }
+            Err(e) => {
+                shard.metrics.refusal(Refusal::Invalid);
+                e.to_string()
+            }
         };
         (refused, parsed.reference)
     };
@@ -256,6 +274,17 @@ async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload
         }
         .frame(),
     );
+}
+
+fn kind(event: &ClientEvent) -> EventKind {
+    match event {
+        ClientEvent::Message { .. } => EventKind::Message,
+        ClientEvent::Typing => EventKind::Typing,
+        ClientEvent::Reaction { .. } => EventKind::Reaction,
+        ClientEvent::Edit { .. } => EventKind::Edit,
+        ClientEvent::Delete { .. } => EventKind::Delete,
+        _ => EventKind::Other,
+    }
 }
 
 /// Closes with the status RFC 6455 gives for what went wrong; I/O errors just end.
@@ -286,7 +315,17 @@ enum WriterEnd {
     Failed,
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(conn: &Outbox, write: &mut W) -> WriterEnd {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    conn: &Outbox,
+    write: &mut W,
+    metrics: &ShardMetrics,
+) -> WriterEnd {
+    let condemned = |reason: Close| {
+        if reason == Close::TooFarBehind {
+            metrics.slow_consumer_closes.inc();
+        }
+        WriterEnd::Condemned(reason)
+    };
     let mut batch: Vec<Bytes> = Vec::new();
     let mut coalesced: Vec<u8> = Vec::new();
     loop {
@@ -306,7 +345,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: &Outbox, write: &mut W) -> Writ
                     }
                     match monoio::time::timeout(FLUSH_GRACE, &mut write_batch).await {
                         Ok(r) => r,
-                        Err(_) => return WriterEnd::Condemned(reason),
+                        Err(_) => return condemned(reason),
                     }
                 }
             }
@@ -330,7 +369,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: &Outbox, write: &mut W) -> Writ
                 }
                 let close = reason.frames().concat();
                 let _ = monoio::time::timeout(FLUSH_GRACE, write.write_all(&close)).await;
-                return WriterEnd::Condemned(reason);
+                return condemned(reason);
             }
         }
     }

@@ -23,6 +23,7 @@ use crate::context::ShardContext;
 use crate::error::ApiError;
 use crate::hub::{Admitted, Resume};
 use crate::ids::{ConversationId, Seq};
+use crate::metrics::Upgrade;
 use crate::protocol::Close;
 
 /// What the upgrade request's query says: `token`, and `since` for a resume.
@@ -39,6 +40,7 @@ pub async fn upgrade(
     Query { token, since }: Query,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        shard.metrics.upgrade(Upgrade::BadRequest);
         // Plain HTTP is validated like any route (a missing parameter is a 422) and
         // then told to upgrade. A real upgrade hears about its token on the socket,
         // where a browser can read it.
@@ -53,8 +55,10 @@ pub async fn upgrade(
         return Err(ApiError::UpgradeRequired);
     }
     // The handshake is checked before admission costs a store read.
-    let (response, upgraded) =
-        fastwebsockets::upgrade::upgrade(&mut req).map_err(|_| ApiError::UpgradeRequired)?;
+    let (response, upgraded) = fastwebsockets::upgrade::upgrade(&mut req).map_err(|_| {
+        shard.metrics.upgrade(Upgrade::BadRequest);
+        ApiError::UpgradeRequired
+    })?;
     let resume = match since {
         None => Resume::Fresh,
         Some(raw) => raw
@@ -63,6 +67,12 @@ pub async fn upgrade(
             .map_or(Resume::Invalid, |n| Resume::Since(Seq(n))),
     };
     let admission = admit(shard, token, conversation, resume).await;
+    shard.metrics.upgrade(match &admission {
+        Ok(_) => Upgrade::Accepted,
+        Err(Close::InvalidToken) => Upgrade::Unauthorized,
+        Err(Close::Unavailable) => Upgrade::Unavailable,
+        Err(_) => Upgrade::Forbidden,
+    });
     let shard = Rc::clone(shard);
     monoio::spawn(async move {
         let _open = shard.connections.open();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
 use super::{NewMessage, Store, StoreError, Stored};
+use crate::metrics::WriterMetrics;
 
 /// When a batch is committed: as soon as it holds `max_batch` messages, or `max_delay`
 /// after its oldest message was submitted, whichever comes first.
@@ -100,6 +101,7 @@ impl WriterHandle {
 pub fn spawn(
     store: Arc<dyn Store>,
     policy: BatchPolicy,
+    metrics: WriterMetrics,
     runtime: &tokio::runtime::Handle,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (queue, incoming) = mpsc::unbounded_channel();
@@ -116,6 +118,7 @@ pub fn spawn(
         callbacks: VecDeque::with_capacity(policy.capacity()),
         keys: HashSet::new(),
         carried: None,
+        metrics,
     };
     let task = runtime.spawn(writer.run());
     (
@@ -174,6 +177,7 @@ struct Writer {
     keys: HashSet<u64>,
     /// A send whose key the batch already holds: the first of the next batch.
     carried: Option<Submitted>,
+    metrics: WriterMetrics,
 }
 
 impl Writer {
@@ -270,7 +274,16 @@ impl Writer {
     async fn commit(&mut self) {
         self.keys.clear();
         let batch = self.messages.make_contiguous();
-        match insert(&*self.store, batch).await {
+        let started = std::time::Instant::now();
+        let committed = insert(&*self.store, batch).await;
+        self.metrics.batch_size.observe(batch.len() as f64);
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if committed.is_err() {
+            self.metrics.store_errors.inc();
+        }
+        match committed {
             Ok(outcomes) if outcomes.len() == self.messages.len() => {
                 for outcome in outcomes {
                     self.report_next(Ok(outcome));

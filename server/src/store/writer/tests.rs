@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::{spawn, BatchPolicy, CommitResult, Gather, OnCommit, WriterHandle};
 use crate::ids::{ConversationId, Seq, UserId};
+use crate::metrics::WriterMetrics;
 use crate::store::conformance::{self, no_hang, PgTestDb};
 use crate::store::{
     NewMessage, Original, Page, PostgresStore, SqliteStore, Store, StoreError, Stored,
@@ -84,7 +85,12 @@ async fn sqlite_fixture() -> (
 
 /// The writer on the test's own runtime.
 fn start(store: Arc<dyn Store>, policy: BatchPolicy) -> (WriterHandle, JoinHandle<()>) {
-    spawn(store, policy, &tokio::runtime::Handle::current())
+    spawn(
+        store,
+        policy,
+        WriterMetrics::default(),
+        &tokio::runtime::Handle::current(),
+    )
 }
 
 type Reports = Arc<Mutex<Vec<(usize, CommitResult)>>>;
