@@ -890,7 +890,6 @@ fn grafana_dashboard_uses_only_the_servers_series() -> anyhow::Result<()> {
 /// What GET /metrics of a running node (with Redis, so `chat_redis_up` is there)
 /// exposes covers every series of the dashboard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "GET /metrics is being added to the server; un-ignore when it serves these series"]
 async fn grafana_dashboard_series_are_exposed_by_a_node() {
     let cluster = TestCluster::start(ClusterOptions::new(1))
         .await
