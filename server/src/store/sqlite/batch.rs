@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::queries::{Key, Micros};
+use super::columns::{Key, Micros};
 use crate::ids::{ConversationId, MessageId, Seq};
 use crate::store::{NewMessage, Original, Stored};
 

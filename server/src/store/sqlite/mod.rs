@@ -12,6 +12,7 @@
 //! mapping, `batch` the message batch.
 
 mod batch;
+mod columns;
 mod queries;
 #[cfg(test)]
 mod tests;

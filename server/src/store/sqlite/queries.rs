@@ -1,5 +1,5 @@
 //! The SQLite store's statements and the mapping between records and rows: the
-//! `Store` implementation proper, with the column types of the schema (`Key`, `Micros`).
+//! `Store` implementation proper.
 //!
 //! It must never touch a connection but through `SqliteStore::read` and
 //! `SqliteStore::write`, which run the work on the blocking pool; and every
@@ -7,10 +7,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
-use uuid::Uuid;
 
+use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::{
@@ -18,42 +17,6 @@ use crate::store::{
     Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };
 use crate::text::Content;
-
-/// A UUID as the schema stores it: lowercase hyphenated text, which sorts like the
-/// UUID's bytes.
-pub(super) struct Key(pub(super) Uuid);
-
-impl ToSql for Key {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.0.as_hyphenated().to_string()))
-    }
-}
-
-impl FromSql for Key {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        Uuid::parse_str(value.as_str()?)
-            .map(Key)
-            .map_err(|e| FromSqlError::Other(Box::new(e)))
-    }
-}
-
-/// A timestamp as the schema stores it: INTEGER microseconds since the Unix epoch.
-pub(super) struct Micros(pub(super) DateTime<Utc>);
-
-impl ToSql for Micros {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.0.timestamp_micros()))
-    }
-}
-
-impl FromSql for Micros {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let micros = value.as_i64()?;
-        DateTime::from_timestamp_micros(micros)
-            .map(Micros)
-            .ok_or(FromSqlError::OutOfRange(micros))
-    }
-}
 
 fn now_micros() -> Micros {
     Micros(crate::ids::now_micros())
