@@ -89,12 +89,10 @@ pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let body = request::body(req, shard.app.config.max_body_bytes).await?;
     let creds: Credentials = request::json(&body)?;
     let throttle = &shard.app.logins;
-    throttle
-        .check(address, &creds.username)
-        .map_err(|wait| {
-            shard.app.metrics.login_throttled.inc();
-            ApiError::TooManyLogins(wait.as_secs())
-        })?;
+    throttle.check(address, &creds.username).map_err(|wait| {
+        shard.app.metrics.login_throttled.inc();
+        ApiError::TooManyLogins(wait.as_secs())
+    })?;
     let name = creds.username.clone();
     let user = shard
         .app
