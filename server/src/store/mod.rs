@@ -374,7 +374,10 @@ impl Db {
             .await
             .map_err(|_| StoreError::Unavailable("store runtime stopped".into()))
             .and_then(|r| r);
-        if matches!(result, Err(StoreError::Unavailable(_) | StoreError::Query(_))) {
+        if matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Query(_))
+        ) {
             self.failures.inc();
         }
         result
