@@ -77,7 +77,9 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the workspace when
+/// relative), else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);

@@ -57,13 +57,25 @@ fn provide() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// One headless Chromium with one page open.
+/// One headless Chromium with one page open; [`Browser::open_isolated`] opens more
+/// pages, each in a browser context of its own (separate cookies and storage, like
+/// separate profiles).
 pub struct Browser {
     child: tokio::process::Child,
     _profile: tempfile::TempDir,
-    page: String,
+    port: u16,
+    page: Page,
+}
+
+/// One page (a DevTools target) of a [`Browser`].
+pub struct Page {
+    socket: String,
     next_id: u64,
 }
+
+/// The window size of every page, so screenshots are alike from run to run.
+const WIDTH: u32 = 1280;
+const HEIGHT: u32 = 800;
 
 impl Browser {
     /// Starts Chromium on `url` and waits until the page has loaded.
@@ -83,8 +95,13 @@ impl Browser {
                 "--disable-sync",
                 "--disable-quic",
                 "--no-first-run",
+                // Pages that are not in front must keep their timers running.
+                "--disable-background-timer-throttling",
+                "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows",
                 "--remote-debugging-port=0",
             ])
+            .arg(format!("--window-size={WIDTH},{HEIGHT}"))
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
             .stdout(Stdio::null())
@@ -93,68 +110,171 @@ impl Browser {
             .spawn()
             .context("starting Chromium")?;
         let port = devtools_port(profile.path()).await?;
-        let page = page_target(port, url).await?;
-        let mut browser = Self {
-            child,
-            _profile: profile,
-            page,
+        let mut page = Page {
+            socket: page_target(port, url).await?,
             next_id: 0,
         };
-        // The first page may still be committing its navigation: ask until the
-        // document at `url` has loaded (an evaluation that races the navigation
-        // fails with "Execution context was destroyed").
+        page.wait_loaded(url).await?;
+        Ok(Self {
+            child,
+            _profile: profile,
+            port,
+            page,
+        })
+    }
+
+    /// Evaluates `expression` in the first page (see [`Page::evaluate`]).
+    pub async fn evaluate(&mut self, expression: &str) -> anyhow::Result<Value> {
+        self.page.evaluate(expression).await
+    }
+
+    /// The page Chromium was started on.
+    pub fn page(&mut self) -> &mut Page {
+        &mut self.page
+    }
+
+    /// Opens `url` in a new page of a new browser context, which shares no cookies or
+    /// storage with any other, and waits until it has loaded.
+    pub async fn open_isolated(&mut self, url: &str) -> anyhow::Result<Page> {
+        let version: Value = reqwest::get(format!("http://127.0.0.1:{}/json/version", self.port))
+            .await?
+            .json()
+            .await
+            .context("DevTools /json/version")?;
+        let socket = version["webSocketDebuggerUrl"]
+            .as_str()
+            .context("no browser DevTools socket")?;
+        let context = command(socket, 1, "Target.createBrowserContext", json!({})).await?;
+        let context = context["browserContextId"]
+            .as_str()
+            .context("no browserContextId")?;
+        let params = json!({
+            "url": url,
+            "browserContextId": context,
+            "width": WIDTH,
+            "height": HEIGHT,
+        });
+        let target = command(socket, 2, "Target.createTarget", params).await?;
+        let target = target["targetId"].as_str().context("no targetId")?;
+        let mut page = Page {
+            socket: format!("ws://127.0.0.1:{}/devtools/page/{target}", self.port),
+            next_id: 0,
+        };
+        page.wait_loaded(url).await?;
+        Ok(page)
+    }
+}
+
+impl Page {
+    /// Sends one DevTools command to the page and returns its result.
+    pub async fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        self.next_id += 1;
+        command(&self.socket, self.next_id, method, params).await
+    }
+
+    /// Evaluates `expression` in the page, awaiting it if it is a promise; returns
+    /// its value as JSON. A thrown exception is an error.
+    pub async fn evaluate(&mut self, expression: &str) -> anyhow::Result<Value> {
+        let params = json!({"expression": expression, "awaitPromise": true, "returnByValue": true});
+        let result = self.call("Runtime.evaluate", params).await?;
+        if let Some(e) = result.get("exceptionDetails") {
+            bail!("the page threw: {e}");
+        }
+        Ok(result["result"]["value"].clone())
+    }
+
+    /// Evaluates `expression` until its value is truthy (not `false`, `null`, `0`,
+    /// `""`), and returns that value; an error names `what` after `timeout`.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        expression: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         let started = Instant::now();
         loop {
-            let state = browser
+            let value = self.evaluate(expression).await;
+            match &value {
+                Ok(Value::Null | Value::Bool(false)) => {}
+                Ok(Value::String(s)) if s.is_empty() => {}
+                Ok(Value::Number(n)) if n.as_f64() == Some(0.0) => {}
+                Ok(found) => return Ok(found.clone()),
+                // Evaluations racing a navigation fail; the next one will not.
+                Err(_) => {}
+            }
+            if started.elapsed() > timeout {
+                bail!("timed out waiting for {what}: last value {value:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reloads the page and waits until the new document has loaded.
+    pub async fn reload(&mut self) -> anyhow::Result<()> {
+        self.evaluate("window.__beforeReload = true").await?;
+        self.call("Page.reload", json!({})).await?;
+        let done = "!window.__beforeReload && document.readyState === 'complete'";
+        self.wait_for("the reload", done, START_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// A PNG of what the page shows.
+    pub async fn screenshot(&mut self) -> anyhow::Result<Vec<u8>> {
+        use base64::Engine as _;
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await?;
+        let data = shot["data"].as_str().context("no screenshot data")?;
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .context("screenshot is not base64")
+    }
+
+    /// Waits until the document at `url` has loaded: a new page may still be
+    /// committing its navigation (an evaluation that races it fails with "Execution
+    /// context was destroyed").
+    async fn wait_loaded(&mut self, url: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let state = self
                 .evaluate("document.readyState === 'complete' ? location.href : ''")
                 .await;
             if matches!(&state, Ok(Value::String(href)) if href == url) {
-                break;
+                return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
                 bail!("the page never loaded {url}: {state:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(browser)
     }
+}
 
-    /// Evaluates `expression` in the page, awaiting it if it is a promise; returns
-    /// its value as JSON. A thrown exception is an error.
-    pub async fn evaluate(&mut self, expression: &str) -> anyhow::Result<Value> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let (mut ws, _) = tokio_tungstenite::connect_async(self.page.as_str())
-            .await
-            .context("connecting to the page's DevTools socket")?;
-        let call = json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": {"expression": expression, "awaitPromise": true, "returnByValue": true},
-        });
-        ws.send(Message::text(call.to_string())).await?;
-        let reply = tokio::time::timeout(START_TIMEOUT, async {
-            while let Some(msg) = ws.next().await {
-                if let Message::Text(text) = msg? {
-                    let v: Value = serde_json::from_str(text.as_str())?;
-                    if v["id"] == id {
-                        return anyhow::Ok(v);
-                    }
+/// Sends one DevTools command over a fresh connection to `socket` (a page's or the
+/// browser's) and returns its result.
+async fn command(socket: &str, id: u64, method: &str, params: Value) -> anyhow::Result<Value> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(socket)
+        .await
+        .context("connecting to a DevTools socket")?;
+    let call = json!({"id": id, "method": method, "params": params});
+    ws.send(Message::text(call.to_string())).await?;
+    let reply = tokio::time::timeout(START_TIMEOUT, async {
+        while let Some(msg) = ws.next().await {
+            if let Message::Text(text) = msg? {
+                let v: Value = serde_json::from_str(text.as_str())?;
+                if v["id"] == id {
+                    return anyhow::Ok(v);
                 }
             }
-            bail!("DevTools socket closed")
-        })
-        .await
-        .context("no answer from the page in time")??;
-        if let Some(e) = reply.get("error") {
-            bail!("DevTools error: {e}");
         }
-        let result = &reply["result"];
-        if let Some(e) = result.get("exceptionDetails") {
-            bail!("the page threw: {e}");
-        }
-        Ok(result["result"]["value"].clone())
+        bail!("DevTools socket closed")
+    })
+    .await
+    .with_context(|| format!("no answer to {method} in time"))??;
+    if let Some(e) = reply.get("error") {
+        bail!("DevTools error in {method}: {e}");
     }
+    Ok(reply["result"].clone())
 }
 
 impl Drop for Browser {

@@ -8,6 +8,7 @@ mod conversations;
 pub mod docs;
 pub mod dto;
 mod origins;
+mod page;
 mod request;
 pub mod routes;
 pub mod scrape;
@@ -155,6 +156,8 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         (Endpoint::OpenApi, _) => Ok(docs::openapi()),
         (Endpoint::SwaggerUi, _) => docs::swagger(value(0)),
         (Endpoint::Redoc, _) => docs::redoc(value(0)),
+        (Endpoint::Page, _) => page::index(req.headers()),
+        (Endpoint::PageAsset, _) => page::asset(value(0), req.headers()),
     }
 }
 

@@ -24,6 +24,9 @@ pub enum Endpoint {
     OpenApi,
     SwaggerUi,
     Redoc,
+    /// The browser client's page, and its files.
+    Page,
+    PageAsset,
 }
 
 pub struct Route {
@@ -101,6 +104,8 @@ pub static ROUTES: &[Route] = &[
     route(Endpoint::OpenApi, "/openapi.json", GET, false),
     route(Endpoint::SwaggerUi, "/docs/*", GET, false),
     route(Endpoint::Redoc, "/redoc/*", GET, false),
+    route(Endpoint::Page, "/", GET, false),
+    route(Endpoint::PageAsset, "/static/*", GET, false),
 ];
 
 impl Route {
@@ -131,7 +136,13 @@ fn matches<'p>(route: &Route, path: &'p str, segments: &[&'p str]) -> Option<Vec
     let mut values = Vec::new();
     let mut parts = 0;
     // The template is walked in place: this runs for every request, against every route.
-    for (i, part) in route.path.split('/').skip(1).enumerate() {
+    // `/` has no segments at all, like the (trimmed) request path `/`.
+    let template = route
+        .path
+        .split('/')
+        .skip(1)
+        .filter(|part| !part.is_empty());
+    for (i, part) in template.enumerate() {
         if part == "*" {
             // Everything after the first `i` segments, slashes included.
             values.push(path.splitn(i + 2, '/').nth(i + 1).unwrap_or(""));
@@ -171,7 +182,13 @@ mod tests {
         assert!(find("/api/chat/conversations/c1/x").is_none());
         assert!(find("/api/chat/conversations/c1/messages/extra").is_none());
         assert!(find("/nope").is_none());
-        assert!(find("/").is_none());
+        let (r, v) = find("/").expect("the browser client");
+        assert_eq!((r.endpoint, v.len()), (Endpoint::Page, 0));
+        let (r, v) = find("/static/app.js").expect("its files");
+        assert_eq!((r.endpoint, v), (Endpoint::PageAsset, vec!["app.js"]));
+        assert!(
+            find("/static").is_some_and(|(r, v)| r.endpoint == Endpoint::PageAsset && v == [""])
+        );
     }
 
     #[test]

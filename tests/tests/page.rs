@@ -1,0 +1,599 @@
+//! The browser client at `/`: how it is served (types, caching, the Content-Security-
+//! Policy), and two users chatting through it end to end in headless Chromium, each in
+//! a browser context of their own: register, create and open a conversation, live
+//! messages, typing, reactions, edits, deletes, presence, history after a reload, and
+//! a dropped connection resumed with `since` and idempotent resends.
+//!
+//! The second user reaches the server through a small TCP relay that the test can cut
+//! and mute, so the page sees a real dropped connection, not a scripted one.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tests::browser::{Browser, Page};
+use tests::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config() -> ServerOptions {
+    ServerOptions::new(Store::Sqlite, IoDriver::Uring)
+}
+
+#[tokio::test]
+async fn page_is_served_with_its_files() {
+    tests::run_with(config(), |srv| Box::pin(served(srv))).await
+}
+
+#[tokio::test]
+async fn two_users_chat_in_the_browser() {
+    tests::run_with(config(), |srv| Box::pin(two_users(srv))).await
+}
+
+fn header<'r>(reply: &'r Reply, name: &str) -> &'r str {
+    reply
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The values of every `src="..."` and `href="..."` of a page.
+fn references(page: &str) -> Vec<String> {
+    let mut refs = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for chunk in page.split(attr).skip(1) {
+            refs.push(chunk.split('"').next().unwrap_or_default().to_owned());
+        }
+    }
+    refs
+}
+
+async fn served(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let page = api.get("/", None).await?;
+    page.expect_status(200)?;
+    ensure!(
+        page.content_type() == "text/html; charset=utf-8",
+        "{}",
+        page.content_type()
+    );
+    ensure!(header(&page, "cache-control") == "no-cache");
+    ensure!(header(&page, "x-content-type-options") == "nosniff");
+    let csp = header(&page, "content-security-policy");
+    let host = srv.base_url().trim_start_matches("http://");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        &format!("connect-src 'self' ws://{host} wss://{host}"),
+        "frame-ancestors 'none'",
+    ] {
+        ensure!(csp.contains(directive), "CSP lacks {directive:?}: {csp}");
+    }
+    ensure!(!csp.contains("unsafe"), "{csp}");
+
+    let html = page.text();
+    let refs = references(&html);
+    ensure!(refs.len() >= 3, "{refs:?}");
+    let mut kinds = Vec::new();
+    for url in &refs {
+        ensure!(
+            url.starts_with("/static/"),
+            "not one of its own files: {url}"
+        );
+        let file = api.get(url, None).await?;
+        file.expect_status(200)?;
+        ensure!(!file.body.is_empty(), "{url} is empty");
+        let path = url.split('?').next().unwrap_or_default();
+        let expected = match path.rsplit('.').next() {
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("css") => "text/css; charset=utf-8",
+            Some("svg") => "image/svg+xml",
+            _ => bail!("unexpected file {url}"),
+        };
+        ensure!(
+            file.content_type() == expected,
+            "{url}: {}",
+            file.content_type()
+        );
+        ensure!(
+            header(&file, "cache-control").contains("max-age"),
+            "{url}: {}",
+            header(&file, "cache-control")
+        );
+        ensure!(header(&file, "x-content-type-options") == "nosniff");
+        kinds.push(expected);
+    }
+    ensure!(
+        kinds.contains(&"text/javascript; charset=utf-8")
+            && kinds.contains(&"text/css; charset=utf-8")
+    );
+
+    // HEAD wherever GET; other methods are a 405 naming them; unknown files a 404.
+    let head = api.http().head(api.url("/")).send().await?;
+    ensure!(head.status() == 200, "HEAD /: {}", head.status());
+    ensure!(head.headers().contains_key("content-security-policy"));
+    ensure!(head.bytes().await?.is_empty());
+    let post = api.post("/", None, &json!({})).await?;
+    post.expect_status(405)?;
+    ensure!(
+        header(&post, "allow") == "GET, HEAD",
+        "{}",
+        header(&post, "allow")
+    );
+    api.get("/static/nope.js", None).await?.expect_status(404)?;
+
+    // Not part of the API: the OpenAPI document does not describe it.
+    let spec = api.get("/openapi.json", None).await?.expect(200)?;
+    ensure!(spec["paths"].get("/").is_none());
+    ensure!(!spec["paths"]
+        .as_object()
+        .context("paths")?
+        .keys()
+        .any(|p| p.starts_with("/static")));
+    Ok(())
+}
+
+// ---- driving the page ----------------------------------------------------------
+
+/// Helpers every evaluated expression may use; `$` finds by `data-testid`.
+const HELPERS: &str = r#"
+const $ = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
+const text = (id, root) => { const el = $(id, root); return el ? el.textContent : null; };
+const messages = (content) => [...document.querySelectorAll('[data-testid="message"]')]
+  .filter((li) => $("message-content", li).textContent === content);
+const fill = (id, value, root) => {
+  const el = $(id, root);
+  el.value = value;
+  el.dispatchEvent(new Event("input", { bubbles: true }));
+  return true;
+};
+const click = (el) => { el.click(); return true; };
+const online = () => [...document.querySelectorAll('[data-testid="online-user"]')].map((li) => li.textContent);
+const reaction = (content, emoji) => messages(content)[0].querySelector(`[data-testid="reaction"][data-emoji="${emoji}"]`);
+const picker = (content, emoji) => messages(content)[0].querySelector(`[data-testid="reaction-add"][data-emoji="${emoji}"]`);
+"#;
+
+fn script(expression: &str) -> String {
+    format!("(() => {{ {HELPERS}\n return ({expression}); }})()")
+}
+
+/// A string as a JavaScript literal.
+fn lit(s: &str) -> String {
+    json!(s).to_string()
+}
+
+async fn run(page: &mut Page, expression: &str) -> anyhow::Result<Value> {
+    page.evaluate(&script(expression)).await
+}
+
+async fn until(page: &mut Page, what: &str, expression: &str) -> anyhow::Result<Value> {
+    page.wait_for(what, &script(expression), WAIT).await
+}
+
+async fn register(page: &mut Page, name: &str) -> anyhow::Result<()> {
+    let (n, p) = (lit(name), lit(PASSWORD));
+    run(
+        page,
+        &format!(
+            "fill('auth-username', {n}) && fill('auth-password', {p}) && click($('auth-register'))"
+        ),
+    )
+    .await?;
+    until(page, "logged in", &format!("text('me') === {n}")).await?;
+    Ok(())
+}
+
+async fn send(page: &mut Page, content: &str) -> anyhow::Result<()> {
+    let c = lit(content);
+    run(
+        page,
+        &format!("fill('composer-input', {c}) && click($('composer-send'))"),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until `content` is shown exactly once, acknowledged (not pending).
+async fn until_shown(page: &mut Page, who: &str, content: &str) -> anyhow::Result<()> {
+    let c = lit(content);
+    let expression =
+        format!("messages({c}).length === 1 && messages({c})[0].dataset.pending === 'false'");
+    until(page, &format!("{who} to show {content:?}"), &expression).await?;
+    Ok(())
+}
+
+async fn count(page: &mut Page, content: &str) -> anyhow::Result<u64> {
+    let n = run(page, &format!("messages({}).length", lit(content))).await?;
+    n.as_u64().context("a count")
+}
+
+async fn connected(page: &mut Page, who: &str) -> anyhow::Result<()> {
+    until(
+        page,
+        &format!("{who}'s socket to open"),
+        "$('connection').dataset.state === 'open'",
+    )
+    .await?;
+    Ok(())
+}
+
+/// A PNG of `page` under `target/test-artifacts/`.
+async fn screenshot(page: &mut Page, name: &str) -> anyhow::Result<()> {
+    let png = page.screenshot().await?;
+    ensure!(
+        png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "not a PNG of a page: {} bytes",
+        png.len()
+    );
+    let dir = testkit::binary::target_dir().join("test-artifacts");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(name), &png)?;
+    Ok(())
+}
+
+async fn two_users(srv: &TestServer) -> anyhow::Result<()> {
+    let relay = Relay::start(srv.base_url()).await?;
+    let mut browser = Browser::open(&format!("{}/", srv.base_url())).await?;
+    let mut b = browser
+        .open_isolated(&format!("http://{}/", relay.addr))
+        .await?;
+    let a = browser.page();
+    let (alice, bob) = (unique_name("page_a"), unique_name("page_b"));
+
+    // Register both; A creates a conversation with B by username and opens it.
+    register(a, &alice).await?;
+    register(&mut b, &bob).await?;
+    let title = "Page test";
+    run(
+        a,
+        &format!(
+            "fill('new-name', {}) && fill('new-participants', {}) && click($('new-create'))",
+            lit(title),
+            lit(&bob)
+        ),
+    )
+    .await?;
+    until(
+        a,
+        "A's room",
+        &format!("text('room-title') === {}", lit(title)),
+    )
+    .await?;
+    connected(a, "A").await?;
+    let conversation = run(a, "sessionStorage.getItem('chat.conversation')").await?;
+    let conversation = conversation
+        .as_str()
+        .context("open conversation id")?
+        .to_owned();
+
+    // B finds it in the list and opens it.
+    run(&mut b, "click($('conversations-refresh'))").await?;
+    let item = format!(
+        "[...document.querySelectorAll('[data-testid=\"conversation-item\"]')].find((b) => b.textContent === {})",
+        lit(title)
+    );
+    until(
+        &mut b,
+        "the conversation in B's list",
+        &format!("!!({item})"),
+    )
+    .await?;
+    run(&mut b, &format!("click({item})")).await?;
+    connected(&mut b, "B").await?;
+
+    // Presence: each sees both online, by name.
+    let both = format!(
+        "online().includes({}) && online().includes({})",
+        lit(&alice),
+        lit(&bob)
+    );
+    until(a, "A to see both online", &both).await?;
+    until(&mut b, "B to see both online", &both).await?;
+
+    // Typing, then a message (with markup in it, which must stay text).
+    run(a, "fill('composer-input', 'Hel')").await?;
+    until(
+        &mut b,
+        "B to see A typing",
+        &format!("text('typing') === {}", lit(&format!("{alice} is typing…"))),
+    )
+    .await?;
+    let hello = "Hello <b>Bob</b> & co";
+    send(a, hello).await?;
+    until_shown(a, "A", hello).await?;
+    until_shown(&mut b, "B", hello).await?;
+    ensure!(
+        run(
+            &mut b,
+            "document.querySelector('[data-testid=\"message-list\"] b') === null"
+        )
+        .await?
+            == true
+    );
+    until(
+        &mut b,
+        "A's typing notice to clear",
+        "text('typing') === ''",
+    )
+    .await?;
+
+    // B reacts; A sees the reaction.
+    run(&mut b, &format!("click(picker({}, '👍'))", lit(hello))).await?;
+    until(
+        a,
+        "A to see B's reaction",
+        &format!("reaction({}, '👍').dataset.count === '1'", lit(hello)),
+    )
+    .await?;
+    until(
+        &mut b,
+        "B's reaction to show as its own",
+        &format!(
+            "reaction({}, '👍').getAttribute('aria-pressed') === 'true'",
+            lit(hello)
+        ),
+    )
+    .await?;
+
+    // A edits its message; B sees the new text, marked edited.
+    let edited = "Hello Bob, edited";
+    run(
+        a,
+        &format!(
+            "(() => {{ const li = messages({}); click($('message-edit', li[0])); fill('edit-input', {}, li[0]); return click($('edit-save', li[0])); }})()",
+            lit(hello),
+            lit(edited)
+        ),
+    )
+    .await?;
+    until(
+        &mut b,
+        "B to see the edit",
+        &format!(
+            "messages({e}).length === 1 && !$('message-edited', messages({e})[0]).hidden && messages({h}).length === 0",
+            e = lit(edited),
+            h = lit(hello)
+        ),
+    )
+    .await?;
+
+    // A deletes another message of its own; it disappears for B.
+    let doomed = "This one will be deleted";
+    send(a, doomed).await?;
+    until_shown(a, "A", doomed).await?;
+    until_shown(&mut b, "B", doomed).await?;
+    run(
+        a,
+        &format!("click($('message-delete', messages({})[0]))", lit(doomed)),
+    )
+    .await?;
+    until(
+        &mut b,
+        "B to see the delete",
+        &format!("messages({}).length === 0", lit(doomed)),
+    )
+    .await?;
+    until(
+        a,
+        "A to see the delete",
+        &format!("messages({}).length === 0", lit(doomed)),
+    )
+    .await?;
+
+    // After a reload B is still logged in (sessionStorage), back in the conversation,
+    // with its history: the edit, the delete and the reaction.
+    b.reload().await?;
+    until(
+        &mut b,
+        "B's room after reload",
+        &format!("text('room-title') === {}", lit(title)),
+    )
+    .await?;
+    connected(&mut b, "B after reload").await?;
+    until(
+        &mut b,
+        "history after reload",
+        &format!(
+            "messages({e}).length === 1 && !$('message-edited', messages({e})[0]).hidden \
+             && messages({d}).length === 0 && reaction({e}, '👍').dataset.count === '1'",
+            e = lit(edited),
+            d = lit(doomed)
+        ),
+    )
+    .await?;
+    until(a, "A to see B back", &both).await?;
+
+    // A dropped connection. First the relay swallows what the server says to B, so a
+    // message B sends is stored and broadcast but its acknowledgement never arrives.
+    let seen = run(
+        &mut b,
+        "Math.max(...[...document.querySelectorAll('[data-testid=\"message\"]')].map((li) => Number(li.dataset.seq)))",
+    )
+    .await?
+    .as_u64()
+    .context("B's newest seq")?;
+    relay.mute(true);
+    let unacked = "Sent just before the drop";
+    send(&mut b, unacked).await?;
+    until_shown(a, "A", unacked).await?;
+    ensure!(
+        run(
+            &mut b,
+            &format!("messages({})[0].dataset.pending", lit(unacked))
+        )
+        .await?
+            == "true"
+    );
+    // Then the connection drops, and stays unreachable for a while.
+    relay.cut();
+    until(
+        &mut b,
+        "B to notice the drop",
+        "$('connection').dataset.state === 'offline'",
+    )
+    .await?;
+    until(
+        a,
+        "A to see B leave",
+        &format!(
+            "online().includes({}) && !online().includes({})",
+            lit(&alice),
+            lit(&bob)
+        ),
+    )
+    .await?;
+    let away = "Sent while you were away";
+    send(a, away).await?;
+    until_shown(a, "A", away).await?;
+    let away_seq = run(
+        a,
+        &format!("Number(messages({})[0].dataset.seq)", lit(away)),
+    )
+    .await?
+    .as_u64()
+    .context("seq")?;
+    relay.restore();
+
+    // B reconnects by itself, resuming after the last position it saw: it gets the
+    // message it missed, and its resend (same client_id) is matched, not stored again.
+    connected(&mut b, "B after the drop").await?;
+    let since: u64 = run(&mut b, "$('connection').dataset.since")
+        .await?
+        .as_str()
+        .context("since")?
+        .parse()?;
+    ensure!(
+        since >= seen && since < away_seq,
+        "B resumed from {since}, not from where it stood ({seen}..{away_seq})"
+    );
+    until_shown(&mut b, "B", away).await?;
+    until_shown(&mut b, "B", unacked).await?;
+    until(a, "A to see B back after the drop", &both).await?;
+    // Anything duplicated would have arrived by now, behind the answers above.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (page, who) in [(&mut *a, "A"), (&mut b, "B")] {
+        for content in [edited, unacked, away] {
+            let n = count(page, content).await?;
+            ensure!(n == 1, "{who} shows {content:?} {n} times");
+        }
+    }
+    let api = srv.api();
+    let login = api.login(&alice, PASSWORD).await?.expect(200)?;
+    let session = Session {
+        username: alice.clone(),
+        user_id: str_field(&login, "user_id")?,
+        token: str_field(&login, "access_token")?,
+    };
+    let history = api.history_list(&session, &conversation, "").await?;
+    let contents: Vec<&str> = history
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    ensure!(contents == [edited, unacked, away], "history: {contents:?}");
+
+    screenshot(a, "page-chat-a.png").await?;
+    screenshot(&mut b, "page-chat-b.png").await?;
+    Ok(())
+}
+
+// ---- the relay -----------------------------------------------------------------
+
+/// A TCP relay to the server that can drop every connection through it, refuse new
+/// ones until restored, and swallow what the server sends.
+struct Relay {
+    addr: SocketAddr,
+    state: Arc<RelayState>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct RelayState {
+    refusing: AtomicBool,
+    muted: AtomicBool,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(server: &str) -> anyhow::Result<Self> {
+        let upstream = server
+            .trim_start_matches("http://")
+            .parse::<SocketAddr>()
+            .context("server address")?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(RelayState {
+            refusing: AtomicBool::new(false),
+            muted: AtomicBool::new(false),
+            cut: tokio::sync::watch::channel(0).0,
+        });
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if shared.refusing.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                tokio::spawn(relay(client, upstream, shared.clone()));
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            accept,
+        })
+    }
+
+    fn mute(&self, on: bool) {
+        self.state.muted.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes every connection and refuses new ones until [`Relay::restore`].
+    fn cut(&self) {
+        self.state.refusing.store(true, Ordering::SeqCst);
+        self.state.cut.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.mute(false);
+        self.state.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn relay(mut client: TcpStream, upstream: SocketAddr, state: Arc<RelayState>) {
+    let mut cut = state.cut.subscribe();
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let up = tokio::io::copy(&mut client_read, &mut server_write);
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return std::io::Result::Ok(());
+            }
+            if !state.muted.load(Ordering::SeqCst) {
+                client_write.write_all(&buf[..n]).await?;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = cut.changed() => {}
+    }
+    // Both sockets close here.
+}
