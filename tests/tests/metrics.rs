@@ -236,3 +236,33 @@ async fn a_cluster_node_reports_redis() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn rate_limited_events_are_counted() -> anyhow::Result<()> {
+    let srv = TestServer::start(
+        ServerOptions::new(Store::Sqlite, IoDriver::Epoll)
+            .arg("--ws-rate-burst=1")
+            .arg("--ws-rate-per-second=0.001"),
+    )
+    .await?;
+    let api = srv.api();
+    let ([alice, _bob], conv) = group(&api, &["met-rate-a", "met-rate-b"]).await?;
+    let mut a = WsClient::connect(&srv.ws_base_url(), &conv, &alice.token).await?;
+    for _ in 0..3 {
+        a.send_json(&json!({"type": "typing"})).await?;
+    }
+    for _ in 0..2 {
+        let refused = a.recv_type("error").await?;
+        ensure!(
+            refused["detail"] == "Rate limit exceeded",
+            "refused with {refused}"
+        );
+    }
+    let text = scrape(&api.url("/metrics")).await?;
+    ensure!(
+        sum(&text, "chat_refusals_total", &[("reason", "rate_limit")]) == 2.0
+            && sum(&text, "chat_client_events_total", &[("type", "typing")]) == 3.0,
+        "{text}"
+    );
+    Ok(())
+}

@@ -236,12 +236,11 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
 /// One complete client message: parse, validate, submit; any refusal is an `error`
 /// event and the connection stays open.
 async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload: &mut [u8]) {
-    let (detail, reference) = if opcode == OpCode::Binary {
-        shard.metrics.refusal(Refusal::Invalid);
-        (ProtocolError::Binary.to_string(), None)
+    let (refusal, detail, reference) = if opcode == OpCode::Binary {
+        (Refusal::Invalid, ProtocolError::Binary.to_string(), None)
     } else {
         let parsed = protocol::parse(payload);
-        let refused = match parsed.event {
+        let (refusal, detail) = match parsed.event {
             Ok(event) => {
                 shard.metrics.event(kind(&event));
                 match shard
@@ -250,23 +249,17 @@ async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload
                     .await
                 {
                     Ok(()) => return,
-                    Err(refused) => {
-                        if matches!(refused, Refused::RateLimited) {
-                            shard.metrics.refusal(Refusal::RateLimit);
-                        } else {
-                            shard.metrics.refusal(Refusal::Invalid);
-                        }
-                        refused.to_string()
+                    Err(refused @ Refused::RateLimited) => {
+                        (Refusal::RateLimit, refused.to_string())
                     }
+                    Err(refused) => (Refusal::Invalid, refused.to_string()),
                 }
             }
-            Err(e) => {
-                shard.metrics.refusal(Refusal::Invalid);
-                e.to_string()
-            }
+            Err(e) => (Refusal::Invalid, e.to_string()),
         };
-        (refused, parsed.reference)
+        (refusal, detail, parsed.reference)
     };
+    shard.metrics.refusal(refusal);
     conn.push(
         ServerEvent::Error {
             detail: &detail,
