@@ -121,7 +121,9 @@ async fn a_scrape_counts_what_happened() -> anyhow::Result<()> {
     expect("chat_client_events_total", &[("type", "typing")], &|v| {
         v == 1.0
     })?;
-    expect("chat_refusals_total", &[("reason", "invalid")], &|v| v == 1.0)?;
+    expect("chat_refusals_total", &[("reason", "invalid")], &|v| {
+        v == 1.0
+    })?;
     expect("chat_refusals_total", &[("reason", "rate_limit")], &|v| {
         v == 0.0
     })?;
