@@ -1,4 +1,4 @@
-//! Debian packages the tests need (a reverse proxy, say), installed with
+//! Debian packages the tests need (Chromium, nginx, systemd's tools), installed with
 //! `apt-get install -y` when missing, so a fresh machine's test command still passes.
 //! That needs root and the Debian package mirror. Installs in one process take turns,
 //! and apt-get waits for another process's lock instead of failing.
@@ -30,10 +30,7 @@ pub fn provide(package: &str, find: impl Fn() -> Option<PathBuf>) -> anyhow::Res
             .stderr(Stdio::piped())
             .output()
     };
-    let install = || {
-        apt(&["install", "-y", "-q", "--no-install-recommends", package])
-            .is_ok_and(|o| o.status.success())
-    };
+    let install = || apt(&["install", "-y", "-q", package]).is_ok_and(|o| o.status.success());
     // A fresh machine may have no package lists yet: update once if the install fails.
     let installed =
         install() || (apt(&["update", "-q"]).is_ok_and(|o| o.status.success()) && install());

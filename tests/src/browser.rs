@@ -4,7 +4,7 @@
 //! `apt-get install -y chromium`, so a fresh machine's test command still passes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -25,36 +25,13 @@ static CHROMIUM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 /// The Chromium binary, installed from the distribution's packages if need be.
 pub fn chromium() -> anyhow::Result<PathBuf> {
     CHROMIUM
-        .get_or_init(|| provide().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| crate::apt::provide("chromium", find).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!("no Chromium: {e}"))
 }
 
 fn find() -> Option<PathBuf> {
     CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file())
-}
-
-fn provide() -> anyhow::Result<PathBuf> {
-    if let Some(found) = find() {
-        return Ok(found);
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-    };
-    // A fresh machine may have no package lists yet: update once if the install fails.
-    let installed = apt(&["install", "-y", "-q", "chromium"]).is_ok_and(|o| o.status.success())
-        || (apt(&["update", "-q"]).is_ok_and(|o| o.status.success())
-            && apt(&["install", "-y", "-q", "chromium"]).is_ok_and(|o| o.status.success()));
-    match find() {
-        Some(found) => Ok(found),
-        None if installed => bail!("apt-get installed chromium but no binary is at {CANDIDATES:?}"),
-        None => bail!("Chromium is not installed and `apt-get install -y chromium` failed (needs root and the Debian package mirror)"),
-    }
 }
 
 /// One headless Chromium with one page open; [`Browser::open_isolated`] opens more

@@ -6,6 +6,9 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::HeaderMap;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -61,14 +64,26 @@ impl WsClient {
         url: &str,
         tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<Self> {
+        let (client, _headers) = Self::connect_request(url.into_client_request()?, tls).await?;
+        Ok(client)
+    }
+
+    /// Connects with `request` (a URL and any headers: `Origin`, `X-Request-Id`); also
+    /// returns the upgrade response's headers.
+    pub async fn connect_request(
+        request: Request,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<(Self, HeaderMap)> {
+        let url = request.uri().to_string();
         let connector = tls.map(tokio_tungstenite::Connector::Rustls);
-        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector);
-        let (stream, _response) = tokio::time::timeout(RECV_TIMEOUT, connect)
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+        let (stream, response) = tokio::time::timeout(RECV_TIMEOUT, connect)
             .await
             .with_context(|| format!("WebSocket connect to {url} timed out"))?
             .with_context(|| format!("WebSocket connect to {url}"))?;
-        let label = url.split("?token=").next().unwrap_or(url).to_string();
-        Ok(Self { stream, label })
+        let label = url.split("?token=").next().unwrap_or(&url).to_string();
+        Ok((Self { stream, label }, response.headers().clone()))
     }
 
     pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
