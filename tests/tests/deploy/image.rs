@@ -131,6 +131,55 @@ fn dockerfile_passes_hadolint_and_keeps_the_key_out() -> anyhow::Result<()> {
 }
 
 /// The image's health probe asks a running server's /health, with bash alone.
+/// `1.92` as a comparable pair.
+fn rust_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().trim_matches('"').split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The image builds with a toolchain every locked dependency accepts, and the
+/// workspace says so too.
+#[test]
+fn the_image_toolchain_builds_every_dependency() -> anyhow::Result<()> {
+    let dockerfile = read(&deploy("Dockerfile"))?;
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ARG RUST_VERSION="))
+        .and_then(rust_version)
+        .context("no ARG RUST_VERSION=X.Y in the Dockerfile")?;
+    let manifest = read(&testkit::binary::workspace_root().join("Cargo.toml"))?;
+    let workspace = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .and_then(rust_version)
+        .context("no rust-version in the workspace manifest")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--manifest-path"])
+        .arg(testkit::binary::workspace_root().join("Cargo.toml"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo metadata")?;
+    ensure!(out.status.success(), "cargo metadata failed: {}", out.status);
+    let metadata: Value = serde_json::from_slice(&out.stdout)?;
+    let (needed, by) = metadata["packages"]
+        .as_array()
+        .context("no packages")?
+        .iter()
+        .filter_map(|p| Some((rust_version(p["rust_version"].as_str()?)?, p["name"].clone())))
+        .max_by_key(|(v, _)| *v)
+        .context("no dependency states its rust-version")?;
+    ensure!(
+        workspace >= needed,
+        "the workspace's rust-version {workspace:?} is below {by}'s {needed:?}"
+    );
+    ensure!(
+        image == workspace,
+        "the image builds with Rust {image:?}, the workspace says {workspace:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn health_probe_answers_for_a_running_server_only() {
     let server = TestServer::start(ServerOptions::new(Store::Sqlite, IoDriver::Epoll))
