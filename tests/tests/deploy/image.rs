@@ -155,18 +155,33 @@ fn the_image_toolchain_builds_every_dependency() -> anyhow::Result<()> {
         .context("no rust-version in the workspace manifest")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--manifest-path",
+        ])
         .arg(testkit::binary::workspace_root().join("Cargo.toml"))
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo metadata")?;
-    ensure!(out.status.success(), "cargo metadata failed: {}", out.status);
+    ensure!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        out.status
+    );
     let metadata: Value = serde_json::from_slice(&out.stdout)?;
     let (needed, by) = metadata["packages"]
         .as_array()
         .context("no packages")?
         .iter()
-        .filter_map(|p| Some((rust_version(p["rust_version"].as_str()?)?, p["name"].clone())))
+        .filter_map(|p| {
+            Some((
+                rust_version(p["rust_version"].as_str()?)?,
+                p["name"].clone(),
+            ))
+        })
         .max_by_key(|(v, _)| *v)
         .context("no dependency states its rust-version")?;
     ensure!(
