@@ -266,7 +266,18 @@ pub struct Config {
     #[arg(long, env = "LOADTEST_SERVER_LOG", help_heading = "Local server")]
     pub server_log: Option<PathBuf>,
 
+    /// Start the local nodes with TLS: a self-signed certificate for localhost and
+    /// 127.0.0.1 is generated for the run, the nodes serve https:// and wss:// with it,
+    /// and the harness trusts it (and nothing else).
+    #[arg(long, env = "LOADTEST_TLS", help_heading = "Local server")]
+    pub tls: bool,
+
     // ----- client network -----
+    /// PEM file of the certificates to trust for an https:// target (e.g. a self-signed
+    /// test certificate) instead of the web PKI roots.
+    #[arg(long, env = "LOADTEST_TLS_CA", help_heading = "Client network")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Loopback source addresses (127.0.0.1, 127.0.0.2, ...) the WebSockets are spread
     /// over. Default: one per --connections-per-source sockets, when the target is a
     /// 127.x address.
@@ -292,6 +303,17 @@ pub struct Config {
     /// requests) as JSON to this file.
     #[arg(long, env = "LOADTEST_JSON_REPORT", help_heading = "Output")]
     pub json_report: Option<PathBuf>,
+
+    /// During the measured time, GET /metrics of every node every SECONDS (as a
+    /// Prometheus server would); the report states the scrapes done, their latency and
+    /// size. A failed scrape is counted, never fatal.
+    #[arg(
+        long,
+        env = "LOADTEST_SCRAPE_METRICS",
+        value_name = "SECONDS",
+        help_heading = "Output"
+    )]
+    pub scrape_metrics: Option<f64>,
 
     /// Goose's options.
     #[command(flatten)]
@@ -328,7 +350,7 @@ impl Config {
             .after_long_help(AFTER_HELP)
             // Goose options whose meaning or default the harness changes.
             .mut_arg("host", |a| {
-                a.help("Target server, http://HOST:PORT, or several nodes of one cluster separated by commas (users are spread over them) [default: start a local chat-server]")
+                a.help("Target server, http://HOST:PORT or https://HOST:PORT, or several nodes of one cluster separated by commas (users are spread over them) [default: start a local chat-server]")
                     .long_help(None)
             })
             .mut_arg("users", |a| {
@@ -381,6 +403,14 @@ impl Config {
         }
         if self.nodes > 1 && self.goose.host.is_some() {
             bail!("--nodes starts local nodes; with --host, list the nodes there instead");
+        }
+        if self.tls && self.goose.host.is_some() {
+            bail!("--tls starts local nodes with a certificate of their own; with --host, give https:// URLs (and --tls-ca for a certificate of your own)");
+        }
+        if let Some(every) = self.scrape_metrics {
+            if !(every.is_finite() && every >= 0.05) {
+                bail!("--scrape-metrics must be at least 0.05 seconds");
+            }
         }
         if !(self.message_rate.is_finite() && self.message_rate >= 0.0) {
             bail!("--message-rate must be a number >= 0");
@@ -436,6 +466,11 @@ impl Config {
         }
         self.run_time()?;
         Ok(())
+    }
+
+    /// The interval of `--scrape-metrics`, when given.
+    pub fn scrape_interval(&self) -> Option<Duration> {
+        self.scrape_metrics.map(Duration::from_secs_f64)
     }
 
     pub fn warmup(&self) -> Duration {
@@ -536,6 +571,20 @@ mod tests {
             }
             assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
         }
+    }
+
+    #[test]
+    fn tls_and_scrapes() {
+        let c =
+            Config::try_from_iter(["loadtest", "--tls", "--scrape-metrics", "1"]).expect("parses");
+        assert!(c.tls);
+        assert_eq!(c.scrape_interval(), Some(Duration::from_secs(1)));
+        c.validate().expect("valid");
+        let remote =
+            Config::try_from_iter(["loadtest", "--tls", "--host", "https://x:1"]).expect("parses");
+        assert!(remote.validate().is_err(), "--tls is for local nodes");
+        let zero = Config::try_from_iter(["loadtest", "--scrape-metrics", "0"]).expect("parses");
+        assert!(zero.validate().is_err());
     }
 
     #[test]

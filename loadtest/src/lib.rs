@@ -6,7 +6,10 @@
 //! duplicates, losses, and every stream position once and in order across reconnects
 //! (which resume with `since`; unanswered sends are retried with their `client_id`).
 //! After the run every acknowledged message is looked up in the history the server
-//! returns. [`run`] does all of it and returns the [`Report`];
+//! returns. An `https://` target is driven over TLS throughout (`wss://`, and REST over
+//! `https://`; `--tls` starts the local nodes so, with a certificate made for the run),
+//! and `--scrape-metrics` scrapes every node's `/metrics` while the run is measured.
+//! [`run`] does all of it and returns the [`Report`];
 //! `cargo run --release -p loadtest` is the command-line front end.
 //!
 //! Goose's stop switch is process-wide: run one [`run`] at a time per process.
@@ -17,9 +20,11 @@ pub mod console;
 pub mod driver;
 pub mod plan;
 pub mod report;
+pub mod scrape;
 pub mod server;
 pub mod state;
 pub mod sys;
+pub mod tls;
 pub mod user;
 pub mod verify;
 pub mod ws;
@@ -84,6 +89,19 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         Some(started) => started.nodes.iter().map(|n| n.base_url.clone()).collect(),
         None => hosts,
     };
+    // What the clients trust: --tls-ca, and the certificate of local nodes with --tls.
+    let mut trusted = Vec::new();
+    if let Some(path) = &config.tls_ca {
+        trusted.push(tls::read_ca(path)?);
+    }
+    trusted.extend(local.as_ref().and_then(LocalNodes::trusted));
+    let clients = tls::Clients::new(&urls, &trusted)?;
+    if clients.tls.is_some() {
+        say(&format!(
+            "over TLS (wss://, https://), trusting {}",
+            clients.transport.trust
+        ));
+    }
     let mut nodes = Vec::with_capacity(urls.len());
     for url in &urls {
         nodes.push(Node::new(url, resolve(url).await?));
@@ -102,16 +120,23 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         Some(started) => started.pids(),
         None => config.server_pid.clone(),
     };
-    let run = Run::new(config.clone(), nodes, sources, server_pids);
+    let run = Run::new(config.clone(), nodes, sources, server_pids, clients);
     // A previous run in this process left Goose's stop switch on.
     goose::reset_killswitch();
     let attack = goose_attack(&run, &config, &run.base_url)?;
     let driver = tokio::spawn(driver::drive(Arc::clone(&run)));
+    let scraper = config
+        .scrape_interval()
+        .map(|every| tokio::spawn(scrape::scrape(Arc::clone(&run), every)));
     let goose_result = attack.execute().await;
     // Goose is done (or failed to start): make sure the driver ends too.
     run.end_chat();
     run.set_stage(Stage::Stopping);
     let driven = driver.await.context("the run driver panicked")?;
+    let scrapes = match scraper {
+        Some(task) => Some(task.await.context("the metrics scraper panicked")?),
+        None => None,
+    };
     let metrics = match goose_result {
         Ok(metrics) => Some(metrics),
         Err(e) => {
@@ -185,6 +210,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         local.as_ref(),
         metrics.as_ref(),
         open_files,
+        scrapes,
     );
     if let Some(path) = &config.json_report {
         let json = serde_json::to_string_pretty(&report)?;
@@ -224,11 +250,11 @@ fn goose_attack(run: &Arc<Run>, config: &Config, base_url: &str) -> anyhow::Resu
     Ok(attack)
 }
 
-/// The socket address behind `http://host:port`.
+/// The socket address behind `http://host:port` (or `https://`).
 async fn resolve(base_url: &str) -> anyhow::Result<SocketAddr> {
     let url = reqwest::Url::parse(base_url).with_context(|| format!("--host {base_url:?}"))?;
-    if url.scheme() != "http" {
-        bail!("--host must be an http:// URL (the WebSocket client speaks plain ws://)");
+    if url.scheme() != "http" && url.scheme() != "https" {
+        bail!("--host must be an http:// or https:// URL");
     }
     let host = url
         .host_str()
@@ -276,6 +302,7 @@ fn build_report(
     local: Option<&LocalNodes>,
     metrics: Option<&goose::metrics::GooseMetrics>,
     open_files: sys::FdLimit,
+    scrapes: Option<scrape::Scrapes>,
 ) -> Report {
     let c = &run.counters;
     let windows = run.windows();
@@ -297,6 +324,7 @@ fn build_report(
                 .collect::<Vec<_>>()
                 .join(","),
             nodes: run.nodes.len(),
+            transport: run.clients.transport.clone(),
             store: local.map(LocalNodes::store).unwrap_or_default().into(),
             local_server: local.is_some(),
             server_binary: local
@@ -387,6 +415,7 @@ fn build_report(
             open_files,
         },
         rest: metrics.map(report::rest_rows).unwrap_or_default(),
+        scrapes,
         aborted: driven.aborted.clone(),
         verdict: report::Verdict {
             ok: false,

@@ -2,8 +2,9 @@
 //! (built with `cargo build --release -p chat-server` first unless `--no-build`), the
 //! embedded store in a temporary directory (or, with `--nodes`, several nodes of one
 //! cluster on one PostgreSQL database and one Redis key prefix), an ephemeral loopback
-//! port, a random secret key and rate limits far above anything the harness sends. The server's
-//! output goes to a log file; its CPU time and peak memory are read from /proc. The
+//! port, a random secret key and rate limits far above anything the harness sends; with
+//! `--tls`, a certificate generated for the run (the nodes then serve https:// and
+//! wss://). The server's output goes to a log file; its CPU time and peak memory are read from /proc. The
 //! process itself is the test kit's, as everywhere else in the workspace.
 
 use std::ffi::OsString;
@@ -18,6 +19,7 @@ use testkit::{Output, Profile, ScratchDatabase, ScratchPrefix, ServerProcess};
 
 use crate::config::Config;
 use crate::console::say;
+use crate::tls::GeneratedCert;
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-user WebSocket rate limit given to a server the harness starts itself.
@@ -56,7 +58,9 @@ pub struct LocalNodes {
     pub nodes: Vec<LocalServer>,
     /// What they store into, as the report names it.
     store: &'static str,
-    // Dropped after the nodes (field order): the database and keys they used.
+    // Dropped after the nodes (field order): the certificate, database and keys they
+    // used.
+    cert: Option<GeneratedCert>,
     _database: Option<ScratchDatabase>,
     _redis: Option<ScratchPrefix>,
 }
@@ -96,6 +100,14 @@ impl LocalNodes {
             args.extend(["--redis-url".into(), redis_url.into()]);
             args.extend(["--redis-prefix".into(), prefix.into()]);
         }
+        let cert = if config.tls {
+            let cert = GeneratedCert::generate()?;
+            args.extend(["--tls-cert".into(), cert.cert_path().into()]);
+            args.extend(["--tls-key".into(), cert.key_path().into()]);
+            Some(cert)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             binary: {
                 let config = config.clone();
@@ -128,8 +140,20 @@ impl LocalNodes {
             } else {
                 "embedded store, temporary directory"
             },
+            cert,
             _database: database,
             _redis: redis,
+        })
+    }
+
+    /// The certificate the nodes serve with `--tls`, as (name, PEM) for the clients to
+    /// trust.
+    pub fn trusted(&self) -> Option<(String, String)> {
+        self.cert.as_ref().map(|c| {
+            (
+                "the certificate generated for the run".to_string(),
+                c.pem.clone(),
+            )
         })
     }
 

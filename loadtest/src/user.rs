@@ -162,6 +162,11 @@ struct Created {
 }
 
 async fn join(run: Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+    // Over TLS, Goose's client (built without our trust roots) is swapped for the run's:
+    // one client, one connection pool, shared by every user as Goose's would be.
+    if run.clients.tls.is_some() {
+        user.client = run.clients.http.clone();
+    }
     let index = run.next_user.fetch_add(1, Ordering::Relaxed);
     if index >= run.plan.users() {
         // More Goose users than planned (should not happen): stay idle.

@@ -65,20 +65,9 @@ struct ConvCheck {
 }
 
 pub async fn verify(run: &Run) -> Persistence {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-    {
-        Ok(client) => client,
-        Err(e) => {
-            return Persistence {
-                errors: vec![format!("building an HTTP client: {e}")],
-                ..Persistence::default()
-            }
-        }
-    };
+    let client = &run.clients.http;
     let checks: Vec<ConvCheck> = stream::iter(run.convs.iter())
-        .map(|conv| check(run, &client, conv))
+        .map(|conv| check(run, client, conv))
         .buffer_unordered(PARALLEL)
         .collect()
         .await;

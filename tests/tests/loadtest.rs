@@ -1,7 +1,8 @@
 //! The capacity harness, briefly, against a real server: 50 simulated users in group
 //! conversations (two sockets each) chat, read history and reconnect for a few seconds.
 //! Correctness only, never timing: nothing missing, nothing duplicated, every
-//! acknowledged message in history.
+//! acknowledged message in history. One run starts its own node over TLS and scrapes
+//! its metrics every second meanwhile.
 
 use loadtest::{Config, Report};
 use tests::cluster::{ClusterOptions, TestCluster};
@@ -18,13 +19,16 @@ async fn short_run(srv: &TestServer) -> anyhow::Result<()> {
 
 /// The short run against `hosts` (comma-separated nodes) whose processes are `pids`.
 async fn short_run_against(hosts: &str, pids: &str, extra: &[&str]) -> anyhow::Result<()> {
+    let target = ["--host", hosts, "--server-pid", pids];
+    let report = short_run_with(&target, extra).await?;
+    check(&report).with_context(|| loadtest::report::render(&report))
+}
+
+/// The short run's workload with `target` (where to run) and `extra` arguments.
+async fn short_run_with(target: &[&str], extra: &[&str]) -> anyhow::Result<Report> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let args = [
         "loadtest",
-        "--host",
-        hosts,
-        "--server-pid",
-        pids,
         "--users",
         "50",
         "--run-time",
@@ -40,9 +44,8 @@ async fn short_run_against(hosts: &str, pids: &str, extra: &[&str]) -> anyhow::R
         "--think-time",
         "2",
     ];
-    let config = Config::try_from_iter(args.iter().chain(extra))?;
-    let report = loadtest::run(config).await?;
-    check(&report).with_context(|| loadtest::report::render(&report))
+    let config = Config::try_from_iter(args.iter().chain(target).chain(extra))?;
+    loadtest::run(config).await
 }
 
 fn check(r: &Report) -> anyhow::Result<()> {
@@ -129,4 +132,42 @@ async fn harness_short_run_across_two_nodes() {
     }
     .await;
     cluster.finish(result);
+}
+
+/// A node the harness starts itself with `--tls` (a certificate generated for the run)
+/// while it scrapes `/metrics` every second: the same checks hold over wss:// and
+/// https://, the report says so, and the scrapes were made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_short_run_over_tls_with_metrics_scrapes() {
+    let result = async {
+        let binary = testkit::server_binary(testkit::Profile::Current)?;
+        let binary = binary.display().to_string();
+        let local = ["--server-bin", &binary, "--tls", "--scrape-metrics", "1"];
+        let report = short_run_with(&local, &[]).await?;
+        let text = loadtest::report::render(&report);
+        check(&report).with_context(|| text.clone())?;
+        ensure!(
+            report.target.url.starts_with("https://") && report.target.transport.scheme == "tls",
+            "not over TLS: {}\n{text}",
+            report.target.url
+        );
+        ensure!(
+            text.contains(" Transport: TLS (wss:// and https://)"),
+            "{text}"
+        );
+        let scrapes = report
+            .scrapes
+            .as_ref()
+            .context("no scrapes in the report")?;
+        ensure!(
+            scrapes.done > 0 && scrapes.failed == 0 && scrapes.mean_bytes > 0.0,
+            "scrapes: {scrapes:?}\n{text}"
+        );
+        ensure!(text.contains(" Metrics scrapes: "), "{text}");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}");
+    }
 }

@@ -18,10 +18,12 @@ use serde::Serialize;
 
 use crate::capacity::CapacityResult;
 use crate::console::thousands;
+use crate::scrape::Scrapes;
 use crate::server::ProcessUsage;
 use crate::state::Tally;
 pub use crate::state::{DeliveryCost, Percentiles};
 use crate::sys::FdLimit;
+pub use crate::tls::Transport;
 use crate::verify::Persistence;
 pub use render::render;
 
@@ -31,6 +33,8 @@ pub struct Target {
     pub url: String,
     /// How many nodes the users were spread over.
     pub nodes: usize,
+    /// Plain or TLS, and what the TLS client trusted.
+    pub transport: Transport,
     /// The store of a server the harness started.
     pub store: String,
     /// Started by the harness (else `--host`).
@@ -189,6 +193,8 @@ pub struct Report {
     pub server: Option<ServerInfo>,
     pub harness: Harness,
     pub rest: Vec<RestRow>,
+    /// `--scrape-metrics`: the scrapes of `/metrics` made during the measured time.
+    pub scrapes: Option<Scrapes>,
     pub aborted: Option<String>,
     pub verdict: Verdict,
 }

@@ -59,6 +59,17 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
+        " Transport: {}",
+        match r.target.transport.scheme {
+            "tls" => format!(
+                "TLS (wss:// and https://), trusting {}",
+                r.target.transport.trust
+            ),
+            _ => "plain (ws:// and http://)".to_string(),
+        }
+    );
+    let _ = writeln!(
+        s,
         " Users: {} in {} conversations of {} (largest {}), {} per user, {} sockets",
         thousands(w.users as u64),
         thousands(w.conversations as u64),
@@ -230,6 +241,26 @@ pub fn render(r: &Report) -> String {
                 " Cost: not measured (the server is remote; on this machine pass --server-pid)"
             );
         }
+    }
+    if let Some(sc) = &r.scrapes {
+        let _ = writeln!(
+            s,
+            " Metrics scrapes: {} done every {} s over {} node{} during the measured time, \
+             mean {} ms, max {} ms, {} bytes per scrape; failed {}{}",
+            thousands(sc.done),
+            sc.interval_s,
+            sc.nodes,
+            if sc.nodes == 1 { "" } else { "s" },
+            ms(sc.mean_ms),
+            ms(sc.max_ms),
+            thousands(sc.mean_bytes.round() as u64),
+            thousands(sc.failed),
+            if sc.failures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", map_line(&sc.failures))
+            }
+        );
     }
     if let Some(server) = &r.server {
         if let Some(u) = &server.usage {

@@ -17,6 +17,10 @@ fn healthy() -> Report {
         mode: "steady",
         target: Target {
             nodes: 1,
+            transport: Transport {
+                scheme: "plain",
+                trust: String::new(),
+            },
             store: "embedded store, temporary directory".into(),
             url: "http://127.0.0.1:1".into(),
             local_server: false,
@@ -105,6 +109,7 @@ fn healthy() -> Report {
             },
         },
         rest: Vec::new(),
+        scrapes: None,
         aborted: None,
         verdict: Verdict {
             ok: false,
@@ -179,5 +184,45 @@ fn percentiles_in_ms() {
     assert_eq!(
         Percentiles::of(&Histogram::new(3).expect("h"), 1.0).count,
         0
+    );
+}
+
+#[test]
+fn transport_and_scrapes_are_stated_and_failed_scrapes_are_not_fatal() {
+    let plain = render(&healthy());
+    assert!(
+        plain.contains(" Transport: plain (ws:// and http://)\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("Metrics scrapes"), "{plain}");
+    let mut r = healthy();
+    r.target.transport = Transport {
+        scheme: "tls",
+        trust: "the certificate generated for the run".into(),
+    };
+    r.scrapes = Some(crate::scrape::Scrapes {
+        interval_s: 1.0,
+        nodes: 1,
+        done: 30,
+        failed: 1,
+        failures: [("timed out".to_string(), 1)].into_iter().collect(),
+        mean_ms: 2.5,
+        max_ms: 9.0,
+        mean_bytes: 12_345.4,
+    });
+    let v = verdict(&r);
+    assert!(v.ok, "{:?}", v.problems);
+    let text = render(&Report { verdict: v, ..r });
+    assert!(
+        text.contains(
+            " Transport: TLS (wss:// and https://), trusting the certificate generated for the run\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            " Metrics scrapes: 30 done every 1 s over 1 node during the measured time, mean 2.50 ms, max 9.00 ms, 12,345 bytes per scrape; failed 1 (timed out x1)\n"
+        ),
+        "{text}"
     );
 }

@@ -21,7 +21,7 @@ pub struct Run {
     /// Random tag in every message of this run (other runs' messages are ignored).
     pub run_tag: String,
     pub user_prefix: String,
-    /// `http://host:port` of the first node, no trailing slash: REST and the final
+    /// `http(s)://host:port` of the first node, no trailing slash: REST and the final
     /// history check go there.
     pub base_url: String,
     /// Every node; user `i`'s sockets go to node `i % nodes.len()`, so the members of
@@ -44,14 +44,16 @@ pub struct Run {
     /// Per user, per layer: the socket task's handle.
     pub sockets: Vec<Mutex<Option<crate::ws::SocketHandle>>>,
     pub message_filler: String,
+    /// The TLS configuration and HTTP client every part of the run uses.
+    pub clients: crate::tls::Clients,
 }
 
 /// One node of the target.
 #[derive(Clone, Debug)]
 pub struct Node {
-    /// `http://host:port`, no trailing slash.
+    /// `http://host:port` (or `https://`), no trailing slash.
     pub base_url: String,
-    /// `ws://host:port`.
+    /// `ws://host:port` (or `wss://`).
     pub ws_url: String,
     pub addr: SocketAddr,
 }
@@ -74,6 +76,7 @@ impl Run {
         nodes: Vec<Node>,
         sources: Sources,
         server_pids: Vec<u32>,
+        clients: crate::tls::Clients,
     ) -> Arc<Self> {
         let users = config.users();
         let plan = Plan::new(
@@ -137,6 +140,7 @@ impl Run {
             server_pids,
             sockets,
             message_filler: filler,
+            clients,
             config,
         })
     }

@@ -1,6 +1,6 @@
 //! One simulated user's WebSocket in one conversation (its seat), as a tokio task: it
 //! connects (from a chosen loopback source address when the run spreads sockets over
-//! several), waits for its own `joined` event, then chats at the rate the driver sets
+//! several; over TLS when the node is https://), waits for its own `joined` event, then chats at the rate the driver sets
 //! (Poisson arrivals, a `typing` event before some messages) and measures what comes
 //! back:
 //!
@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::state::{Counters, Run};
 use seat::Seat;
@@ -55,7 +55,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest a typing indicator precedes its message.
 const TYPING_LEAD: Duration = Duration::from_millis(300);
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Which socket: the user, the conversation and the user's seat in it.
 #[derive(Clone, Debug)]
@@ -196,8 +196,8 @@ async fn connections(
     }
 }
 
-/// TCP connect (bound to a source address when the run spreads sockets) and upgrade,
-/// resuming the stream after `since` when given.
+/// TCP connect (bound to a source address when the run spreads sockets), the TLS
+/// handshake for a wss:// node, and upgrade, resuming the stream after `since` when given.
 async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws, String> {
     let node = run.node_of(spec.user);
     let socket = match node.addr {
@@ -225,9 +225,12 @@ async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws,
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
+    // wss:// when the node is https://: the run's rustls configuration (the same
+    // handshake cost for every socket); ws:// ignores the connector.
+    let connector = run.clients.tls.clone().map(Connector::Rustls);
     let (ws, _response) = timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::client_async_with_config(url, stream, Some(config)),
+        tokio_tungstenite::client_async_tls_with_config(url, stream, Some(config), connector),
     )
     .await
     .map_err(|_| "upgrade: timed out".to_string())?
