@@ -116,7 +116,7 @@ async fn once(client: &reqwest::Client, url: &str) -> Result<(Duration, usize), 
             if e.is_timeout() {
                 "timed out".to_string()
             } else {
-                "request failed".to_string()
+                format!("request failed: {}", innermost(&e))
             }
         })?;
     let status = response.status();
@@ -128,6 +128,15 @@ async fn once(client: &reqwest::Client, url: &str) -> Result<(Duration, usize), 
         .await
         .map_err(|_| "body cut short".to_string())?;
     Ok((started.elapsed(), body.len()))
+}
+
+/// The deepest cause of an error (e.g. the certificate a TLS handshake refused), short.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string().chars().take(80).collect()
 }
 
 #[cfg(test)]
