@@ -55,11 +55,15 @@ pub async fn serve(
     );
     let origin = Origin::of(&shard.app.config, &req);
     let started = Instant::now();
+    // The path outlives the request, which its handler takes: the route found here is
+    // the one the request is dispatched on and the one its metrics are labelled with.
+    let path = req.uri().path().to_owned();
+    let found = routes::find(&path);
     // The route's template, never the path: clients must not be able to mint series.
-    let route = routes::find(req.uri().path()).map_or("unmatched", |(route, _)| route.path);
-    let mut response = respond(&shard, req, &origin, &span).await;
+    let label = found.as_ref().map_or("unmatched", |(route, _)| route.path);
+    let mut response = respond(&shard, req, found, &origin, &span).await;
     let status = response.status().as_u16();
-    shard.metrics.http(route, status, started.elapsed());
+    shard.metrics.http(label, status, started.elapsed());
     tracing::debug!(parent: &span, status, "done");
     response.headers_mut().insert(REQUEST_ID, id);
     origin.decorate(&mut response);
@@ -71,6 +75,7 @@ pub async fn serve(
 async fn respond(
     shard: &Rc<ShardContext>,
     req: Request<Incoming>,
+    found: Found<'_>,
     origin: &Origin,
     span: &tracing::Span,
 ) -> Response<Body> {
@@ -83,7 +88,7 @@ async fn respond(
         return error_response(&ApiError::Forbidden("Origin not allowed"));
     }
     // A bug in one handler must cost one request, not the shard thread it runs on.
-    let handled = AssertUnwindSafe(route(shard, req).instrument(span.clone()))
+    let handled = AssertUnwindSafe(route(shard, req, found).instrument(span.clone()))
         .catch_unwind()
         .await;
     match handled {
@@ -116,9 +121,11 @@ fn request_id(req: &Request<Incoming>) -> header::HeaderValue {
         })
 }
 
-async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
-    let path = req.uri().path().to_owned();
-    let Some((route, values)) = routes::find(&path) else {
+/// The route a request's path matched, with the values of its `{name}` segments.
+type Found<'p> = Option<(&'static routes::Route, Vec<&'p str>)>;
+
+async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>, found: Found<'_>) -> Reply {
+    let Some((route, values)) = found else {
         return Err(ApiError::NotFound("Not Found".into()));
     };
     // HEAD is GET without the body; hyper leaves the body out on the wire.
