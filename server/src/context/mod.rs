@@ -48,40 +48,37 @@ impl ShardContext {
 }
 
 /// Counts a shard's open connections; the shutdown drain waits for the count to reach
-/// zero instead of polling it.
+/// zero instead of polling it. The count is the shard's `chat_connections_open` gauge
+/// itself: only this shard writes it, `/metrics` reads it.
 pub struct Connections {
-    open: Cell<usize>,
+    open: Gauge,
     drained: Cell<Option<Waker>>,
-    /// The same count, for `/metrics`.
-    gauge: Gauge,
 }
 
 /// Held by a connection's task for its lifetime, unwinding included.
 pub struct Open<'a>(&'a Connections);
 
 impl Connections {
-    fn new(gauge: Gauge) -> Self {
+    fn new(open: Gauge) -> Self {
         Self {
-            open: Cell::new(0),
+            open,
             drained: Cell::new(None),
-            gauge,
         }
     }
 
     pub fn open(&self) -> Open<'_> {
-        self.open.set(self.open.get() + 1);
-        self.gauge.inc();
+        self.open.inc();
         Open(self)
     }
 
     pub fn count(&self) -> usize {
-        self.open.get()
+        usize::try_from(self.open.get()).unwrap_or(0)
     }
 
     /// Resolves once no connection is open. One waiter at a time (the drain).
     pub async fn all_closed(&self) {
         poll_fn(|cx| {
-            if self.open.get() == 0 {
+            if self.count() == 0 {
                 Poll::Ready(())
             } else {
                 self.drained.set(Some(cx.waker().clone()));
@@ -94,10 +91,8 @@ impl Connections {
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        let left = self.0.open.get() - 1;
-        self.0.open.set(left);
-        self.0.gauge.dec();
-        if left == 0 {
+        // `dec` answers the count before this connection left.
+        if self.0.open.dec() == 1 {
             if let Some(waker) = self.0.drained.take() {
                 waker.wake();
             }
