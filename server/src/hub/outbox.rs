@@ -281,6 +281,10 @@ impl Outbox {
                 return Poll::Pending;
             }
             batch.extend(queue.drain(..));
+            if queue.capacity() > 64 {
+                // Idle connections keep no room a past burst needed.
+                *queue = VecDeque::new();
+            }
             self.queued_bytes.set(0);
             Poll::Ready(Next::Write {
                 last: self.state.get() == State::Closing,

@@ -136,11 +136,36 @@ impl Close {
 /// A close frame with a status code and reason, as the server sends it.
 pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut frame = BytesMut::with_capacity(4 + reason.len());
-    frame.put_u8(0x88);
-    frame.put_u8((2 + reason.len()) as u8);
-    frame.put_u16(code);
-    frame.extend_from_slice(reason);
+    let mut payload = [0; 125];
+    payload[..2].copy_from_slice(&code.to_be_bytes());
+    payload[2..2 + reason.len()].copy_from_slice(reason);
+    control_frame(0x8, &payload[..2 + reason.len()])
+}
+
+/// The pong a client's ping obliges: the ping's payload, returned.
+pub fn pong_frame(ping: &[u8]) -> Bytes {
+    control_frame(0xA, ping)
+}
+
+/// The answer to a client's close: its own status code and reason, returned; 1000
+/// when it gave none, since an empty echo would leave the client with 1005 ("no
+/// status received").
+pub fn close_echo(close: &[u8]) -> Bytes {
+    if close.is_empty() {
+        Close::Normal.frame()
+    } else {
+        control_frame(0x8, close)
+    }
+}
+
+/// An unmasked, final control frame; the payload is cut to the 125 bytes RFC 6455
+/// allows (the frame reader refuses longer ones before they get here).
+fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let payload = &payload[..payload.len().min(125)];
+    let mut frame = BytesMut::with_capacity(2 + payload.len());
+    frame.put_u8(0x80 | opcode);
+    frame.put_u8(payload.len() as u8);
+    frame.extend_from_slice(payload);
     frame.freeze()
 }
 

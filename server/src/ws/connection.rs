@@ -1,6 +1,6 @@
 //! One upgraded WebSocket connection: a reader that parses, validates and submits
 //! client events to the hub, and a writer that drains the connection's outbound queue,
-//! coalescing whatever is queued into one write. Both run in one task; when either
+//! handing whatever is queued to the kernel in one vectored write. Both run in one task; when either
 //! ends the other is dropped, the connection is unregistered and its memory freed.
 //! Nothing here blocks the shard.
 //!
@@ -10,17 +10,19 @@
 //! it waits briefly for the client's close before ending TCP, so clients see a clean
 //! close rather than a reset (a condemned or vanished peer gets no such wait).
 
-use std::convert::Infallible;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
+use super::frame::{FrameReader, Opcode, ReadError};
 use crate::context::ShardContext;
 use crate::hub::outbox::{Next, Outbox};
 use crate::hub::{Admitted, Hub, Refused};
@@ -31,18 +33,12 @@ use crate::protocol::{self, ClientEvent, Close, ProtocolError, ServerEvent};
 /// waits for the client's answering close.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
-/// RFC 6455 5.5: control frames carry at most 125 bytes.
-const MAX_CONTROL_PAYLOAD: usize = 125;
+pub type Io = TokioIo<Upgraded>;
+type Reader = FrameReader<tokio::io::ReadHalf<Io>>;
 
-type Io = TokioIo<Upgraded>;
-type Reader = WebSocketRead<tokio::io::ReadHalf<Io>>;
-
-pub async fn run(shard: &ShardContext, ws: WebSocket<Io>, admission: Result<Admitted, Close>) {
-    let (read, mut write) = tokio::io::split(ws.into_inner());
-    let (mut reader, _) =
-        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    // fastwebsockets refuses single frames of `max_message_size` bytes or more.
-    reader.set_max_message_size(shard.app.config.ws_max_message_bytes + 1);
+pub async fn run(shard: &ShardContext, io: Io, admission: Result<Admitted, Close>) {
+    let (read, mut write) = tokio::io::split(io);
+    let mut reader = FrameReader::new(read, shard.app.config.ws_max_message_bytes);
     let admitted = match admission {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -143,10 +139,9 @@ impl Drop for Registered<'_> {
 /// After the server's close frame: wait (briefly) for the client's, so the client
 /// closes the TCP connection cleanly instead of meeting a reset.
 async fn linger(reader: &mut Reader) {
-    let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
     let _ = monoio::time::timeout(FLUSH_GRACE, async {
-        while let Ok(frame) = reader.read_frame(&mut ignore).await {
-            if frame.opcode == OpCode::Close {
+        while let Ok(frame) = reader.next().await {
+            if frame.opcode == Opcode::Close {
                 break;
             }
         }
@@ -156,76 +151,55 @@ async fn linger(reader: &mut Reader) {
 
 async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> ReadEnd {
     let max = shard.app.config.ws_max_message_bytes;
-    // Fragments are reassembled here rather than by fastwebsockets so that the total
-    // size of a fragmented message is bounded too, not only each fragment.
+    // Fragments are joined here, so that the total size of a fragmented message is
+    // bounded too, not only each fragment.
     let mut fragments: Vec<u8> = Vec::new();
-    let mut fragmented: Option<OpCode> = None;
+    let mut fragmented: Option<Opcode> = None;
     loop {
-        // Pongs and the close echo that the protocol obliges go through the same queue
-        // as everything else, so frames never interleave on the wire.
-        let mut obliged = |mut frame: Frame<'_>| {
-            conn.seen();
-            // fastwebsockets refuses long pings itself, not long closes.
-            if frame.payload.len() > MAX_CONTROL_PAYLOAD {
-                conn.close(Close::ProtocolError);
-            } else if frame.opcode == OpCode::Close && frame.payload.is_empty() {
-                // Echoing an empty close would leave the client with 1005 ("no status
-                // received"); 1000 tells it the close was normal.
-                conn.close_with(Close::Normal.frame());
-            } else {
-                let mut buf = Vec::with_capacity(frame.payload.len() + 16);
-                let written = Bytes::copy_from_slice(frame.write(&mut buf));
-                if frame.opcode == OpCode::Close {
-                    conn.close_with(written);
-                } else {
-                    conn.push(written);
-                }
-            }
-            std::future::ready(Ok::<(), Infallible>(()))
-        };
-        let mut frame = match reader.read_frame(&mut obliged).await {
+        let frame = match reader.next().await {
             Ok(frame) => frame,
-            Err(e) => return fail(conn, &e),
+            Err(e) => return fail(conn, e),
         };
         conn.seen();
         match (frame.opcode, fragmented) {
-            (OpCode::Close, _) => return ReadEnd::PeerClosed,
-            (OpCode::Pong, _) if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
-                conn.close(Close::ProtocolError);
-                return ReadEnd::Refused;
+            // The pong and the close echo the protocol obliges go through the same
+            // queue as everything else, so frames never interleave on the wire.
+            (Opcode::Ping, _) => conn.push(protocol::pong_frame(frame.payload)),
+            (Opcode::Close, _) => {
+                conn.close_with(protocol::close_echo(frame.payload));
+                return ReadEnd::PeerClosed;
             }
-            (OpCode::Text | OpCode::Binary, None) if frame.fin => {
-                on_message(shard, conn, frame.opcode, frame.payload.to_mut()).await;
+            // Pongs answer our heartbeat; being heard from is all they mean.
+            (Opcode::Pong, _) => {}
+            (Opcode::Text | Opcode::Binary, None) if frame.fin => {
+                on_message(shard, conn, frame.opcode, frame.payload).await;
             }
-            (OpCode::Text | OpCode::Binary, None) => {
+            (Opcode::Text | Opcode::Binary, None) => {
                 fragmented = Some(frame.opcode);
                 fragments.clear();
-                fragments.extend_from_slice(&frame.payload);
+                fragments.extend_from_slice(frame.payload);
             }
-            (OpCode::Continuation, Some(opcode)) => {
+            (Opcode::Continuation, Some(opcode)) => {
                 if fragments.len() + frame.payload.len() > max {
                     conn.close(Close::TooBig);
                     return ReadEnd::Refused;
                 }
-                fragments.extend_from_slice(&frame.payload);
+                fragments.extend_from_slice(frame.payload);
                 if frame.fin {
                     fragmented = None;
-                    if opcode == OpCode::Text && std::str::from_utf8(&fragments).is_err() {
+                    if opcode == Opcode::Text && std::str::from_utf8(&fragments).is_err() {
                         conn.close(Close::InvalidUtf8);
                         return ReadEnd::Refused;
                     }
                     on_message(shard, conn, opcode, &mut fragments).await;
-                    if fragments.capacity() > 64 * 1024 {
-                        fragments = Vec::new();
-                    }
+                    // A finished message keeps nothing: idle connections hold no buffer.
+                    fragments = Vec::new();
                 }
             }
-            (OpCode::Text | OpCode::Binary | OpCode::Continuation, _) => {
+            (Opcode::Text | Opcode::Binary | Opcode::Continuation, _) => {
                 conn.close(Close::BadFragmentation);
                 return ReadEnd::Refused;
             }
-            // Pongs answer our heartbeat; being heard from is all they mean.
-            _ => {}
         }
         if !conn.is_open() {
             return ReadEnd::Closing;
@@ -235,8 +209,8 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
 
 /// One complete client message: parse, validate, submit; any refusal is an `error`
 /// event and the connection stays open.
-async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: OpCode, payload: &mut [u8]) {
-    let (refusal, detail, reference) = if opcode == OpCode::Binary {
+async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: Opcode, payload: &mut [u8]) {
+    let (refusal, detail, reference) = if opcode == Opcode::Binary {
         (Refusal::Invalid, ProtocolError::Binary.to_string(), None)
     } else {
         let parsed = protocol::parse(payload);
@@ -281,21 +255,15 @@ fn kind(event: &ClientEvent) -> EventKind {
 }
 
 /// Closes with the status RFC 6455 gives for what went wrong; I/O errors just end.
-fn fail(conn: &Outbox, e: &WebSocketError) -> ReadEnd {
-    let reason = match e {
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => return ReadEnd::Gone,
-        WebSocketError::FrameTooLarge => Close::TooBig,
-        WebSocketError::InvalidUTF8 => Close::InvalidUtf8,
-        other => {
-            tracing::debug!(error = %other, "protocol error");
-            Close::ProtocolError
+fn fail(conn: &Outbox, e: ReadError) -> ReadEnd {
+    match e {
+        ReadError::Gone => ReadEnd::Gone,
+        ReadError::Refused(reason) => {
+            tracing::debug!(?reason, "broken frame");
+            conn.close(reason);
+            ReadEnd::Refused
         }
-    };
-    // A bad close code has its 1002 answer queued by fastwebsockets already.
-    conn.close(reason);
-    ReadEnd::Refused
+    }
 }
 
 /// Why the writer stopped.
@@ -320,11 +288,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         WriterEnd::Condemned(reason)
     };
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut coalesced: Vec<u8> = Vec::new();
     loop {
         let mut next = conn.next(&mut batch).await;
         let written = {
-            let write_batch = write_batch(write, &batch, &mut coalesced);
+            let write_batch = write_batch(write, &batch);
             let mut write_batch = std::pin::pin!(write_batch);
             monoio::select! {
                 r = &mut write_batch => r,
@@ -344,9 +311,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         batch.clear();
-        if coalesced.capacity() > 64 * 1024 {
-            // Do not let one burst pin a large buffer for the connection's lifetime.
-            coalesced = Vec::new();
+        if batch.capacity() > 64 {
+            // A burst (a replayed backlog) must not pin its list for the connection's life.
+            batch = Vec::new();
         }
         if written.is_err() {
             return WriterEnd::Failed;
@@ -368,22 +335,34 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes the batch: a lone frame straight from its shared buffer, several frames
-/// coalesced into one buffer and one write.
-async fn write_batch<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    batch: &[Bytes],
-    coalesced: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    match batch {
-        [] => Ok(()),
-        [one] => write.write_all(one).await,
-        many => {
-            coalesced.clear();
-            for frame in many {
-                coalesced.extend_from_slice(frame);
+/// Frames handed to the kernel in one vectored write, at most.
+const FRAMES_PER_WRITE: usize = 64;
+
+/// Writes the batch straight from the frames' shared buffers, as many frames per
+/// system call as the kernel takes: nothing is copied, and no buffer outlives the call.
+async fn write_batch<W: AsyncWrite + Unpin>(write: &mut W, batch: &[Bytes]) -> io::Result<()> {
+    // The first frame not yet written in full, and how much of it is.
+    let (mut first, mut offset) = (0, 0);
+    while first < batch.len() {
+        let written = poll_fn(|cx| {
+            // Built on every poll, on the stack: the connection's future holds no slices.
+            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+            let frames = &batch[first..batch.len().min(first + FRAMES_PER_WRITE)];
+            for (slice, frame) in slices.iter_mut().zip(frames) {
+                *slice = IoSlice::new(frame);
             }
-            write.write_all(coalesced).await
+            slices[0] = IoSlice::new(&batch[first][offset..]);
+            Pin::new(&mut *write).poll_write_vectored(cx, &slices[..frames.len()])
+        })
+        .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        offset += written;
+        while first < batch.len() && offset >= batch[first].len() {
+            offset -= batch[first].len();
+            first += 1;
         }
     }
+    Ok(())
 }

@@ -1,13 +1,14 @@
 //! The WebSocket endpoint `/api/chat/ws/{conversation_id}?token=`: admission (token,
 //! membership) while the upgrade request is still HTTP, the upgrade itself
-//! (fastwebsockets on the shard's hyper connection), then the connection's life in
-//! `connection`. Refusals follow the protocol (docs/protocol.md): an `error` event,
+//! (fastwebsockets' handshake on the shard's hyper connection), then the connection's
+//! life in `connection`, reading the client's frames with `frame`. Refusals follow the protocol (docs/protocol.md): an `error` event,
 //! then close 1008 (1011 when the store could not be asked).
 //!
 //! Below `http`: the router hands it the request and the token; it never imports the
 //! HTTP layer back.
 
 mod connection;
+mod frame;
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -79,7 +80,7 @@ pub async fn upgrade(
         match upgraded.await {
             Ok(ws) => {
                 // A bug in one connection must not take the shard thread down with it.
-                let run = AssertUnwindSafe(connection::run(&shard, ws, admission));
+                let run = AssertUnwindSafe(connection::run(&shard, ws.into_inner(), admission));
                 if run.catch_unwind().await.is_err() {
                     tracing::error!("websocket connection task panicked");
                 }
