@@ -10,7 +10,7 @@
 //! it waits briefly for the client's close before ending TCP, so clients see a clean
 //! close rather than a reset (a condemned or vanished peer gets no such wait).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -43,7 +43,7 @@ pub async fn run(shard: &ShardContext, io: Io, admission: Result<Admitted, Close
         Ok(admitted) => admitted,
         Err(refusal) => {
             let frames = refusal.frames().concat();
-            let sent = monoio::time::timeout(FLUSH_GRACE, write.write_all(&frames)).await;
+            let sent = within_grace(write.write_all(&frames)).await;
             if matches!(sent, Ok(Ok(()))) {
                 linger(&mut reader).await;
             }
@@ -86,7 +86,7 @@ pub async fn run(shard: &ShardContext, io: Io, admission: Result<Admitted, Close
                 End::Reader(end) => {
                     // The reader stopped (client close, protocol error, a close queued
                     // by the hub): let the writer send what is queued, the close included.
-                    let flushed = monoio::time::timeout(FLUSH_GRACE, &mut writer).await;
+                    let flushed = within_grace(&mut writer).await;
                     matches!(flushed, Ok(WriterEnd::Closed)) && end != ReadEnd::PeerClosed
                 }
                 End::Writer(end) => end == WriterEnd::Closed,
@@ -139,7 +139,7 @@ impl Drop for Registered<'_> {
 /// After the server's close frame: wait (briefly) for the client's, so the client
 /// closes the TCP connection cleanly instead of meeting a reset.
 async fn linger(reader: &mut Reader) {
-    let _ = monoio::time::timeout(FLUSH_GRACE, async {
+    let _ = within_grace(async {
         while let Ok(frame) = reader.next().await {
             if frame.opcode == Opcode::Close {
                 break;
@@ -172,7 +172,9 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
             // Pongs answer our heartbeat; being heard from is all they mean.
             (Opcode::Pong, _) => {}
             (Opcode::Text | Opcode::Binary, None) if frame.fin => {
-                on_message(shard, conn, frame.opcode, frame.payload).await;
+                // On the heap while it runs: inline, the submission's state would be
+                // part of every idle connection's task.
+                Box::pin(on_message(shard, conn, frame.opcode, frame.payload)).await;
             }
             (Opcode::Text | Opcode::Binary, None) => {
                 fragmented = Some(frame.opcode);
@@ -191,7 +193,7 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
                         conn.close(Close::InvalidUtf8);
                         return ReadEnd::Refused;
                     }
-                    on_message(shard, conn, opcode, &mut fragments).await;
+                    Box::pin(on_message(shard, conn, opcode, &mut fragments)).await;
                     // A finished message keeps nothing: idle connections hold no buffer.
                     fragments = Vec::new();
                 }
@@ -266,6 +268,13 @@ fn fail(conn: &Outbox, e: ReadError) -> ReadEnd {
     }
 }
 
+/// `work`, given at most `FLUSH_GRACE`. The timer lives on the heap, and only while
+/// a connection is closing: inline, its 640 bytes would be part of every idle
+/// connection's task, since a future is as large as its largest state.
+async fn within_grace<F: Future>(work: F) -> Result<F::Output, monoio::time::error::Elapsed> {
+    Box::pin(monoio::time::timeout(FLUSH_GRACE, work)).await
+}
+
 /// Why the writer stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WriterEnd {
@@ -303,7 +312,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     if next != (Next::Write { last: true }) {
                         next = Next::Condemned(reason);
                     }
-                    match monoio::time::timeout(FLUSH_GRACE, &mut write_batch).await {
+                    match within_grace(&mut write_batch).await {
                         Ok(r) => r,
                         Err(_) => return condemned(reason),
                     }
@@ -328,7 +337,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     tracing::debug!(?reason, "closing");
                 }
                 let close = reason.frames().concat();
-                let _ = monoio::time::timeout(FLUSH_GRACE, write.write_all(&close)).await;
+                let _ = within_grace(write.write_all(&close)).await;
                 return condemned(reason);
             }
         }

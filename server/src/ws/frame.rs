@@ -304,7 +304,10 @@ mod tests {
         }
     }
 
-    fn read_all(bytes: &[u8], max: usize) -> Vec<Result<(bool, Opcode, Vec<u8>), ReadError>> {
+    /// A frame as read: fin, opcode, payload.
+    type Read = Result<(bool, Opcode, Vec<u8>), ReadError>;
+
+    fn read_all(bytes: &[u8], max: usize) -> Vec<Read> {
         let mut out = Vec::new();
         let mut reader = FrameReader::new(Trickle { bytes, step: 7 }, max);
         let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

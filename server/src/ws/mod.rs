@@ -77,15 +77,16 @@ pub async fn upgrade(
     let shard = Rc::clone(shard);
     monoio::spawn(async move {
         let _open = shard.connections.open();
-        match upgraded.await {
-            Ok(ws) => {
-                // A bug in one connection must not take the shard thread down with it.
-                let run = AssertUnwindSafe(connection::run(&shard, ws.into_inner(), admission));
-                if run.catch_unwind().await.is_err() {
-                    tracing::error!("websocket connection task panicked");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        // Only the socket is kept: what the upgrade returned around it would stay in
+        // the task for the connection's whole life.
+        let io = match upgraded.await {
+            Ok(ws) => ws.into_inner(),
+            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+        };
+        // A bug in one connection must not take the shard thread down with it.
+        let run = AssertUnwindSafe(connection::run(&shard, io, admission));
+        if run.catch_unwind().await.is_err() {
+            tracing::error!("websocket connection task panicked");
         }
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
