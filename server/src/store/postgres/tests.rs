@@ -32,6 +32,129 @@ async fn postgres_store_conforms() {
     drop(store);
 }
 
+/// The same checks with every batch, however small, committed through binary COPY.
+#[tokio::test]
+async fn postgres_store_conforms_through_copy() {
+    let db = PgTestDb::create().await;
+    let store = PostgresStore::connect(&db.url(), 4)
+        .await
+        .expect("postgres store connects")
+        .with_copy_from(1);
+    conformance::run(&store).await;
+}
+
+/// One COPY batch with a repeat, a gone conversation and new messages, then a batch
+/// that fails: each leaves the only pooled connection clean (no transaction left open)
+/// and takes no position it did not commit.
+#[tokio::test]
+async fn postgres_copy_batch_mixes_repeats_gone_and_new() {
+    use crate::ids::{ConversationId, Seq};
+    use crate::store::{Original, Stored};
+    use crate::text::ClientId;
+
+    let db = PgTestDb::create().await;
+    let store = PostgresStore::connect(&db.url(), 1)
+        .await
+        .expect("connect")
+        .with_copy_from(1);
+    let conformance::Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = conformance::pair(&store, "copy", Some("copy")).await;
+    let key = |k: &str| Some(ClientId::parse(k).expect("client id"));
+
+    let mut first = conformance::messages(chat.id, &[alice.id], start, 1);
+    first[0].client_id = key("sent-once");
+    assert_eq!(
+        store.insert_messages(&first).await.expect("first"),
+        vec![Stored::New(Seq(1))]
+    );
+
+    let later = start + chrono::Duration::seconds(1);
+    let mut mixed = conformance::messages(chat.id, &[alice.id, bob.id], later, 4);
+    mixed[0].client_id = key("sent-once");
+    mixed[1].client_id = key("sent-once");
+    mixed[2].conversation_id = ConversationId::random();
+    mixed[3].client_id = key("new-one");
+    let outcomes = store.insert_messages(&mixed).await.expect("mixed batch");
+    assert_eq!(
+        outcomes,
+        vec![
+            Stored::Duplicate(Original {
+                id: first[0].id,
+                seq: Seq(1),
+                content: first[0].content.as_str().to_owned(),
+                created_at: first[0].created_at,
+            }),
+            Stored::New(Seq(2)),
+            Stored::Gone,
+            Stored::New(Seq(3)),
+        ],
+        "bob's key is his own send; the repeat and the rolled-back COPY took no position"
+    );
+
+    let mut failing = conformance::messages(chat.id, &[bob.id], later, 2);
+    failing[1].id = first[0].id;
+    let failed = store.insert_messages(&failing).await;
+    assert!(
+        matches!(failed, Err(StoreError::Conflict(_))),
+        "a taken message id: {failed:?}"
+    );
+
+    let last = conformance::messages(chat.id, &[bob.id], later, 1);
+    assert_eq!(
+        store.insert_messages(&last).await.expect("after a failure"),
+        vec![Stored::New(Seq(4))]
+    );
+    assert_eq!(
+        conformance::all_history(&store, chat.id).await,
+        vec![first[0].id, mixed[1].id, mixed[3].id, last[0].id]
+    );
+}
+
+/// A batch at the COPY threshold, over two conversations: every message at its place,
+/// one conversation's positions unbroken by the other's.
+#[tokio::test]
+async fn postgres_copy_threshold_takes_large_batches() {
+    use crate::ids::Seq;
+    use crate::store::Stored;
+
+    const LARGE: usize = 5000;
+    let db = PgTestDb::create().await;
+    let store = PostgresStore::connect(&db.url(), 1)
+        .await
+        .expect("connect")
+        .with_copy_from(LARGE);
+    let (one, mut batch) = conformance::seed(&store, "large_one", LARGE / 2).await;
+    let (two, more) = conformance::seed(&store, "large_two", LARGE / 2).await;
+    batch.extend(more);
+    batch.sort_by_key(|m| m.created_at);
+    assert!(batch.len() >= LARGE, "takes the COPY path");
+
+    let outcomes = store.insert_messages(&batch).await.expect("large batch");
+    let mut next = std::collections::HashMap::from([(one, 0), (two, 0)]);
+    let expected: Vec<_> = batch
+        .iter()
+        .map(|m| {
+            let seq = next.get_mut(&m.conversation_id).expect("seeded");
+            *seq += 1;
+            Stored::New(Seq(*seq))
+        })
+        .collect();
+    assert_eq!(outcomes, expected);
+    for chat in [one, two] {
+        let stored = conformance::all_history(&store, chat).await;
+        let sent: Vec<_> = batch
+            .iter()
+            .filter(|m| m.conversation_id == chat)
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(stored, sent);
+    }
+}
+
 #[tokio::test]
 async fn postgres_down_is_unavailable() {
     let closed = {
