@@ -7,15 +7,8 @@
 //! no idempotency index), on a database of that schema in the same run: what the
 //! positions and the two unique indexes cost.
 //!
-//! `copy_vs_unnest` sets the two ways the store commits a batch side by side (binary
-//! COPY after a bump statement, and the one `INSERT .. SELECT FROM UNNEST` statement) at
-//! several batch sizes, with and without `client_id`s, plus the path the store picks by
-//! default. Every measurement starts from an empty `messages` table just checkpointed, so
-//! the faster path is not slowed by the rows the slower one left behind (it is by its
-//! own).
-//!
 //! Run: `cargo bench -p benches --bench writer` (needs PostgreSQL at 127.0.0.1:5432,
-//! or `TEST_POSTGRES_URL`); `-- copy_vs_unnest` for the second group alone.
+//! or `TEST_POSTGRES_URL`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +19,7 @@ use chat_server::metrics::WriterMetrics;
 use chat_server::store::writer::{self, BatchPolicy};
 use chat_server::store::{ConversationRecord, NewMessage, PostgresStore, Store, UserRecord};
 use chat_server::text::{ClientId, Content};
-use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
-};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const BATCH: usize = 1000;
 /// Smaller than `BATCH`: a commit per message is two to three orders of magnitude
@@ -196,12 +187,13 @@ fn writer_throughput(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
                 let messages = fixture.messages(WRITER_MESSAGES);
-                let (handle, task) = writer::spawn(
-                    Arc::clone(&store),
-                    BatchPolicy::default(),
-                    WriterMetrics::default(),
-                    runtime.handle(),
-                );
+                let (handle, task) =
+                    writer::spawn(
+                        Arc::clone(&store),
+                        BatchPolicy::default(),
+                        WriterMetrics::default(),
+                        runtime.handle(),
+                    );
                 let (reported, mut reports) = tokio::sync::mpsc::unbounded_channel();
                 let started = Instant::now();
                 for message in messages {
@@ -383,94 +375,5 @@ impl FirstSchema {
     }
 }
 
-/// Batch sizes of `copy_vs_unnest`: from what the writer commits at a trickle to more
-/// than its default batch.
-const SIZES: [usize; 4] = [10, 100, 1000, 5000];
-
-fn copy_vs_unnest(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let db = runtime
-        .block_on(ScratchDatabase::create("chat_bench_copy"))
-        .expect("a scratch database on the local PostgreSQL");
-    // Three stores on one database, differing only in which batches go through COPY.
-    let connect = |copy_from: Option<usize>| {
-        runtime.block_on(async {
-            let store = PostgresStore::connect(&db.url(), 4)
-                .await
-                .expect("postgres store");
-            match copy_from {
-                Some(n) => store.with_copy_from(n),
-                None => store,
-            }
-        })
-    };
-    let paths: [(&str, PostgresStore); 3] = [
-        ("unnest", connect(Some(usize::MAX))),
-        ("copy", connect(Some(1))),
-        ("default", connect(None)),
-    ];
-    let mut fixture = runtime.block_on(Fixture::create(&paths[0].1));
-    let admin = runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        client
-    });
-
-    let mut group = c.benchmark_group("copy_vs_unnest");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
-    for size in SIZES {
-        group.throughput(elements(size));
-        for with_client_ids in [true, false] {
-            for (path, store) in &paths {
-                runtime.block_on(async {
-                    // The conversations' counters keep counting; their dead row
-                    // versions are swept so each path starts from the same state.
-                    for statement in ["TRUNCATE messages CASCADE", "VACUUM ANALYZE conversations"] {
-                        admin.batch_execute(statement).await.expect(statement);
-                    }
-                });
-                let name = if with_client_ids {
-                    format!("{path}/client_ids")
-                } else {
-                    format!("{path}/no_client_ids")
-                };
-                group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
-                    b.iter_custom(|iters| {
-                        runtime.block_on(async {
-                            let mut spent = Duration::ZERO;
-                            for _ in 0..iters {
-                                let mut batch = fixture.messages(size);
-                                if !with_client_ids {
-                                    for m in &mut batch {
-                                        m.client_id = None;
-                                    }
-                                }
-                                let started = Instant::now();
-                                store.insert_messages(&batch).await.expect("batch commits");
-                                spent += started.elapsed();
-                            }
-                            spent
-                        })
-                    });
-                });
-            }
-        }
-    }
-    group.finish();
-    drop(admin);
-    drop(paths);
-    drop(db);
-}
-
-criterion_group!(benches, writer_throughput, copy_vs_unnest);
+criterion_group!(benches, writer_throughput);
 criterion_main!(benches);

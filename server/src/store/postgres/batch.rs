@@ -1,41 +1,24 @@
-//! A batch of messages into PostgreSQL in one transaction: each new message takes the
-//! next position of its conversation from the conversation's counter (whose row lock
-//! serialises every writer of the conversation), the rows are inserted, the
-//! conversations bumped. Batches below the store's COPY threshold (by default all of
-//! them, see `COPY_FROM`) do it all in one statement; larger ones bump first and send the
-//! rows by binary COPY (`copy`).
+//! A batch of messages into PostgreSQL in one statement, one transaction: each new
+//! message takes the next position of its conversation from the conversation's counter
+//! (whose row lock serialises every writer of the conversation), the rows are inserted,
+//! the conversations bumped.
 //!
 //! Repeats of a `client_id` are rare (a client resending after a lost ack), so the
-//! common paths do not look for them: the partial unique index does, for free, as it
-//! takes the rows. When it refuses one, the transaction is gone (no position taken)
+//! common statement does not look for them: the partial unique index does, for free, as
+//! it takes the rows. When it refuses one, the transaction is gone (no position taken)
 //! and the batch is committed again by the checked statement, which answers repeats with
-//! their original. It must never number messages outside the transaction that inserts
-//! them, and must lock conversations in id order whichever path it takes.
+//! their original. It must never number messages outside the statement that inserts
+//! them.
 
-mod copy;
-
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::ids::{MessageId, Seq};
 use crate::store::{NewMessage, Original, Stored};
-
-/// The smallest batch committed through binary COPY by default: none.
-///
-/// Measured on 2 shared cores against local PostgreSQL 15 (BENCHMARKS.md, 2026-12-02,
-/// three runs), committed messages/s of COPY against the one statement: 0.6-0.8x at 10
-/// messages without `client_id` (four round trips instead of one), 0.7-1.1x at 100,
-/// 0.8-1.1x at 1,000 and 5,000, with a run-to-run noise of that order. The rows' own work
-/// (two foreign-key checks, three index entries and their WAL per message) is the same
-/// on both paths and most of the time; COPY saves only the arrays and the join. Level at
-/// best, so the single statement (one round trip, no transaction left open on the
-/// connection between round trips) stays the default at every size.
-pub(super) const COPY_FROM: usize = usize::MAX;
 
 /// The index that makes a `client_id` one message.
 const CLIENT_ID_KEY: &str = "messages_client_id_key";
@@ -164,47 +147,14 @@ impl<'a> Columns<'a> {
         columns
     }
 
-    /// Commits the batch, through binary COPY if it has at least `copy_from` messages;
-    /// one outcome per message, in batch order.
+    /// Commits the batch; one outcome per message, in batch order.
     pub(super) async fn insert(
         &self,
-        client: &mut Object,
-        copy_from: usize,
+        client: &Object,
     ) -> Result<Vec<Stored>, tokio_postgres::Error> {
-        let bases = if self.ids.len() >= copy_from {
-            copy::insert(self, client).await
-        } else {
-            self.insert_unnest(client).await
-        };
-        match bases {
-            Ok(bases) => Ok(self
-                .conversations
-                .iter()
-                .zip(&self.places)
-                .map(|(c, k)| match bases.get(c) {
-                    Some(base) => Stored::New(Seq::from_db(base + k)),
-                    // No counter to take a position from: the conversation is gone.
-                    None => Stored::Gone,
-                })
-                .collect()),
-            Err(e) if is_repeat(&e) => self.insert_checked(client).await,
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The bumped conversations' ids in id order, their message counts and newest times:
-    /// the per-conversation arrays of both paths.
-    fn bumps(&self) -> (Vec<Uuid>, Vec<i64>, Vec<DateTime<Utc>>) {
-        (
-            self.bumps.keys().copied().collect(),
-            self.bumps.values().map(|b| b.0).collect(),
-            self.bumps.values().map(|b| b.1).collect(),
-        )
-    }
-
-    /// The one-statement path: each existing conversation's position before the batch.
-    async fn insert_unnest(&self, client: &Object) -> Result<Bases, tokio_postgres::Error> {
-        let (bumped, counts, newest) = self.bumps();
+        let bumped: Vec<Uuid> = self.bumps.keys().copied().collect();
+        let counts: Vec<i64> = self.bumps.values().map(|b| b.0).collect();
+        let newest: Vec<DateTime<Utc>> = self.bumps.values().map(|b| b.1).collect();
         let params: [&(dyn ToSql + Sync); 10] = [
             &self.ids,
             &self.conversations,
@@ -218,56 +168,59 @@ impl<'a> Columns<'a> {
             &self.client_ids,
         ];
         let stmt = client.prepare_cached(INSERT).await?;
-        bases(&client.query(&stmt, &params).await?)
-    }
-
-    /// The path after a repeat (in its own transaction, the failed one rolled back).
-    async fn insert_checked(&self, client: &Object) -> Result<Vec<Stored>, tokio_postgres::Error> {
-        let stmt = client.prepare_cached(INSERT_CHECKED).await?;
-        let params: [&(dyn ToSql + Sync); 6] = [
-            &self.ids,
-            &self.conversations,
-            &self.senders,
-            &self.contents,
-            &self.times,
-            &self.client_ids,
-        ];
-        let rows = client.query(&stmt, &params).await?;
-        let mut outcomes = vec![Stored::Gone; self.ids.len()];
-        for row in &rows {
-            let ord: i64 = row.try_get(0)?;
-            let seq = Seq::from_db(row.try_get(1)?);
-            let outcome = match row.try_get::<_, Option<Uuid>>(2)? {
-                None => Stored::New(seq),
-                Some(id) => Stored::Duplicate(Original {
-                    id: MessageId(id),
-                    seq,
-                    content: row.try_get(3)?,
-                    created_at: row.try_get(4)?,
-                }),
-            };
-            let slot = usize::try_from(ord - 1)
-                .ok()
-                .and_then(|i| outcomes.get_mut(i));
-            if let Some(slot) = slot {
-                *slot = outcome;
+        match client.query(&stmt, &params).await {
+            Ok(rows) => {
+                let mut base = std::collections::HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    base.insert(row.try_get::<_, Uuid>(0)?, row.try_get::<_, i64>(1)?);
+                }
+                Ok(self
+                    .conversations
+                    .iter()
+                    .zip(&self.places)
+                    .map(|(c, k)| match base.get(c) {
+                        Some(base) => Stored::New(Seq::from_db(base + k)),
+                        // No counter to take a position from: the conversation is gone.
+                        None => Stored::Gone,
+                    })
+                    .collect())
             }
+            Err(e) if is_repeat(&e) => {
+                let stmt = client.prepare_cached(INSERT_CHECKED).await?;
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &self.ids,
+                    &self.conversations,
+                    &self.senders,
+                    &self.contents,
+                    &self.times,
+                    &self.client_ids,
+                ];
+                let rows = client.query(&stmt, &params).await?;
+                let mut outcomes = vec![Stored::Gone; self.ids.len()];
+                for row in &rows {
+                    let ord: i64 = row.try_get(0)?;
+                    let seq = Seq::from_db(row.try_get(1)?);
+                    let outcome = match row.try_get::<_, Option<Uuid>>(2)? {
+                        None => Stored::New(seq),
+                        Some(id) => Stored::Duplicate(Original {
+                            id: MessageId(id),
+                            seq,
+                            content: row.try_get(3)?,
+                            created_at: row.try_get(4)?,
+                        }),
+                    };
+                    let slot = usize::try_from(ord - 1)
+                        .ok()
+                        .and_then(|i| outcomes.get_mut(i));
+                    if let Some(slot) = slot {
+                        *slot = outcome;
+                    }
+                }
+                Ok(outcomes)
+            }
+            Err(e) => Err(e),
         }
-        Ok(outcomes)
     }
-}
-
-/// Each bumped conversation's position before the batch; a conversation of the batch
-/// missing here is gone.
-type Bases = HashMap<Uuid, i64>;
-
-/// `(id, base)` rows as `Bases`.
-fn bases(rows: &[Row]) -> Result<Bases, tokio_postgres::Error> {
-    let mut bases = HashMap::with_capacity(rows.len());
-    for row in rows {
-        bases.insert(row.try_get::<_, Uuid>(0)?, row.try_get::<_, i64>(1)?);
-    }
-    Ok(bases)
 }
 
 /// Whether the common statement met a `client_id` already taken.

@@ -10,7 +10,7 @@
 //!
 //! This file holds the connection side (configuration, migrations, the pool, deadlines
 //! and error mapping); `queries` holds the statements and the row mapping, `batch` the
-//! message batch (one statement for small batches, binary COPY for large ones).
+//! message batch.
 
 mod batch;
 mod queries;
@@ -60,8 +60,6 @@ impl Default for Timeouts {
 pub struct PostgresStore {
     pool: Pool,
     timeouts: Timeouts,
-    /// Batches of at least this many messages are committed through binary COPY.
-    copy_from: usize,
 }
 
 impl PostgresStore {
@@ -110,21 +108,7 @@ impl PostgresStore {
             .recycle_timeout(Some(timeouts.connect))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
-        Ok(Self {
-            pool,
-            timeouts,
-            copy_from: batch::COPY_FROM,
-        })
-    }
-
-    /// Commits batches of at least `messages` messages through binary COPY and smaller
-    /// ones through one statement. Both give the same outcomes; by default no batch is
-    /// copied (`batch` says why). For measuring either path alone: `usize::MAX` never
-    /// copies, `1` always does.
-    #[must_use]
-    pub fn with_copy_from(mut self, messages: usize) -> Self {
-        self.copy_from = messages.max(1);
-        self
+        Ok(Self { pool, timeouts })
     }
 
     /// Runs one store call on a pooled connection, all of it (waiting for the
@@ -133,19 +117,19 @@ impl PostgresStore {
     ///
     /// A connection that missed the deadline is kept out of the pool: whatever it was
     /// doing may still be in flight, and a blackholed peer would stall the next caller
-    /// too. The call gets the connection mutably so it can open a transaction on it.
+    /// too.
     async fn run<T>(
         &self,
-        call: impl AsyncFnOnce(&mut Object) -> Result<T, tokio_postgres::Error>,
+        call: impl AsyncFnOnce(&Object) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.timeouts.operation;
-        let mut client = timeout_at(deadline, self.pool.get())
+        let client = timeout_at(deadline, self.pool.get())
             .await
             .map_err(|_| {
                 StoreError::Unavailable("timed out waiting for a database connection".into())
             })?
             .map_err(|e| StoreError::Unavailable(format!("database connection: {e}")))?;
-        match timeout_at(deadline, call(&mut client)).await {
+        match timeout_at(deadline, call(&client)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(pg_error(&e, client.is_closed())),
             Err(_) => {

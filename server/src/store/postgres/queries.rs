@@ -509,8 +509,7 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let columns = batch::Columns::of(batch);
-        self.run(async |client| columns.insert(client, self.copy_from).await)
-            .await
+        self.run(async |client| columns.insert(client).await).await
     }
 
     async fn edit_message(
