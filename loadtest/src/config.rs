@@ -94,6 +94,19 @@ pub struct Config {
     )]
     pub reconnect_weight: usize,
 
+    /// Keep each user's REST connection open between its calls (`false`: every REST
+    /// call asks `Connection: close`). Kept open, each user holds one more descriptor
+    /// on both sides for the whole run; closing them is how 19,000 WebSockets fit under
+    /// a 20,000 open-files limit.
+    #[arg(
+        long,
+        env = "LOADTEST_REST_KEEP_ALIVE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        help_heading = "Workload"
+    )]
+    pub rest_keep_alive: bool,
+
     /// Usernames are PREFIX-0, PREFIX-1, ...; existing accounts are reused (each user
     /// logs in first and registers only when that fails). Default: a fresh random prefix
     /// per run.
@@ -492,6 +505,17 @@ impl Config {
     /// WebSockets the run opens at once.
     pub fn connections(&self) -> usize {
         self.users() * usize::from(self.conversations_per_user)
+    }
+
+    /// Descriptors a run holds on each side: its WebSockets, each user's kept-alive
+    /// REST connection, and room for files and connections in passing.
+    pub fn descriptors(&self) -> usize {
+        let rest = if self.rest_keep_alive {
+            self.users()
+        } else {
+            0
+        };
+        self.connections() + rest + 1024
     }
 
     /// Chat events (messages and typing indicators) one user sends per second at

@@ -55,9 +55,8 @@ use crate::state::{lock, Node, Run, Sources, Stage};
 /// ends; [`report::render`] gives the WebSocket part as text.
 pub async fn run(config: Config) -> anyhow::Result<Report> {
     config.validate()?;
-    // One descriptor per socket here (and one per socket in a local server, which
-    // inherits the limit), plus REST connections and files.
-    let needed = config.connections() as u64 + 2048;
+    // A local server inherits the limit and holds as many descriptors as we do.
+    let needed = config.descriptors() as u64;
     let open_files = sys::raise_nofile(needed);
     match &open_files.problem {
         Some(problem) => say(problem),

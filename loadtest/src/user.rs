@@ -82,6 +82,7 @@ fn custom(message: impl Into<String>) -> Box<TransactionError> {
 
 /// A REST call through Goose's client, named for the report (ids folded into `{id}`).
 async fn call(
+    run: &Run,
     user: &mut GooseUser,
     method: GooseMethod,
     path: &str,
@@ -95,6 +96,9 @@ async fn call(
     }
     if let Some(body) = body {
         builder = builder.json(body);
+    }
+    if !run.config.rest_keep_alive {
+        builder = builder.header(reqwest::header::CONNECTION, "close");
     }
     let request = GooseRequest::builder()
         .method(method)
@@ -139,7 +143,7 @@ async fn auth_call(
     for _ in 0..20 {
         let response = {
             let _permit = auth_permit(run).await?;
-            call(user, GooseMethod::Post, path, name, None, Some(body)).await?
+            call(run, user, GooseMethod::Post, path, name, None, Some(body)).await?
         };
         if status(&response) != Some(503) {
             return Ok(response);
@@ -270,6 +274,7 @@ async fn setup(run: &Arc<Run>, user: &mut GooseUser, index: usize) -> Transactio
         if !created_here {
             let path = format!("/api/chat/conversations/{}/participants", info.id);
             let response = call(
+                run,
                 user,
                 GooseMethod::Post,
                 &path,
@@ -328,6 +333,7 @@ async fn create_conversation(
         "participant_ids": [],
     });
     let response = call(
+        run,
         user,
         GooseMethod::Post,
         "/api/chat/conversations",
@@ -365,6 +371,7 @@ async fn record_connect(user: &mut GooseUser, outcome: &ConnectOutcome) {
 async fn history(run: &Run, user: &mut GooseUser, conv_id: &str, token: &str) -> TransactionResult {
     let path = format!("/api/chat/conversations/{conv_id}/messages?limit=50");
     let response = call(
+        run,
         user,
         GooseMethod::Get,
         &path,
