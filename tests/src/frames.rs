@@ -101,6 +101,17 @@ impl ByteWs {
         Ok(n > 0)
     }
 
+    /// Sends a final text frame without a mask, as no client may (RFC 6455 5.1).
+    pub async fn send_unmasked_text(&mut self, text: &str) -> anyhow::Result<()> {
+        ensure!(text.len() < 126, "a short text only");
+        let mut frame = vec![0x80 | TEXT, text.len() as u8];
+        frame.extend_from_slice(text.as_bytes());
+        self.stream
+            .write_all(&frame)
+            .await
+            .context("sending an unmasked frame")
+    }
+
     /// Sends one masked frame; `rsv` are the three reserved bits (0 for a valid frame).
     pub async fn send_frame(
         &mut self,

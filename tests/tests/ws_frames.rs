@@ -2,7 +2,8 @@
 //! server writes is exactly one well-formed frame (pongs and close echoes included, no
 //! stray bytes after them), a close is answered once and then the TCP connection ends,
 //! fragmented messages with control frames between their fragments are reassembled,
-//! and frames that break the framing rules get the close code RFC 6455 gives.
+//! and frames that break the framing rules (an unmasked client frame included) get the
+//! close code RFC 6455 gives.
 #![allow(clippy::unwrap_used)]
 
 use tests::frames::{ByteWs, BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
@@ -212,6 +213,12 @@ async fn broken_frames_get_the_rfc_close_code(srv: &TestServer) -> anyhow::Resul
         );
         ws.finish_close().await.with_context(|| what.to_string())?;
     }
+    // A client frame without a mask: the server must close (RFC 6455 5.1).
+    let (_, _, mut ws) = alone(srv).await?;
+    ws.send_unmasked_text("{}").await?;
+    let (got, _) = ws.until_close().await.context("unmasked frame")?;
+    ensure!(got.0 == 1002, "unmasked frame: closed with {got:?}");
+    ws.finish_close().await.context("unmasked frame")?;
     // A binary frame is refused with an error event; the connection stays.
     let (_, _, mut ws) = alone(srv).await?;
     ws.send_frame(true, 0, BINARY, b"\x00\x01").await?;

@@ -1,7 +1,8 @@
 //! One upgraded WebSocket connection: a reader that parses, validates and submits
 //! client events to the hub, and a writer that drains the connection's outbound queue,
-//! handing whatever is queued to the kernel in one vectored write. Both run in one task; when either
-//! ends the other is dropped, the connection is unregistered and its memory freed.
+//! handing whatever is queued to the kernel in one vectored write. Both run in one
+//! task; when either ends the other is dropped, the connection is unregistered and its
+//! memory freed.
 //! Nothing here blocks the shard.
 //!
 //! Every frame the server writes is one whole, well-formed frame: the frames the
@@ -33,7 +34,7 @@ use crate::protocol::{self, ClientEvent, Close, ProtocolError, ServerEvent};
 /// waits for the client's answering close.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
-pub type Io = TokioIo<Upgraded>;
+type Io = TokioIo<Upgraded>;
 type Reader = FrameReader<tokio::io::ReadHalf<Io>>;
 
 pub async fn run(shard: &ShardContext, io: Io, admission: Result<Admitted, Close>) {
