@@ -187,13 +187,12 @@ fn writer_throughput(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
                 let messages = fixture.messages(WRITER_MESSAGES);
-                let (handle, task) =
-                    writer::spawn(
-                        Arc::clone(&store),
-                        BatchPolicy::default(),
-                        WriterMetrics::default(),
-                        runtime.handle(),
-                    );
+                let (handle, task) = writer::spawn(
+                    Arc::clone(&store),
+                    BatchPolicy::default(),
+                    WriterMetrics::default(),
+                    runtime.handle(),
+                );
                 let (reported, mut reports) = tokio::sync::mpsc::unbounded_channel();
                 let started = Instant::now();
                 for message in messages {
