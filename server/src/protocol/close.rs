@@ -133,10 +133,13 @@ impl Close {
     }
 }
 
+/// RFC 6455 5.5: control frames carry at most 125 bytes of payload.
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
 /// A close frame with a status code and reason, as the server sends it.
 pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
-    let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut payload = [0; 125];
+    let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];
+    let mut payload = [0; MAX_CONTROL_PAYLOAD];
     payload[..2].copy_from_slice(&code.to_be_bytes());
     payload[2..2 + reason.len()].copy_from_slice(reason);
     control_frame(0x8, &payload[..2 + reason.len()])
@@ -158,10 +161,10 @@ pub fn close_echo(close: &[u8]) -> Bytes {
     }
 }
 
-/// An unmasked, final control frame; the payload is cut to the 125 bytes RFC 6455
-/// allows (the frame reader refuses longer ones before they get here).
+/// An unmasked, final control frame; the payload is cut to what RFC 6455 allows (the
+/// frame reader refuses longer ones before they get here).
 fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let payload = &payload[..payload.len().min(125)];
+    let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
     let mut frame = BytesMut::with_capacity(2 + payload.len());
     frame.put_u8(0x80 | opcode);
     frame.put_u8(payload.len() as u8);

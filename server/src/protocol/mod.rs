@@ -16,7 +16,7 @@ use crate::text::{ClientId, Content, ContentError};
 mod close;
 mod event;
 
-pub use close::{close_echo, pong_frame, Close, PING_FRAME};
+pub use close::{close_echo, pong_frame, Close, MAX_CONTROL_PAYLOAD, PING_FRAME};
 pub use event::{Membership, ServerEvent};
 
 /// Longest reaction emoji, in characters (flags and skin tones are several code points).

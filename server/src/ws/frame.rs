@@ -16,7 +16,7 @@ use std::task::Poll;
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::protocol::Close;
+use crate::protocol::{Close, MAX_CONTROL_PAYLOAD};
 
 /// One read's worth of bytes, shared by every connection of the shard thread. A read
 /// fills it and the bytes are moved out before anything else can run.
@@ -25,9 +25,6 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
-
-/// RFC 6455 5.5: control frames carry at most 125 bytes.
-const MAX_CONTROL_PAYLOAD: usize = 125;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opcode {

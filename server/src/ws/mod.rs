@@ -1,8 +1,9 @@
 //! The WebSocket endpoint `/api/chat/ws/{conversation_id}?token=`: admission (token,
 //! membership) while the upgrade request is still HTTP, the upgrade itself
 //! (fastwebsockets' handshake on the shard's hyper connection), then the connection's
-//! life in `connection`, reading the client's frames with `frame`. Refusals follow the protocol (docs/protocol.md): an `error` event,
-//! then close 1008 (1011 when the store could not be asked).
+//! life in `connection`, reading the client's frames with `frame`. Refusals follow the
+//! protocol (docs/protocol.md): an `error` event, then close 1008 (1011 when the store
+//! could not be asked).
 //!
 //! Below `http`: the router hands it the request and the token; it never imports the
 //! HTTP layer back.
