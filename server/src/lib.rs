@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | 1 | `config`, `ids`, `text`, `metrics` | the one configuration struct; id newtypes, timestamps; validated usernames, passwords, content; the Prometheus series |
+//! | 1 | `config`, `ids`, `text`, `metrics`, `socket` | the one configuration struct; id newtypes, timestamps; validated usernames, passwords, content; the Prometheus series; an accepted socket as hyper serves it |
 //! | 2 | `protocol`, `auth`, `store`, `tls` | wire events and close codes; tokens, passwords, login throttling; persistence; certificates and the TLS configuration |
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
@@ -23,6 +23,7 @@
 pub mod config;
 pub mod ids;
 pub mod metrics;
+pub mod socket;
 pub mod text;
 
 pub mod auth;

@@ -3,10 +3,8 @@
 //! shutdown, then a graceful drain.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -20,6 +18,7 @@ use crate::bus::ShardMsg;
 use crate::context::ShardContext;
 use crate::hub::outbox::Heartbeat;
 use crate::protocol::Close;
+use crate::socket::OnShard;
 
 pub async fn shard_main(
     id: usize,
@@ -177,57 +176,5 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "http connection ended with an error");
-    }
-}
-
-/// The socket of an HTTP connection. hyper's upgrade machinery requires `Send` I/O,
-/// though our connections never leave their shard: hyper's HTTP/1 server drives the
-/// connection on the task that polls it and hands the upgraded stream back to that
-/// same task, and our tasks are `!Send` monoio tasks pinned to this thread.
-pub struct OnShard<T>(T);
-
-// SAFETY: see the type's documentation. The value is created, used and dropped on
-// the shard thread that accepted the socket; nothing ever moves it to another thread
-// (monoio has no work stealing, and hyper spawns nothing for HTTP/1).
-#[allow(unsafe_code)]
-unsafe impl<T> Send for OnShard<T> {}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for OnShard<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for OnShard<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 }

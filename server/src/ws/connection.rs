@@ -1,6 +1,6 @@
 //! One upgraded WebSocket connection: a reader that parses, validates and submits
 //! client events to the hub, and a writer that drains the connection's outbound queue,
-//! handing whatever is queued to the kernel in one vectored write. Both run in one
+//! handing whatever is queued to the socket (`io`) in one vectored write. Both run in one
 //! task; when either ends the other is dropped, the connection is unregistered and its
 //! memory freed.
 //! Nothing here blocks the shard.
@@ -11,19 +11,15 @@
 //! it waits briefly for the client's close before ending TCP, so clients see a clean
 //! close rather than a reset (a condemned or vanished peer gets no such wait).
 
-use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
-use std::pin::Pin;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use super::frame::{FrameReader, Opcode, ReadError};
+use super::io::{ReadHalf, WriteHalf};
 use crate::context::ShardContext;
 use crate::hub::outbox::{Next, Outbox};
 use crate::hub::{Admitted, Hub, Refused};
@@ -34,21 +30,22 @@ use crate::protocol::{self, ClientEvent, Close, ProtocolError, ServerEvent};
 /// waits for the client's answering close.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
-type Io = TokioIo<Upgraded>;
-type Reader = FrameReader<tokio::io::ReadHalf<Io>>;
+type Reader = FrameReader<ReadHalf>;
 
-pub async fn run(shard: &ShardContext, io: Io, admission: Result<Admitted, Close>) {
-    let (read, mut write) = tokio::io::split(io);
+pub async fn run(
+    shard: &ShardContext,
+    (read, mut write): (ReadHalf, WriteHalf),
+    admission: Result<Admitted, Close>,
+) {
     let mut reader = FrameReader::new(read, shard.app.config.ws_max_message_bytes);
     let admitted = match admission {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            let frames = refusal.frames().concat();
-            let sent = within_grace(write.write_all(&frames)).await;
+            let sent = within_grace(write.write_all(&mut refusal.frames())).await;
             if matches!(sent, Ok(Ok(()))) {
                 linger(&mut reader).await;
             }
-            let _ = write.shutdown().await;
+            write.shutdown().await;
             return;
         }
     };
@@ -99,7 +96,7 @@ pub async fn run(shard: &ShardContext, io: Io, admission: Result<Admitted, Close
             // case this gives up early and the TCP close follows sooner.
             linger(&mut reader).await;
         }
-        let _ = write.shutdown().await;
+        write.shutdown().await;
         tracing::debug!(?ended, "closed");
     }
     .instrument(span)
@@ -286,11 +283,7 @@ enum WriterEnd {
     Failed,
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    conn: &Outbox,
-    write: &mut W,
-    metrics: &ShardMetrics,
-) -> WriterEnd {
+async fn write_loop(conn: &Outbox, write: &mut WriteHalf, metrics: &ShardMetrics) -> WriterEnd {
     let condemned = |reason: Close| {
         if reason == Close::TooFarBehind {
             metrics.slow_consumer_closes.inc();
@@ -301,7 +294,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     loop {
         let mut next = conn.next(&mut batch).await;
         let written = {
-            let write_batch = write_batch(write, &batch);
+            let write_batch = write.write_all(&mut batch);
             let mut write_batch = std::pin::pin!(write_batch);
             monoio::select! {
                 r = &mut write_batch => r,
@@ -337,42 +330,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 } else {
                     tracing::debug!(?reason, "closing");
                 }
-                let close = reason.frames().concat();
-                let _ = within_grace(write.write_all(&close)).await;
+                let _ = within_grace(write.write_all(&mut reason.frames())).await;
                 return condemned(reason);
             }
         }
     }
-}
-
-/// Frames handed to the kernel in one vectored write, at most.
-const FRAMES_PER_WRITE: usize = 64;
-
-/// Writes the batch straight from the frames' shared buffers, as many frames per
-/// system call as the kernel takes: nothing is copied, and no buffer outlives the call.
-async fn write_batch<W: AsyncWrite + Unpin>(write: &mut W, batch: &[Bytes]) -> io::Result<()> {
-    // The first frame not yet written in full, and how much of it is.
-    let (mut first, mut offset) = (0, 0);
-    while first < batch.len() {
-        let written = poll_fn(|cx| {
-            // Built on every poll, on the stack: the connection's future holds no slices.
-            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
-            let frames = &batch[first..batch.len().min(first + FRAMES_PER_WRITE)];
-            for (slice, frame) in slices.iter_mut().zip(frames) {
-                *slice = IoSlice::new(frame);
-            }
-            slices[0] = IoSlice::new(&batch[first][offset..]);
-            Pin::new(&mut *write).poll_write_vectored(cx, &slices[..frames.len()])
-        })
-        .await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        offset += written;
-        while first < batch.len() && offset >= batch[first].len() {
-            offset -= batch[first].len();
-            first += 1;
-        }
-    }
-    Ok(())
 }

@@ -1,29 +1,22 @@
 //! Frames from the client, read by hand (RFC 6455 section 5): each header checked as
 //! it arrives, each payload unmasked in place, control frames and close payloads
-//! validated. Bytes are read into one scratch buffer per shard thread, and only what is
-//! not yet consumed (an incomplete frame, or frames behind the one in hand) is copied
-//! into the connection's own buffer, which is released whenever it empties: an idle
-//! connection holds no read buffer at all.
+//! validated. Only what is not yet consumed (an incomplete frame, or frames behind the
+//! one in hand) is kept per connection, and that buffer is released whenever it
+//! empties: an idle connection holds no read buffer at all.
 //!
-//! It parses and validates, nothing more: what a frame obliges (a pong, the close
-//! echo) and how fragments join into messages is the connection's business. It never
-//! buffers a frame larger than the configured limit; that is refused from its header.
-
-use std::cell::RefCell;
-use std::future::poll_fn;
-use std::pin::Pin;
-use std::task::Poll;
-
-use tokio::io::{AsyncRead, ReadBuf};
+//! It parses and validates, nothing more: where the bytes come from is the `Source`'s
+//! business, and what a frame obliges (a pong, the close echo) and how fragments join
+//! into messages is the connection's. It never buffers a frame larger than the
+//! configured limit; that is refused from its header.
 
 use crate::protocol::{Close, MAX_CONTROL_PAYLOAD};
 
-/// One read's worth of bytes, shared by every connection of the shard thread. A read
-/// fills it and the bytes are moved out before anything else can run.
-const SCRATCH_BYTES: usize = 64 * 1024;
-
-thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+/// Where a connection's bytes come from.
+pub trait Source {
+    /// Waits for bytes and appends what arrived to `pending`: at least one byte, or
+    /// `Gone`.
+    #[allow(async_fn_in_trait)]
+    async fn fill(&mut self, pending: &mut Vec<u8>) -> Result<(), ReadError>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +187,7 @@ pub struct FrameReader<R> {
     max_payload: usize,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: Source> FrameReader<R> {
     /// Frames with more than `max_payload` bytes of payload are refused (1009).
     pub fn new(io: R, max_payload: usize) -> Self {
         Self {
@@ -232,28 +225,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 // Room for the rest of the frame at once, not by doubling.
                 self.pending.reserve_exact(end - self.pending.len());
             }
-            self.fill().await?;
+            self.io.fill(&mut self.pending).await?;
         }
-    }
-
-    /// Reads whatever has arrived (at least one byte) through the shard's scratch
-    /// buffer and keeps it.
-    async fn fill(&mut self) -> Result<(), ReadError> {
-        let Self { io, pending, .. } = self;
-        poll_fn(|cx| {
-            SCRATCH.with_borrow_mut(|scratch| {
-                let mut buf = ReadBuf::new(scratch);
-                match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                        pending.extend_from_slice(buf.filled());
-                        Poll::Ready(Ok(()))
-                    }
-                    Poll::Ready(_) => Poll::Ready(Err(ReadError::Gone)),
-                }
-            })
-        })
-        .await
     }
 }
 
@@ -288,16 +261,15 @@ mod tests {
         step: usize,
     }
 
-    impl AsyncRead for Trickle<'_> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            let n = self.step.min(self.bytes.len()).min(buf.remaining());
-            buf.put_slice(&self.bytes[..n]);
+    impl Source for Trickle<'_> {
+        async fn fill(&mut self, pending: &mut Vec<u8>) -> Result<(), ReadError> {
+            if self.bytes.is_empty() {
+                return Err(ReadError::Gone);
+            }
+            let n = self.step.min(self.bytes.len());
+            pending.extend_from_slice(&self.bytes[..n]);
             self.bytes = &self.bytes[n..];
-            Poll::Ready(Ok(()))
+            Ok(())
         }
     }
 
@@ -347,8 +319,8 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_longer_than_the_scratch_buffer_is_assembled() {
-        let big = vec![b'x'; SCRATCH_BYTES * 2 + 17];
+    fn a_frame_with_a_64_bit_length_arriving_in_pieces_is_assembled() {
+        let big = vec![b'x'; 2 * 64 * 1024 + 17];
         let got = read_all(&frame(0x81, &big), 1 << 20);
         assert_eq!(got[0], Ok((true, Opcode::Text, big)));
     }
@@ -417,7 +389,13 @@ mod tests {
     #[test]
     fn nothing_is_held_once_every_frame_is_consumed() {
         let wire = frame(0x81, b"{}");
-        let mut reader = FrameReader::new(&wire[..], 100);
+        let mut reader = FrameReader::new(
+            Trickle {
+                bytes: &wire,
+                step: wire.len(),
+            },
+            100,
+        );
         let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .build()
             .expect("runtime");

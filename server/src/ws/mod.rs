@@ -1,15 +1,16 @@
 //! The WebSocket endpoint `/api/chat/ws/{conversation_id}?token=`: admission (token,
 //! membership) while the upgrade request is still HTTP, the upgrade itself
 //! (fastwebsockets' handshake on the shard's hyper connection), then the connection's
-//! life in `connection`, reading the client's frames with `frame`. Refusals follow the
-//! protocol (docs/protocol.md): an `error` event, then close 1008 (1011 when the store
-//! could not be asked).
+//! life in `connection`, reading the client's frames with `frame` from the socket
+//! halves of `io`. Refusals follow the protocol (docs/protocol.md): an `error` event,
+//! then close 1008 (1011 when the store could not be asked).
 //!
 //! Below `http`: the router hands it the request and the token; it never imports the
 //! HTTP layer back.
 
 mod connection;
 mod frame;
+mod io;
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -80,12 +81,16 @@ pub async fn upgrade(
         let _open = shard.connections.open();
         // Only the socket is kept: what the upgrade returned around it would stay in
         // the task for the connection's whole life.
-        let io = match upgraded.await {
-            Ok(ws) => ws.into_inner(),
+        let halves = match upgraded
+            .await
+            .map(|ws| io::split(ws.into_inner().into_inner()))
+        {
+            Ok(Ok(halves)) => halves,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "could not take the socket"),
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
         // A bug in one connection must not take the shard thread down with it.
-        let run = AssertUnwindSafe(connection::run(&shard, io, admission));
+        let run = AssertUnwindSafe(connection::run(&shard, halves, admission));
         if run.catch_unwind().await.is_err() {
             tracing::error!("websocket connection task panicked");
         }
