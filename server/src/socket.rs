@@ -31,7 +31,13 @@ type Plain = OnShard<MonoioIo<TcpStreamPoll>>;
 /// them). A TLS connection is given back as it came.
 pub fn take_plain(upgraded: Upgraded) -> Result<(TcpStreamPoll, Bytes), Upgraded> {
     let parts = upgraded.downcast::<Plain>()?;
-    Ok((parts.io.0.inner(), parts.read_buf))
+    // The bytes are a view into hyper's read buffer, and even an empty view keeps all
+    // of it (8 KiB or more) alive for as long as it is held.
+    let early = match parts.read_buf.is_empty() {
+        true => Bytes::new(),
+        false => Bytes::copy_from_slice(&parts.read_buf),
+    };
+    Ok((parts.io.0.inner(), early))
 }
 impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for OnShard<T> {
     fn poll_read(
