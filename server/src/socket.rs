@@ -33,9 +33,10 @@ pub fn take_plain(upgraded: Upgraded) -> Result<(TcpStreamPoll, Bytes), Upgraded
     let parts = upgraded.downcast::<Plain>()?;
     // The bytes are a view into hyper's read buffer, and even an empty view keeps all
     // of it (8 KiB or more) alive for as long as it is held.
-    let early = match parts.read_buf.is_empty() {
-        true => Bytes::new(),
-        false => Bytes::copy_from_slice(&parts.read_buf),
+    let early = if parts.read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&parts.read_buf)
     };
     Ok((parts.io.0.inner(), early))
 }

@@ -58,6 +58,17 @@ impl ByteWs {
         conversation: &str,
         token: &str,
     ) -> anyhow::Result<Self> {
+        Self::connect_sending(srv, conversation, token, &[]).await
+    }
+
+    /// As `connect`, with `early` (frames, say) in the same write as the upgrade
+    /// request, as a client that does not wait for the 101 may send them.
+    pub async fn connect_sending(
+        srv: &TestServer,
+        conversation: &str,
+        token: &str,
+        early: &[u8],
+    ) -> anyhow::Result<Self> {
         let addr = server_addr(srv)?;
         let mut stream = tokio::time::timeout(RECV_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -67,7 +78,9 @@ impl ByteWs {
              Upgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream.write_all(request.as_bytes()).await?;
+        stream
+            .write_all(&[request.as_bytes(), early].concat())
+            .await?;
         let mut ws = Self {
             stream,
             buf: Vec::new(),
@@ -120,23 +133,8 @@ impl ByteWs {
         opcode: u8,
         payload: &[u8],
     ) -> anyhow::Result<()> {
-        let mut frame = vec![(u8::from(fin) << 7) | ((rsv & 0b111) << 4) | (opcode & 0xF)];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= usize::from(u16::MAX) => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask: [u8; 4] = rand_mask();
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         self.stream
-            .write_all(&frame)
+            .write_all(&masked_frame(fin, rsv, opcode, payload))
             .await
             .context("sending a frame")
     }
@@ -284,4 +282,24 @@ fn rand_mask() -> [u8; 4] {
     uuid::Uuid::new_v4().as_bytes()[..4]
         .try_into()
         .unwrap_or([1, 2, 3, 4])
+}
+
+/// One masked client frame; `rsv` are the three reserved bits (0 for a valid frame).
+pub fn masked_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![(u8::from(fin) << 7) | ((rsv & 0b111) << 4) | (opcode & 0xF)];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask: [u8; 4] = rand_mask();
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }

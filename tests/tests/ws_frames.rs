@@ -6,7 +6,7 @@
 //! close code RFC 6455 gives.
 #![allow(clippy::unwrap_used)]
 
-use tests::frames::{ByteWs, BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+use tests::frames::{masked_frame, ByteWs, BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
 use tests::prelude::*;
 use tests::realtime::*;
 
@@ -285,10 +285,38 @@ async fn library_keepalive_keeps_chatting(srv: &TestServer) -> anyhow::Result<()
     b.close().await
 }
 
+/// Frames a client sends in the same packet as its upgrade request (the server has
+/// read them along with the request) are answered like any others.
+async fn frames_behind_the_upgrade_request_are_read(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let ([me], conv) = group(&api, &["early"]).await?;
+    let message = json!({"type": "message", "content": "sent with the upgrade"}).to_string();
+    let early = [
+        masked_frame(true, 0, PING, b"early"),
+        masked_frame(true, 0, TEXT, message.as_bytes()),
+    ]
+    .concat();
+    let mut ws = ByteWs::connect_sending(srv, &conv, &me.token, &early).await?;
+    let (mut pong, mut echo) = (false, false);
+    while !(pong && echo) {
+        let frame = ws.frame().await?;
+        match frame.opcode {
+            PONG => {
+                ensure!(frame.payload == b"early" && !pong, "{frame:?}");
+                pong = true;
+            }
+            TEXT => echo |= is_message_with(&frame.json()?, "sent with the upgrade"),
+            _ => bail!("unexpected {frame:?}"),
+        }
+    }
+    message_round_trip(&mut ws, "and after it").await
+}
+
 tests::e2e!(
     ping_gets_exactly_one_pong,
     close_is_answered_once_then_eof,
     fragments_with_interleaved_control_frames,
     broken_frames_get_the_rfc_close_code,
     library_keepalive_keeps_chatting,
+    frames_behind_the_upgrade_request_are_read,
 );

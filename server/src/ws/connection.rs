@@ -1,8 +1,8 @@
 //! One upgraded WebSocket connection: a reader that parses, validates and submits
 //! client events to the hub, and a writer that drains the connection's outbound queue,
-//! handing whatever is queued to the socket (`io`) in one vectored write. Both run in one
-//! task; when either ends the other is dropped, the connection is unregistered and its
-//! memory freed.
+//! handing whatever is queued to the socket (`io`) in one vectored write. Both run in
+//! one task; when either ends the other is dropped, the connection is unregistered and
+//! its memory freed.
 //! Nothing here blocks the shard.
 //!
 //! Every frame the server writes is one whole, well-formed frame: the frames the
