@@ -23,23 +23,6 @@ pub struct OnShard<T>(pub T);
 #[allow(unsafe_code)]
 unsafe impl<T> Send for OnShard<T> {}
 
-/// A plain TCP connection as hyper serves it.
-type Plain = OnShard<MonoioIo<TcpStreamPoll>>;
-
-/// The plain TCP socket under an upgraded connection, with the bytes hyper had
-/// already read past the upgrade request (the client's first frames may be among
-/// them). A TLS connection is given back as it came.
-pub fn take_plain(upgraded: Upgraded) -> Result<(TcpStreamPoll, Bytes), Upgraded> {
-    let parts = upgraded.downcast::<Plain>()?;
-    // The bytes are a view into hyper's read buffer, and even an empty view keeps all
-    // of it (8 KiB or more) alive for as long as it is held.
-    let early = if parts.read_buf.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&parts.read_buf)
-    };
-    Ok((parts.io.0.inner(), early))
-}
 impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for OnShard<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -78,4 +61,22 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for OnShard<T> {
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
+}
+
+/// A plain TCP connection as hyper serves it.
+type Plain = OnShard<MonoioIo<TcpStreamPoll>>;
+
+/// The plain TCP socket under an upgraded connection, with the bytes hyper had
+/// already read past the upgrade request (the client's first frames may be among
+/// them). A TLS connection is given back as it came.
+pub fn take_plain(upgraded: Upgraded) -> Result<(TcpStreamPoll, Bytes), Upgraded> {
+    let parts = upgraded.downcast::<Plain>()?;
+    // The bytes are a view into hyper's read buffer, and even an empty view keeps all
+    // of it (8 KiB or more) alive for as long as it is held.
+    let early = if parts.read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&parts.read_buf)
+    };
+    Ok((parts.io.0.inner(), early))
 }
