@@ -7,18 +7,21 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | 1 | `config`, `ids`, `text`, `metrics`, `socket` | the one configuration struct; id newtypes, timestamps; validated usernames, passwords, content; the Prometheus series; an accepted socket as hyper serves it |
-//! | 2 | `protocol`, `auth`, `store`, `tls` | wire events and close codes; tokens, passwords, login throttling; persistence; certificates and the TLS configuration |
+//! | 1 | `config`, `ids`, `text`, `metrics`, `socket` | the one configuration struct; id newtypes and timestamps; validated usernames, passwords, content; the Prometheus series and each shard's handles; an accepted socket as hyper serves it, taken back after an upgrade |
+//! | 2 | `protocol`, `auth`, `store`, `tls` | wire events, the frame codec and close codes; tokens, passwords, login throttling; persistence; the certificate and the rustls configuration |
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
-//! | 5 | `cluster` | the other nodes through Redis: live events, presence, heartbeats |
+//! | 5 | `cluster` | the other nodes through Redis: live events, presence, heartbeats, rate budgets |
 //! | 6 | `app` | what every shard shares, built once |
-//! | 7 | `hub` | per shard: the connection registry and the conversation homes |
+//! | 7 | `hub` | per shard: the registry of its connections and the homes of the conversations hashed to it |
 //! | 8 | `context` | one shard's context as its tasks see it |
-//! | 9 | `ws` | admission, upgrade, a connection's reader and writer |
-//! | 10 | `http` | routing, REST handlers, OpenAPI and docs pages |
-//! | 11 | `shard` | threads, runtimes, listeners, accept loop, heartbeat |
+//! | 9 | `ws` | admission, upgrade, the socket's halves (completion or readiness path), the frame reader, a connection's reader and writer |
+//! | 10 | `http` | routing, REST handlers, OpenAPI and docs pages, `/metrics` (and its own listener with `--metrics-listen`) |
+//! | 11 | `shard` | threads, runtimes, listeners, accept loop, TLS handshakes, heartbeat |
 //! | 12 | `server` | start-up and shutdown, wiring everything |
+//!
+//! This table is the one statement of the layers: `tests/layers.rs` holds every
+//! `crate::` path of the server to it, so a new module takes its place here first.
 
 pub mod config;
 pub mod ids;

@@ -25,7 +25,7 @@ pub use latch::Latch;
 pub struct ShardContext {
     pub id: usize,
     pub app: Arc<App>,
-    pub hub: Rc<Hub>,
+    pub hub: Hub,
     pub metrics: Rc<ShardMetrics>,
     /// Set when the server is asked to stop.
     pub shutdown: Latch,

@@ -8,7 +8,8 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::dto::{Credentials, ErrorBody, Token, UserOut, UserSummary};
-use super::{json, request, Reply};
+use super::reply::{json, Reply};
+use super::request;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, UserId};

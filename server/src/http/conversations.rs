@@ -10,7 +10,8 @@ use hyper::Request;
 use super::dto::{
     ConversationOut, ErrorBody, HistoryQuery, MessageOut, NewConversation, NewParticipant,
 };
-use super::{empty, json, request, Reply};
+use super::reply::{empty, json, Reply};
+use super::request;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};

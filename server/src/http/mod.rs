@@ -9,6 +9,7 @@ pub mod docs;
 pub mod dto;
 mod origins;
 mod page;
+mod reply;
 mod request;
 pub mod routes;
 pub mod scrape;
@@ -18,16 +19,12 @@ use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, Method, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde::Serialize;
 use tracing::Instrument;
 
-use crate::app::App;
 use crate::context::ShardContext;
 use crate::error::ApiError;
 use crate::metrics::Upgrade;
@@ -36,8 +33,7 @@ use routes::Endpoint;
 
 pub use request::{percent_decode, query_param, Peer};
 
-pub type Body = Full<Bytes>;
-pub type Reply = Result<Response<Body>, ApiError>;
+pub use reply::{empty, error_response, json, metrics_response, Body, Reply};
 
 /// Entry point of every request on a shard.
 pub async fn serve(
@@ -174,69 +170,4 @@ fn metrics(shard: &ShardContext) -> Reply {
         return Err(ApiError::NotFound("Not Found".into()));
     }
     Ok(metrics_response(&shard.app))
-}
-
-/// The scrape: Prometheus text format 0.0.4.
-pub fn metrics_response(app: &App) -> Response<Body> {
-    let text = app.scrape();
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-pub fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
-}
-
-pub fn error_response(e: &ApiError) -> Response<Body> {
-    if let ApiError::Unavailable { detail, .. } = e {
-        // The one place a failure's cause is logged (inside the request's span).
-        tracing::warn!(detail, cause = %e.causes(), "request failed on our side");
-    }
-    let mut response = json(e.status(), &e.body());
-    let headers = response.headers_mut();
-    match e {
-        ApiError::NotAuthenticated | ApiError::InvalidToken | ApiError::BadCredentials => {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        ApiError::MethodNotAllowed(allow) => {
-            if let Ok(allow) = header::HeaderValue::from_str(allow) {
-                headers.insert(header::ALLOW, allow);
-            }
-        }
-        ApiError::TooManyLogins(seconds) => {
-            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(*seconds));
-        }
-        ApiError::UpgradeRequired => {
-            headers.insert(
-                header::UPGRADE,
-                header::HeaderValue::from_static("websocket"),
-            );
-            headers.insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("Upgrade"),
-            );
-        }
-        _ => {}
-    }
-    response
 }

@@ -11,7 +11,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use super::Body;
+use super::reply::Body;
 use crate::config::Config;
 
 /// Where a request comes from, as far as origins go.

@@ -9,7 +9,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use super::{empty, metrics_response};
+use super::reply::{empty, metrics_response};
 use crate::app::App;
 
 /// Binds `addr` and serves scrapes on `runtime` until the process ends; returns the

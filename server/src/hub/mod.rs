@@ -1,174 +1,114 @@
-//! The hub of one shard. Two roles:
+//! The hub of one shard: two roles, each owning its state, and the dispatch of the
+//! bus's messages between them.
 //!
-//! - Local registry (`registry`): this shard's WebSocket connections by conversation,
-//!   fed by the bus with ready-made frames to write (`Deliver`, `Direct`), closed when
-//!   their user loses access (`Revoked`), visited by the heartbeat.
-//! - Home (`home`): for the conversations hashed to this shard, the single source of
-//!   their delivery order and the one place that knows who is connected; `events`
-//!   persists what clients send, `stream` delivers it in position order (gaps read
-//!   back from the store).
-//! - Replay (`replay`): a resuming connection's missed events, from the store, before
-//!   its live ones.
-//! - Remote (`remote`): in a cluster, what other nodes say about the home's
-//!   conversations, put in the same order as its own.
+//! - The registry (`registry`): this shard's WebSocket connections (`conn`), their
+//!   rate limits (`ratelimit`), delivery into their queues, the replay of a resuming
+//!   connection's missed events (`replay`), and the heartbeat's visits.
+//! - The homes (`home`): for the conversations hashed to this shard, the single source
+//!   of their delivery order and the one place that knows who is connected: presence,
+//!   persisting what clients send, the stream in position order, and in a cluster what
+//!   other nodes say.
 //!
-//! Everything here runs on the shard's own thread; state sits in a `RefCell` that is
+//! The roles never call each other: whatever one has to tell the other travels on the
+//! bus, even on the same shard, so a message takes the same road wherever its home is.
+//! What both sides share (`Admitted`, `Resume`, `Refused`) sits in the leaf `admit`;
+//! no module of the hub imports from this one.
+//!
+//! Everything here runs on the shard's own thread; state sits in `RefCell`s that are
 //! never borrowed across an await.
 
-mod events;
+mod admit;
+pub mod conn;
 mod home;
-pub mod outbox;
 mod ratelimit;
 mod registry;
-mod remote;
+mod render;
 mod replay;
-pub mod stream;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::app::App;
-use crate::bus::ShardMsg;
-use crate::ids::{ConversationId, MessageIdGen, Seq, UserId};
+use crate::bus::{Remote, ShardMsg};
+use crate::ids::{ConversationId, UserId};
 use crate::metrics::ShardMetrics;
-use crate::protocol::Close;
+pub use admit::{Admitted, Refused, Resume};
 use home::Homes;
-use outbox::Outbox;
-use ratelimit::Bucket;
-
-struct UserSlot {
-    bucket: Bucket,
-    conns: u32,
-    /// In a cluster: tokens of the user's shared budget leased to this shard.
-    lease: u32,
-}
-
-#[derive(Default)]
-struct State {
-    next_conn: u64,
-    conns: HashMap<u64, Rc<Outbox>>,
-    by_conversation: HashMap<ConversationId, Vec<Rc<Outbox>>>,
-    users: HashMap<UserId, UserSlot>,
-    homes: Homes,
-    ids: MessageIdGen,
-}
+pub use registry::Registry;
 
 pub struct Hub {
-    pub shard: usize,
     app: Arc<App>,
-    metrics: Rc<ShardMetrics>,
-    state: RefCell<State>,
-}
-
-/// Who may join which conversation, until when, and since when we know it: what
-/// admission (in `ws`) hands the registry.
-pub struct Admitted {
-    pub user: UserId,
-    pub username: Arc<str>,
-    pub conversation: ConversationId,
-    /// When the token expires (Unix seconds); the socket is closed then.
-    pub expires_at: u64,
-    /// Taken before membership was read: a removal committed after this instant may
-    /// not have been seen, so the home checks it against its recent removals.
-    pub checked_at: Instant,
-    /// The conversation's stream position read with the membership.
-    pub position: Seq,
-    /// What the client asked for on connect (`since`).
-    pub resume: Resume,
-}
-
-/// A connection's `since`: where the client's copy of the stream ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Resume {
-    /// No `since`: live from the join on.
-    Fresh,
-    /// Replay every event after this position first.
-    Since(Seq),
-    /// A `since` that is not a position; the client is told so and joins live.
-    Invalid,
-}
-
-/// Why an incoming event was not taken; the text is the `error` event's detail.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("Rate limit exceeded")]
-    RateLimited,
-    #[error("Invalid token")]
-    InvalidToken,
-    #[error("Token is for another user")]
-    OtherUser,
+    /// This shard's connections.
+    pub registry: Registry,
+    /// The homes of the conversations hashed to this shard.
+    homes: Rc<Homes>,
 }
 
 impl Hub {
-    pub fn new(shard: usize, app: Arc<App>, metrics: Rc<ShardMetrics>) -> Rc<Self> {
-        Rc::new(Self {
-            shard,
+    pub fn new(shard: usize, app: Arc<App>, metrics: Rc<ShardMetrics>) -> Self {
+        Self {
+            registry: Registry::new(shard, Arc::clone(&app), metrics),
+            homes: Homes::new(shard, Arc::clone(&app)),
             app,
-            metrics,
-            state: RefCell::new(State::default()),
-        })
+        }
     }
 
-    // ---- bus ------------------------------------------------------------------------
-
-    /// Handles one message from the bus. `Shutdown` is the shard's, not the hub's.
-    pub fn handle(self: &Rc<Self>, msg: ShardMsg) {
+    /// Hands one message from the bus to the role it is for. `Shutdown` is the
+    /// shard's, not the hub's.
+    pub fn handle(&self, msg: ShardMsg) {
         match msg {
+            // To the registry: what reaches this shard's connections.
             ShardMsg::Deliver {
                 conversation,
                 frame,
                 skip,
-            } => {
-                let st = self.state.borrow();
-                let mut delivered = 0;
-                for conn in st.by_conversation.get(&conversation).into_iter().flatten() {
-                    if skip != Some(conn.user) {
-                        conn.deliver(&frame);
-                        delivered += 1;
-                    }
-                }
-                self.metrics.deliveries.inc_by(delivered);
-            }
-            ShardMsg::Direct { conn, frame } => {
-                if let Some(conn) = self.state.borrow().conns.get(&conn) {
-                    conn.push(frame);
-                }
-            }
+            } => self.registry.deliver(conversation, &frame, skip),
+            ShardMsg::Direct { conn, frame } => self.registry.direct(conn, frame),
             ShardMsg::Revoked {
                 conversation,
                 user,
                 conn,
-            } => {
-                let st = self.state.borrow();
-                for c in st.by_conversation.get(&conversation).into_iter().flatten() {
-                    if c.user == user && conn.is_none_or(|id| id == c.id) {
-                        c.close(Close::NotAMember);
-                    }
-                }
-            }
+            } => self.registry.revoked(conversation, user, conn),
+            ShardMsg::Joined { conn, seq } => self.registry.joined(conn, seq),
+            // To the homes: what happens in their conversations.
             ShardMsg::Home {
                 conversation,
                 actor,
                 msg,
-            } => self.home(conversation, actor, msg),
+            } => self.homes.handle(conversation, actor, msg),
             ShardMsg::Revoke {
                 conversation,
                 user,
                 at,
-            } => self.revoke_at_home(conversation, user, at),
+            } => self.homes.revoke(conversation, user, at),
             ShardMsg::Committed {
                 conversation,
                 actor,
                 message,
                 result,
-            } => self.committed(conversation, actor, message, result),
-            ShardMsg::Joined { conn, seq } => self.joined(conn, seq),
-            ShardMsg::Remote { conversation, msg } => self.remote(conversation, msg),
-            ShardMsg::Rejoin => self.rejoin(),
+            } => self.homes.committed(conversation, actor, message, result),
+            ShardMsg::Remote { conversation, msg } => self.homes.remote(conversation, msg),
+            ShardMsg::Rejoin => self.homes.rejoin(),
             ShardMsg::Shutdown => {}
         }
+    }
+
+    /// Tells the conversation's home, on every node, that `user` was removed from it:
+    /// their open sockets there are closed and nothing more reaches them or is taken
+    /// from them. Call after the removal is committed.
+    pub fn revoke(&self, conversation: ConversationId, user: UserId) {
+        if let Some(cluster) = &self.app.cluster {
+            cluster.publish(conversation, &Remote::Revoke { user });
+        }
+        let home = self.app.bus.home_of(conversation);
+        self.app.bus.post(
+            home,
+            ShardMsg::Revoke {
+                conversation,
+                user,
+                at: Instant::now(),
+            },
+        );
     }
 }

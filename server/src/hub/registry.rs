@@ -1,32 +1,72 @@
-//! The local registry of a shard's hub: this shard's WebSocket connections by
-//! conversation and by user, their rate-limit buckets, and the events they submit.
-//! It answers `ping` and `auth` itself and posts everything else to the
+//! The registry of a shard's hub: this shard's WebSocket connections by conversation
+//! and by user, their rate-limit buckets, the events they submit, and delivery into
+//! their queues. It answers `ping` and `auth` itself and posts everything else to the
 //! conversation's home; it never decides order or presence (the home does).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::outbox::{Heartbeat, Outbox};
+use bytes::Bytes;
+
+use super::admit::{Admitted, Refused, Resume};
+use super::conn::{Conn, Heartbeat};
 use super::ratelimit::Bucket;
-use super::{Admitted, Hub, Refused, UserSlot};
-use crate::bus::{Actor, ConnAddr, HomeMsg, Remote, ShardMsg};
-use crate::ids::{format_timestamp, ConversationId, UserId};
+use super::replay;
+use crate::app::App;
+use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
+use crate::ids::{format_timestamp, ConversationId, Seq, UserId};
+use crate::metrics::ShardMetrics;
 use crate::protocol::{ClientEvent, Close, ServerEvent};
 
 /// Into how many phases of the ping interval consecutive connections are spread.
 const PING_PHASES: u64 = 64;
 
-impl Hub {
+/// A user with connections on this shard.
+struct UserSlot {
+    bucket: Bucket,
+    conns: u32,
+    /// In a cluster: tokens of the user's shared budget leased to this shard.
+    lease: u32,
+}
+
+#[derive(Default)]
+struct Local {
+    next_conn: u64,
+    conns: HashMap<u64, Rc<Conn>>,
+    by_conversation: HashMap<ConversationId, Vec<Rc<Conn>>>,
+    users: HashMap<UserId, UserSlot>,
+}
+
+/// This shard's connections.
+pub struct Registry {
+    shard: usize,
+    app: Arc<App>,
+    metrics: Rc<ShardMetrics>,
+    local: RefCell<Local>,
+}
+
+impl Registry {
+    pub(super) fn new(shard: usize, app: Arc<App>, metrics: Rc<ShardMetrics>) -> Self {
+        Self {
+            shard,
+            app,
+            metrics,
+            local: RefCell::new(Local::default()),
+        }
+    }
+
     /// Registers a connection and announces it to the conversation's home.
-    pub fn register(&self, admitted: &Admitted) -> Rc<Outbox> {
-        let mut st = self.state.borrow_mut();
+    pub fn register(&self, admitted: &Admitted) -> Rc<Conn> {
+        let mut st = self.local.borrow_mut();
         st.next_conn += 1;
         let config = &self.app.config;
         let phase = config
             .ws_ping_interval
             .mul_f64((st.next_conn % PING_PHASES) as f64 / PING_PHASES as f64);
-        let conn = Rc::new(Outbox::new(
+        let conn = Rc::new(Conn::new(
             st.next_conn,
             admitted,
             config.ws_outbound_limit_bytes,
@@ -59,8 +99,8 @@ impl Hub {
         conn
     }
 
-    pub fn unregister(&self, conn: &Outbox) {
-        let mut st = self.state.borrow_mut();
+    pub fn unregister(&self, conn: &Conn) {
+        let mut st = self.local.borrow_mut();
         if st.conns.remove(&conn.id).is_none() {
             return;
         }
@@ -85,7 +125,7 @@ impl Hub {
     /// are answered here; everything else goes to the conversation's home.
     pub async fn submit(
         &self,
-        conn: &Outbox,
+        conn: &Conn,
         event: ClientEvent,
         reference: Option<String>,
     ) -> Result<(), Refused> {
@@ -131,7 +171,7 @@ impl Hub {
             // sender's every event.
             return self.spend_locally(user);
         };
-        if let Some(slot) = self.state.borrow_mut().users.get_mut(&user) {
+        if let Some(slot) = self.local.borrow_mut().users.get_mut(&user) {
             if slot.lease > 0 {
                 slot.lease -= 1;
                 return true;
@@ -140,7 +180,7 @@ impl Hub {
         match cluster.lease(user).await {
             Some(0) => false,
             Some(granted) => {
-                if let Some(slot) = self.state.borrow_mut().users.get_mut(&user) {
+                if let Some(slot) = self.local.borrow_mut().users.get_mut(&user) {
                     slot.lease += granted - 1;
                 }
                 true
@@ -151,7 +191,7 @@ impl Hub {
 
     fn spend_locally(&self, user: UserId) -> bool {
         let config = &self.app.config;
-        let mut st = self.state.borrow_mut();
+        let mut st = self.local.borrow_mut();
         st.users.get_mut(&user).is_some_and(|slot| {
             slot.bucket.take(
                 config.ws_rate_per_second,
@@ -161,25 +201,7 @@ impl Hub {
         })
     }
 
-    /// Tells the conversation's home that `user` was removed from it: their open
-    /// sockets there are closed and nothing more reaches them or is taken from them.
-    /// Call after the removal is committed.
-    pub fn revoke(&self, conversation: ConversationId, user: UserId) {
-        if let Some(cluster) = &self.app.cluster {
-            cluster.publish(conversation, &Remote::Revoke { user });
-        }
-        let home = self.app.bus.home_of(conversation);
-        self.app.bus.post(
-            home,
-            ShardMsg::Revoke {
-                conversation,
-                user,
-                at: Instant::now(),
-            },
-        );
-    }
-
-    fn to_home(&self, conn: &Outbox, reference: Option<String>, msg: HomeMsg) {
+    fn to_home(&self, conn: &Conn, reference: Option<String>, msg: HomeMsg) {
         let actor = Actor {
             user: conn.user,
             username: Arc::clone(&conn.username),
@@ -200,9 +222,81 @@ impl Hub {
         );
     }
 
+    /// An event of the conversation for every connection in it here, except those of
+    /// `skip`.
+    pub(super) fn deliver(
+        &self,
+        conversation: ConversationId,
+        frame: &Bytes,
+        skip: Option<UserId>,
+    ) {
+        let local = self.local.borrow();
+        let mut delivered = 0;
+        for conn in local
+            .by_conversation
+            .get(&conversation)
+            .into_iter()
+            .flatten()
+        {
+            if skip != Some(conn.user) {
+                conn.deliver(frame);
+                delivered += 1;
+            }
+        }
+        self.metrics.deliveries.inc_by(delivered);
+    }
+
+    /// A frame for one connection only (a reply, a repeat's ack).
+    pub(super) fn direct(&self, conn: u64, frame: Bytes) {
+        if let Some(conn) = self.local.borrow().conns.get(&conn) {
+            conn.push(frame);
+        }
+    }
+
+    /// `user` lost access to the conversation: closes their connections in it here
+    /// (only `conn` when given).
+    pub(super) fn revoked(&self, conversation: ConversationId, user: UserId, conn: Option<u64>) {
+        let local = self.local.borrow();
+        for c in local
+            .by_conversation
+            .get(&conversation)
+            .into_iter()
+            .flatten()
+        {
+            if c.user == user && conn.is_none_or(|id| id == c.id) {
+                c.close(Close::NotAMember);
+            }
+        }
+    }
+
+    /// The home has the connection, live from `position`: replay what it missed, if it
+    /// asked, then let its live events through.
+    pub(super) fn joined(&self, conn: u64, position: Seq) {
+        let Some(conn) = self.local.borrow().conns.get(&conn).cloned() else {
+            return;
+        };
+        let since = match conn.joined() {
+            None => return,
+            Some(Resume::Fresh) => return conn.go_live(),
+            Some(Resume::Invalid) => {
+                conn.push(error_frame(
+                    "Invalid since: expected a stream position (0 or more)",
+                ));
+                return conn.go_live();
+            }
+            Some(Resume::Since(since)) if since > position => {
+                let detail = format!("Invalid since: the conversation is at {position}");
+                conn.push(error_frame(&detail));
+                return conn.go_live();
+            }
+            Some(Resume::Since(since)) => since,
+        };
+        replay::start(Arc::clone(&self.app), conn, since, position);
+    }
+
     /// Closes every local connection (shutdown).
     pub fn close_all(&self, reason: Close) {
-        let conns: Vec<Rc<Outbox>> = self.state.borrow().conns.values().cloned().collect();
+        let conns: Vec<Rc<Conn>> = self.local.borrow().conns.values().cloned().collect();
         for conn in conns {
             conn.close(reason);
         }
@@ -216,7 +310,7 @@ impl Hub {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut queued = 0;
-        for conn in self.state.borrow().conns.values() {
+        for conn in self.local.borrow().conns.values() {
             conn.beat(heartbeat, now, unix_now);
             queued += conn.backlog();
         }
@@ -224,4 +318,12 @@ impl Hub {
             .outbound_queue_bytes
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
+}
+
+fn error_frame(detail: &str) -> Bytes {
+    ServerEvent::Error {
+        detail,
+        reference: None,
+    }
+    .frame()
 }

@@ -1,14 +1,13 @@
 //! How the server ends a WebSocket: the one table of close codes (each named, with its
 //! reason text, whether the client is told why in an `error` event first, and what a
-//! client should do next), and the few control frames the server writes itself. The
-//! OpenAPI description renders its table from here.
+//! client should do next), which close each framing violation earns, and the close
+//! echo. The OpenAPI description renders its table from here; the frames themselves
+//! are encoded by `frame`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::ServerEvent;
-
-/// An RFC 6455 ping with no payload, as the server sends it for its heartbeat.
-pub const PING_FRAME: Bytes = Bytes::from_static(&[0x89, 0x00]);
+use super::event::ServerEvent;
+use super::frame::{self, Opcode, Violation};
 
 /// Every reason the server closes a WebSocket, with its RFC 6455 status code and the
 /// reason it sends: the one table of close codes.
@@ -112,7 +111,7 @@ impl Close {
 
     /// The close frame alone.
     pub fn frame(self) -> Bytes {
-        close_frame(self.code(), self.reason())
+        frame::close(self.code(), self.reason())
     }
 
     /// The close frame, preceded by its `error` event when the reason is announced.
@@ -133,23 +132,6 @@ impl Close {
     }
 }
 
-/// RFC 6455 5.5: control frames carry at most 125 bytes of payload.
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
-
-/// A close frame with a status code and reason, as the server sends it.
-pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
-    let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];
-    let mut payload = [0; MAX_CONTROL_PAYLOAD];
-    payload[..2].copy_from_slice(&code.to_be_bytes());
-    payload[2..2 + reason.len()].copy_from_slice(reason);
-    control_frame(0x8, &payload[..2 + reason.len()])
-}
-
-/// The pong a client's ping obliges: the ping's payload, returned.
-pub fn pong_frame(ping: &[u8]) -> Bytes {
-    control_frame(0xA, ping)
-}
-
 /// The answer to a client's close: its own status code and reason, returned; 1000
 /// when it gave none, since an empty echo would leave the client with 1005 ("no
 /// status received").
@@ -157,19 +139,18 @@ pub fn close_echo(close: &[u8]) -> Bytes {
     if close.is_empty() {
         Close::Normal.frame()
     } else {
-        control_frame(0x8, close)
+        frame::control(Opcode::Close, close)
     }
 }
 
-/// An unmasked, final control frame; the payload is cut to what RFC 6455 allows (the
-/// frame reader refuses longer ones before they get here).
-fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
-    let mut frame = BytesMut::with_capacity(2 + payload.len());
-    frame.put_u8(0x80 | opcode);
-    frame.put_u8(payload.len() as u8);
-    frame.extend_from_slice(payload);
-    frame.freeze()
+impl From<Violation> for Close {
+    fn from(violation: Violation) -> Self {
+        match violation {
+            Violation::Protocol => Self::ProtocolError,
+            Violation::Utf8 => Self::InvalidUtf8,
+            Violation::TooBig => Self::TooBig,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +172,13 @@ mod tests {
                 }
             );
             assert!(doc.contains(row.trim_end()), "docs/protocol.md lacks {row}");
+        }
+    }
+
+    #[test]
+    fn closes_the_server_sends_are_accepted_back() {
+        for close in Close::ALL {
+            assert!(frame::close_code_allowed(close.code()), "{close:?}");
         }
     }
 }

@@ -2,11 +2,20 @@
 //! WebSocket text frame (`Bytes`) that every recipient shares. Field names and order
 //! are the wire contract (docs/protocol.md).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
 
-use super::Presence;
+use super::frame;
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
+
+/// A user's status in a `presence` event, as the client sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Online,
+    Away,
+    Offline,
+}
 
 /// An event from the server. Persisted events (`message`, `edit`, `delete`,
 /// `reaction`) carry their stream position `seq`, after the fields the quick-start
@@ -118,31 +127,8 @@ impl ServerEvent<'_> {
 
     /// Serialises the event and frames it as one unmasked text frame, once.
     pub fn frame(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(256).writer();
-        // Reserve the largest header a frame under 64 KiB needs; fixed up below.
-        let _ = std::io::Write::write_all(&mut out, &[0; 4]);
-        if serde_json::to_writer(&mut out, self).is_err() {
-            // Serialising plain structs of strings cannot fail; never send half a frame.
-            return Bytes::new();
-        }
-        let mut buf = out.into_inner();
-        let len = buf.len() - 4;
-        if len < 126 {
-            buf[2] = 0x81;
-            buf[3] = len as u8;
-            buf.split_off(2).freeze()
-        } else if len <= usize::from(u16::MAX) {
-            buf[0] = 0x81;
-            buf[1] = 126;
-            buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            buf.freeze()
-        } else {
-            let mut framed = BytesMut::with_capacity(len + 10);
-            framed.put_u8(0x81);
-            framed.put_u8(127);
-            framed.put_u64(len as u64);
-            framed.extend_from_slice(&buf[4..]);
-            framed.freeze()
-        }
+        // Serialising plain structs of strings cannot fail; were it to, an empty
+        // frame (which writes nothing) goes out rather than half a frame.
+        frame::text(|out| serde_json::to_writer(out, self)).unwrap_or_default()
     }
 }

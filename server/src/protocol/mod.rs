@@ -1,11 +1,11 @@
 //! The WebSocket protocol of docs/protocol.md: client events parsed (simd-json, in
 //! place, on the frame's own buffer) and validated into `ClientEvent` (here); server
-//! events encoded once into shared frames (`event`); close codes (`close`). Pure: no
-//! I/O, no state beyond the per-thread parse buffers.
+//! events encoded once into shared frames (`event`); close codes (`close`); the
+//! WebSocket frame codec itself (`frame`). Pure: no I/O, no state beyond the
+//! per-thread parse buffers.
 
 use std::cell::RefCell;
 
-use serde::Serialize;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
@@ -15,22 +15,15 @@ use crate::text::{ClientId, Content, ContentError};
 
 mod close;
 mod event;
+pub mod frame;
 
-pub use close::{close_echo, pong_frame, Close, MAX_CONTROL_PAYLOAD, PING_FRAME};
-pub use event::{Membership, ServerEvent};
+pub use close::{close_echo, Close};
+pub use event::{Membership, Presence, ServerEvent};
 
 /// Longest reaction emoji, in characters (flags and skin tones are several code points).
 pub const EMOJI_MAX_CHARS: usize = 16;
 /// Longest client reference echoed back in errors.
 pub const REF_MAX_CHARS: usize = 64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Presence {
-    Online,
-    Away,
-    Offline,
-}
 
 /// A validated event from a client.
 #[derive(Debug, PartialEq, Eq)]
@@ -207,7 +200,6 @@ fn message_id(value: &BorrowedValue) -> Result<MessageId, ProtocolError> {
 
 #[cfg(test)]
 mod tests {
-    use super::close::close_frame;
     use super::*;
     use crate::ids::{ConversationId, Seq, UserId};
 
@@ -412,9 +404,6 @@ mod tests {
 
     #[test]
     fn close_frames() {
-        let f = close_frame(1008, "Invalid token");
-        assert_eq!(&f[..4], &[0x88, 15, 0x03, 0xF0]);
-        assert_eq!(&f[4..], b"Invalid token");
         let frames = Close::NotAMember.frames();
         assert_eq!(
             unframe(&frames[0]),

@@ -17,6 +17,7 @@ use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBu
 use crate::app::App;
 use crate::config::IoDriver;
 pub use listen::bind;
+use serve::Ready;
 
 /// A running shard thread, and the driver its runtime got.
 pub struct Started {
@@ -52,8 +53,6 @@ pub fn start(
     }
     Ok(started)
 }
-
-type Ready = mpsc::Sender<Result<&'static str, String>>;
 
 fn run(id: usize, app: Arc<App>, listener: std::net::TcpListener, driver: IoDriver, ready: Ready) {
     const ENTRIES: u32 = 4096;

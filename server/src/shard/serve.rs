@@ -12,13 +12,15 @@ use hyper::service::service_fn;
 use monoio::net::TcpStream;
 use monoio_compat::hyper::{MonoioIo, MonoioTimer};
 
-use super::Ready;
 use crate::app::App;
 use crate::bus::ShardMsg;
 use crate::context::ShardContext;
-use crate::hub::outbox::Heartbeat;
+use crate::hub::conn::Heartbeat;
 use crate::protocol::Close;
 use crate::socket::OnShard;
+
+/// Where a shard reports that it is serving (with its io driver), or why it could not.
+pub(super) type Ready = std::sync::mpsc::Sender<Result<&'static str, String>>;
 
 pub async fn shard_main(
     id: usize,
@@ -72,7 +74,7 @@ pub async fn shard_main(
 
 /// After the stop signal: close WebSockets with 1001, let HTTP requests finish.
 async fn drain(shard: &ShardContext) {
-    shard.hub.close_all(Close::ShuttingDown);
+    shard.hub.registry.close_all(Close::ShuttingDown);
     let grace = shard.app.config.shutdown_grace();
     if monoio::time::timeout(grace, shard.connections.all_closed())
         .await
@@ -116,7 +118,7 @@ async fn heartbeat(shard: Rc<ShardContext>) {
         .clamp(Duration::from_millis(100), Duration::from_secs(1));
     loop {
         monoio::select! {
-            _ = monoio::time::sleep(tick) => shard.hub.beat(&beat),
+            _ = monoio::time::sleep(tick) => shard.hub.registry.beat(&beat),
             _ = shard.shutdown.wait() => return,
         }
     }

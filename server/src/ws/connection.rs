@@ -18,12 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use super::frame::{FrameReader, Opcode, ReadError};
 use super::io::{ReadHalf, WriteHalf};
+use super::reader::{FrameReader, ReadError};
 use crate::context::ShardContext;
-use crate::hub::outbox::{Next, Outbox};
-use crate::hub::{Admitted, Hub, Refused};
+use crate::hub::conn::{Conn, Next};
+use crate::hub::{Admitted, Refused, Registry};
 use crate::metrics::{EventKind, Refusal, ShardMetrics};
+use crate::protocol::frame::{self, Opcode};
 use crate::protocol::{self, ClientEvent, Close, ProtocolError, ServerEvent};
 
 /// How long a closing connection may take to flush its last frames, and how long it
@@ -57,8 +58,8 @@ pub async fn run(
     );
     async move {
         let registered = Registered {
-            hub: &shard.hub,
-            conn: shard.hub.register(&admitted),
+            registry: &shard.hub.registry,
+            conn: shard.hub.registry.register(&admitted),
         };
         let conn = &Rc::clone(&registered.conn);
         if shard.shutdown.is_set() {
@@ -122,15 +123,16 @@ enum ReadEnd {
     Gone,
 }
 
-/// Unregisters the connection from the hub however its task ends, unwinding included.
+/// Unregisters the connection from the registry however its task ends, unwinding
+/// included.
 struct Registered<'a> {
-    hub: &'a Hub,
-    conn: Rc<Outbox>,
+    registry: &'a Registry,
+    conn: Rc<Conn>,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.hub.unregister(&self.conn);
+        self.registry.unregister(&self.conn);
     }
 }
 
@@ -147,7 +149,7 @@ async fn linger(reader: &mut Reader) {
     .await;
 }
 
-async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> ReadEnd {
+async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> ReadEnd {
     let max = shard.app.config.ws_max_message_bytes;
     // Fragments are joined here, so that the total size of a fragmented message is
     // bounded too, not only each fragment.
@@ -162,7 +164,7 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
         match (frame.opcode, fragmented) {
             // The pong and the close echo the protocol obliges go through the same
             // queue as everything else, so frames never interleave on the wire.
-            (Opcode::Ping, _) => conn.push(protocol::pong_frame(frame.payload)),
+            (Opcode::Ping, _) => conn.push(frame::pong(frame.payload)),
             (Opcode::Close, _) => {
                 conn.close_with(protocol::close_echo(frame.payload));
                 return ReadEnd::PeerClosed;
@@ -209,7 +211,7 @@ async fn read_loop(shard: &ShardContext, conn: &Outbox, reader: &mut Reader) -> 
 
 /// One complete client message: parse, validate, submit; any refusal is an `error`
 /// event and the connection stays open.
-async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: Opcode, payload: &mut [u8]) {
+async fn on_message(shard: &ShardContext, conn: &Conn, opcode: Opcode, payload: &mut [u8]) {
     let (refusal, detail, reference) = if opcode == Opcode::Binary {
         (Refusal::Invalid, ProtocolError::Binary.to_string(), None)
     } else {
@@ -219,6 +221,7 @@ async fn on_message(shard: &ShardContext, conn: &Outbox, opcode: Opcode, payload
                 shard.metrics.event(kind(&event));
                 match shard
                     .hub
+                    .registry
                     .submit(conn, event, parsed.reference.clone())
                     .await
                 {
@@ -255,7 +258,7 @@ fn kind(event: &ClientEvent) -> EventKind {
 }
 
 /// Closes with the status RFC 6455 gives for what went wrong; I/O errors just end.
-fn fail(conn: &Outbox, e: ReadError) -> ReadEnd {
+fn fail(conn: &Conn, e: ReadError) -> ReadEnd {
     match e {
         ReadError::Gone => ReadEnd::Gone,
         ReadError::Refused(reason) => {
@@ -283,7 +286,7 @@ enum WriterEnd {
     Failed,
 }
 
-async fn write_loop(conn: &Outbox, write: &mut WriteHalf, metrics: &ShardMetrics) -> WriterEnd {
+async fn write_loop(conn: &Conn, write: &mut WriteHalf, metrics: &ShardMetrics) -> WriterEnd {
     let condemned = |reason: Close| {
         if reason == Close::TooFarBehind {
             metrics.slow_consumer_closes.inc();

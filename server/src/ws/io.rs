@@ -28,7 +28,7 @@ use monoio::io::{AsyncWriteRent, Splitable};
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::frame::{ReadError, Source};
+use super::reader::{ReadError, Source};
 
 /// One read's worth of bytes, shared by every connection of the shard thread. A read
 /// fills it and the bytes are moved out before anything else can run.

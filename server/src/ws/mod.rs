@@ -9,8 +9,8 @@
 //! HTTP layer back.
 
 mod connection;
-mod frame;
 mod io;
+mod reader;
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;

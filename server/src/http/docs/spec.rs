@@ -47,7 +47,7 @@ pub const WS_PATH: &str = "/api/chat/ws/{conversation_id}";
         crate::http::conversations::add_participant,
         crate::http::conversations::remove_participant,
         crate::http::conversations::history,
-        super::ready,
+        super::ready::ready,
     ),
     components(schemas(
         Credentials,

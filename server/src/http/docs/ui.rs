@@ -9,8 +9,11 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use utoipa_swagger_ui::Config;
 
-use super::Asset;
+use http::{header, HeaderValue};
+use hyper::Response;
+
 use crate::error::ApiError;
+use crate::http::reply::Body;
 
 /// Where the UIs fetch the document from.
 const SPEC_URL: &str = "/openapi.json";
@@ -120,6 +123,38 @@ pub(super) fn redoc(rest: &str) -> Result<Asset, ApiError> {
         content_type: content_type.into(),
         revalidate,
     })
+}
+
+/// A file the docs routes serve from the binary.
+pub(super) struct Asset {
+    pub(super) body: Bytes,
+    pub(super) content_type: String,
+    /// The spec, the pages and the Swagger initializer change with the binary under
+    /// the same URL, so browsers must revalidate them; the big bundles may be kept
+    /// for an hour.
+    pub(super) revalidate: bool,
+}
+
+impl Asset {
+    pub(super) fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(Body::new(self.body));
+        let headers = response.headers_mut();
+        let content_type = HeaderValue::from_str(&self.content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+        headers.insert(header::CONTENT_TYPE, content_type);
+        let cache = if self.revalidate {
+            "no-cache"
+        } else {
+            "public, max-age=3600"
+        };
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+        // Content types are exact, so browsers must not second-guess them.
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
+    }
 }
 
 #[cfg(test)]

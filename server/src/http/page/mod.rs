@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use hyper::Response;
 
-use super::{Body, Reply};
+use super::reply::{Body, Reply};
 use crate::error::ApiError;
 
 const INDEX: &str = include_str!("index.html");

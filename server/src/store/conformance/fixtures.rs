@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::ids::{now_micros, ConversationId, MessageIdGen, UserId};
-use crate::store::{ConversationRecord, NewMessage, Store, UserRecord};
+use crate::ids::{now_micros, ConversationId, MessageId, MessageIdGen, UserId};
+use crate::store::model::{ConversationRecord, MessageRecord, NewMessage, Page, Store, UserRecord};
 use crate::text::Content;
 
 /// How long `no_hang` lets a call run: far beyond any deadline of the stores, so only
@@ -147,4 +147,35 @@ impl PgTestDb {
     pub(crate) fn name(&self) -> &str {
         self.0.name()
     }
+}
+
+/// The ids of a page of history, in order.
+pub(crate) fn ids(page: &[MessageRecord]) -> Vec<MessageId> {
+    page.iter().map(|m| m.id).collect()
+}
+
+/// The ids of messages as submitted, in order.
+pub(crate) fn new_ids(batch: &[NewMessage]) -> Vec<MessageId> {
+    batch.iter().map(|m| m.id).collect()
+}
+
+/// One page of a conversation's history, oldest first.
+pub(crate) async fn page(
+    store: &dyn Store,
+    id: ConversationId,
+    limit: u32,
+    before: Option<MessageId>,
+) -> Vec<MessageRecord> {
+    store
+        .history(
+            id,
+            Page {
+                limit,
+                before,
+                after: None,
+            },
+        )
+        .await
+        .expect("history query works")
+        .expect("known anchor")
 }

@@ -8,14 +8,13 @@ mod fixtures;
 
 mod streams;
 
-use super::{
-    ChangeOutcome, MessageRecord, NewMessage, Page, ReactionOutcome, Store, StoreError, Stored,
-};
+use super::model::{ChangeOutcome, Page, ReactionOutcome, Store, StoreError, Stored};
 use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
 
 pub(crate) use fixtures::{
     content, conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb,
 };
+use fixtures::{ids, new_ids, page};
 pub(crate) use streams::upgraded_from_first_schema;
 
 /// The ids of the conversation's whole history, oldest first, read page by page.
@@ -30,34 +29,6 @@ pub(crate) async fn all_history(store: &dyn Store, id: ConversationId) -> Vec<Me
         before = Some(oldest.id);
         seen.splice(0..0, ids(&older));
     }
-}
-
-fn ids(page: &[MessageRecord]) -> Vec<MessageId> {
-    page.iter().map(|m| m.id).collect()
-}
-
-fn new_ids(batch: &[NewMessage]) -> Vec<MessageId> {
-    batch.iter().map(|m| m.id).collect()
-}
-
-async fn page(
-    store: &dyn Store,
-    id: ConversationId,
-    limit: u32,
-    before: Option<MessageId>,
-) -> Vec<MessageRecord> {
-    store
-        .history(
-            id,
-            Page {
-                limit,
-                before,
-                after: None,
-            },
-        )
-        .await
-        .expect("history query works")
-        .expect("known anchor")
 }
 
 /// Runs every check against `store`, which must be freshly created and empty.

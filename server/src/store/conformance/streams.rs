@@ -2,9 +2,11 @@
 //! event, the stream read back as it was broadcast, idempotent sends, and history
 //! paged forward.
 
-use super::{content, conversation, ids, messages, new_ids, pair, Pair};
+use super::fixtures::{content, conversation, ids, messages, new_ids, page, pair, user, Pair};
 use crate::ids::{now_micros, Seq};
-use crate::store::{ChangeOutcome, Original, Page, ReactionOutcome, Store, Stored, StreamKind};
+use crate::store::model::{
+    ChangeOutcome, Original, Page, ReactionOutcome, Store, Stored, StreamKind,
+};
 use crate::text::ClientId;
 
 pub(super) async fn run(store: &dyn Store) {
@@ -28,7 +30,7 @@ async fn positions_and_replay(store: &dyn Store) {
         Some(Seq(0)),
         "nothing happened yet"
     );
-    let stranger = super::user("s_carol");
+    let stranger = user("s_carol");
     store.create_user(&stranger).await.expect("create");
     assert_eq!(
         store
@@ -206,7 +208,7 @@ async fn idempotent_sends(store: &dyn Store) {
         ],
         "a repeat takes no position; the edit took 2"
     );
-    let history = super::page(store, chat.id, 50, None).await;
+    let history = page(store, chat.id, 50, None).await;
     assert_eq!(
         ids(&history),
         vec![first[0].id, again[1].id],

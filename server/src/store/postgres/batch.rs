@@ -18,7 +18,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::ids::{MessageId, Seq};
-use crate::store::{NewMessage, Original, Stored};
+use crate::store::model::{NewMessage, Original, Stored};
 
 /// The index that makes a `client_id` one message.
 const CLIENT_ID_KEY: &str = "messages_client_id_key";

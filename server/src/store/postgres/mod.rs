@@ -24,7 +24,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::StoreError;
+use super::model::StoreError;
 
 mod embedded {
     refinery::embed_migrations!("../sql/postgres");

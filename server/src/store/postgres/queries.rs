@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{batch, PostgresStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
-use crate::store::{
+use crate::store::model::{
     distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Page, ReactionOutcome,
     Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };

@@ -15,7 +15,7 @@ use tokio_postgres::NoTls;
 
 use super::{PostgresStore, Timeouts};
 use crate::store::conformance::{self, no_hang, PgTestDb};
-use crate::store::{Store, StoreError};
+use crate::store::model::{Store, StoreError};
 
 #[tokio::test]
 async fn postgres_store_conforms() {

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::columns::{Key, Micros};
 use crate::ids::{ConversationId, MessageId, Seq};
-use crate::store::{NewMessage, Original, Stored};
+use crate::store::model::{NewMessage, Original, Stored};
 
 /// Where a conversation's counter stands during a batch: its position, and the newest
 /// message time to bump `updated_at` to.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::Semaphore;
 
-use super::StoreError;
+use super::model::StoreError;
 
 mod embedded {
     refinery::embed_migrations!("../sql/sqlite");

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
-use crate::store::{
+use crate::store::model::{
     distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Page, ReactionOutcome,
     Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };

@@ -5,7 +5,8 @@
 //! directory.
 
 use super::SqliteStore;
-use crate::store::{conformance, Store};
+use crate::store::conformance;
+use crate::store::model::Store;
 
 async fn fresh_store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("a temporary directory");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
-use super::{NewMessage, Store, StoreError, Stored};
+use super::model::{NewMessage, Store, StoreError, Stored};
 use crate::metrics::WriterMetrics;
 
 /// When a batch is committed: as soon as it holds `max_batch` messages, or `max_delay`

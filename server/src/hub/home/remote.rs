@@ -8,24 +8,24 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::Hub;
+use super::Homes;
 use crate::bus::Remote;
 use crate::cluster::{Announcement, Change};
 use crate::ids::ConversationId;
 
-impl Hub {
-    pub(super) fn remote(self: &Rc<Self>, conversation: ConversationId, msg: Remote) {
+impl Homes {
+    pub(in crate::hub) fn remote(self: &Rc<Self>, conversation: ConversationId, msg: Remote) {
         match msg {
             Remote::Event { seq, frame } => {
-                if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+                if let Some(home) = self.state.borrow_mut().live.get_mut(&conversation) {
                     home.stream.accept(seq, frame);
                 }
                 self.settle(conversation);
             }
             Remote::Frame { skip, frame } => self.deliver_local(conversation, frame, skip),
-            Remote::Revoke { user } => self.revoke_at_home(conversation, user, Instant::now()),
+            Remote::Revoke { user } => self.revoke(conversation, user, Instant::now()),
             Remote::Resync => {
-                if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+                if let Some(home) = self.state.borrow_mut().live.get_mut(&conversation) {
                     home.stream.doubt();
                 }
                 self.settle(conversation);
@@ -37,17 +37,17 @@ impl Hub {
     /// dead): records every connected user of this shard's homes again, and reads
     /// every stream back from the store, since a subscription that survived the cut
     /// may have missed events.
-    pub(super) fn rejoin(self: &Rc<Self>) {
+    pub(in crate::hub) fn rejoin(self: &Rc<Self>) {
         let Some(cluster) = &self.app.cluster else {
             return;
         };
         let mut st = self.state.borrow_mut();
-        for home in st.homes.live.values_mut() {
+        for home in st.live.values_mut() {
             home.stream.doubt();
         }
-        let conversations: Vec<ConversationId> = st.homes.live.keys().copied().collect();
-        for (&conversation, home) in &st.homes.live {
-            for (user, username) in home.present() {
+        let conversations: Vec<ConversationId> = st.live.keys().copied().collect();
+        for (&conversation, home) in &st.live {
+            for (user, username) in home.presence.present() {
                 cluster.announce(Announcement {
                     conversation,
                     user,

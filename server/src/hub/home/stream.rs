@@ -3,33 +3,25 @@
 //! report in. Edits, deletes and reactions commit on the store's pool beside the
 //! writer's batches, and a commit that timed out may still have happened, so a position
 //! can arrive late or not at all: later ones wait here, and once nothing is in flight
-//! the gap is read back from the store (`Hub::fill`) rather than skipped.
-//!
-//! Also the one rendering of a stream event into its frame, shared by live delivery,
-//! gap filling and the replay of a resuming client, so all three send the same bytes.
+//! the gap is read back from the store (`Homes::fill`) rather than skipped.
 //!
 //! It never touches a socket or the store itself; the home drives both.
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Hub;
-use crate::bus::Remote;
-use crate::ids::{format_timestamp, ConversationId, Seq};
-use crate::protocol::ServerEvent;
-use crate::store::{StreamEvent, StreamKind};
+use crate::ids::Seq;
 
 /// How many events one read of a gap brings back; a longer gap takes several.
-const FILL_PAGE: u64 = 1000;
+pub(super) const FILL_PAGE: u64 = 1000;
 /// How long to wait before reading a gap again after the store failed to answer.
-const FILL_RETRY: Duration = Duration::from_secs(1);
+pub(super) const FILL_RETRY: Duration = Duration::from_secs(1);
 /// In a cluster, how long a gap may stay open before it is read from the store: the
 /// missing position was committed by another node, whose publication is normally a
 /// fraction of a millisecond behind.
-const REMOTE_GRACE: Duration = Duration::from_millis(100);
+pub(super) const REMOTE_GRACE: Duration = Duration::from_millis(100);
 
 /// What the home should do about a gap or a doubt.
 #[derive(Debug, PartialEq, Eq)]
@@ -187,144 +179,6 @@ impl Stream {
             }
             _ => 0,
         }
-    }
-}
-
-/// The frame of a stream event, as live delivery sends it.
-pub fn frame(conversation: ConversationId, e: &StreamEvent) -> Bytes {
-    let timestamp = format_timestamp(&e.at);
-    match &e.kind {
-        StreamKind::Message { content, client_id } => ServerEvent::Message {
-            message_id: e.message_id,
-            conversation_id: conversation,
-            content,
-            sender_id: e.user_id,
-            sender_username: &e.username,
-            timestamp: &timestamp,
-            is_edited: false,
-            seq: e.seq,
-            client_id: client_id.as_deref(),
-        },
-        StreamKind::Edit { content } => ServerEvent::Edit {
-            message_id: e.message_id,
-            content,
-            sender_id: e.user_id,
-            is_edited: true,
-            timestamp: &timestamp,
-            seq: e.seq,
-        },
-        StreamKind::Delete => ServerEvent::Delete {
-            message_id: e.message_id,
-            sender_id: e.user_id,
-            timestamp: &timestamp,
-            seq: e.seq,
-        },
-        StreamKind::Reaction { emoji, added } => ServerEvent::Reaction {
-            message_id: e.message_id,
-            emoji,
-            sender_id: e.user_id,
-            sender_username: &e.username,
-            action: if *added { "added" } else { "removed" },
-            seq: e.seq,
-        },
-    }
-    .frame()
-}
-
-impl Hub {
-    /// A committed event of the conversation: delivered now if it is next, after the
-    /// gap before it otherwise.
-    pub(super) fn publish(self: &Rc<Self>, conversation: ConversationId, e: &StreamEvent) {
-        let frame = frame(conversation, e);
-        if let Some(cluster) = &self.app.cluster {
-            let remote = Remote::Event {
-                seq: e.seq,
-                frame: frame.clone(),
-            };
-            cluster.publish(conversation, &remote);
-        }
-        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
-            home.stream.accept(e.seq, frame);
-        }
-        self.settle(conversation);
-    }
-
-    /// Delivers what is ready, reads the store for a gap or doubt once nothing in
-    /// flight can close it, and forgets the conversation once nothing is owed.
-    pub(super) fn settle(self: &Rc<Self>, conversation: ConversationId) {
-        let grace = if self.app.cluster.is_some() {
-            REMOTE_GRACE
-        } else {
-            Duration::ZERO
-        };
-        let fill = {
-            let mut st = self.state.borrow_mut();
-            let Some(home) = st.homes.live.get_mut(&conversation) else {
-                return;
-            };
-            while let Some(frame) = home.stream.pop_ready() {
-                home.deliver(&self.app.bus, conversation, &frame, None);
-            }
-            if home.is_idle() {
-                st.homes.live.remove(&conversation);
-                drop(st);
-                if let Some(cluster) = &self.app.cluster {
-                    cluster.unsubscribe(conversation);
-                }
-                return;
-            }
-            home.stream.start_fill(Instant::now(), grace)
-        };
-        match fill {
-            Fill::No => {}
-            Fill::Now(after) => self.fill(conversation, after),
-            Fill::Later(wait) => {
-                let hub = Rc::clone(self);
-                monoio::spawn(async move {
-                    monoio::time::sleep(wait).await;
-                    if let Some(home) = hub.state.borrow_mut().homes.live.get_mut(&conversation) {
-                        home.stream.timer_fired();
-                    }
-                    hub.settle(conversation);
-                });
-            }
-        }
-    }
-
-    /// Reads the events after `after` back from the store and delivers them.
-    fn fill(self: &Rc<Self>, conversation: ConversationId, after: Seq) {
-        let hub = Rc::clone(self);
-        monoio::spawn(async move {
-            let upto = Seq(after.0.saturating_add(FILL_PAGE));
-            let read = hub
-                .app
-                .db
-                .call(move |s| async move { s.stream(conversation, after, upto).await })
-                .await;
-            let complete = match read {
-                Ok(events) => {
-                    let full = events.len() as u64 >= FILL_PAGE;
-                    if let Some(home) = hub.state.borrow_mut().homes.live.get_mut(&conversation) {
-                        for e in &events {
-                            home.stream.accept(e.seq, frame(conversation, e));
-                        }
-                    }
-                    !full
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, %conversation, "stream gap not read; retrying");
-                    monoio::time::sleep(FILL_RETRY).await;
-                    false
-                }
-            };
-            if let Some(home) = hub.state.borrow_mut().homes.live.get_mut(&conversation) {
-                let skipped = home.stream.end_fill(complete);
-                if skipped > 0 {
-                    tracing::warn!(%conversation, skipped, "stream positions missing from the store; skipped");
-                }
-            }
-            hub.settle(conversation);
-        });
     }
 }
 

@@ -1,15 +1,16 @@
-//! Frames from the client, read by hand (RFC 6455 section 5): each header checked as
-//! it arrives, each payload unmasked in place, control frames and close payloads
-//! validated. Only what is not yet consumed (an incomplete frame, or frames behind the
+//! Frames from the client, read by hand: each header checked by the codec
+//! (`protocol::frame`) as it arrives, each payload unmasked in place and validated
+//! once whole. Only what is not yet consumed (an incomplete frame, or frames behind the
 //! one in hand) is kept per connection, and that buffer is released whenever it
 //! empties: an idle connection holds no read buffer at all.
 //!
-//! It parses and validates, nothing more: where the bytes come from is the `Source`'s
-//! business, and what a frame obliges (a pong, the close echo) and how fragments join
+//! It reads and hands out frames, nothing more: where the bytes come from is the
+//! `Source`'s business, and what a frame obliges (a pong, the close echo) and how fragments join
 //! into messages is the connection's. It never buffers a frame larger than the
 //! configured limit; that is refused from its header.
 
-use crate::protocol::{Close, MAX_CONTROL_PAYLOAD};
+use crate::protocol::frame::{unmask, validate, Header, Opcode, Violation};
+use crate::protocol::Close;
 
 /// Where a connection's bytes come from.
 pub trait Source {
@@ -17,34 +18,6 @@ pub trait Source {
     /// `Gone`.
     #[allow(async_fn_in_trait)]
     async fn fill(&mut self, pending: &mut Vec<u8>) -> Result<(), ReadError>;
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Opcode {
-    Continuation,
-    Text,
-    Binary,
-    Close,
-    Ping,
-    Pong,
-}
-
-impl Opcode {
-    fn parse(bits: u8) -> Option<Self> {
-        Some(match bits {
-            0x0 => Self::Continuation,
-            0x1 => Self::Text,
-            0x2 => Self::Binary,
-            0x8 => Self::Close,
-            0x9 => Self::Ping,
-            0xA => Self::Pong,
-            _ => return None,
-        })
-    }
-
-    fn is_control(self) -> bool {
-        matches!(self, Self::Close | Self::Ping | Self::Pong)
-    }
 }
 
 /// One frame, its payload unmasked and borrowed from the reader until the next read.
@@ -61,120 +34,6 @@ pub enum ReadError {
     Gone,
     /// The client broke the framing rules; the close RFC 6455 gives for it.
     Refused(Close),
-}
-
-/// A frame's header, once all of it has arrived.
-#[derive(Debug, PartialEq, Eq)]
-struct Header {
-    fin: bool,
-    opcode: Opcode,
-    mask: [u8; 4],
-    /// Bytes before the payload.
-    len: usize,
-    payload_len: usize,
-}
-
-/// Parses the header at the start of `buf`: `None` until all of it is there, the close
-/// the RFC gives as soon as what has arrived is enough to refuse it.
-fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Close> {
-    let [first, second, ..] = *buf else {
-        return Ok(None);
-    };
-    // No extension is negotiated, so every reserved bit must be clear.
-    if first & 0x70 != 0 {
-        return Err(Close::ProtocolError);
-    }
-    let fin = first & 0x80 != 0;
-    let opcode = Opcode::parse(first & 0x0F).ok_or(Close::ProtocolError)?;
-    // RFC 6455 5.1: a server closes on any unmasked client frame.
-    if second & 0x80 == 0 {
-        return Err(Close::ProtocolError);
-    }
-    let short_len = usize::from(second & 0x7F);
-    if opcode.is_control() && (!fin || short_len > MAX_CONTROL_PAYLOAD) {
-        return Err(Close::ProtocolError);
-    }
-    let extended = match short_len {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let len = 2 + extended + 4;
-    let Some(header) = buf.get(..len) else {
-        return Ok(None);
-    };
-    let payload_len = match extended {
-        0 => short_len as u64,
-        2 => u64::from(u16::from_be_bytes([header[2], header[3]])),
-        _ => {
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(&header[2..10]);
-            let n = u64::from_be_bytes(bytes);
-            // RFC 6455 5.2: the most significant bit of a 64-bit length must be 0.
-            if n >> 63 != 0 {
-                return Err(Close::ProtocolError);
-            }
-            n
-        }
-    };
-    let payload_len = usize::try_from(payload_len).unwrap_or(usize::MAX);
-    if payload_len > max_payload {
-        return Err(Close::TooBig);
-    }
-    let mut mask = [0; 4];
-    mask.copy_from_slice(&header[len - 4..]);
-    Ok(Some(Header {
-        fin,
-        opcode,
-        mask,
-        len,
-        payload_len,
-    }))
-}
-
-fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = payload.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
-    }
-    // Whole chunks are a multiple of 4 bytes, so the remainder starts at mask[0].
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= mask[i % 4];
-    }
-}
-
-/// What a whole frame's payload must satisfy on its own. Fragmented text is checked
-/// once its message is whole, by the connection.
-fn validate(opcode: Opcode, fin: bool, payload: &[u8]) -> Result<(), Close> {
-    match opcode {
-        Opcode::Text if fin => std::str::from_utf8(payload)
-            .map(drop)
-            .map_err(|_| Close::InvalidUtf8),
-        Opcode::Close => match payload {
-            [] => Ok(()),
-            [_] => Err(Close::ProtocolError),
-            [high, low, reason @ ..] => {
-                std::str::from_utf8(reason).map_err(|_| Close::InvalidUtf8)?;
-                if close_code_allowed(u16::from_be_bytes([*high, *low])) {
-                    Ok(())
-                } else {
-                    Err(Close::ProtocolError)
-                }
-            }
-        },
-        _ => Ok(()),
-    }
-}
-
-/// RFC 6455 7.4 and the IANA registry: the codes a peer may put in a close frame.
-/// 1004-1006 and 1015 are reserved for reporting, never sent.
-fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// The client's frames, read from `io`.
@@ -207,15 +66,14 @@ impl<R: Source> FrameReader<R> {
             self.pending = Vec::new();
         }
         loop {
-            let header =
-                parse_header(&self.pending, self.max_payload).map_err(ReadError::Refused)?;
+            let header = Header::parse(&self.pending, self.max_payload).map_err(refused)?;
             if let Some(header) = header {
                 let end = header.len + header.payload_len;
                 if self.pending.len() >= end {
                     self.consumed = end;
                     let payload = &mut self.pending[header.len..end];
                     unmask(payload, header.mask);
-                    validate(header.opcode, header.fin, payload).map_err(ReadError::Refused)?;
+                    validate(header.opcode, header.fin, payload).map_err(refused)?;
                     return Ok(Frame {
                         fin: header.fin,
                         opcode: header.opcode,
@@ -228,6 +86,11 @@ impl<R: Source> FrameReader<R> {
             self.io.fill(&mut self.pending).await?;
         }
     }
+}
+
+/// The close RFC 6455 gives for a violation.
+fn refused(violation: Violation) -> ReadError {
+    ReadError::Refused(Close::from(violation))
 }
 
 #[cfg(test)]
@@ -354,35 +217,6 @@ mod tests {
         ];
         for (what, wire, close) in cases {
             assert_eq!(refused(wire), Err(ReadError::Refused(close)), "{what}");
-        }
-        // A 64-bit length with its top bit set, refused from the header alone.
-        let mut huge = vec![0x82, 0x80 | 127];
-        huge.extend_from_slice(&u64::MAX.to_be_bytes());
-        huge.extend_from_slice(&MASK);
-        assert_eq!(parse_header(&huge, usize::MAX), Err(Close::ProtocolError));
-    }
-
-    #[test]
-    fn closes_the_server_sends_are_accepted_back() {
-        for close in Close::ALL {
-            assert!(close_code_allowed(close.code()), "{close:?}");
-        }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
-            assert!(!close_code_allowed(code), "{code}");
-        }
-    }
-
-    #[test]
-    fn unmasking_matches_the_rfc_definition_at_every_length() {
-        for n in 0..40 {
-            let original: Vec<u8> = (0..n as u8).collect();
-            let mut masked: Vec<u8> = original
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ MASK[i % 4])
-                .collect();
-            unmask(&mut masked, MASK);
-            assert_eq!(masked, original);
         }
     }
 

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::stream;
-use super::Hub;
+use super::Homes;
 use crate::bus::{Actor, ShardMsg};
+use crate::hub::render;
 use crate::ids::{now_micros, ConversationId, MessageId, Seq};
 use crate::protocol::{ClientEvent, ServerEvent};
 use crate::store::writer::CommitResult;
@@ -31,7 +31,7 @@ type Change = (Seq, MessageId, DateTime<Utc>, StreamKind);
 /// commit may have happened, and resending is safe.
 const MAY_NOT_BE_SAVED: &str = "Message may not have been saved; resend with the same client_id";
 
-impl Hub {
+impl Homes {
     pub(super) fn event(
         self: &Rc<Self>,
         conversation: ConversationId,
@@ -146,20 +146,19 @@ impl Hub {
         let previous = self
             .state
             .borrow_mut()
-            .homes
             .live
             .get_mut(&conversation)
-            .and_then(|home| home.last_change.replace(turn));
-        let hub = Rc::clone(self);
+            .and_then(|h| h.last_change.replace(turn));
+        let home = Rc::clone(self);
         monoio::spawn(async move {
             if let Some(previous) = previous {
                 // Resolves, sent or dropped, once the change before this one is done.
                 let _ = previous.await;
             }
-            let result = hub.app.db.call(work).await;
+            let result = home.app.db.call(work).await;
             // The next change may go as soon as this one is in the store.
             drop(done);
-            hub.end_commit(conversation, &result);
+            home.end_commit(conversation, &result);
             match result.map(outcome) {
                 Ok(Ok((seq, message_id, at, kind))) => {
                     let e = StreamEvent {
@@ -170,20 +169,20 @@ impl Hub {
                         at,
                         kind,
                     };
-                    return hub.publish(conversation, &e);
+                    return home.publish(conversation, &e);
                 }
-                Ok(Err(detail)) => hub.reply_error(&actor, detail),
+                Ok(Err(detail)) => home.reply_error(&actor, detail),
                 Err(e) => {
                     tracing::warn!(error = %e, %conversation, "change not persisted");
-                    hub.reply_error(&actor, failure);
+                    home.reply_error(&actor, failure);
                 }
             }
-            hub.settle(conversation);
+            home.settle(conversation);
         });
     }
 
     fn begin_commit(&self, conversation: ConversationId) {
-        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+        if let Some(home) = self.state.borrow_mut().live.get_mut(&conversation) {
             home.stream.begin_commit();
         }
     }
@@ -196,7 +195,7 @@ impl Hub {
         result: &Result<T, E>,
     ) {
         let unknown = matches!(result, Err(e) if matches!(e.borrow(), StoreError::Unavailable(_)));
-        if let Some(home) = self.state.borrow_mut().homes.live.get_mut(&conversation) {
+        if let Some(home) = self.state.borrow_mut().live.get_mut(&conversation) {
             home.stream.end_commit(unknown);
         }
     }
@@ -242,7 +241,7 @@ impl Hub {
 
     /// The writer reported a message: published at its position, answered with the
     /// original when it was a repeat, or the sender is told it failed.
-    pub(super) fn committed(
+    pub(in crate::hub) fn committed(
         self: &Rc<Self>,
         conversation: ConversationId,
         actor: Actor,
@@ -288,7 +287,7 @@ impl Hub {
                     actor.conn.shard,
                     ShardMsg::Direct {
                         conn: actor.conn.conn,
-                        frame: stream::frame(conversation, &ack),
+                        frame: render::stream_frame(conversation, &ack),
                     },
                 );
             }

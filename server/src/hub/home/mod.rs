@@ -1,12 +1,20 @@
-//! The home role of a shard's hub: for the conversations hashed to this shard, the
-//! single source of their delivery order. What it does with client events is in
-//! `events` (persist, then publish at the commit's stream position), the order of
-//! delivery in `stream`; here is the one place that knows who is connected where:
-//! presence (`active_users`), which shards to fan out to, which sockets to close when a
-//! participant is removed, and from which position each joining connection is live.
+//! The homes of a shard's hub: for the conversations hashed to this shard, the single
+//! source of their delivery order and the one place that knows who is connected
+//! where. Here: joins and leaves (`presence`), removals, announcements, and the
+//! delivery of each conversation's stream in position order (`stream`), reading gaps
+//! back from the store. What the home does with client events is in `events`
+//! (persist, then publish at the commit's stream position), what other nodes say in
+//! `remote`.
 //!
-//! It never touches a socket: everything it says goes out through the bus.
+//! It never touches a socket: everything it says goes out through the bus, to the
+//! registries of the shards with connections in the conversation.
 
+mod events;
+mod presence;
+mod remote;
+mod stream;
+
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,149 +22,74 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::stream::Stream;
-use super::Hub;
-use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, Remote, ShardMsg};
+use crate::app::App;
+use crate::bus::{Actor, Bus, HomeMsg, Remote, ShardMsg};
 use crate::cluster::{Announcement, Change};
-use crate::ids::{ConversationId, Seq, UserId};
+use crate::hub::render;
+use crate::ids::{ConversationId, MessageIdGen, Seq, UserId};
 use crate::protocol::{Membership, ServerEvent};
+use crate::store::StreamEvent;
+use presence::Presence;
+use stream::{Fill, Stream, FILL_PAGE, FILL_RETRY, REMOTE_GRACE};
 
 /// How long a removal is remembered against connections admitted before it. Admission
 /// reads membership and registers within one store call's deadline, far below this.
 const REVOCATION_MEMORY: Duration = Duration::from_secs(300);
 
-/// One connected user of a conversation.
-struct Present {
-    user: UserId,
-    username: Arc<str>,
-    conns: u32,
-}
-
 /// What a home shard knows about one of its conversations.
-pub(super) struct Home {
-    /// Connections per shard, indexed by shard.
-    shards: Vec<u32>,
-    /// Connected users in the order they arrived.
-    users: Vec<Present>,
-    /// Every connection in the conversation, and whose it is.
-    conns: HashMap<ConnAddr, UserId>,
-    pub(super) stream: Stream,
+struct Home {
+    presence: Presence,
+    stream: Stream,
     /// Resolves when the last change queued (edit, delete, reaction) is done: changes
     /// of a conversation run one after another, in the order they came.
-    pub(super) last_change: Option<futures_channel::oneshot::Receiver<()>>,
+    last_change: Option<futures_channel::oneshot::Receiver<()>>,
 }
 
 impl Home {
     fn new(position: Seq) -> Self {
         Self {
-            shards: Vec::new(),
-            users: Vec::new(),
-            conns: HashMap::new(),
+            presence: Presence::default(),
             stream: Stream::new(position),
             last_change: None,
         }
     }
 
     /// Nobody is connected and nothing is under way: the conversation can be forgotten.
-    pub(super) fn is_idle(&self) -> bool {
-        self.conns.is_empty() && self.stream.is_idle()
+    fn is_idle(&self) -> bool {
+        self.presence.is_empty() && self.stream.is_idle()
     }
 
     /// Sends `frame` to every shard with a connection in the conversation, except to
     /// the connections of `skip`.
-    pub(super) fn deliver(
+    fn deliver(
         &self,
         bus: &Bus,
         conversation: ConversationId,
         frame: &Bytes,
         skip: Option<UserId>,
     ) {
-        for (shard, n) in self.shards.iter().enumerate() {
-            if *n > 0 {
-                bus.post(
-                    shard,
-                    ShardMsg::Deliver {
-                        conversation,
-                        frame: frame.clone(),
-                        skip,
-                    },
-                );
-            }
+        for shard in self.presence.shards() {
+            bus.post(
+                shard,
+                ShardMsg::Deliver {
+                    conversation,
+                    frame: frame.clone(),
+                    skip,
+                },
+            );
         }
-    }
-
-    fn active_users(&self) -> Vec<UserId> {
-        self.users.iter().map(|p| p.user).collect()
-    }
-
-    /// Each connected user once, with their name.
-    pub(super) fn present(&self) -> impl Iterator<Item = (UserId, &Arc<str>)> {
-        self.users.iter().map(|p| (p.user, &p.username))
-    }
-
-    fn add(&mut self, actor: &Actor, shards: usize) {
-        if self.conns.insert(actor.conn, actor.user).is_some() {
-            return;
-        }
-        self.shards.resize(shards.max(self.shards.len()), 0);
-        self.shards[actor.conn.shard] += 1;
-        match self.users.iter_mut().find(|p| p.user == actor.user) {
-            Some(p) => p.conns += 1,
-            None => self.users.push(Present {
-                user: actor.user,
-                username: Arc::clone(&actor.username),
-                conns: 1,
-            }),
-        }
-    }
-
-    /// Forgets one connection; true when it was its user's last.
-    fn remove(&mut self, addr: ConnAddr) -> bool {
-        let Some(user) = self.conns.remove(&addr) else {
-            return false;
-        };
-        if let Some(n) = self.shards.get_mut(addr.shard) {
-            *n = n.saturating_sub(1);
-        }
-        let Some(i) = self.users.iter().position(|p| p.user == user) else {
-            return false;
-        };
-        self.users[i].conns -= 1;
-        if self.users[i].conns > 0 {
-            return false;
-        }
-        self.users.remove(i);
-        true
-    }
-
-    /// Forgets every connection of `user`: their name and the shards they were on,
-    /// or `None` when they had none.
-    fn remove_user(&mut self, user: UserId) -> Option<(Arc<str>, Vec<usize>)> {
-        let addrs: Vec<ConnAddr> = self
-            .conns
-            .iter()
-            .filter(|(_, u)| **u == user)
-            .map(|(a, _)| *a)
-            .collect();
-        let username = self.users.iter().find(|p| p.user == user)?.username.clone();
-        let mut shards: Vec<usize> = addrs.iter().map(|a| a.shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        for addr in addrs {
-            self.remove(addr);
-        }
-        Some((username, shards))
     }
 }
 
-/// The home's conversations and its recent removals.
+/// The home's conversations, its recent removals, and the ids it gives messages.
 #[derive(Default)]
-pub(super) struct Homes {
-    pub(super) live: HashMap<ConversationId, Home>,
+struct State {
+    live: HashMap<ConversationId, Home>,
     revoked: HashMap<(ConversationId, UserId), Instant>,
+    ids: MessageIdGen,
 }
 
-impl Homes {
+impl State {
     fn remember_revocation(&mut self, conversation: ConversationId, user: UserId, at: Instant) {
         self.revoked
             .retain(|_, t| at.saturating_duration_since(*t) < REVOCATION_MEMORY);
@@ -171,8 +104,28 @@ impl Homes {
     }
 }
 
-impl Hub {
-    pub(super) fn home(self: &Rc<Self>, conversation: ConversationId, actor: Actor, msg: HomeMsg) {
+/// The homes of the conversations hashed to this shard.
+pub(super) struct Homes {
+    shard: usize,
+    app: Arc<App>,
+    state: RefCell<State>,
+}
+
+impl Homes {
+    pub(super) fn new(shard: usize, app: Arc<App>) -> Rc<Self> {
+        Rc::new(Self {
+            shard,
+            app,
+            state: RefCell::new(State::default()),
+        })
+    }
+
+    pub(in crate::hub) fn handle(
+        self: &Rc<Self>,
+        conversation: ConversationId,
+        actor: Actor,
+        msg: HomeMsg,
+    ) {
         match msg {
             HomeMsg::Join {
                 checked_at,
@@ -185,10 +138,9 @@ impl Hub {
                 let known = self
                     .state
                     .borrow()
-                    .homes
                     .live
                     .get(&conversation)
-                    .is_some_and(|h| h.conns.contains_key(&actor.conn));
+                    .is_some_and(|h| h.presence.contains(actor.conn));
                 if known {
                     self.event(conversation, actor, event);
                 }
@@ -205,7 +157,7 @@ impl Hub {
         let shards = self.app.bus.shards();
         let (active, seq, fresh) = {
             let mut st = self.state.borrow_mut();
-            if st.homes.was_revoked(conversation, actor.user, checked_at) {
+            if st.was_revoked(conversation, actor.user, checked_at) {
                 // Admitted on a membership read that may predate the removal.
                 drop(st);
                 self.app.bus.post(
@@ -220,15 +172,14 @@ impl Hub {
             }
             // A conversation the home does not hold has nothing in flight, so the
             // position admission read is where its stream stands.
-            let fresh = !st.homes.live.contains_key(&conversation);
+            let fresh = !st.live.contains_key(&conversation);
             let home = st
-                .homes
                 .live
                 .entry(conversation)
                 .or_insert_with(|| Home::new(position));
             home.stream.behind(position);
-            home.add(actor, shards);
-            (home.active_users(), home.stream.position(), fresh)
+            home.presence.add(actor, shards);
+            (home.presence.active_users(), home.stream.position(), fresh)
         };
         if fresh {
             if let Some(cluster) = &self.app.cluster {
@@ -256,11 +207,13 @@ impl Hub {
     fn leave(self: &Rc<Self>, conversation: ConversationId, actor: &Actor) {
         let left = {
             let mut st = self.state.borrow_mut();
-            let Some(home) = st.homes.live.get_mut(&conversation) else {
+            let Some(home) = st.live.get_mut(&conversation) else {
                 return;
             };
             // A user with another tab still open has not left.
-            home.remove(actor.conn).then(|| home.active_users())
+            home.presence
+                .remove(actor.conn)
+                .then(|| home.presence.active_users())
         };
         if let Some(active) = left {
             self.announce(
@@ -277,7 +230,7 @@ impl Hub {
     /// `user` was removed from the conversation: close their sockets on every shard,
     /// before anything said after the removal is delivered, and tell the others they
     /// left.
-    pub(super) fn revoke_at_home(
+    pub(in crate::hub) fn revoke(
         self: &Rc<Self>,
         conversation: ConversationId,
         user: UserId,
@@ -285,11 +238,14 @@ impl Hub {
     ) {
         let (gone, active) = {
             let mut st = self.state.borrow_mut();
-            st.homes.remember_revocation(conversation, user, at);
-            let Some(home) = st.homes.live.get_mut(&conversation) else {
+            st.remember_revocation(conversation, user, at);
+            let Some(home) = st.live.get_mut(&conversation) else {
                 return;
             };
-            (home.remove_user(user), home.active_users())
+            (
+                home.presence.remove_user(user),
+                home.presence.active_users(),
+            )
         };
         let Some((username, shards)) = gone else {
             return;
@@ -361,7 +317,7 @@ impl Hub {
         frame: Bytes,
         skip: Option<UserId>,
     ) {
-        if let Some(home) = self.state.borrow().homes.live.get(&conversation) {
+        if let Some(home) = self.state.borrow().live.get(&conversation) {
             home.deliver(&self.app.bus, conversation, &frame, skip);
         }
     }
@@ -379,5 +335,101 @@ impl Hub {
                 frame,
             },
         );
+    }
+
+    /// A committed event of the conversation: delivered now if it is next, after the
+    /// gap before it otherwise.
+    pub(super) fn publish(self: &Rc<Self>, conversation: ConversationId, e: &StreamEvent) {
+        let frame = render::stream_frame(conversation, e);
+        if let Some(cluster) = &self.app.cluster {
+            let remote = Remote::Event {
+                seq: e.seq,
+                frame: frame.clone(),
+            };
+            cluster.publish(conversation, &remote);
+        }
+        if let Some(home) = self.state.borrow_mut().live.get_mut(&conversation) {
+            home.stream.accept(e.seq, frame);
+        }
+        self.settle(conversation);
+    }
+
+    /// Delivers what is ready, reads the store for a gap or doubt once nothing in
+    /// flight can close it, and forgets the conversation once nothing is owed.
+    pub(super) fn settle(self: &Rc<Self>, conversation: ConversationId) {
+        let grace = if self.app.cluster.is_some() {
+            REMOTE_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let fill = {
+            let mut st = self.state.borrow_mut();
+            let Some(home) = st.live.get_mut(&conversation) else {
+                return;
+            };
+            while let Some(frame) = home.stream.pop_ready() {
+                home.deliver(&self.app.bus, conversation, &frame, None);
+            }
+            if home.is_idle() {
+                st.live.remove(&conversation);
+                drop(st);
+                if let Some(cluster) = &self.app.cluster {
+                    cluster.unsubscribe(conversation);
+                }
+                return;
+            }
+            home.stream.start_fill(Instant::now(), grace)
+        };
+        match fill {
+            Fill::No => {}
+            Fill::Now(after) => self.fill(conversation, after),
+            Fill::Later(wait) => {
+                let homes = Rc::clone(self);
+                monoio::spawn(async move {
+                    monoio::time::sleep(wait).await;
+                    if let Some(home) = homes.state.borrow_mut().live.get_mut(&conversation) {
+                        home.stream.timer_fired();
+                    }
+                    homes.settle(conversation);
+                });
+            }
+        }
+    }
+
+    /// Reads the events after `after` back from the store and delivers them.
+    fn fill(self: &Rc<Self>, conversation: ConversationId, after: Seq) {
+        let homes = Rc::clone(self);
+        monoio::spawn(async move {
+            let upto = Seq(after.0.saturating_add(FILL_PAGE));
+            let read = homes
+                .app
+                .db
+                .call(move |s| async move { s.stream(conversation, after, upto).await })
+                .await;
+            let complete = match read {
+                Ok(events) => {
+                    let full = events.len() as u64 >= FILL_PAGE;
+                    if let Some(home) = homes.state.borrow_mut().live.get_mut(&conversation) {
+                        for e in &events {
+                            home.stream
+                                .accept(e.seq, render::stream_frame(conversation, e));
+                        }
+                    }
+                    !full
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %conversation, "stream gap not read; retrying");
+                    monoio::time::sleep(FILL_RETRY).await;
+                    false
+                }
+            };
+            if let Some(home) = homes.state.borrow_mut().live.get_mut(&conversation) {
+                let skipped = home.stream.end_fill(complete);
+                if skipped > 0 {
+                    tracing::warn!(%conversation, skipped, "stream positions missing from the store; skipped");
+                }
+            }
+            homes.settle(conversation);
+        });
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! It also keeps what the shard's heartbeat needs: when the client was last heard
 //! from, when it was last pinged, and when its token expires. The heartbeat visits
-//! every connection from one task per shard (`Outbox::beat`), so an idle connection
+//! every connection from one task per shard (`Conn::beat`), so an idle connection
 //! costs no timer of its own.
 
 use std::cell::{Cell, RefCell};
@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Admitted, Resume};
+use super::admit::{Admitted, Resume};
 use crate::ids::{ConversationId, UserId};
-use crate::protocol::{Close, PING_FRAME};
+use crate::protocol::frame::PING_FRAME;
+use crate::protocol::Close;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -49,7 +50,7 @@ enum Phase {
     Live,
 }
 
-pub struct Outbox {
+pub struct Conn {
     pub id: u64,
     pub user: UserId,
     pub username: Arc<str>,
@@ -90,7 +91,7 @@ pub struct Heartbeat {
     pub idle_timeout: Duration,
 }
 
-impl Outbox {
+impl Conn {
     /// The outbox of connection `id` for what admission granted, with a queue of at
     /// most `limit` bytes, first pinged `ping_phase` into the ping interval.
     pub fn new(id: u64, admitted: &Admitted, limit: usize, ping_phase: Duration) -> Self {
@@ -312,7 +313,7 @@ mod tests {
     use super::*;
     use crate::ids::Seq;
 
-    fn conn(limit: usize) -> Outbox {
+    fn conn(limit: usize) -> Conn {
         let admitted = Admitted {
             user: UserId::random(),
             username: "u".into(),
@@ -322,7 +323,7 @@ mod tests {
             position: Seq(0),
             resume: Resume::Fresh,
         };
-        Outbox::new(1, &admitted, limit, Duration::ZERO)
+        Conn::new(1, &admitted, limit, Duration::ZERO)
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {

@@ -1,0 +1,298 @@
+//! What the stores deal in: the records, the outcomes of each operation, the one error
+//! type, and the `Store` interface both implementations keep.
+//!
+//! A leaf of `store`: plain types and a trait, no I/O; the implementations, the writer
+//! and the conformance suite import it, it imports none of them.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::text::{ClientId, Content};
+
+/// Why a store call failed. Only `Conflict` is caused by the caller; the rest mean the
+/// store is unwell and the caller should say so and retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store query failed: {0}")]
+    Query(String),
+}
+
+/// A user as stored, with the password hash (never leaves the server).
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub username: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConversationRecord {
+    pub id: ConversationId,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub is_group: bool,
+    pub created_by: UserId,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A message as history shows it.
+#[derive(Clone, Debug)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub sender_username: String,
+    pub content: String,
+    pub is_edited: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A message on its way into the store; its id and time were fixed by its home shard.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    /// Validated at the edge; the store only ever writes content that passed the rules.
+    pub content: Content,
+    pub created_at: DateTime<Utc>,
+    /// The sender's own id for this send, if it gave one.
+    pub client_id: Option<ClientId>,
+}
+
+impl NewMessage {
+    /// What makes two sends the same message, when the sender gave a `client_id`.
+    pub fn idempotency_key(&self) -> Option<(ConversationId, UserId, &str)> {
+        let id = self.client_id.as_ref()?;
+        Some((self.conversation_id, self.sender_id, id.as_str()))
+    }
+}
+
+/// A message that was committed earlier with the same `client_id`, as its ack showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Original {
+    pub id: MessageId,
+    pub seq: Seq,
+    /// As first broadcast (before any edit).
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What became of one message of a committed batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed at this position.
+    New(Seq),
+    /// Its sender already sent this `client_id` in this conversation; nothing stored.
+    Duplicate(Original),
+    /// Its conversation no longer exists; nothing stored.
+    Gone,
+}
+
+/// What became of an edit or delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// Done, at this position of the conversation's stream.
+    Done(Seq),
+    /// No live message with that id in that conversation.
+    NotFound,
+    /// The message belongs to someone else.
+    NotSender,
+}
+
+/// What became of a reaction toggle; either change takes a position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReactionOutcome {
+    Added(Seq),
+    Removed(Seq),
+    NotFound,
+}
+
+/// Which page of history: the newest `limit` messages before `before`, or, with
+/// `after`, the oldest `limit` messages after it (bounded by `before` when both are
+/// given). Either way the page is oldest first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u32,
+    pub before: Option<MessageId>,
+    pub after: Option<MessageId>,
+}
+
+/// One persisted event of a conversation's stream, as it was broadcast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEvent {
+    pub seq: Seq,
+    pub message_id: MessageId,
+    /// The sender of a message, the editor, deleter or reacting user otherwise.
+    pub user_id: UserId,
+    pub username: String,
+    pub at: DateTime<Utc>,
+    pub kind: StreamKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Content as first broadcast.
+    Message {
+        content: String,
+        client_id: Option<String>,
+    },
+    Edit {
+        content: String,
+    },
+    Delete,
+    Reaction {
+        emoji: String,
+        added: bool,
+    },
+}
+
+impl StreamKind {
+    /// The `kind` column of `message_changes` (messages live in their own table).
+    pub(super) fn change_kind(&self) -> &'static str {
+        match self {
+            Self::Message { .. } => "message",
+            Self::Edit { .. } => "edit",
+            Self::Delete => "delete",
+            Self::Reaction { added: true, .. } => "reaction_added",
+            Self::Reaction { added: false, .. } => "reaction_removed",
+        }
+    }
+
+    /// Rebuilds an event's kind from the columns both stores' stream queries read
+    /// (`kind`, `content`, `emoji`, `client_id`); `None` for a kind this build does not
+    /// know.
+    pub(super) fn from_columns(
+        kind: &str,
+        content: Option<String>,
+        emoji: Option<String>,
+        client_id: Option<String>,
+    ) -> Option<Self> {
+        Some(match kind {
+            "message" => Self::Message {
+                content: content.unwrap_or_default(),
+                client_id,
+            },
+            "edit" => Self::Edit { content: content? },
+            "delete" => Self::Delete,
+            "reaction_added" => Self::Reaction {
+                emoji: emoji?,
+                added: true,
+            },
+            "reaction_removed" => Self::Reaction {
+                emoji: emoji?,
+                added: false,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// `ids` without repeats, each at its first place.
+pub(super) fn distinct(ids: &[UserId]) -> Vec<UserId> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// The one interface both stores implement. Every method is a single logical
+/// operation; multi-statement ones run in a transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Fails with `Conflict` when the username is taken.
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// The ids among `ids` that belong to no user.
+    async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
+
+    /// Creates the conversation with its participants (the creator included by the caller).
+    async fn create_conversation(
+        &self,
+        conversation: &ConversationRecord,
+        participants: &[UserId],
+    ) -> Result<(), StoreError>;
+    /// The user's conversations, most recently active (`updated_at`) first.
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationRecord>, StoreError>;
+    async fn conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError>;
+    async fn participants(&self, id: ConversationId) -> Result<Vec<UserId>, StoreError>;
+    async fn is_member(&self, id: ConversationId, user: UserId) -> Result<bool, StoreError>;
+    /// The conversation's stream position if `user` is a participant, `None` otherwise.
+    async fn member_position(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Seq>, StoreError>;
+    /// Adding an existing participant is a no-op.
+    async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError>;
+    /// Returns whether the user was a participant.
+    async fn remove_participant(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<bool, StoreError>;
+
+    /// A page of live messages in stream order (see `Page`). `None` when `before` or
+    /// `after` names no message of this conversation (deleted ones still anchor).
+    async fn history(
+        &self,
+        id: ConversationId,
+        page: Page,
+    ) -> Result<Option<Vec<MessageRecord>>, StoreError>;
+
+    /// Commits the whole batch in one transaction, or nothing of it: each new message
+    /// takes the next position of its conversation, each conversation's `updated_at`
+    /// is bumped. A message whose `client_id` its sender already used in that
+    /// conversation stores nothing and answers with the original. One outcome per
+    /// message, in batch order. The batch holds no two messages with the same
+    /// idempotency key (the writer sees to it).
+    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError>;
+    async fn edit_message(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        editor: UserId,
+        content: &Content,
+        at: DateTime<Utc>,
+    ) -> Result<ChangeOutcome, StoreError>;
+    /// Soft delete: the row stays, history no longer shows it.
+    async fn delete_message(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        deleter: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<ChangeOutcome, StoreError>;
+    /// Adds the user's reaction with that emoji, or removes it if present.
+    async fn toggle_reaction(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        user: UserId,
+        emoji: &str,
+    ) -> Result<ReactionOutcome, StoreError>;
+
+    /// The conversation's events with positions in `(after, upto]`, in order.
+    async fn stream(
+        &self,
+        id: ConversationId,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<Vec<StreamEvent>, StoreError>;
+
+    /// Cheap round trip for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
