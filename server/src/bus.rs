@@ -31,6 +31,15 @@ pub struct Actor {
     pub reference: Option<String>,
 }
 
+/// A page of who is connected to a conversation.
+#[derive(Debug, Default)]
+pub struct Roster {
+    /// Each user once: their place in the arrival order (the cursor), id and name.
+    pub users: Vec<(u64, UserId, std::sync::Arc<str>)>,
+    /// How many users are connected in all.
+    pub count: usize,
+}
+
 /// Work for a conversation's home shard.
 #[derive(Debug)]
 pub enum HomeMsg {
@@ -71,6 +80,17 @@ pub enum ShardMsg {
     },
     /// To one connection (errors, acks of non-broadcast outcomes).
     Direct { conn: u64, frame: Bytes },
+    /// To one connection, in its place in the stream like a delivery (after its
+    /// replay): a joiner's own `joined` in a conversation above the presence list limit.
+    Own { conn: u64, frame: Bytes },
+    /// From a REST handler to the conversation's home: up to `limit` connected users
+    /// who arrived after the cursor `after`, in arrival order.
+    Presence {
+        conversation: ConversationId,
+        after: Option<u64>,
+        limit: usize,
+        reply: futures_channel::oneshot::Sender<Roster>,
+    },
     /// To the conversation's home: `user` was removed from it at `at` (committed).
     Revoke {
         conversation: ConversationId,

@@ -120,6 +120,17 @@ pub struct Config {
     #[arg(long, env = "WS_OUTBOUND_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub ws_outbound_limit_bytes: usize,
 
+    /// Conversations with more users connected than this announce joins and leaves
+    /// without the `active_users` list (with `active_count`), at most once per
+    /// `--presence-interval-ms`; the list is paged over REST instead.
+    #[arg(long, env = "PRESENCE_LIST_LIMIT", default_value_t = 200)]
+    pub presence_list_limit: usize,
+
+    /// Above the presence list limit, the shortest time between two joined/left
+    /// announcements of one conversation; changes in between are summed up.
+    #[arg(long, env = "PRESENCE_INTERVAL_MS", default_value_t = 1000)]
+    pub presence_interval_ms: u64,
+
     /// Sustained events per second one user may send (over all their connections on a
     /// shard; over the whole cluster with `--redis-url`).
     #[arg(long, env = "WS_RATE_PER_SECOND", default_value_t = 20.0)]

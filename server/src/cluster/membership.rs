@@ -2,7 +2,8 @@
 //! `presence`):
 //!
 //! - `presence`: records this node's joins and leaves in Redis, one at a time in the
-//!   order they came, and announces them on every node. A leave Redis did not record
+//!   order they came, and announces them on every node (above the presence list
+//!   limit, at most once per interval per conversation: `roster`). A leave Redis did not record
 //!   is retried every second until it is, so nobody stays listed for ever; at
 //!   shutdown it takes the whole node out (`leave_cluster`).
 //! - `heartbeat`: keeps this node in the live set, has the shards record their
@@ -10,7 +11,9 @@
 //!
 //! Neither ever blocks a shard; shards hear back only through the bus.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -21,7 +24,8 @@ use super::presence::users;
 use super::tasks::Context;
 use crate::bus::{Remote, ShardMsg};
 use crate::ids::{ConversationId, UserId};
-use crate::protocol::{Membership, ServerEvent};
+use crate::protocol::{Active, Membership, ServerEvent};
+use crate::roster::{self, Coalescer, Noted, Summary};
 
 /// How often a leave Redis did not record is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -33,16 +37,18 @@ pub(super) async fn presence(
 ) {
     let node = ctx.node.to_string();
     let mut unrecorded: Vec<Announcement> = Vec::new();
+    let mut held = Held::default();
     loop {
-        let op = if unrecorded.is_empty() {
-            ops.recv().await
-        } else {
-            tokio::select! {
-                op = ops.recv() => op,
-                () = tokio::time::sleep(RETRY) => {
-                    retry_leaves(&ctx, &mut conn, &node, &mut unrecorded).await;
-                    continue;
-                }
+        let wake = held.next_flush();
+        let op = tokio::select! {
+            op = ops.recv() => op,
+            () = tokio::time::sleep(RETRY), if !unrecorded.is_empty() => {
+                retry_leaves(&ctx, &mut conn, &node, &mut unrecorded).await;
+                continue;
+            }
+            () = sleep_until(wake), if wake.is_some() => {
+                held.flush_due(&ctx, Instant::now());
+                continue;
             }
         };
         let a = match op {
@@ -59,15 +65,15 @@ pub(super) async fn presence(
             unrecorded.retain(|u| (u.conversation, u.user) != (a.conversation, a.user));
         }
         match record(&ctx, &mut conn, &node, &a).await {
-            Ok((elsewhere, active)) => {
-                if let Some(frame) = announcement(&a, elsewhere, &active) {
-                    ctx.everywhere(a.conversation, Remote::Frame { skip: None, frame });
-                }
-            }
+            Ok(told) => held.announce(&ctx, &a, told),
             Err(e) => {
                 tracing::debug!(error = %e, "presence not recorded");
-                // This node's own connections still hear of it, with its own list.
-                if let Some(frame) = announcement(&a, false, &a.local_active) {
+                // This node's own connections still hear of it, with its own roster.
+                let active = match &a.local_active {
+                    Some(users) => Active::Users(users),
+                    None => Active::Count(a.local_count),
+                };
+                if let Some(frame) = frame_of(&a, active) {
                     ctx.local(a.conversation, Remote::Frame { skip: None, frame });
                 }
                 if a.change == Change::Left {
@@ -78,49 +84,179 @@ pub(super) async fn presence(
     }
 }
 
-/// Records one change in Redis: whether the user is still connected on another node
-/// (for a leave), and who is connected now.
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// What Redis said after recording a change: for a leave, whether the user is gone
+/// from every node; who is connected now (the list within the limit) and how many.
+struct Told {
+    gone: bool,
+    count: usize,
+    listed: Option<Vec<UserId>>,
+}
+
+/// Records one change in Redis.
 async fn record(
     ctx: &Context,
     conn: &mut ConnectionManager,
     node: &str,
     a: &Announcement,
-) -> redis::RedisResult<(bool, Vec<UserId>)> {
+) -> redis::RedisResult<Told> {
     let keys = &ctx.keys;
     let script = match a.change {
-        Change::Joined(_) | Change::Rejoined => &keys.join,
+        Change::Joined { .. } | Change::Rejoined => &keys.join,
         Change::Left => &keys.leave,
     };
     let mut call = script.prepare_invoke();
-    call.key(keys.presence(a.conversation))
-        .key(keys.nodes())
-        .key(keys.node_conversations(node))
+    for key in keys.conversation_keys(a.conversation) {
+        call.key(key);
+    }
+    call.key(keys.node_conversations(node))
         .arg(a.user.to_string())
         .arg(node)
-        .arg(ctx.ttl_ms())
         .arg(a.conversation.to_string());
     if a.change != Change::Left {
         call.arg(&*a.username);
     }
+    call.arg(ctx.list_limit);
     let out: Vec<String> = call.invoke_async(conn).await?;
-    Ok(match a.change {
-        Change::Left => {
-            let elsewhere = out.first().is_some_and(|s| s == "1");
-            (elsewhere, users(out.get(1..).unwrap_or_default()))
-        }
-        Change::Joined(_) | Change::Rejoined => (false, users(&out)),
-    })
+    let (gone, rest) = match a.change {
+        Change::Left => (out.first().is_some_and(|s| s == "1"), out.get(1..)),
+        Change::Joined { .. } | Change::Rejoined => (false, Some(&out[..])),
+    };
+    Ok(roster(rest.unwrap_or_default(), ctx.list_limit, gone))
 }
 
-/// The `system` event a change is announced with, if any.
-fn announcement(a: &Announcement, elsewhere: bool, active: &[UserId]) -> Option<Bytes> {
+/// The roster at the tail of a script's answer: the count, then the users when
+/// within the limit.
+fn roster(tail: &[String], limit: usize, gone: bool) -> Told {
+    let count = tail
+        .first()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let listed = (count <= limit).then(|| users(tail.get(1..).unwrap_or_default()));
+    Told {
+        gone,
+        count,
+        listed,
+    }
+}
+
+/// The `system` event of a change, if it is announced at all.
+fn frame_of(a: &Announcement, active: Active<'_>) -> Option<Bytes> {
     let frame = |change, seq| ServerEvent::membership(change, a.user, &a.username, active, seq);
     match a.change {
-        Change::Joined(seq) => Some(frame(Membership::Joined, Some(seq))),
-        // A user with a tab open on another node has not left.
-        Change::Left => (!elsewhere).then(|| frame(Membership::Left, None)),
+        Change::Joined { seq, .. } => Some(frame(Membership::Joined, Some(seq))),
+        Change::Left => Some(frame(Membership::Left, None)),
         Change::Rejoined => None,
     }
+}
+
+/// This node's announcements of conversations above the presence list limit, held
+/// for their interval (`roster::Coalescer`), with the last count Redis gave.
+#[derive(Default)]
+struct Held {
+    conversations: HashMap<ConversationId, (Coalescer, usize)>,
+    /// When each scheduled flush is due.
+    due: BTreeMap<Instant, Vec<ConversationId>>,
+}
+
+impl Held {
+    fn next_flush(&self) -> Option<Instant> {
+        self.due.keys().next().copied()
+    }
+
+    /// Announces a recorded change: within the limit at once, with the list, on every
+    /// node; above it, the joiner at once and everyone else at most once per interval.
+    fn announce(&mut self, ctx: &Context, a: &Announcement, told: Told) {
+        // A user with a tab open on another node has not left.
+        if a.change == Change::Left && !told.gone {
+            return;
+        }
+        if let Some(listed) = &told.listed {
+            if let Some(frame) = frame_of(a, Active::Users(listed)) {
+                ctx.everywhere(a.conversation, Remote::Frame { skip: None, frame });
+            }
+            return;
+        }
+        let joined_at = match a.change {
+            Change::Joined { seq, conn } => {
+                if let Some(frame) = frame_of(a, Active::Count(told.count)) {
+                    ctx.bus.post(
+                        conn.shard,
+                        ShardMsg::Own {
+                            conn: conn.conn,
+                            frame,
+                        },
+                    );
+                }
+                Some(seq)
+            }
+            Change::Left => None,
+            Change::Rejoined => return,
+        };
+        let change = roster::Change {
+            user: a.user,
+            username: Arc::clone(&a.username),
+            joined_at,
+        };
+        let now = Instant::now();
+        let (coalescer, count) = self.conversations.entry(a.conversation).or_default();
+        *count = told.count;
+        match coalescer.note(change.clone(), now, ctx.interval) {
+            Noted::Now => {
+                let count = *count;
+                announce_summary(ctx, a.conversation, Summary::One(change), count);
+            }
+            Noted::Held(Some(wait)) => self.due.entry(now + wait).or_default().push(a.conversation),
+            Noted::Held(None) => {}
+        }
+    }
+
+    /// Announces what is held for every conversation whose interval has passed.
+    fn flush_due(&mut self, ctx: &Context, now: Instant) {
+        let later = self.due.split_off(&(now + Duration::from_nanos(1)));
+        let due = std::mem::replace(&mut self.due, later);
+        for conversation in due.into_values().flatten() {
+            let Some((coalescer, count)) = self.conversations.get_mut(&conversation) else {
+                continue;
+            };
+            if let Some(summary) = coalescer.flush(now) {
+                announce_summary(ctx, conversation, summary, *count);
+            }
+            if coalescer.is_idle() {
+                self.conversations.remove(&conversation);
+            }
+        }
+    }
+}
+
+/// Above the list limit: a change, or the sum of several, on every node, to everyone
+/// but a joiner (who heard of its own join already).
+fn announce_summary(ctx: &Context, conversation: ConversationId, summary: Summary, count: usize) {
+    let (frame, skip) = match summary {
+        Summary::One(change) => {
+            let membership = match change.joined_at {
+                Some(_) => Membership::Joined,
+                None => Membership::Left,
+            };
+            let frame = ServerEvent::membership(
+                membership,
+                change.user,
+                &change.username,
+                Active::Count(count),
+                change.joined_at,
+            );
+            (frame, change.joined_at.map(|_| change.user))
+        }
+        Summary::Many { joined, left } => {
+            (ServerEvent::presence_summary(joined, left, count), None)
+        }
+    };
+    ctx.everywhere(conversation, Remote::Frame { skip, frame });
 }
 
 /// Records the leaves Redis missed; the other nodes hear of those that were last
@@ -134,8 +270,15 @@ async fn retry_leaves(
     let mut still = Vec::new();
     for a in unrecorded.drain(..) {
         match record(ctx, conn, node, &a).await {
-            Ok((elsewhere, active)) => {
-                if let Some(frame) = announcement(&a, elsewhere, &active) {
+            Ok(told) => {
+                if !told.gone {
+                    continue;
+                }
+                let active = match &told.listed {
+                    Some(users) => Active::Users(users),
+                    None => Active::Count(told.count),
+                };
+                if let Some(frame) = frame_of(&a, active) {
                     ctx.publish(a.conversation, &Remote::Frame { skip: None, frame });
                 }
             }
@@ -152,7 +295,7 @@ async fn leave_cluster(ctx: &Context, conn: &mut ConnectionManager, node: &str) 
     for conversation in node_conversations(ctx, conn, node).await {
         ctx.publish(conversation, &Remote::Resync);
     }
-    sweep(ctx, conn, node, node).await;
+    sweep(ctx, conn, node).await;
     let _: Result<(), _> = redis::cmd("ZREM")
         .arg(ctx.keys.nodes())
         .arg(node)
@@ -192,7 +335,7 @@ pub(super) async fn heartbeat(ctx: Context, mut conn: ConnectionManager) {
                         .await;
                     if claimed == Ok(1) {
                         tracing::info!(node = %dead, "node gone; sweeping its presence");
-                        sweep(&ctx, &mut conn, &node, dead).await;
+                        sweep(&ctx, &mut conn, dead).await;
                     }
                 }
                 failed = false;
@@ -224,34 +367,45 @@ async fn node_conversations(
 
 /// Removes `gone`'s presence everywhere and announces, on every node, that its users
 /// left (those connected on no other node).
-async fn sweep(ctx: &Context, conn: &mut ConnectionManager, sweeper: &str, gone: &str) {
+async fn sweep(ctx: &Context, conn: &mut ConnectionManager, gone: &str) {
     for conversation in node_conversations(ctx, conn, gone).await {
+        let [fields, users_key, order, names, _, nodes] = ctx.keys.conversation_keys(conversation);
         let Ok(out) = ctx
             .keys
             .sweep
-            .key(ctx.keys.presence(conversation))
-            .key(ctx.keys.nodes())
+            .key(fields)
+            .key(users_key)
+            .key(order)
+            .key(names)
+            .key(nodes)
             .arg(gone)
-            .arg(ctx.ttl_ms())
-            .arg(sweeper)
+            .arg(ctx.list_limit)
             .invoke_async::<Vec<String>>(conn)
             .await
         else {
             continue;
         };
-        let live = out
+        let left = out
             .first()
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0);
-        let Some(active) = out.get(1..1 + live) else {
+        let Some(pairs) = out.get(1..1 + 2 * left) else {
             continue;
         };
-        let active = users(active);
-        for pair in out[1 + live..].chunks_exact(2) {
+        let told = roster(
+            out.get(1 + 2 * left..).unwrap_or_default(),
+            ctx.list_limit,
+            true,
+        );
+        let active = match &told.listed {
+            Some(users) => Active::Users(users),
+            None => Active::Count(told.count),
+        };
+        for pair in pairs.chunks_exact(2) {
             let Ok(user) = pair[0].parse::<UserId>() else {
                 continue;
             };
-            let frame = ServerEvent::membership(Membership::Left, user, &pair[1], &active, None);
+            let frame = ServerEvent::membership(Membership::Left, user, &pair[1], active, None);
             ctx.everywhere(conversation, Remote::Frame { skip: None, frame });
         }
     }

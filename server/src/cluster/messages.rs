@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::bus::ConnAddr;
 use crate::ids::{ConversationId, Seq, UserId};
 
 /// A change of presence for the cluster to record and, for joins and last leaves,
@@ -18,14 +19,16 @@ pub struct Announcement {
     pub user: UserId,
     pub username: Arc<str>,
     pub change: Change,
-    /// Who this node alone has connected: the list announced while Redis is away.
-    pub local_active: Vec<UserId>,
+    /// Who this node alone has connected (the list within the presence list limit,
+    /// and the count): what is announced while Redis is away.
+    pub local_active: Option<Vec<UserId>>,
+    pub local_count: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// A connection joined; its stream is live from this position.
-    Joined(Seq),
+    /// A connection joined (`conn`, on this node); its stream is live from `seq`.
+    Joined { seq: Seq, conn: ConnAddr },
     /// The user's last connection on this node left (or was removed).
     Left,
     /// Recorded again after this node's presence was lost; announced to nobody.

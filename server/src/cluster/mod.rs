@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::{Bus, Remote};
+use crate::bus::{Bus, Remote, Roster};
 use crate::config::Config;
 use crate::ids::{ConversationId, UserId};
 pub use messages::{Announcement, Change};
@@ -93,6 +93,8 @@ impl Cluster {
             bus,
             health,
             outbound,
+            list_limit: config.presence_list_limit,
+            interval: Duration::from_millis(config.presence_interval_ms),
         };
         runtime.spawn(tasks::publish(ctx.clone(), conn.clone(), outbound_rx));
         runtime.spawn(tasks::subscribe(ctx.clone(), client, subscriptions_rx));
@@ -124,6 +126,28 @@ impl Cluster {
         let mut conn = self.conn.clone();
         self.runtime.spawn(async move {
             let _ = granted.send(budget.take(&mut conn, user).await.ok());
+        });
+        async move { answer.await.ok().flatten() }
+    }
+
+    /// Up to `limit` users connected to the conversation on any node who arrived after
+    /// the cursor `after`, in arrival order, and how many are connected; `None` when
+    /// Redis did not answer.
+    pub fn roster(
+        &self,
+        conversation: ConversationId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Option<Roster>> + 'static {
+        let (read, answer) = futures_channel::oneshot::channel();
+        let keys = Arc::clone(&self.ctx.keys);
+        let mut conn = self.conn.clone();
+        self.runtime.spawn(async move {
+            let _ = read.send(
+                keys.roster(&mut conn, conversation, after, limit)
+                    .await
+                    .ok(),
+            );
         });
         async move { answer.await.ok().flatten() }
     }

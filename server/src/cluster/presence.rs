@@ -2,121 +2,108 @@
 //!
 //! - `{prefix}:nodes`: a sorted set of live nodes, scored by their last heartbeat
 //!   (milliseconds of Redis's own clock, so nodes' clocks never matter).
-//! - `{prefix}:presence:{conversation}`: a hash with one field `user/node` per user
-//!   connected on a node, valued `arrival-ms|username`.
+//! - `{prefix}:presence:{conversation}:*`: per conversation, a hash `fields` with one
+//!   field `user/node` per user connected on a node (valued with the username); `users`,
+//!   each connected user's number of fields; `order`, a sorted set of the users by
+//!   arrival (scored from the counter `arrivals`); `names`, their usernames; `nodes`,
+//!   each node's number of fields.
 //! - `{prefix}:node:{node}:convs`: the conversations a node has presence in, so the
 //!   node that finds it dead knows where to sweep.
 //!
-//! A field counts only while its node's heartbeat is younger than the node TTL, so a
-//! killed node's users drop out of `active_users` within the TTL even before anyone
-//! sweeps. `active_users` lists each live user once, in order of first arrival.
+//! A join or leave costs O(log users) however large the conversation: the scripts keep
+//! the counts as they go and never walk the whole hash (only the sweep of a dead node
+//! does, once). The list of users is read only while the conversation is within the
+//! presence list limit. A killed node's users are counted until a live node's
+//! heartbeat finds it dead (the node TTL, plus one beat) and sweeps them.
 //!
 //! This module owns the scripts and the key names; it never renders or delivers.
 
 use redis::Script;
 
+use crate::bus::Roster;
 use crate::ids::{ConversationId, UserId};
 
-/// Shared by every script: Redis's clock, and the live users of a presence hash.
-const LIVE: &str = r#"
+/// Redis's own clock, in milliseconds.
+const NOW: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function live(key, nodes, self, cutoff)
-  local all = redis.call('HGETALL', key)
-  local alive, first = {}, {}
-  for i = 1, #all, 2 do
-    local user, node = string.match(all[i], '^([^/]+)/(.+)$')
-    if user == nil then node = nil end
-    local ok = node and alive[node]
-    if node and ok == nil then
-      if node == self then
-        ok = true
-      else
-        local score = redis.call('ZSCORE', nodes, node)
-        ok = score ~= false and tonumber(score) >= cutoff
-      end
-      alive[node] = ok
-    end
-    if ok then
-      local value = all[i + 1]
-      local sep = string.find(value, '|', 1, true)
-      local at = tonumber(string.sub(value, 1, sep - 1))
-      local cur = first[user]
-      if cur == nil or at < cur then first[user] = at end
-    end
-  end
-  local list = {}
-  for user, at in pairs(first) do table.insert(list, {at, user}) end
-  table.sort(list, function(a, b)
-    if a[1] == b[1] then return a[2] < b[2] end
-    return a[1] < b[1]
-  end)
-  local out = {}
-  for _, v in ipairs(list) do table.insert(out, v[2]) end
-  return out, first
-end
 "#;
 
-/// KEYS: presence, nodes, node's conversations. ARGV: user, node, ttl ms,
-/// conversation, username. Returns the live users.
-const JOIN: &str = r#"
-local now = now_ms()
-redis.call('HSETNX', KEYS[1], ARGV[1] .. '/' .. ARGV[2], now .. '|' .. ARGV[5])
-redis.call('SADD', KEYS[3], ARGV[4])
-local users = live(KEYS[1], KEYS[2], ARGV[2], now - tonumber(ARGV[3]))
-return users
-"#;
-
-/// KEYS: presence, nodes, node's conversations. ARGV: user, node, ttl ms,
-/// conversation. Returns 1 when the user is still connected on another node, 0 when
-/// not, then the live users.
-const LEAVE: &str = r#"
-local now = now_ms()
-redis.call('HDEL', KEYS[1], ARGV[1] .. '/' .. ARGV[2])
-local mine, suffix = false, '/' .. ARGV[2]
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(field, -#suffix) == suffix then mine = true break end
+/// The tail of every presence script: how many users are connected, then the list of
+/// them in arrival order when there are at most ARGV[limit] (`limit_arg`).
+fn roster_tail(order_key: &str, limit_arg: &str) -> String {
+    format!(
+        r#"
+local count = redis.call('ZCARD', {order_key})
+table.insert(out, count)
+if count <= tonumber({limit_arg}) then
+  for _, u in ipairs(redis.call('ZRANGE', {order_key}, 0, -1)) do table.insert(out, u) end
 end
-if not mine then redis.call('SREM', KEYS[3], ARGV[4]) end
-local users, first = live(KEYS[1], KEYS[2], ARGV[2], now - tonumber(ARGV[3]))
-local out = {first[ARGV[1]] ~= nil and 1 or 0}
-for _, u in ipairs(users) do table.insert(out, u) end
 return out
+"#
+    )
+}
+
+/// KEYS: fields, users, order, names, arrivals, node counts, node's conversations.
+/// ARGV: user, node, conversation, username, list limit. Records one connection of a
+/// user on a node; returns the roster (`roster_tail`). O(log users).
+const JOIN: &str = r#"
+local out = {}
+local field = ARGV[1] .. '/' .. ARGV[2]
+if redis.call('HSETNX', KEYS[1], field, ARGV[4]) == 1 then
+  redis.call('HINCRBY', KEYS[6], ARGV[2], 1)
+  if redis.call('HINCRBY', KEYS[2], ARGV[1], 1) == 1 then
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), ARGV[1])
+    redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+  end
+end
+redis.call('SADD', KEYS[7], ARGV[3])
 "#;
 
-/// KEYS: presence, nodes. ARGV: the dead node, ttl ms, the sweeping node. Removes the
-/// dead node's fields. Returns the number of live users, the live users, then pairs of
-/// (user, username) for each user who has no field left on any node.
+/// KEYS: as `JOIN`. ARGV: user, node, conversation, list limit. Forgets a user's
+/// presence on a node; returns 1 when the user is now connected on no node, 0 when
+/// they still are, then the roster. O(log users).
+const LEAVE: &str = r#"
+local field = ARGV[1] .. '/' .. ARGV[2]
+if redis.call('HDEL', KEYS[1], field) == 1 then
+  if redis.call('HINCRBY', KEYS[6], ARGV[2], -1) <= 0 then
+    redis.call('HDEL', KEYS[6], ARGV[2])
+    redis.call('SREM', KEYS[7], ARGV[3])
+  end
+  if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[1])
+    redis.call('ZREM', KEYS[3], ARGV[1])
+    redis.call('HDEL', KEYS[4], ARGV[1])
+  end
+end
+local out = {redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 and 1 or 0}
+"#;
+
+/// KEYS: fields, users, order, names, node counts. ARGV: the dead node, list limit.
+/// Removes the dead node's fields (a walk over the conversation's fields, once per
+/// dead node). Returns how many users left, pairs of (user, username) for each, then
+/// the roster.
 const SWEEP: &str = r#"
-local now = now_ms()
 local all = redis.call('HGETALL', KEYS[1])
 local gone, suffix = {}, '/' .. ARGV[1]
 for i = 1, #all, 2 do
   if string.sub(all[i], -#suffix) == suffix then
     redis.call('HDEL', KEYS[1], all[i])
     local user = string.match(all[i], '^([^/]+)/')
-    local value = all[i + 1]
-    gone[user] = string.sub(value, string.find(value, '|', 1, true) + 1)
+    if user and redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+      redis.call('ZREM', KEYS[3], user)
+      redis.call('HDEL', KEYS[4], user)
+      table.insert(gone, user)
+      table.insert(gone, all[i + 1])
+    end
   end
 end
-local users = live(KEYS[1], KEYS[2], ARGV[3], now - tonumber(ARGV[2]))
--- A user with a field left (even of another dead node, swept later) has not left yet.
-local remaining = {}
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local user = string.match(field, '^([^/]+)/')
-  if user then remaining[user] = true end
-end
-local out = {tostring(#users)}
-for _, u in ipairs(users) do table.insert(out, u) end
-for user, name in pairs(gone) do
-  if not remaining[user] then
-    table.insert(out, user)
-    table.insert(out, name)
-  end
-end
-return out
+redis.call('HDEL', KEYS[5], ARGV[1])
+local out = {#gone / 2}
+for _, v in ipairs(gone) do table.insert(out, v) end
 "#;
 
 /// KEYS: nodes. ARGV: node, ttl ms. Records the heartbeat; returns 1 when the node
@@ -144,13 +131,12 @@ pub struct Presence {
 
 impl Presence {
     pub fn new(prefix: &str) -> Self {
-        let with_live = |body: &str| Script::new(&format!("{LIVE}{body}"));
         Self {
             prefix: prefix.to_string(),
-            join: with_live(JOIN),
-            leave: with_live(LEAVE),
-            sweep: with_live(SWEEP),
-            heartbeat: with_live(HEARTBEAT),
+            join: Script::new(&format!("{JOIN}{}", roster_tail("KEYS[3]", "ARGV[5]"))),
+            leave: Script::new(&format!("{LEAVE}{}", roster_tail("KEYS[3]", "ARGV[4]"))),
+            sweep: Script::new(&format!("{SWEEP}{}", roster_tail("KEYS[3]", "ARGV[2]"))),
+            heartbeat: Script::new(&format!("{NOW}{HEARTBEAT}")),
         }
     }
 
@@ -158,12 +144,68 @@ impl Presence {
         format!("{}:nodes", self.prefix)
     }
 
-    pub fn presence(&self, conversation: ConversationId) -> String {
-        format!("{}:presence:{conversation}", self.prefix)
+    /// A conversation's presence keys, in the order the scripts take them: one field
+    /// per (user, node), connections per user, users by arrival, their names, the
+    /// arrival counter, and fields per node.
+    pub fn conversation_keys(&self, conversation: ConversationId) -> [String; 6] {
+        let key = |what: &str| format!("{}:presence:{conversation}:{what}", self.prefix);
+        [
+            key("fields"),
+            key("users"),
+            key("order"),
+            key("names"),
+            key("arrivals"),
+            key("nodes"),
+        ]
     }
 
     pub fn node_conversations(&self, node: &str) -> String {
         format!("{}:node:{node}:convs", self.prefix)
+    }
+
+    /// A page of the conversation's connected users, by arrival after the cursor
+    /// `after`, with the count: O(log users + limit).
+    pub async fn roster(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        conversation: ConversationId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> redis::RedisResult<Roster> {
+        let [_, _, order, names, _, _] = self.conversation_keys(conversation);
+        let min = after.map_or_else(|| "-inf".to_string(), |a| format!("({a}"));
+        let (page, count): (Vec<(String, f64)>, usize) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(&order)
+            .arg(min)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .cmd("ZCARD")
+            .arg(&order)
+            .query_async(conn)
+            .await?;
+        let usernames: Vec<Option<String>> = if page.is_empty() {
+            Vec::new()
+        } else {
+            let mut get = redis::cmd("HMGET");
+            get.arg(&names);
+            for (user, _) in &page {
+                get.arg(user);
+            }
+            get.query_async(conn).await?
+        };
+        let users = page
+            .into_iter()
+            .zip(usernames)
+            .filter_map(|((user, arrival), name)| {
+                Some((arrival as u64, user.parse().ok()?, name?.into()))
+            })
+            .collect();
+        Ok(Roster { users, count })
     }
 
     /// The channel a conversation's live events travel on.

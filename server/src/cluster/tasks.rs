@@ -41,6 +41,10 @@ pub(super) struct Context {
     pub bus: Arc<Bus>,
     pub health: Arc<Health>,
     pub outbound: mpsc::UnboundedSender<Outbound>,
+    /// Within this many users a conversation's announcements carry the list.
+    pub list_limit: usize,
+    /// Above it, the shortest time between two announcements of one conversation.
+    pub interval: Duration,
 }
 
 impl Context {

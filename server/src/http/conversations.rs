@@ -31,7 +31,7 @@ fn user_not_found(id: &str) -> ApiError {
 }
 
 /// The conversation, if it exists and the caller is in it.
-async fn member_of(
+pub(super) async fn member_of(
     shard: &ShardContext,
     me: UserId,
     id: &str,

@@ -208,6 +208,39 @@ pub struct HistoryQuery {
     pub after: Option<String>,
 }
 
+/// Query of `GET /api/chat/conversations/{id}/presence` (described only; the handler
+/// reads it).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PresenceQuery {
+    /// How many users at most.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the page before; the first page when absent.
+    #[param(pattern = "^[0-9]{1,19}$")]
+    pub after: Option<String>,
+}
+
+/// A connected user, as the presence page lists them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresentUser {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    pub username: String,
+}
+
+/// A page of who is connected to a conversation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceOut {
+    /// How many users are connected in all (each once, however many tabs).
+    pub active_count: usize,
+    /// Connected users in arrival order.
+    pub users: Vec<PresentUser>,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 /// The `detail` of an error body: a message, or on 422 FastAPI's list of field errors.
 /// `serde_json::Value` in the type says nothing, so the shape is spelled out here.
 pub fn error_detail_schema() -> Schema {

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod dto;
 mod origins;
 mod page;
+mod presence;
 mod reply;
 mod request;
 pub mod routes;
@@ -146,6 +147,7 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>, found: Found<'_
             conversations::remove_participant(shard, req, value(0), value(1)).await
         }
         (Endpoint::Messages, _) => conversations::history(shard, req, value(0)).await,
+        (Endpoint::Presence, _) => presence::presence(shard, req, value(0)).await,
         (Endpoint::WebSocket, _) => {
             let query = crate::ws::Query {
                 token: query_param(&req, "token"),

@@ -15,6 +15,7 @@ pub enum Endpoint {
     Conversation,
     Participants,
     Participant,
+    Presence,
     Messages,
     WebSocket,
     Health,
@@ -89,6 +90,12 @@ pub static ROUTES: &[Route] = &[
     route(
         Endpoint::Messages,
         "/api/chat/conversations/{id}/messages",
+        GET,
+        true,
+    ),
+    route(
+        Endpoint::Presence,
+        "/api/chat/conversations/{id}/presence",
         GET,
         true,
     ),

@@ -65,6 +65,7 @@ impl Hub {
                 skip,
             } => self.registry.deliver(conversation, &frame, skip),
             ShardMsg::Direct { conn, frame } => self.registry.direct(conn, frame),
+            ShardMsg::Own { conn, frame } => self.registry.own(conn, &frame),
             ShardMsg::Revoked {
                 conversation,
                 user,
@@ -89,6 +90,14 @@ impl Hub {
                 result,
             } => self.homes.committed(conversation, actor, message, result),
             ShardMsg::Remote { conversation, msg } => self.homes.remote(conversation, msg),
+            ShardMsg::Presence {
+                conversation,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.homes.roster(conversation, after, limit));
+            }
             ShardMsg::Rejoin => self.homes.rejoin(),
             ShardMsg::Shutdown => {}
         }

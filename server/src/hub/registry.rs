@@ -253,6 +253,13 @@ impl Registry {
         }
     }
 
+    /// A frame for one connection, in its place in the stream (held behind a replay).
+    pub(super) fn own(&self, conn: u64, frame: &Bytes) {
+        if let Some(conn) = self.local.borrow().conns.get(&conn) {
+            conn.deliver(frame);
+        }
+    }
+
     /// `user` lost access to the conversation: closes their connections in it here
     /// (only `conn` when given).
     pub(super) fn revoked(&self, conversation: ConversationId, user: UserId, conn: Option<u64>) {

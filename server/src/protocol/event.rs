@@ -38,8 +38,20 @@ pub enum ServerEvent<'a> {
     },
     System {
         content: &'a str,
-        sender_id: UserId,
-        active_users: &'a [UserId],
+        /// Whose change it is; absent on a summary of several.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sender_id: Option<UserId>,
+        /// Who is connected, each user once; only while the conversation is within
+        /// the presence list limit.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        active_users: Option<&'a [UserId]>,
+        /// How many users are connected.
+        active_count: usize,
+        /// On a summary: how many joins and leaves it sums up.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        joined_count: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        left_count: Option<u32>,
         /// On `joined`: the conversation's position when the user joined.
         #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<Seq>,
@@ -101,6 +113,14 @@ pub enum Membership {
     Left,
 }
 
+/// Who is connected, as a `system` event tells it: the list within the presence list
+/// limit, the count alone above it.
+#[derive(Clone, Copy, Debug)]
+pub enum Active<'a> {
+    Users(&'a [UserId]),
+    Count(usize),
+}
+
 impl ServerEvent<'_> {
     /// The `system` event of `username` joining (at position `seq`) or leaving, with
     /// who is connected now.
@@ -108,7 +128,7 @@ impl ServerEvent<'_> {
         change: Membership,
         user: UserId,
         username: &str,
-        active_users: &[UserId],
+        active: Active<'_>,
         seq: Option<Seq>,
     ) -> Bytes {
         let verb = match change {
@@ -116,11 +136,45 @@ impl ServerEvent<'_> {
             Membership::Left => "left",
         };
         let content = format!("User {username} {verb} the conversation");
+        let (active_users, active_count) = match active {
+            Active::Users(users) => (Some(users), users.len()),
+            Active::Count(n) => (None, n),
+        };
         ServerEvent::System {
             content: &content,
-            sender_id: user,
+            sender_id: Some(user),
             active_users,
+            active_count,
+            joined_count: None,
+            left_count: None,
             seq,
+        }
+        .frame()
+    }
+
+    /// The `system` event summing up several joins and leaves of a large
+    /// conversation, with how many users are connected now.
+    pub fn presence_summary(joined: u32, left: u32, active_count: usize) -> Bytes {
+        let users = |n: u32| {
+            if n == 1 {
+                "1 user".to_string()
+            } else {
+                format!("{n} users")
+            }
+        };
+        let content = match (joined, left) {
+            (j, 0) => format!("{} joined the conversation", users(j)),
+            (0, l) => format!("{} left the conversation", users(l)),
+            (j, l) => format!("{} joined and {l} left the conversation", users(j)),
+        };
+        ServerEvent::System {
+            content: &content,
+            sender_id: None,
+            active_users: None,
+            active_count,
+            joined_count: Some(joined),
+            left_count: Some(left),
+            seq: None,
         }
         .frame()
     }

@@ -18,7 +18,7 @@ mod event;
 pub mod frame;
 
 pub use close::{close_echo, Close};
-pub use event::{Membership, Presence, ServerEvent};
+pub use event::{Active, Membership, Presence, ServerEvent};
 
 /// Longest reaction emoji, in characters (flags and skin tones are several code points).
 pub const EMOJI_MAX_CHARS: usize = 16;

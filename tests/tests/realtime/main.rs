@@ -8,6 +8,7 @@
 //! the kit (`tests/src`, `tests::realtime` above all), where every area can use it.
 
 mod backpressure;
+mod big_rooms;
 mod durability;
 mod events;
 mod persistence;

@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::dto::{
     ConversationOut, Credentials, ErrorBody, Liveness, MessageOut, NewConversation, NewParticipant,
-    Readiness, Token, UserOut, UserSummary,
+    PresenceOut, PresentUser, Readiness, Token, UserOut, UserSummary,
 };
 use crate::protocol::{Close, CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
 use crate::text::CLIENT_ID_MAX_CHARS;
@@ -47,6 +47,7 @@ pub const WS_PATH: &str = "/api/chat/ws/{conversation_id}";
         crate::http::conversations::add_participant,
         crate::http::conversations::remove_participant,
         crate::http::conversations::history,
+        crate::http::presence::presence,
         super::ready::ready,
     ),
     components(schemas(
@@ -58,6 +59,8 @@ pub const WS_PATH: &str = "/api/chat/ws/{conversation_id}";
         NewParticipant,
         ConversationOut,
         MessageOut,
+        PresenceOut,
+        PresentUser,
         ErrorBody,
         Liveness,
         Readiness,

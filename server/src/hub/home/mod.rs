@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::app::App;
-use crate::bus::{Actor, Bus, HomeMsg, Remote, ShardMsg};
+use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, Remote, Roster, ShardMsg};
 use crate::cluster::{Announcement, Change};
 use crate::hub::render;
 use crate::ids::{ConversationId, MessageIdGen, Seq, UserId};
-use crate::protocol::{Membership, ServerEvent};
+use crate::protocol::{Active, Membership, ServerEvent};
+use crate::roster::{self, Coalescer, Noted, Summary};
 use crate::store::StreamEvent;
 use presence::Presence;
 use stream::{Fill, Stream, FILL_PAGE, FILL_RETRY, REMOTE_GRACE};
@@ -39,6 +40,8 @@ const REVOCATION_MEMORY: Duration = Duration::from_secs(300);
 /// What a home shard knows about one of its conversations.
 struct Home {
     presence: Presence,
+    /// Above the presence list limit: the announcements waiting for their interval.
+    roster: Coalescer,
     stream: Stream,
     /// Resolves when the last change queued (edit, delete, reaction) is done: changes
     /// of a conversation run one after another, in the order they came.
@@ -49,6 +52,7 @@ impl Home {
     fn new(position: Seq) -> Self {
         Self {
             presence: Presence::default(),
+            roster: Coalescer::default(),
             stream: Stream::new(position),
             last_change: None,
         }
@@ -155,7 +159,7 @@ impl Homes {
         position: Seq,
     ) {
         let shards = self.app.bus.shards();
-        let (active, seq, fresh) = {
+        let (seq, fresh) = {
             let mut st = self.state.borrow_mut();
             if st.was_revoked(conversation, actor.user, checked_at) {
                 // Admitted on a membership read that may predate the removal.
@@ -178,8 +182,10 @@ impl Homes {
                 .entry(conversation)
                 .or_insert_with(|| Home::new(position));
             home.stream.behind(position);
+            // Every connection is announced, another tab of someone already here too
+            // (it needs its position), though it counts nobody new.
             home.presence.add(actor, shards);
-            (home.presence.active_users(), home.stream.position(), fresh)
+            (home.stream.position(), fresh)
         };
         if fresh {
             if let Some(cluster) = &self.app.cluster {
@@ -194,13 +200,12 @@ impl Homes {
                 seq,
             },
         );
-        self.announce(
-            conversation,
-            actor.user,
-            &actor.username,
-            Change::Joined(seq),
-            active,
-        );
+        let change = roster::Change {
+            user: actor.user,
+            username: Arc::clone(&actor.username),
+            joined_at: Some(seq),
+        };
+        self.announce(conversation, change, Some(actor.conn));
         self.settle(conversation);
     }
 
@@ -211,18 +216,15 @@ impl Homes {
                 return;
             };
             // A user with another tab still open has not left.
-            home.presence
-                .remove(actor.conn)
-                .then(|| home.presence.active_users())
+            home.presence.remove(actor.conn)
         };
-        if let Some(active) = left {
-            self.announce(
-                conversation,
-                actor.user,
-                &actor.username,
-                Change::Left,
-                active,
-            );
+        if left {
+            let change = roster::Change {
+                user: actor.user,
+                username: Arc::clone(&actor.username),
+                joined_at: None,
+            };
+            self.announce(conversation, change, None);
         }
         self.settle(conversation);
     }
@@ -236,16 +238,13 @@ impl Homes {
         user: UserId,
         at: Instant,
     ) {
-        let (gone, active) = {
+        let gone = {
             let mut st = self.state.borrow_mut();
             st.remember_revocation(conversation, user, at);
             let Some(home) = st.live.get_mut(&conversation) else {
                 return;
             };
-            (
-                home.presence.remove_user(user),
-                home.presence.active_users(),
-            )
+            home.presence.remove_user(user)
         };
         let Some((username, shards)) = gone else {
             return;
@@ -260,38 +259,137 @@ impl Homes {
                 },
             );
         }
-        self.announce(conversation, user, &username, Change::Left, active);
+        let change = roster::Change {
+            user,
+            username,
+            joined_at: None,
+        };
+        self.announce(conversation, change, None);
         self.settle(conversation);
     }
 
-    /// The `system` event of a user joining (with the position they join at) or
-    /// leaving, to everyone connected. In a cluster, the cluster records it and
-    /// announces it on every node, with who is connected on any of them.
+    /// The `system` event of a user joining (with the position they join at; `joiner`
+    /// is the joining connection) or leaving. In a cluster, the cluster records it and
+    /// announces it on every node, counting who is connected on any of them. On one
+    /// node: within the presence list limit, at once to everyone with the full list;
+    /// above it, the joiner hears of its own join at once, and the others through the
+    /// conversation's coalescer (`roster`).
     fn announce(
-        &self,
+        self: &Rc<Self>,
         conversation: ConversationId,
-        user: UserId,
-        username: &Arc<str>,
-        change: Change,
-        active: Vec<UserId>,
+        change: roster::Change,
+        joiner: Option<ConnAddr>,
     ) {
+        let config = &self.app.config;
+        let limit = config.presence_list_limit;
+        let now = Instant::now();
+        let (count, listed, noted) = {
+            let mut st = self.state.borrow_mut();
+            let Some(home) = st.live.get_mut(&conversation) else {
+                return;
+            };
+            let count = home.presence.count();
+            let listed = (count <= limit).then(|| home.presence.active_users());
+            let noted = match &listed {
+                Some(_) => None,
+                None if self.app.cluster.is_some() => None,
+                None => Some(home.roster.note(
+                    change.clone(),
+                    now,
+                    Duration::from_millis(config.presence_interval_ms),
+                )),
+            };
+            (count, listed, noted)
+        };
         if let Some(cluster) = &self.app.cluster {
+            let kind = match (change.joined_at, joiner) {
+                (Some(seq), Some(conn)) => Change::Joined { seq, conn },
+                _ => Change::Left,
+            };
             return cluster.announce(Announcement {
                 conversation,
-                user,
-                username: Arc::clone(username),
-                change,
-                local_active: active,
+                user: change.user,
+                username: change.username,
+                change: kind,
+                local_active: listed,
+                local_count: count,
             });
         }
-        let (membership, seq) = match change {
-            Change::Joined(seq) => (Membership::Joined, Some(seq)),
-            Change::Left => (Membership::Left, None),
-            // Only a cluster records presence again.
-            Change::Rejoined => return,
+        if let Some(listed) = listed {
+            let frame = membership_frame(&change, Active::Users(&listed));
+            return self.deliver_local(conversation, frame, None);
+        }
+        if let (Some(joiner), Some(_)) = (joiner, change.joined_at) {
+            let frame = membership_frame(&change, Active::Count(count));
+            self.app.bus.post(
+                joiner.shard,
+                ShardMsg::Own {
+                    conn: joiner.conn,
+                    frame,
+                },
+            );
+        }
+        match noted {
+            Some(Noted::Now) => self.announce_to_others(conversation, Summary::One(change)),
+            Some(Noted::Held(Some(wait))) => {
+                let homes = Rc::clone(self);
+                monoio::spawn(async move {
+                    monoio::time::sleep(wait).await;
+                    let summary = homes
+                        .state
+                        .borrow_mut()
+                        .live
+                        .get_mut(&conversation)
+                        .and_then(|home| home.roster.flush(Instant::now()));
+                    if let Some(summary) = summary {
+                        homes.announce_to_others(conversation, summary);
+                    }
+                });
+            }
+            Some(Noted::Held(None)) | None => {}
+        }
+    }
+
+    /// Above the presence list limit on one node: a change (or the sum of several) to
+    /// everyone but a joiner, who heard of its own join already.
+    fn announce_to_others(&self, conversation: ConversationId, summary: Summary) {
+        let Some(count) = self
+            .state
+            .borrow()
+            .live
+            .get(&conversation)
+            .map(|home| home.presence.count())
+        else {
+            return;
         };
-        let frame = ServerEvent::membership(membership, user, username, &active, seq);
-        self.deliver_local(conversation, frame, None);
+        let (frame, skip) = match summary {
+            Summary::One(change) => {
+                let skip = change.joined_at.map(|_| change.user);
+                (membership_frame(&change, Active::Count(count)), skip)
+            }
+            Summary::Many { joined, left } => {
+                (ServerEvent::presence_summary(joined, left, count), None)
+            }
+        };
+        self.deliver_local(conversation, frame, skip);
+    }
+
+    /// Up to `limit` users connected to the conversation on this node who arrived
+    /// after the cursor `after`, and how many are connected.
+    pub(in crate::hub) fn roster(
+        &self,
+        conversation: ConversationId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Roster {
+        let st = self.state.borrow();
+        let Some(home) = st.live.get(&conversation) else {
+            return Roster::default();
+        };
+        Roster {
+            users: home.presence.page(after, limit),
+            count: home.presence.count(),
+        }
     }
 
     /// Sends `frame` (not a stream event) to every connection in the conversation, on
@@ -432,4 +530,19 @@ impl Homes {
             homes.settle(conversation);
         });
     }
+}
+
+/// The `system` event of one change, with who is connected.
+fn membership_frame(change: &roster::Change, active: Active<'_>) -> Bytes {
+    let membership = match change.joined_at {
+        Some(_) => Membership::Joined,
+        None => Membership::Left,
+    };
+    ServerEvent::membership(
+        membership,
+        change.user,
+        &change.username,
+        active,
+        change.joined_at,
+    )
 }

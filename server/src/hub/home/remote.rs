@@ -53,7 +53,8 @@ impl Homes {
                     user,
                     username: std::sync::Arc::clone(username),
                     change: Change::Rejoined,
-                    local_active: Vec::new(),
+                    local_active: None,
+                    local_count: 0,
                 });
             }
         }
