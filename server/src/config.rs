@@ -8,6 +8,15 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 /// Which I/O driver the shards run on.
+/// How much one WebSocket connection may queue: past `soft` it is falling behind and is
+/// closed once it stays there for `slow_for`; past `hard` it is closed at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub soft: usize,
+    pub hard: usize,
+    pub slow_for: Duration,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum IoDriver {
     /// io_uring when the kernel allows it, otherwise epoll (logged).
@@ -116,9 +125,21 @@ pub struct Config {
     #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub ws_max_message_bytes: usize,
 
-    /// Bytes queued for one connection before it is closed with 1013.
+    /// Bytes queued for one connection that count as falling behind: a connection
+    /// whose queue stays over this for `--ws-slow-client-seconds` is closed with 1013.
+    /// A replay never queues past it.
     #[arg(long, env = "WS_OUTBOUND_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub ws_outbound_limit_bytes: usize,
+
+    /// Bytes queued for one connection that close it with 1013 at once, whatever the
+    /// time; 0 means four times `--ws-outbound-limit-bytes`.
+    #[arg(long, env = "WS_OUTBOUND_HARD_LIMIT_BYTES", default_value_t = 0)]
+    pub ws_outbound_hard_limit_bytes: usize,
+
+    /// How long a connection's queue may stay over `--ws-outbound-limit-bytes` (a
+    /// client that does not read) before it is closed with 1013, in seconds.
+    #[arg(long, env = "WS_SLOW_CLIENT_SECONDS", default_value_t = 10)]
+    pub ws_slow_client_seconds: u64,
 
     /// Conversations with more users connected than this announce joins and leaves
     /// without the `active_users` list (with `active_count`), at most once per
@@ -231,6 +252,19 @@ fn ip_range(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 impl Config {
+    /// The queue bounds of one WebSocket connection.
+    pub fn outbound_limits(&self) -> Outbound {
+        let soft = self.ws_outbound_limit_bytes;
+        Outbound {
+            soft,
+            hard: match self.ws_outbound_hard_limit_bytes {
+                0 => soft.saturating_mul(4),
+                hard => hard.max(soft),
+            },
+            slow_for: Duration::from_secs(self.ws_slow_client_seconds),
+        }
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

@@ -1,8 +1,11 @@
 //! One WebSocket connection as the hub sees it: who it is, which conversation, and
 //! its outbound queue. The queue holds shared frames (`Bytes`), is bounded in bytes,
 //! and is drained by the connection's single writer task, which coalesces everything
-//! queued into one write. A connection that overflows is condemned, its queue freed,
-//! and its writer closes it with 1013.
+//! queued into one write. Two bounds, so that 1013 means "this client does not read",
+//! not "this burst was big": a queue over the soft bound is falling behind and is
+//! condemned once it has stayed there for a while (the heartbeat looks); a queue over
+//! the hard bound is condemned at once. A condemned connection's queue is freed and its
+//! writer closes it with 1013.
 //!
 //! Deliveries (events of the conversation) pass through the connection's place in the
 //! stream first: dropped before its join reached the home (they predate it), held
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::admit::{Admitted, Resume};
+use crate::config::Outbound;
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::frame::PING_FRAME;
 use crate::protocol::Close;
@@ -55,8 +59,10 @@ pub struct Conn {
     pub user: UserId,
     pub username: Arc<str>,
     pub conversation: ConversationId,
-    limit: usize,
+    limits: Outbound,
     queue: RefCell<VecDeque<Bytes>>,
+    /// Since when the queue has been over the soft bound, if it is.
+    behind_since: Cell<Option<Instant>>,
     queued_bytes: Cell<usize>,
     state: Cell<State>,
     writer: Cell<Option<Waker>>,
@@ -92,17 +98,18 @@ pub struct Heartbeat {
 }
 
 impl Conn {
-    /// The outbox of connection `id` for what admission granted, with a queue of at
-    /// most `limit` bytes, first pinged `ping_phase` into the ping interval.
-    pub fn new(id: u64, admitted: &Admitted, limit: usize, ping_phase: Duration) -> Self {
+    /// Connection `id` for what admission granted, with a queue within `limits`, first
+    /// pinged `ping_phase` into the ping interval.
+    pub fn new(id: u64, admitted: &Admitted, limits: Outbound, ping_phase: Duration) -> Self {
         let now = Instant::now();
         Self {
             id,
             user: admitted.user,
             username: Arc::clone(&admitted.username),
             conversation: admitted.conversation,
-            limit,
+            limits,
             queue: RefCell::new(VecDeque::new()),
+            behind_since: Cell::new(None),
             queued_bytes: Cell::new(0),
             state: Cell::new(State::Open),
             writer: Cell::new(None),
@@ -127,7 +134,7 @@ impl Conn {
             }
             Phase::Holding { held, bytes } => {
                 *bytes += frame.len();
-                if *bytes + self.queued_bytes.get() > self.limit {
+                if *bytes + self.queued_bytes.get() > self.limits.hard {
                     *phase = Phase::Live;
                     drop(phase);
                     self.condemn(Close::TooFarBehind);
@@ -169,20 +176,27 @@ impl Conn {
         self.queued_bytes.get()
     }
 
-    /// The byte budget of the queue.
-    pub fn limit(&self) -> usize {
-        self.limit
+    /// Whether `frame` fits under the soft bound now (always, into an empty queue): a
+    /// replay waits for this before queueing more, so it never makes a reading client
+    /// look slow.
+    pub fn has_room_for(&self, frame: &Bytes) -> bool {
+        let queued = self.queued_bytes.get();
+        queued == 0 || queued + frame.len() <= self.limits.soft
     }
 
-    /// Queues a frame. Past the byte budget the connection is condemned instead.
+    /// Queues a frame. Past the hard bound the connection is condemned instead; past
+    /// the soft one it is noted as falling behind.
     pub fn push(&self, frame: Bytes) {
         if self.state.get() != State::Open {
             return;
         }
         let total = self.queued_bytes.get() + frame.len();
-        if total > self.limit {
+        if total > self.limits.hard {
             self.condemn(Close::TooFarBehind);
         } else {
+            if total > self.limits.soft && self.behind_since.get().is_none() {
+                self.behind_since.set(Some(Instant::now()));
+            }
             self.queued_bytes.set(total);
             self.queue.borrow_mut().push_back(frame);
             self.wake();
@@ -253,9 +267,16 @@ impl Conn {
             }
             State::Condemned(_) => return,
         }
+        let behind = self
+            .behind_since
+            .get()
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.limits.slow_for);
         if now.duration_since(self.last_seen.get()) >= beat.idle_timeout {
             // The peer is probably gone: do not wait behind a backlog it will not read.
             self.condemn(Close::IdleTimeout);
+        } else if behind {
+            // Over the soft bound for the whole grace: this client does not read.
+            self.condemn(Close::TooFarBehind);
         } else if unix_now >= self.expires_at.get() {
             self.close(Close::TokenExpired);
         } else if now.duration_since(self.last_ping.get()) >= beat.ping_every {
@@ -287,6 +308,8 @@ impl Conn {
                 *queue = VecDeque::new();
             }
             self.queued_bytes.set(0);
+            // Taken by the writer: the client is reading again.
+            self.behind_since.set(None);
             Poll::Ready(Next::Write {
                 last: self.state.get() == State::Closing,
             })
@@ -323,7 +346,12 @@ mod tests {
             position: Seq(0),
             resume: Resume::Fresh,
         };
-        Conn::new(1, &admitted, limit, Duration::ZERO)
+        let limits = Outbound {
+            soft: limit,
+            hard: limit,
+            slow_for: Duration::from_secs(10),
+        };
+        Conn::new(1, &admitted, limits, Duration::ZERO)
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -464,5 +492,45 @@ mod tests {
             block_on(c.next(&mut batch)),
             Next::Condemned(Close::TooFarBehind)
         );
+    }
+
+    #[test]
+    fn a_burst_over_the_soft_bound_is_kept_for_a_client_that_reads() {
+        let beat = Heartbeat {
+            ping_every: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let mut c = conn(10);
+        c.limits = Outbound {
+            soft: 10,
+            hard: 40,
+            slow_for: Duration::from_secs(10),
+        };
+        let now = Instant::now();
+        c.push(Bytes::from(vec![0; 8]));
+        assert!(c.has_room_for(&Bytes::from(vec![0; 2])));
+        assert!(!c.has_room_for(&Bytes::from(vec![0; 3])));
+        c.push(Bytes::from(vec![0; 8]));
+        c.push(Bytes::from(vec![0; 8]));
+        assert!(c.is_open(), "over the soft bound, under the hard one");
+        c.beat(&beat, now + Duration::from_secs(5), 0);
+        assert!(c.is_open(), "not behind for long yet");
+        let mut batch = Vec::new();
+        assert_eq!(block_on(c.next(&mut batch)), Next::Write { last: false });
+        c.beat(&beat, now + Duration::from_secs(20), 0);
+        assert!(c.is_open(), "it read: no longer behind");
+        c.push(Bytes::from(vec![0; 11]));
+        let behind = Instant::now();
+        c.beat(&beat, behind + Duration::from_secs(5), 0);
+        assert!(c.is_open());
+        c.beat(&beat, behind + Duration::from_secs(11), 0);
+        assert_eq!(
+            block_on(c.next(&mut batch)),
+            Next::Condemned(Close::TooFarBehind),
+            "behind for longer than the grace"
+        );
+        let c = conn(10);
+        c.push(Bytes::from(vec![0; 11]));
+        assert!(!c.is_open(), "past the hard bound at once");
     }
 }

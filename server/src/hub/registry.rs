@@ -69,7 +69,7 @@ impl Registry {
         let conn = Rc::new(Conn::new(
             st.next_conn,
             admitted,
-            config.ws_outbound_limit_bytes,
+            config.outbound_limits(),
             phase,
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));

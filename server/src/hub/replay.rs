@@ -22,8 +22,8 @@ use crate::protocol::{Close, ServerEvent};
 
 /// The most events one resume replays.
 pub const REPLAY_MAX: u64 = 1000;
-/// Events read and queued at a time, so a long replay never holds more than the
-/// connection's queue allows.
+/// Events read from the store at a time; they are queued as the connection's queue
+/// has room.
 const REPLAY_PAGE: u64 = 200;
 /// How often a replay waiting for the client to read its queue looks again.
 const BACKLOG_POLL: Duration = Duration::from_millis(5);
@@ -44,10 +44,6 @@ pub(super) fn start(app: Arc<App>, conn: Rc<Conn>, since: Seq, position: Seq) {
         let conversation = conn.conversation;
         let mut after = from;
         while after < position && conn.is_open() {
-            // Wait for the client to take what is queued before reading more.
-            while conn.backlog() > conn.limit() / 2 && conn.is_open() {
-                monoio::time::sleep(BACKLOG_POLL).await;
-            }
             let upto = position.min(Seq(after.0 + REPLAY_PAGE));
             let page = app
                 .db
@@ -56,7 +52,13 @@ pub(super) fn start(app: Arc<App>, conn: Rc<Conn>, since: Seq, position: Seq) {
             match page {
                 Ok(events) => {
                     for e in &events {
-                        conn.push(render::stream_frame(conversation, e));
+                        let frame = render::stream_frame(conversation, e);
+                        // Queue only what fits under the soft bound: a client that
+                        // reads takes any backlog, however large, a page at a time.
+                        while !conn.has_room_for(&frame) && conn.is_open() {
+                            monoio::time::sleep(BACKLOG_POLL).await;
+                        }
+                        conn.push(frame);
                     }
                     after = upto;
                 }

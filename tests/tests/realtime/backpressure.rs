@@ -276,3 +276,53 @@ tests::e2e_on!(slow_consumer_closed, super::slow_options, [
     sqlite_uring => (Sqlite, Uring),
     sqlite_epoll => (Sqlite, Epoll),
 ]);
+
+/// A backlog larger than the outbound limit (the default 1 MiB): 80 messages of 5,000
+/// three-byte characters, about 1.2 MB of frames. A client resuming from before them
+/// reads and receives every one, in order, then goes live: a replay waits for the
+/// client to take what is queued, it does not mistake a big backlog for a client that
+/// does not read.
+async fn a_backlog_over_the_outbound_limit_is_resumed(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let (users, conv) = group(&api, &["poster", "resumer"]).await?;
+    let (poster, resumer) = (&users[0], &users[1]);
+    let (mut p, joined) = join(srv, &conv, poster).await?;
+    let since = joined["seq"].as_u64().context("seq")?;
+    let filler = "€".repeat(4990);
+    let mut acked = Vec::new();
+    for i in 0..80 {
+        let echo = p.send_message(&format!("big{i:03} {filler}")).await?;
+        acked.push(field(&echo, "message_id").to_string());
+    }
+    let url = format!(
+        "{}&since={since}",
+        tests::ws::ws_url(&srv.ws_base_url(), &conv, &resumer.token)
+    );
+    let mut r = WsClient::connect_url(&url).await?;
+    let mut replayed = Vec::new();
+    while replayed.len() < acked.len() {
+        let ev = r.recv_json().await.with_context(|| {
+            format!(
+                "after {} of {} replayed messages",
+                replayed.len(),
+                acked.len()
+            )
+        })?;
+        match kind(&ev) {
+            "message" => replayed.push(field(&ev, "message_id").to_string()),
+            "resync" | "error" => bail!("the replay was cut short: {ev}"),
+            _ => {}
+        }
+    }
+    ensure!(replayed == acked, "the replay is not the stream, in order");
+    r.wait_for("its own joined event", |v| is_joined(v, resumer))
+        .await?;
+    let echo = p.send_message("live after the replay").await?;
+    r.wait_for("the live message", |v| v == &echo).await?;
+    Ok(())
+}
+
+tests::e2e_on!(a_backlog_over_the_outbound_limit_is_resumed, super::no_rate_limit, [
+    sqlite_uring => (Sqlite, Uring),
+    postgres_epoll => (Postgres, Epoll),
+]);

@@ -391,17 +391,27 @@
       setConnection("offline", `Disconnected: ${e.reason || "protocol error"}`);
       return; // a client bug: reconnecting would only repeat it
     }
-    scheduleReconnect();
+    // 1013: this client fell too far behind. Resuming from the same position would
+    // only queue the same backlog again, so after the backoff the room is opened
+    // afresh from its latest page (older messages stay a click away).
+    scheduleReconnect(e.code === 1013);
   }
 
   // Exponential backoff with jitter, so a restarted server is not hit by every
   // client at the same instant.
-  function scheduleReconnect() {
+  function scheduleReconnect(resync = false) {
     const delay = Math.min(RECONNECT_MAX_MS, 500 * 2 ** state.retries) * (0.5 + Math.random() / 2);
     state.retries += 1;
     setConnection("offline", `Offline, reconnecting in ${Math.ceil(delay / 1000)} s…`);
     clearTimeout(state.reconnectTimer);
-    state.reconnectTimer = setTimeout(() => connect(state.lastSeq), delay);
+    const current = state.current;
+    state.reconnectTimer = setTimeout(() => {
+      if (resync && current) {
+        openConversation(current);
+      } else {
+        connect(state.lastSeq);
+      }
+    }, delay);
   }
 
   // Back online: no need to wait for the backoff.
