@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
+use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool};
 use crate::bus::Bus;
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -22,6 +22,8 @@ pub struct App {
     pub jwt: JwtKeys,
     pub passwords: PasswordPool,
     pub logins: LoginThrottle,
+    /// Each user's WebSocket event budget, shared by every shard.
+    pub budgets: Budgets,
     pub bus: Arc<Bus>,
     /// The other nodes, through Redis (`--redis-url`); `None` for a single node.
     pub cluster: Option<Cluster>,

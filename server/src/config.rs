@@ -165,6 +165,15 @@ pub struct Config {
     #[arg(long, env = "WRITER_QUEUE_LIMIT", default_value_t = 100_000)]
     pub writer_queue_limit: usize,
 
+    /// Content bytes waiting for the writer beyond this are refused the same way.
+    #[arg(long, env = "WRITER_QUEUE_LIMIT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub writer_queue_limit_bytes: usize,
+
+    /// Edits, deletes and reactions of one conversation waiting their turn (they are
+    /// applied one at a time) beyond this are refused with an error event.
+    #[arg(long, env = "CHANGES_QUEUE_LIMIT", default_value_t = 1000)]
+    pub changes_queue_limit: u32,
+
     /// How long shutdown waits for in-flight requests and connections, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,

@@ -12,7 +12,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::app::App;
-use crate::auth::{JwtKeys, LoginThrottle, PasswordPool};
+use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool};
 use crate::bus::{Bus, ShardMsg};
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -82,6 +82,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         jwt: JwtKeys::new(&secret, config.token_ttl()),
         passwords: PasswordPool::new(config.hash_threads, config.hash_queue)
             .context("password pool")?,
+        budgets: Budgets::new(config.ws_rate_per_second, config.ws_rate_burst),
         logins: LoginThrottle::new(
             config.login_max_failures,
             config.login_max_failures_per_address,

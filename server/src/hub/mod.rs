@@ -2,7 +2,7 @@
 //! bus's messages between them.
 //!
 //! - The registry (`registry`): this shard's WebSocket connections (`conn`), their
-//!   rate limits (`ratelimit`), delivery into their queues, the replay of a resuming
+//!   rate limits, delivery into their queues, the replay of a resuming
 //!   connection's missed events (`replay`), and the heartbeat's visits.
 //! - The homes (`home`): for the conversations hashed to this shard, the single source
 //!   of their delivery order and the one place that knows who is connected: presence,
@@ -20,7 +20,6 @@
 mod admit;
 pub mod conn;
 mod home;
-mod ratelimit;
 mod registry;
 mod render;
 mod replay;

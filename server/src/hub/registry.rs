@@ -1,5 +1,5 @@
 //! The registry of a shard's hub: this shard's WebSocket connections by conversation
-//! and by user, their rate-limit buckets, the events they submit, and delivery into
+//! and by user, the rate limit of the events they submit, and delivery into
 //! their queues. It answers `ping` and `auth` itself and posts everything else to the
 //! conversation's home; it never decides order or presence (the home does).
 
@@ -13,7 +13,6 @@ use bytes::Bytes;
 
 use super::admit::{Admitted, Refused, Resume};
 use super::conn::{Conn, Heartbeat};
-use super::ratelimit::Bucket;
 use super::replay;
 use crate::app::App;
 use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
@@ -26,7 +25,6 @@ const PING_PHASES: u64 = 64;
 
 /// A user with connections on this shard.
 struct UserSlot {
-    bucket: Bucket,
     conns: u32,
     /// In a cluster: tokens of the user's shared budget leased to this shard.
     lease: u32,
@@ -78,14 +76,9 @@ impl Registry {
             .entry(conn.conversation)
             .or_default()
             .push(Rc::clone(&conn));
-        let burst = config.ws_rate_burst;
         st.users
             .entry(conn.user)
-            .or_insert_with(|| UserSlot {
-                bucket: Bucket::full(burst, Instant::now()),
-                conns: 0,
-                lease: 0,
-            })
+            .or_insert_with(|| UserSlot { conns: 0, lease: 0 })
             .conns += 1;
         drop(st);
         self.to_home(
@@ -162,9 +155,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Takes one token of `user`'s budget: from this shard's bucket on one node; in a
-    /// cluster from the budget all nodes share, leased a few tokens at a time (this
-    /// shard's bucket again while Redis does not answer).
+    /// Takes one token of `user`'s budget: from the process's budget of the user
+    /// (`auth::Budgets`, shared by every shard) on one node; in a cluster from the
+    /// budget all nodes share, leased a few tokens at a time (the process's again
+    /// while Redis does not answer).
     async fn spend(&self, user: UserId) -> bool {
         let Some(cluster) = self.app.cluster.as_ref().filter(|c| c.is_healthy()) else {
             // One node, or Redis known to be away: waiting for it would stall the
@@ -190,15 +184,7 @@ impl Registry {
     }
 
     fn spend_locally(&self, user: UserId) -> bool {
-        let config = &self.app.config;
-        let mut st = self.local.borrow_mut();
-        st.users.get_mut(&user).is_some_and(|slot| {
-            slot.bucket.take(
-                config.ws_rate_per_second,
-                config.ws_rate_burst,
-                Instant::now(),
-            )
-        })
+        self.app.budgets.take(user, Instant::now())
     }
 
     fn to_home(&self, conn: &Conn, reference: Option<String>, msg: HomeMsg) {

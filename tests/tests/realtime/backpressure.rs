@@ -326,3 +326,41 @@ tests::e2e_on!(a_backlog_over_the_outbound_limit_is_resumed, super::no_rate_limi
     sqlite_uring => (Sqlite, Uring),
     postgres_epoll => (Postgres, Epoll),
 ]);
+
+/// With `--ws-rate-per-second 1 --ws-rate-burst 5`: a user who spent the burst and
+/// reconnects (on whichever shard) finds the budget still spent, so reconnecting is no
+/// way around the limit.
+async fn the_rate_limit_survives_a_reconnect(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let (users, conv) = group(&api, &["spender"]).await?;
+    let spender = &users[0];
+    let (mut ws, _) = join(srv, &conv, spender).await?;
+    for i in 0..5 {
+        ws.send_message(&format!("burst {i}")).await?;
+    }
+    ws.close().await?;
+    for attempt in 0..4 {
+        let (mut again, _) = join(srv, &conv, spender).await?;
+        again
+            .send_json(
+                &json!({"type": "message", "content": format!("again {attempt}"), "ref": "again"}),
+            )
+            .await?;
+        let answer = again
+            .wait_for("the answer to the message", |v| {
+                kind(v) == "error" || is_message_with(v, &format!("again {attempt}"))
+            })
+            .await?;
+        if kind(&answer) == "error" {
+            ensure!(answer["detail"] == "Rate limit exceeded", "{answer}");
+            return Ok(());
+        }
+        again.close().await?;
+    }
+    bail!("four reconnects each got a fresh budget: the burst of 5 at 1/s was spent")
+}
+
+tests::e2e!(
+    options = |o| o.arg("--ws-rate-per-second").arg("1").arg("--ws-rate-burst").arg("5");
+    the_rate_limit_survives_a_reconnect
+);

@@ -141,14 +141,23 @@ impl Homes {
         F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        self.begin_commit(conversation);
+        let limit = self.app.config.changes_queue_limit;
         let (done, turn) = futures_channel::oneshot::channel::<()>();
-        let previous = self
-            .state
-            .borrow_mut()
-            .live
-            .get_mut(&conversation)
-            .and_then(|h| h.last_change.replace(turn));
+        let previous = {
+            let mut st = self.state.borrow_mut();
+            let Some(h) = st.live.get_mut(&conversation) else {
+                return;
+            };
+            // The chain of changes waiting their turn is bounded: past it the actor
+            // is told to retry, rather than the chain growing without end.
+            if h.changes_waiting >= limit {
+                drop(st);
+                return self.reply_error(&actor, "Server busy, change not applied; please retry");
+            }
+            h.changes_waiting += 1;
+            h.last_change.replace(turn)
+        };
+        self.begin_commit(conversation);
         let home = Rc::clone(self);
         monoio::spawn(async move {
             if let Some(previous) = previous {
@@ -158,6 +167,9 @@ impl Homes {
             let result = home.app.db.call(work).await;
             // The next change may go as soon as this one is in the store.
             drop(done);
+            if let Some(h) = home.state.borrow_mut().live.get_mut(&conversation) {
+                h.changes_waiting = h.changes_waiting.saturating_sub(1);
+            }
             home.end_commit(conversation, &result);
             match result.map(outcome) {
                 Ok(Ok((seq, message_id, at, kind))) => {
@@ -207,7 +219,10 @@ impl Homes {
         content: Content,
         client_id: Option<ClientId>,
     ) {
-        if self.app.writer.queued() >= self.app.config.writer_queue_limit {
+        let (writer, config) = (&self.app.writer, &self.app.config);
+        if writer.queued() >= config.writer_queue_limit
+            || writer.queued_bytes() >= config.writer_queue_limit_bytes
+        {
             return self.reply_error(&actor, "Server busy, message not sent; please retry");
         }
         let created_at = now_micros();

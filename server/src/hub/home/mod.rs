@@ -46,6 +46,8 @@ struct Home {
     /// Resolves when the last change queued (edit, delete, reaction) is done: changes
     /// of a conversation run one after another, in the order they came.
     last_change: Option<futures_channel::oneshot::Receiver<()>>,
+    /// Changes queued behind `last_change` and not yet done (`--changes-queue-limit`).
+    changes_waiting: u32,
 }
 
 impl Home {
@@ -55,6 +57,7 @@ impl Home {
             roster: Coalescer::default(),
             stream: Stream::new(position),
             last_change: None,
+            changes_waiting: 0,
         }
     }
 

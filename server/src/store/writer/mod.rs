@@ -62,8 +62,34 @@ struct Submitted {
 #[derive(Clone)]
 pub struct WriterHandle {
     queue: mpsc::UnboundedSender<Submitted>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Backlog>,
     stop: Arc<Notify>,
+}
+
+/// Messages submitted and not yet reported, counted and weighed, for back-pressure.
+#[derive(Default)]
+struct Backlog {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Backlog {
+    /// What a queued message holds in memory, roughly: its content and key.
+    fn weight(message: &NewMessage) -> usize {
+        message.content.as_str().len() + message.client_id.as_ref().map_or(0, |c| c.as_str().len())
+    }
+
+    fn add(&self, message: &NewMessage) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(Self::weight(message), Ordering::Relaxed);
+    }
+
+    fn remove(&self, message: &NewMessage) {
+        self.messages.fetch_sub(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(Self::weight(message), Ordering::Relaxed);
+    }
 }
 
 impl WriterHandle {
@@ -71,14 +97,14 @@ impl WriterHandle {
     /// batch committed or failed. Callbacks fire in submission order. Never blocks: callable from any
     /// thread, from inside a non-tokio runtime too.
     pub fn submit(&self, message: NewMessage, done: OnCommit) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.queued.add(&message);
         let submitted = Submitted {
             message,
             done,
             at: Instant::now(),
         };
         if let Err(mpsc::error::SendError(rejected)) = self.queue.send(submitted) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.remove(&rejected.message);
             fire(rejected.done, rejected.message, Err(stopped()));
         }
     }
@@ -91,7 +117,12 @@ impl WriterHandle {
 
     /// Messages submitted but not yet reported, for back-pressure.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.messages.load(Ordering::Relaxed)
+    }
+
+    /// The content bytes of those messages.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -105,7 +136,7 @@ pub fn spawn(
     runtime: &tokio::runtime::Handle,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (queue, incoming) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let queued = Arc::new(Backlog::default());
     let stop = Arc::new(Notify::new());
     let writer = Writer {
         store,
@@ -167,7 +198,7 @@ struct Writer {
     stop: Arc<Notify>,
     /// Asked to stop: the queue is closed and being drained.
     stopping: bool,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Backlog>,
     /// The batch being gathered or committed. It lives here rather than on the task's
     /// stack so that a writer dropped mid-batch (runtime shutdown, abort) still
     /// reports every callback it holds.
@@ -339,7 +370,7 @@ impl Writer {
     fn report_next(&mut self, result: CommitResult) {
         if let (Some(message), Some(done)) = (self.messages.pop_front(), self.callbacks.pop_front())
         {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.remove(&message);
             fire(done, message, result);
         }
     }
@@ -355,7 +386,7 @@ impl Drop for Writer {
         let rest = self.carried.take().into_iter();
         let queued = std::iter::from_fn(|| self.incoming.try_recv().ok());
         for next in rest.chain(queued).collect::<Vec<_>>() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.remove(&next.message);
             fire(next.done, next.message, Err(stopped()));
         }
     }
