@@ -334,22 +334,7 @@ fn anchor(req: &Request<Incoming>, name: &'static str) -> Result<Option<MessageI
 )]
 pub async fn history(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let limit = match request::query_param(&req, "limit") {
-        None => HISTORY_DEFAULT,
-        Some(raw) => raw
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=HISTORY_MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    "query",
-                    "limit",
-                    "value_error",
-                    format!("limit must be an integer from 1 to {HISTORY_MAX}"),
-                )
-            })?,
-    };
+    let limit = request::limit(&req, HISTORY_DEFAULT, HISTORY_MAX)?;
     let before = anchor(&req, "before")?;
     let after = anchor(&req, "after")?;
     let conversation = member_of(shard, me, id).await?;

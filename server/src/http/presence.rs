@@ -21,9 +21,9 @@ use crate::context::ShardContext;
 use crate::error::ApiError;
 
 /// Users per page when the client does not say.
-const PRESENCE_DEFAULT: usize = 100;
+const PRESENCE_DEFAULT: u32 = 100;
 /// The most users one page lists.
-pub const PRESENCE_MAX: usize = 1000;
+pub const PRESENCE_MAX: u32 = 1000;
 
 /// Who is connected to a conversation; members only.
 #[utoipa::path(
@@ -43,22 +43,7 @@ pub const PRESENCE_MAX: usize = 1000;
 )]
 pub async fn presence(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let limit = match request::query_param(&req, "limit") {
-        None => PRESENCE_DEFAULT,
-        Some(raw) => raw
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=PRESENCE_MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    "query",
-                    "limit",
-                    "value_error",
-                    format!("limit must be an integer from 1 to {PRESENCE_MAX}"),
-                )
-            })?,
-    };
+    let limit = request::limit(&req, PRESENCE_DEFAULT, PRESENCE_MAX)? as usize;
     let after = match request::query_param(&req, "after") {
         None => None,
         Some(raw) => Some(raw.trim().parse::<u64>().map_err(|_| {

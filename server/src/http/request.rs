@@ -170,6 +170,27 @@ pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     })
 }
 
+/// The `limit` query parameter of a paged list: `default` when absent, else an integer
+/// from 1 to `max` (422 otherwise).
+pub fn limit(req: &Request<Incoming>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match query_param(req, "limit") {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::field(
+                    "query",
+                    "limit",
+                    "value_error",
+                    format!("limit must be an integer from 1 to {max}"),
+                )
+            }),
+    }
+}
+
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -240,14 +240,13 @@ pub fn pong(ping: &[u8]) -> Bytes {
     control(Opcode::Pong, ping)
 }
 
+/// Client frames built by hand, for the tests of whatever reads them.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-    /// A client frame: header, mask, masked payload.
-    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    /// A client frame: first byte, then length, mask and masked payload.
+    pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![first];
         match payload.len() {
             n if n < 126 => out.push(0x80 | n as u8),
@@ -264,6 +263,12 @@ mod tests {
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{client_frame, MASK};
+    use super::*;
 
     /// The violation a whole client frame earns, header and payload.
     fn check(wire: &[u8], max: usize) -> Result<(), Violation> {

@@ -97,26 +97,7 @@ fn refused(violation: Violation) -> ReadError {
 mod tests {
     use super::*;
 
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-    /// A client frame: header, mask, masked payload.
-    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-        out
-    }
+    use crate::protocol::frame::testing::client_frame as frame;
 
     /// A peer whose bytes arrive at most `step` at a time.
     struct Trickle<'a> {
