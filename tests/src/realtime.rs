@@ -13,7 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::client::{Api, Session};
+use crate::client::{str_field, unique_name, Api, Session, PASSWORD};
 use crate::server::{ServerOptions, TestServer};
 use crate::ws::{ws_url, WsClient, WsEvent};
 
@@ -541,4 +541,45 @@ pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// Sleeps; for waiting on a token-bucket refill or a reconnect, never for asserting time.
 pub async fn pause(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Registers `n` users at once (one password hash each) and signs their tokens with
+/// the server's key, so rooms of hundreds are set up in seconds.
+pub async fn members(srv: &TestServer, n: usize) -> anyhow::Result<Vec<Session>> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let api = srv.api();
+        let secret = srv.secret_key().to_string();
+        set.spawn(async move {
+            let username = unique_name(&format!("big{i}"));
+            let user = api.register(&username, PASSWORD).await?.expect(201)?;
+            let user_id = str_field(&user, "id")?;
+            let token = crate::jwt::hs256(&secret, &user_id, 3600)?;
+            anyhow::Ok((
+                i,
+                Session {
+                    username,
+                    user_id,
+                    token,
+                },
+            ))
+        });
+    }
+    let mut users: Vec<(usize, Session)> = Vec::with_capacity(n);
+    while let Some(done) = set.join_next().await {
+        users.push(done??);
+    }
+    users.sort_by_key(|(i, _)| *i);
+    Ok(users.into_iter().map(|(_, s)| s).collect())
+}
+
+/// `n` members of one new conversation, created by the first.
+pub async fn room(srv: &TestServer, n: usize) -> anyhow::Result<(Vec<Session>, String)> {
+    let users = members(srv, n).await?;
+    let others: Vec<&Session> = users[1..].iter().collect();
+    let conv = srv
+        .api()
+        .new_conversation(&users[0], "big room", &others)
+        .await?;
+    Ok((users, conv))
 }

@@ -503,3 +503,82 @@ async fn the_guides_python_clients_talk_across_nodes() {
     })
     .await;
 }
+
+/// A conversation past the presence list limit across two nodes: 230 members join at
+/// once, half on each node. Each sees its own `joined`; the watcher's announcements
+/// carry the count for the whole cluster, never the list, until everyone is counted;
+/// either node pages the list of all of them from Redis; and the leaves are counted
+/// down again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_room_across_nodes_counts_everyone_once() {
+    with_cluster(ClusterOptions::new(2), |c| {
+        Box::pin(async move {
+            let n = 230;
+            let (users, conv) = tests::realtime::room(c.node(0), n).await?;
+            let (mut watcher, _) = join(c.node(0), &conv, &users[0]).await?;
+            let mut storm = tokio::task::JoinSet::new();
+            for (i, who) in users[1..].iter().cloned().enumerate() {
+                let base = c.node(i % 2).ws_base_url();
+                let conv = conv.clone();
+                storm.spawn(async move {
+                    let mut ws = tests::WsClient::connect(&base, &conv, &who.token).await?;
+                    let own = ws
+                        .wait_for("its own joined event", |v| is_joined(v, &who))
+                        .await?;
+                    anyhow::Ok((ws, own))
+                });
+            }
+            let mut clients = Vec::new();
+            while let Some(joined) = storm.join_next().await {
+                let (ws, own) = joined??;
+                ensure!(own["seq"].is_u64(), "{own}");
+                clients.push(ws);
+            }
+            loop {
+                let ev = watcher.recv_json().await?;
+                if ev["type"] != "system" {
+                    continue;
+                }
+                let count = ev["active_count"].as_u64().context("active_count")?;
+                ensure!(
+                    ev.get("active_users").is_none() || count <= 200,
+                    "a list past the limit: {ev}"
+                );
+                if count == n as u64 {
+                    break;
+                }
+            }
+            let page = c
+                .api(1)
+                .get(
+                    &format!("/api/chat/conversations/{conv}/presence?limit=1000"),
+                    Some(&users[0].token),
+                )
+                .await?
+                .expect(200)?;
+            ensure!(page["active_count"] == n as u64, "{page}");
+            let mut listed: Vec<String> = page["users"]
+                .as_array()
+                .context("users")?
+                .iter()
+                .map(|u| u["id"].as_str().unwrap_or_default().to_string())
+                .collect();
+            listed.sort();
+            ensure!(
+                listed == sorted(users.iter().map(|u| u.user_id.clone()).collect()),
+                "node 1 does not list every member once"
+            );
+            for ws in clients {
+                ws.close().await?;
+            }
+            loop {
+                let ev = watcher.recv_json().await?;
+                if ev["type"] == "system" && ev["active_count"] == 1 {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    })
+    .await;
+}

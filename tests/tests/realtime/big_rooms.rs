@@ -8,54 +8,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tests::jwt;
 use tests::prelude::*;
 use tests::realtime::*;
 use tokio::task::JoinSet;
 
 /// The server's default list limit.
 const LIMIT: usize = 200;
-
-/// Registers `n` users at once (one password hash each) and signs their tokens with
-/// the server's key, so rooms of hundreds are set up in seconds.
-async fn members(srv: &TestServer, n: usize) -> anyhow::Result<Vec<Session>> {
-    let mut set = JoinSet::new();
-    for i in 0..n {
-        let api = srv.api();
-        let secret = srv.secret_key().to_string();
-        set.spawn(async move {
-            let username = unique_name(&format!("big{i}"));
-            let user = api.register(&username, PASSWORD).await?.expect(201)?;
-            let user_id = str_field(&user, "id")?;
-            let token = jwt::hs256(&secret, &user_id, 3600)?;
-            anyhow::Ok((
-                i,
-                Session {
-                    username,
-                    user_id,
-                    token,
-                },
-            ))
-        });
-    }
-    let mut users: Vec<(usize, Session)> = Vec::with_capacity(n);
-    while let Some(done) = set.join_next().await {
-        users.push(done??);
-    }
-    users.sort_by_key(|(i, _)| *i);
-    Ok(users.into_iter().map(|(_, s)| s).collect())
-}
-
-/// `n` members of one new conversation, created by the first.
-async fn room(srv: &TestServer, n: usize) -> anyhow::Result<(Vec<Session>, String)> {
-    let users = members(srv, n).await?;
-    let others: Vec<&Session> = users[1..].iter().collect();
-    let conv = srv
-        .api()
-        .new_conversation(&users[0], "big room", &others)
-        .await?;
-    Ok((users, conv))
-}
 
 /// 250 members connect at once (a reconnect storm) after one who watches: everyone
 /// sees its own `joined` (with `seq`), those past the limit without the list; the
