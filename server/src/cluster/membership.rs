@@ -369,15 +369,11 @@ async fn node_conversations(
 /// left (those connected on no other node).
 async fn sweep(ctx: &Context, conn: &mut ConnectionManager, gone: &str) {
     for conversation in node_conversations(ctx, conn, gone).await {
-        let [fields, users_key, order, names, _, nodes] = ctx.keys.conversation_keys(conversation);
-        let Ok(out) = ctx
-            .keys
-            .sweep
-            .key(fields)
-            .key(users_key)
-            .key(order)
-            .key(names)
-            .key(nodes)
+        let mut sweep = ctx.keys.sweep.prepare_invoke();
+        for key in ctx.keys.conversation_keys(conversation) {
+            sweep.key(key);
+        }
+        let Ok(out) = sweep
             .arg(gone)
             .arg(ctx.list_limit)
             .invoke_async::<Vec<String>>(conn)

@@ -76,12 +76,15 @@ if redis.call('HDEL', KEYS[1], field) == 1 then
     redis.call('HDEL', KEYS[2], ARGV[1])
     redis.call('ZREM', KEYS[3], ARGV[1])
     redis.call('HDEL', KEYS[4], ARGV[1])
+    -- Nobody left: the arrival counter goes too, so an idle conversation keeps no key.
+    if redis.call('ZCARD', KEYS[3]) == 0 then redis.call('DEL', KEYS[5]) end
   end
 end
 local out = {redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 and 1 or 0}
 "#;
 
-/// KEYS: fields, users, order, names, node counts. ARGV: the dead node, list limit.
+/// KEYS: fields, users, order, names, arrivals, node counts. ARGV: the dead node,
+/// list limit.
 /// Removes the dead node's fields (a walk over the conversation's fields, once per
 /// dead node). Returns how many users left, pairs of (user, username) for each, then
 /// the roster.
@@ -101,7 +104,8 @@ for i = 1, #all, 2 do
     end
   end
 end
-redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
+if redis.call('ZCARD', KEYS[3]) == 0 then redis.call('DEL', KEYS[5]) end
 local out = {#gone / 2}
 for _, v in ipairs(gone) do table.insert(out, v) end
 "#;
