@@ -479,8 +479,10 @@
       if (event.sender_id === state.userId) {
         state.retries = 0;
         setConnection("open", "Connected");
-      } else {
+      } else if (Array.isArray(event.active_users)) {
         // A newcomer knows only ids: saying we are here tells it our name and status.
+        // Only in a room within the presence list limit: above it every member
+        // answering every join would cost the room O(members^2) per join.
         send({ type: "presence", status: "online" });
       }
     }
