@@ -382,6 +382,7 @@ mod tests {
                 timestamp: "2026-02-04T10:30:00.123456Z",
                 is_edited: false,
                 seq: Seq(7),
+                is_deleted: false,
                 client_id: None,
             }
             .frame(),
@@ -399,6 +400,55 @@ mod tests {
         assert_eq!(
             unframe(&ServerEvent::Pong.frame()),
             serde_json::json!({"type":"pong"})
+        );
+    }
+
+    #[test]
+    fn a_deleted_message_says_so_and_nothing_more() {
+        let (m, c, u) = (
+            MessageId(uuid::Uuid::now_v7()),
+            ConversationId::random(),
+            UserId::random(),
+        );
+        let message = unframe(
+            &ServerEvent::Message {
+                message_id: m,
+                conversation_id: c,
+                content: "",
+                sender_id: u,
+                sender_username: "alice",
+                timestamp: "2026-02-04T10:30:00.123456Z",
+                is_edited: false,
+                seq: Seq(7),
+                is_deleted: true,
+                client_id: Some("k"),
+            }
+            .frame(),
+        );
+        assert_eq!(
+            message,
+            serde_json::json!({"type":"message","message_id":m.to_string(),"conversation_id":c.to_string(),
+                "content":"","sender_id":u.to_string(),"sender_username":"alice",
+                "timestamp":"2026-02-04T10:30:00.123456Z","is_edited":false,"seq":7,
+                "is_deleted":true,"client_id":"k"})
+        );
+        let edit = unframe(
+            &ServerEvent::Edit {
+                message_id: m,
+                content: "",
+                sender_id: u,
+                is_edited: true,
+                timestamp: "2026-02-04T10:30:00.123456Z",
+                seq: Seq(8),
+                is_deleted: true,
+            }
+            .frame(),
+        );
+        assert_eq!(
+            edit,
+            serde_json::json!({"type":"edit","message_id":m.to_string(),"content":"",
+                "sender_id":u.to_string(),"is_edited":true,
+                "timestamp":"2026-02-04T10:30:00.123456Z","seq":8,"is_deleted":true})
         );
     }
 
