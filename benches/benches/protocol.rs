@@ -48,6 +48,7 @@ fn encode(c: &mut Criterion) {
         timestamp: "2026-02-04T10:30:00.123456Z",
         is_edited: false,
         seq: Seq(42),
+        is_deleted: false,
         client_id: Some("c-1f3a"),
     };
     let mut group = c.benchmark_group("encode message event");

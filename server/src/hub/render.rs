@@ -1,5 +1,6 @@
 //! The one rendering of a stream event into its frame, shared by live delivery, gap
-//! filling and the replay of a resuming client, so all three send the same bytes.
+//! filling and the replay of a resuming client, so all three send the same bytes. A
+//! message deleted since, and its edits, render with empty content and `is_deleted`.
 //!
 //! A leaf: it reads a stored event and writes bytes, nothing else.
 
@@ -22,6 +23,19 @@ pub fn stream_frame(conversation: ConversationId, e: &StreamEvent) -> Bytes {
             timestamp: &timestamp,
             is_edited: false,
             seq: e.seq,
+            is_deleted: false,
+            client_id: client_id.as_deref(),
+        },
+        StreamKind::DeletedMessage { client_id } => ServerEvent::Message {
+            message_id: e.message_id,
+            conversation_id: conversation,
+            content: "",
+            sender_id: e.user_id,
+            sender_username: &e.username,
+            timestamp: &timestamp,
+            is_edited: false,
+            seq: e.seq,
+            is_deleted: true,
             client_id: client_id.as_deref(),
         },
         StreamKind::Edit { content } => ServerEvent::Edit {
@@ -31,6 +45,16 @@ pub fn stream_frame(conversation: ConversationId, e: &StreamEvent) -> Bytes {
             is_edited: true,
             timestamp: &timestamp,
             seq: e.seq,
+            is_deleted: false,
+        },
+        StreamKind::DeletedEdit => ServerEvent::Edit {
+            message_id: e.message_id,
+            content: "",
+            sender_id: e.user_id,
+            is_edited: true,
+            timestamp: &timestamp,
+            seq: e.seq,
+            is_deleted: true,
         },
         StreamKind::Delete => ServerEvent::Delete {
             message_id: e.message_id,

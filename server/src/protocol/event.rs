@@ -32,6 +32,10 @@ pub enum ServerEvent<'a> {
         timestamp: &'a str,
         is_edited: bool,
         seq: Seq,
+        /// Only in a replay of a message deleted since (then `content` is empty):
+        /// the stream keeps its place, never its content.
+        #[serde(skip_serializing_if = "is_false")]
+        is_deleted: bool,
         /// The sender's own id for the send, when it gave one.
         #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<&'a str>,
@@ -68,6 +72,10 @@ pub enum ServerEvent<'a> {
         is_edited: bool,
         timestamp: &'a str,
         seq: Seq,
+        /// Only in a replay of an edit of a message deleted since (then `content` is
+        /// empty).
+        #[serde(skip_serializing_if = "is_false")]
+        is_deleted: bool,
     },
     Delete {
         message_id: MessageId,
@@ -104,6 +112,12 @@ pub enum ServerEvent<'a> {
         status: &'a str,
         expires_at: &'a str,
     },
+}
+
+/// Whether a flag is unset: such flags stay off the wire, so events without them are
+/// byte for byte what clients of the quick-start guide know.
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// A user's arrival in or departure from a conversation, as `system` events say it.

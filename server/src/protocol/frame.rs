@@ -226,9 +226,11 @@ pub fn control(opcode: Opcode, payload: &[u8]) -> Bytes {
     frame.freeze()
 }
 
-/// A close frame with a status code and reason (cut to fit a control frame).
+/// A close frame with a status code and reason (cut to fit a control frame, at a
+/// character boundary: a reason cut inside a character is not UTF-8, and the client
+/// would have to fail the connection over it).
 pub fn close(code: u16, reason: &str) -> Bytes {
-    let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];
+    let reason = &reason.as_bytes()[..reason.floor_char_boundary(MAX_CONTROL_PAYLOAD - 2)];
     let mut payload = [0; MAX_CONTROL_PAYLOAD];
     payload[..2].copy_from_slice(&code.to_be_bytes());
     payload[2..2 + reason.len()].copy_from_slice(reason);
@@ -409,5 +411,21 @@ mod tests {
         assert_eq!(close(1000, &long).len(), 2 + MAX_CONTROL_PAYLOAD);
         assert_eq!(&pong(b"hi")[..], &[0x8A, 2, b'h', b'i']);
         assert_eq!(&PING_FRAME[..], &[0x89, 0]);
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_between_characters() {
+        // 122 bytes of ASCII, then a two-byte character across the 123-byte limit.
+        let reason = format!("{}é and more", "x".repeat(122));
+        let f = close(1000, &reason);
+        assert_eq!(
+            &f[4..],
+            "x".repeat(122).as_bytes(),
+            "the whole character goes"
+        );
+        assert_eq!(validate(Opcode::Close, true, &f[2..]), Ok(()));
+        let wide = "€".repeat(60);
+        let f = close(1000, &wide);
+        assert_eq!(&f[4..], "€".repeat(41).as_bytes());
     }
 }

@@ -112,22 +112,45 @@ pub fn parse(buf: &mut [u8]) -> Parsed {
             }
         }
     };
-    let reference = value.get("ref").and_then(|r| match r {
+    let fields = value.as_object().map(Fields);
+    let reference = fields.and_then(|f| f.get("ref")).and_then(|r| match r {
         BorrowedValue::String(s) => Some(s.chars().take(REF_MAX_CHARS).collect()),
-        BorrowedValue::Static(n) if !n.is_null() => Some(n.to_string()),
+        // A number's text can be long (1e300 is written out digit by digit): capped
+        // like a string's.
+        BorrowedValue::Static(n) if !n.is_null() => {
+            Some(n.to_string().chars().take(REF_MAX_CHARS).collect())
+        }
         _ => None,
     });
     Parsed {
-        event: event(&value),
+        event: fields.ok_or(ProtocolError::NotAnEvent).and_then(event),
         reference,
     }
 }
 
-fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
-    if !value.is_object() {
-        return Err(ProtocolError::NotAnEvent);
+/// An event's fields, read as the quick-start guide's server (Python's `json`) and
+/// serde read JSON: of two fields with the same name, the last counts. simd-json
+/// alone answers with the first while an object is small and with the last once it is
+/// large enough to be hashed; reading through here makes that one rule, so a frame
+/// means the same event here as to any other reader.
+#[derive(Clone, Copy)]
+struct Fields<'v, 'b>(&'v simd_json::borrowed::Object<'b>);
+
+impl<'v, 'b> Fields<'v, 'b> {
+    fn get(self, name: &str) -> Option<&'v BorrowedValue<'b>> {
+        self.0
+            .iter()
+            .filter(|(key, _)| key.as_ref() == name)
+            .last()
+            .map(|(_, value)| value)
     }
-    let kind = value.get_str("type").ok_or(ProtocolError::NotAnEvent)?;
+}
+
+fn event(value: Fields) -> Result<ClientEvent, ProtocolError> {
+    let kind = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .ok_or(ProtocolError::NotAnEvent)?;
     Ok(match kind {
         "message" => ClientEvent::Message {
             content: content(value)?,
@@ -175,7 +198,7 @@ fn event(value: &BorrowedValue) -> Result<ClientEvent, ProtocolError> {
     })
 }
 
-fn string<'v>(value: &'v BorrowedValue, field: &'static str) -> Result<&'v str, ProtocolError> {
+fn string<'v>(value: Fields<'v, '_>, field: &'static str) -> Result<&'v str, ProtocolError> {
     match value.get(field) {
         None => Err(ProtocolError::Missing(field)),
         Some(v) if v.is_null() => Err(ProtocolError::Missing(field)),
@@ -184,7 +207,7 @@ fn string<'v>(value: &'v BorrowedValue, field: &'static str) -> Result<&'v str, 
 }
 
 /// Content as `text::Content` allows it, refusals named for the client.
-fn content(value: &BorrowedValue) -> Result<Content, ProtocolError> {
+fn content(value: Fields) -> Result<Content, ProtocolError> {
     Content::parse(string(value, "content")?).map_err(|e| match e {
         ContentError::Blank => ProtocolError::EmptyContent,
         ContentError::TooLong => ProtocolError::ContentTooLong,
@@ -192,7 +215,7 @@ fn content(value: &BorrowedValue) -> Result<Content, ProtocolError> {
     })
 }
 
-fn message_id(value: &BorrowedValue) -> Result<MessageId, ProtocolError> {
+fn message_id(value: Fields) -> Result<MessageId, ProtocolError> {
     string(value, "message_id")?
         .parse()
         .map_err(|_| ProtocolError::UnknownMessage)
@@ -382,6 +405,7 @@ mod tests {
                 timestamp: "2026-02-04T10:30:00.123456Z",
                 is_edited: false,
                 seq: Seq(7),
+                is_deleted: false,
                 client_id: None,
             }
             .frame(),
@@ -403,6 +427,55 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_message_says_so_and_nothing_more() {
+        let (m, c, u) = (
+            MessageId(uuid::Uuid::now_v7()),
+            ConversationId::random(),
+            UserId::random(),
+        );
+        let message = unframe(
+            &ServerEvent::Message {
+                message_id: m,
+                conversation_id: c,
+                content: "",
+                sender_id: u,
+                sender_username: "alice",
+                timestamp: "2026-02-04T10:30:00.123456Z",
+                is_edited: false,
+                seq: Seq(7),
+                is_deleted: true,
+                client_id: Some("k"),
+            }
+            .frame(),
+        );
+        assert_eq!(
+            message,
+            serde_json::json!({"type":"message","message_id":m.to_string(),"conversation_id":c.to_string(),
+                "content":"","sender_id":u.to_string(),"sender_username":"alice",
+                "timestamp":"2026-02-04T10:30:00.123456Z","is_edited":false,"seq":7,
+                "is_deleted":true,"client_id":"k"})
+        );
+        let edit = unframe(
+            &ServerEvent::Edit {
+                message_id: m,
+                content: "",
+                sender_id: u,
+                is_edited: true,
+                timestamp: "2026-02-04T10:30:00.123456Z",
+                seq: Seq(8),
+                is_deleted: true,
+            }
+            .frame(),
+        );
+        assert_eq!(
+            edit,
+            serde_json::json!({"type":"edit","message_id":m.to_string(),"content":"",
+                "sender_id":u.to_string(),"is_edited":true,
+                "timestamp":"2026-02-04T10:30:00.123456Z","seq":8,"is_deleted":true})
+        );
+    }
+
+    #[test]
     fn close_frames() {
         let frames = Close::NotAMember.frames();
         assert_eq!(
@@ -411,6 +484,50 @@ mod tests {
         );
         assert_eq!(&frames[1][2..4], &1008u16.to_be_bytes());
         assert_eq!(Close::IdleTimeout.frames().len(), 1);
+    }
+
+    #[test]
+    fn of_two_fields_with_one_name_the_last_counts() {
+        let message = |content: &str| {
+            Ok(ClientEvent::Message {
+                content: Content::parse(content).expect("content"),
+                client_id: None,
+            })
+        };
+        assert_eq!(
+            parse_str(r#"{"type":"message","content":"first","content":"last"}"#).event,
+            message("last")
+        );
+        assert_eq!(
+            parse_str(r#"{"type":"ping","type":"message","content":"x"}"#).event,
+            message("x")
+        );
+        // However many fields: small objects and hashed ones read alike.
+        for n in [0, 20, 31, 40, 100] {
+            let many: String = (0..n).map(|i| format!(r#""f{i}":{i},"#)).collect();
+            let frame = format!(r#"{{"content":"first",{many}"type":"message","content":"last"}}"#);
+            assert_eq!(parse_str(&frame).event, message("last"), "{n} more fields");
+        }
+        let parsed = parse_str(r#"{"type":"ping","ref":"a","ref":"b"}"#);
+        assert_eq!(parsed.reference.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_json_too() {
+        // JSON.stringify(2 ** 64) in a browser; and a whole frame of one large number.
+        let parsed = parse_str(r#"{"type":"ping","ref":18446744073709552000,"n":1e3}"#);
+        assert_eq!(parsed.event, Ok(ClientEvent::Ping));
+        assert_eq!(parsed.reference.as_deref(), Some("18446744073709552000"));
+        assert_eq!(
+            parse_str(&"3".repeat(40)).event,
+            Err(ProtocolError::NotAnEvent)
+        );
+        let huge = parse_str(r#"{"type":"ping","ref":1e300}"#).reference;
+        assert_eq!(
+            huge.map(|r| r.len()),
+            Some(REF_MAX_CHARS),
+            "an echo is capped"
+        );
     }
 
     #[test]

@@ -141,6 +141,10 @@ pub struct StreamEvent {
     pub kind: StreamKind,
 }
 
+/// What an event was. A message deleted since keeps its place in the stream but never
+/// its content, nor the content of its edits: a stream read is as good as history at
+/// hiding it, and a client resuming from before the delete learns only that a message
+/// was there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamKind {
     /// Content as first broadcast.
@@ -148,9 +152,15 @@ pub enum StreamKind {
         content: String,
         client_id: Option<String>,
     },
+    /// A message deleted since it was sent: its place, sender and time, no content.
+    DeletedMessage {
+        client_id: Option<String>,
+    },
     Edit {
         content: String,
     },
+    /// An edit of a message deleted since: its place and time, not what it said.
+    DeletedEdit,
     Delete,
     Reaction {
         emoji: String,
@@ -162,8 +172,8 @@ impl StreamKind {
     /// The `kind` column of `message_changes` (messages live in their own table).
     pub(super) fn change_kind(&self) -> &'static str {
         match self {
-            Self::Message { .. } => "message",
-            Self::Edit { .. } => "edit",
+            Self::Message { .. } | Self::DeletedMessage { .. } => "message",
+            Self::Edit { .. } | Self::DeletedEdit => "edit",
             Self::Delete => "delete",
             Self::Reaction { added: true, .. } => "reaction_added",
             Self::Reaction { added: false, .. } => "reaction_removed",
@@ -171,19 +181,24 @@ impl StreamKind {
     }
 
     /// Rebuilds an event's kind from the columns both stores' stream queries read
-    /// (`kind`, `content`, `emoji`, `client_id`); `None` for a kind this build does not
-    /// know.
+    /// (`kind`, `content`, `emoji`, `client_id`, and whether the event's message is
+    /// deleted by now); `None` for a kind this build does not know. The queries already
+    /// leave a deleted message's content out; `deleted` decides here too, so content
+    /// a query let through by mistake is still dropped.
     pub(super) fn from_columns(
         kind: &str,
         content: Option<String>,
         emoji: Option<String>,
         client_id: Option<String>,
+        deleted: bool,
     ) -> Option<Self> {
         Some(match kind {
+            "message" if deleted => Self::DeletedMessage { client_id },
             "message" => Self::Message {
                 content: content.unwrap_or_default(),
                 client_id,
             },
+            "edit" if deleted => Self::DeletedEdit,
             "edit" => Self::Edit { content: content? },
             "delete" => Self::Delete,
             "reaction_added" => Self::Reaction {
@@ -285,7 +300,9 @@ pub trait Store: Send + Sync + 'static {
         emoji: &str,
     ) -> Result<ReactionOutcome, StoreError>;
 
-    /// The conversation's events with positions in `(after, upto]`, in order.
+    /// The conversation's events with positions in `(after, upto]`, in order. A
+    /// message deleted by the time of the read, and each of its edits, comes as
+    /// `DeletedMessage` and `DeletedEdit`: in its place, without content.
     async fn stream(
         &self,
         id: ConversationId,

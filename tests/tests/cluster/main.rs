@@ -7,6 +7,8 @@ use tests::prelude::*;
 use tests::realtime::{collect_messages, events_until, group, is_joined, is_left, join, user_ids};
 use tests::ws::ws_url;
 
+mod deleted;
+
 async fn with_cluster<F>(opts: ClusterOptions, scenario: F)
 where
     F: for<'a> FnOnce(

@@ -1,6 +1,6 @@
 //! The WebSocket side, against the real binary: event semantics and what the endpoint
 //! refuses, delivery and order across shards, flow control, conversation streams
-//! (`since`, `client_id`), RFC 6455 on the wire, how long a connection lives, and
+//! (`since`, `client_id`, deleted messages replayed without content), RFC 6455 on the wire, how long a connection lives, and
 //! what survives `kill -9` or a PostgreSQL outage.
 //!
 //! One test binary, one module per subject, each with its own scenarios and helpers.
@@ -9,6 +9,7 @@
 
 mod backpressure;
 mod big_rooms;
+mod deleted;
 mod durability;
 mod events;
 mod persistence;

@@ -268,11 +268,11 @@ an `error` about that event.
 **Server to client**
 
 ```
-{{"type":"message","message_id","conversation_id","content","sender_id","sender_username","timestamp","is_edited":false,"seq","client_id"?}}
+{{"type":"message","message_id","conversation_id","content","sender_id","sender_username","timestamp","is_edited":false,"seq","is_deleted":true?,"client_id"?}}
 {{"type":"system","content":"User alice joined the conversation","sender_id","active_users":[user ids connected now],"seq"}}
 {{"type":"system","content":"User alice left the conversation","sender_id","active_users":[...]}}
 {{"type":"typing","sender_id","sender_username","conversation_id"}}
-{{"type":"edit","message_id","content","sender_id","is_edited":true,"timestamp","seq"}}
+{{"type":"edit","message_id","content","sender_id","is_edited":true,"timestamp","seq","is_deleted":true?}}
 {{"type":"delete","message_id","sender_id","timestamp","seq"}}
 {{"type":"reaction","message_id","emoji","sender_id","sender_username","action":"added"|"removed","seq"}}
 {{"type":"presence","sender_id","sender_username","status"}}
@@ -296,7 +296,9 @@ connection receives them and history lists them. Reconnecting with `since=<seq>`
 in order and as first broadcast, every event after it (at most the newest 1000, after a
 `{{"type":"resync","from_seq"}}` when more were missed), then the `joined` event, then live
 events: no gap and no duplicate at the seam. A bad `since` gets an `error` and the socket
-joins live.
+joins live. Deleted means gone: a message deleted by the time it is replayed keeps its
+place as a `message` with empty `content` and `"is_deleted":true`, its edits likewise
+(empty `content`, `"is_deleted":true`); its reactions and the `delete` follow.
 
 **Guarantees.** The sender's own `message` event is its acknowledgement: it is sent only
 after the message is durably committed; a message that could not be committed gets an

@@ -433,11 +433,18 @@
     if (event.sender_id && event.sender_username) state.names.set(event.sender_id, event.sender_username);
     switch (event.type) {
       case "message":
+        if (event.is_deleted) {
+          // Replayed in its place but deleted since: it settles a pending send of
+          // ours, and there is nothing to show.
+          showMessage(event);
+          deleteMessage(event.message_id);
+          break;
+        }
         stopTyping(event.sender_id);
         showMessage(event);
         break;
       case "edit":
-        editMessage(event.message_id, event.content);
+        if (!event.is_deleted) editMessage(event.message_id, event.content);
         break;
       case "delete":
         deleteMessage(event.message_id);

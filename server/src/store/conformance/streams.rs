@@ -1,6 +1,6 @@
 //! The stream checks every store must pass: positions without gaps over every kind of
-//! event, the stream read back as it was broadcast, idempotent sends, and history
-//! paged forward.
+//! event, the stream read back as it was broadcast (a deleted message in its place,
+//! without content), idempotent sends, and history paged forward.
 
 use super::fixtures::{content, conversation, ids, messages, new_ids, page, pair, user, Pair};
 use crate::ids::{now_micros, Seq};
@@ -11,6 +11,7 @@ use crate::text::ClientId;
 
 pub(super) async fn run(store: &dyn Store) {
     positions_and_replay(store).await;
+    deleted_means_gone(store).await;
     idempotent_sends(store).await;
     history_forward(store).await;
 }
@@ -108,11 +109,12 @@ async fn positions_and_replay(store: &dyn Store) {
     assert_eq!(stream[0].at, sent[0].created_at);
     assert_eq!(
         stream[1].kind,
-        StreamKind::Message {
-            content: sent[1].content.as_str().to_owned(),
-            client_id: None
-        },
-        "a deleted message is still in the stream"
+        StreamKind::DeletedMessage { client_id: None },
+        "a deleted message keeps its place, not its content"
+    );
+    assert_eq!(
+        (stream[1].message_id, stream[1].user_id),
+        (sent[1].id, bob.id)
     );
     assert_eq!(
         stream[3].kind,
@@ -153,6 +155,113 @@ async fn positions_and_replay(store: &dyn Store) {
         .await
         .expect("stream")
         .is_empty());
+}
+
+/// A deleted message's content, first or edited, is in no stream read after the
+/// delete, whatever window is read; its place, its reactions and the delete are.
+async fn deleted_means_gone(store: &dyn Store) {
+    let Pair {
+        alice,
+        bob,
+        chat,
+        start,
+    } = pair(store, "d", None).await;
+    let mut sent = messages(chat.id, &[alice.id, bob.id], start, 2);
+    sent[0].client_id = Some(ClientId::parse("gone-1").expect("client id"));
+    store.insert_messages(&sent).await.expect("insert");
+    let (doomed, kept) = (&sent[0], &sent[1]);
+    let at = now_micros();
+    let edited = store
+        .edit_message(chat.id, doomed.id, alice.id, &content("secret edit"), at)
+        .await
+        .expect("edit");
+    assert_eq!(edited, ChangeOutcome::Done(Seq(3)));
+    let reacted = store
+        .toggle_reaction(chat.id, doomed.id, bob.id, "👀")
+        .await
+        .expect("react");
+    assert_eq!(reacted, ReactionOutcome::Added(Seq(4)));
+    let before = store.stream(chat.id, Seq(0), Seq(4)).await.expect("stream");
+    assert_eq!(
+        before[0].kind,
+        StreamKind::Message {
+            content: doomed.content.as_str().to_owned(),
+            client_id: Some("gone-1".into())
+        },
+        "a live message is replayed as first broadcast"
+    );
+    assert_eq!(
+        before[2].kind,
+        StreamKind::Edit {
+            content: "secret edit".into()
+        }
+    );
+    let deleted = store
+        .delete_message(chat.id, doomed.id, alice.id, at)
+        .await
+        .expect("delete");
+    assert_eq!(deleted, ChangeOutcome::Done(Seq(5)));
+    let other = store
+        .edit_message(chat.id, kept.id, bob.id, &content("bob's edit"), at)
+        .await
+        .expect("edit");
+    assert_eq!(
+        other,
+        ChangeOutcome::Done(Seq(6)),
+        "the other message lives on"
+    );
+
+    let stream = store.stream(chat.id, Seq(0), Seq(6)).await.expect("stream");
+    let kinds: Vec<_> = stream.iter().map(|e| (e.seq, e.kind.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                Seq(1),
+                StreamKind::DeletedMessage {
+                    client_id: Some("gone-1".into())
+                }
+            ),
+            (
+                Seq(2),
+                StreamKind::Message {
+                    content: kept.content.as_str().to_owned(),
+                    client_id: None
+                }
+            ),
+            (Seq(3), StreamKind::DeletedEdit),
+            (
+                Seq(4),
+                StreamKind::Reaction {
+                    emoji: "👀".into(),
+                    added: true
+                }
+            ),
+            (Seq(5), StreamKind::Delete),
+            (
+                Seq(6),
+                StreamKind::Edit {
+                    content: "bob's edit".into()
+                }
+            ),
+        ],
+        "every place kept, the deleted message's content nowhere"
+    );
+    assert_eq!(
+        (stream[0].message_id, stream[0].user_id, stream[0].at),
+        (doomed.id, alice.id, doomed.created_at)
+    );
+    assert_eq!(
+        (stream[2].message_id, stream[2].user_id),
+        (doomed.id, alice.id)
+    );
+    // What is read is the message as it is now, not as it was at the window's end.
+    let early = store.stream(chat.id, Seq(0), Seq(3)).await.expect("stream");
+    assert_eq!(
+        early,
+        stream[..3],
+        "a window before the delete hides it too"
+    );
 }
 
 async fn idempotent_sends(store: &dyn Store) {

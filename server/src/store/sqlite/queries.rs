@@ -82,18 +82,24 @@ macro_rules! history_page {
 const HISTORY_NEWEST: &str = history_page!("DESC");
 const HISTORY_OLDEST: &str = history_page!("ASC");
 
-/// A conversation's events in `(?2, ?3]`, messages as first broadcast.
+/// A conversation's events in `(?2, ?3]`, messages as first broadcast. The content of
+/// a message deleted by now, and of its edits, never leaves the database: the column
+/// is null and `deleted` says why.
 const STREAM: &str = "\
     SELECT s.seq, s.kind, s.message_id, s.user_id, u.username, s.content, s.emoji, \
-           s.created_at, s.client_id \
+           s.created_at, s.client_id, s.deleted \
     FROM ( \
         SELECT seq, 'message' AS kind, id AS message_id, sender_id AS user_id, \
-               COALESCE(original_content, content) AS content, NULL AS emoji, \
-               created_at, client_id \
+               CASE WHEN deleted_at IS NULL THEN COALESCE(original_content, content) END \
+                   AS content, \
+               NULL AS emoji, created_at, client_id, deleted_at IS NOT NULL AS deleted \
         FROM messages WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?3 \
         UNION ALL \
-        SELECT seq, kind, message_id, user_id, content, emoji, created_at, NULL \
-        FROM message_changes WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?3 \
+        SELECT c.seq, c.kind, c.message_id, c.user_id, \
+               CASE WHEN m.deleted_at IS NULL THEN c.content END, c.emoji, c.created_at, \
+               NULL, m.deleted_at IS NOT NULL \
+        FROM message_changes AS c JOIN messages AS m ON m.id = c.message_id \
+        WHERE c.conversation_id = ?1 AND c.seq > ?2 AND c.seq <= ?3 \
     ) AS s JOIN users AS u ON u.id = s.user_id \
     ORDER BY s.seq";
 
@@ -119,7 +125,10 @@ fn log_change(
     let (content, emoji) = match kind {
         StreamKind::Edit { content } => (Some(content.as_str()), None),
         StreamKind::Reaction { emoji, .. } => (None, Some(emoji.as_str())),
-        StreamKind::Message { .. } | StreamKind::Delete => (None, None),
+        StreamKind::Message { .. }
+        | StreamKind::DeletedMessage { .. }
+        | StreamKind::DeletedEdit
+        | StreamKind::Delete => (None, None),
     };
     tx.prepare_cached(
         "INSERT INTO message_changes \
@@ -174,7 +183,9 @@ fn change_message(
 /// Reads a row of the stream query; `None` for a change kind this build does not know.
 fn stream_row(row: &Row<'_>) -> rusqlite::Result<Option<StreamEvent>> {
     let kind: String = row.get(1)?;
-    let Some(kind) = StreamKind::from_columns(&kind, row.get(5)?, row.get(6)?, row.get(8)?) else {
+    let Some(kind) =
+        StreamKind::from_columns(&kind, row.get(5)?, row.get(6)?, row.get(8)?, row.get(9)?)
+    else {
         return Ok(None);
     };
     Ok(Some(StreamEvent {
