@@ -67,15 +67,19 @@ pub struct Token {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewConversation {
+    /// One line: no control characters, no NUL.
     #[schema(example = "Team Chat", max_length = 200)]
     #[serde(default)]
     pub name: Option<String>,
+    /// Tabs and line breaks are the only control characters allowed; no NUL.
     #[schema(example = "Our team discussion", max_length = 2000)]
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub is_group: bool,
-    /// Other participants; the creator is always added.
+    /// Other participants; the creator is always added. Repeats count once; at most
+    /// `--max-participants` (10,000) in all.
+    #[schema(max_items = 10000)]
     #[serde(default)]
     pub participant_ids: Vec<String>,
 }
@@ -206,6 +210,19 @@ pub struct HistoryQuery {
     /// forward. With `before` too, the messages between the two.
     #[param(value_type = Option<String>, format = Uuid)]
     pub after: Option<String>,
+}
+
+/// Query of `GET /api/chat/conversations`, described only (see `HistoryQuery`).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationListQuery {
+    /// How many conversations at most.
+    #[param(minimum = 1, maximum = 500, default = 100)]
+    pub limit: Option<u32>,
+    /// Where the page starts: the `X-Next-Cursor` of the page before; the first page
+    /// when absent.
+    #[param(value_type = Option<String>)]
+    pub cursor: Option<String>,
 }
 
 /// The `detail` of an error body: a message, or on 422 FastAPI's list of field errors.
