@@ -5,8 +5,10 @@
 //! console (after Goose's own report) and as JSON for scripts. The verdict is decided
 //! here, from the figures alone.
 //!
-//! Layout: this file holds the report's data and the verdict; `render` the text.
+//! Layout: this file holds the report's data and the verdict; `assemble` fills the
+//! data in from what the run found; `render` the text.
 
+mod assemble;
 mod render;
 #[cfg(test)]
 mod tests;
@@ -25,6 +27,7 @@ pub use crate::state::{DeliveryCost, Percentiles};
 use crate::sys::FdLimit;
 pub use crate::tls::Transport;
 use crate::verify::Persistence;
+pub use assemble::{assemble, Findings};
 pub use render::render;
 
 #[derive(Clone, Debug, Serialize)]

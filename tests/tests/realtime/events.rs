@@ -1,7 +1,7 @@
 //! WebSocket event semantics (docs/protocol.md, "WebSocket"), on all four configurations: the
 //! guide's message flow, join/leave, typing, presence, ping, edit/delete and reactions.
 //! What the server refuses (bad frames, limits, refused connections) is in
-//! `realtime_refusals.rs`.
+//! `refusals`.
 #![allow(clippy::unwrap_used)]
 
 use futures_util::{SinkExt, StreamExt};

@@ -6,7 +6,7 @@
 //!
 //! Two exclusions, both judged false positives:
 //! - the WebSocket route: a plain HTTP client can only ever get its 426 (covered in
-//!   `errors.rs`), which the fuzzer's generic rules report as valid input refused;
+//!   `errors`), which the fuzzer's generic rules report as valid input refused;
 //! - `ensure_resource_availability`: its stateful phase adds a random, non-existent
 //!   `user_id` to a conversation it just created and reads the 404 `User ... not
 //!   found` (the contract's answer for an unknown user) as the conversation missing.

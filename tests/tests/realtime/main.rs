@@ -1,0 +1,18 @@
+//! The WebSocket side, against the real binary: event semantics and what the endpoint
+//! refuses, delivery and order across shards, flow control, conversation streams
+//! (`since`, `client_id`), RFC 6455 on the wire, how long a connection lives, and
+//! what survives `kill -9` or a PostgreSQL outage.
+//!
+//! One test binary, one module per subject, each with its own scenarios and helpers.
+//! Nothing is shared between the modules here: what more than one needs belongs in
+//! the kit (`tests/src`, `tests::realtime` above all), where every area can use it.
+
+mod backpressure;
+mod durability;
+mod events;
+mod persistence;
+mod refusals;
+mod shards;
+mod streams;
+mod ws_frames;
+mod ws_lifecycle;
