@@ -68,11 +68,19 @@ pub struct Token {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewConversation {
     /// One line: no control characters, no NUL.
-    #[schema(example = "Team Chat", max_length = 200)]
+    #[schema(
+        example = "Team Chat",
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*$"
+    )]
     #[serde(default)]
     pub name: Option<String>,
     /// Tabs and line breaks are the only control characters allowed; no NUL.
-    #[schema(example = "Our team discussion", max_length = 2000)]
+    #[schema(
+        example = "Our team discussion",
+        max_length = 2000,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
@@ -221,7 +229,10 @@ pub struct ConversationListQuery {
     pub limit: Option<u32>,
     /// Where the page starts: the `X-Next-Cursor` of the page before; the first page
     /// when absent.
-    #[param(value_type = Option<String>)]
+    #[param(
+        value_type = Option<String>,
+        pattern = r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )]
     pub cursor: Option<String>,
 }
 
