@@ -203,7 +203,13 @@ impl LocalServer {
         // A fresh log per run: the report reads its warnings back.
         std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
-        let process = ServerProcess::start(&binary, &args, &[], Output::File(log_path.clone()))?;
+        // Every simulated user registers and connects from this one machine: the
+        // per-address limits, meant for one client each, would stop the run.
+        let env = [
+            ("REGISTER_MAX_PER_ADDRESS".to_owned(), "0".to_owned()),
+            ("MAX_CONNECTIONS_PER_ADDRESS".to_owned(), "0".to_owned()),
+        ];
+        let process = ServerProcess::start(&binary, &args, &env, Output::File(log_path.clone()))?;
         Ok(LocalServer {
             base_url: process.base_url().to_string(),
             process,

@@ -4,12 +4,15 @@
 //! and read-only afterwards (but for the TLS certificate a SIGHUP swaps), so shards
 //! share it without locks.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool};
 use crate::bus::Bus;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::ids::UserId;
+use crate::limits::{Quota, Slots};
 use crate::metrics::{Metrics, Sample};
 use crate::store::writer::WriterHandle;
 use crate::store::Db;
@@ -24,12 +27,40 @@ pub struct App {
     pub logins: LoginThrottle,
     /// Each user's WebSocket event budget, shared by every shard.
     pub budgets: Budgets,
+    pub limits: Limits,
     pub bus: Arc<Bus>,
     /// The other nodes, through Redis (`--redis-url`); `None` for a single node.
     pub cluster: Option<Cluster>,
     /// TLS termination (`--tls-cert`); `None` for plain HTTP.
     pub tls: Option<Tls>,
     pub metrics: Metrics,
+}
+
+/// What one client may hold or do per window on this node (`limits`), each bound
+/// built from its flag.
+pub struct Limits {
+    /// Open connections per client address (`--max-connections-per-address`).
+    pub connections: Slots<IpAddr>,
+    /// Open WebSockets per user (`--ws-max-per-user`).
+    pub websockets: Slots<UserId>,
+    /// Registrations per client address (`--register-max-per-address`).
+    pub registrations: Quota<IpAddr>,
+    /// Conversations created per user (`--max-new-conversations`).
+    pub new_conversations: Quota<UserId>,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            connections: Slots::new(config.max_connections_per_address),
+            websockets: Slots::new(config.ws_max_per_user),
+            registrations: Quota::new(config.register_max_per_address, config.register_window),
+            new_conversations: Quota::new(
+                config.max_new_conversations,
+                config.new_conversation_window,
+            ),
+        }
+    }
 }
 
 impl App {

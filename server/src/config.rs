@@ -69,11 +69,13 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// JWT signing key (HS256). Absent: a development key generated into `--data-dir`.
+    /// JWT signing key (HS256), at least 32 bytes with `--production`. Absent or empty:
+    /// a development key generated into `--data-dir` (refused with `--production`).
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
 
-    /// Refuse what is unsafe on a public host: a missing `SECRET_KEY`,
+    /// Refuse what is unsafe on a public host: a missing or short (under 32 bytes)
+    /// `SECRET_KEY`,
     /// `--allowed-origins '*'`, and plain HTTP on a non-loopback address (unless
     /// `--behind-proxy`).
     #[arg(long, env = "PRODUCTION")]
@@ -101,6 +103,45 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Seconds a client has to send a whole request, head and body; later: 408 and
+    /// the connection is closed.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30", value_parser = seconds)]
+    pub request_timeout: Duration,
+
+    /// Open connections (HTTP and WebSocket) from one client address (IPv6: /64) on
+    /// this node; beyond it a new connection gets 429 and is closed. Peers listed in
+    /// `--trusted-proxies` are not counted. 0: no limit.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024)]
+    pub max_connections_per_address: usize,
+
+    /// Open WebSockets of one user on this node; beyond it an upgrade is closed with
+    /// 1008 `Too many connections`. 0: no limit.
+    #[arg(long, env = "WS_MAX_PER_USER", default_value_t = 32)]
+    pub ws_max_per_user: usize,
+
+    /// Registrations from one client address (IPv6: /64) per `--register-window`;
+    /// beyond it 429 with `Retry-After`. 0: no limit.
+    #[arg(long, env = "REGISTER_MAX_PER_ADDRESS", default_value_t = 20)]
+    pub register_max_per_address: u32,
+
+    /// The registration window, in seconds.
+    #[arg(long, env = "REGISTER_WINDOW", default_value = "3600", value_parser = seconds)]
+    pub register_window: Duration,
+
+    /// Conversations one user may create per `--new-conversation-window`; beyond it
+    /// 429 with `Retry-After`. 0: no limit.
+    #[arg(long, env = "MAX_NEW_CONVERSATIONS", default_value_t = 100)]
+    pub max_new_conversations: u32,
+
+    /// The conversation-creation window, in seconds.
+    #[arg(long, env = "NEW_CONVERSATION_WINDOW", default_value = "3600", value_parser = seconds)]
+    pub new_conversation_window: Duration,
+
+    /// Most participants one conversation may have (the creator included); creating
+    /// or adding beyond it: 422.
+    #[arg(long, env = "MAX_PARTICIPANTS", default_value_t = 10_000)]
+    pub max_participants: usize,
+
     /// Threads hashing passwords (argon2id), off the shards.
     #[arg(long, env = "HASH_THREADS", default_value_t = 2)]
     pub hash_threads: usize,
@@ -124,6 +165,14 @@ pub struct Config {
     /// Largest WebSocket message accepted, in bytes (larger: close 1009).
     #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub ws_max_message_bytes: usize,
+
+    /// Seconds a fragmented WebSocket message may stay unfinished; later: close 1008.
+    #[arg(long, env = "WS_FRAGMENT_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub ws_fragment_timeout: Duration,
+
+    /// Most frames one fragmented WebSocket message may have; more: close 1008.
+    #[arg(long, env = "WS_MAX_FRAGMENTS", default_value_t = 64)]
+    pub ws_max_fragments: usize,
 
     /// Bytes queued for one connection that count as falling behind: a connection
     /// whose queue stays over this for `--ws-slow-client-seconds` is closed with 1013.
@@ -206,9 +255,10 @@ pub struct Config {
     pub login_failure_window: Duration,
 
     /// Browser origins (`https://app.example.com`, comma-separated) allowed to call the
-    /// API across origins and to open WebSockets; `*` allows any (refused with
-    /// `--production`). Requests without `Origin` (non-browser clients) and from the
-    /// server's own origin are always allowed.
+    /// API across origins (CORS) and, with `--production`, to open WebSockets (without
+    /// it any origin may); `*` allows any (refused with `--production`). Requests
+    /// without `Origin` (non-browser clients) and from the server's own origin are
+    /// always allowed.
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
@@ -330,6 +380,16 @@ mod tests {
         assert!(c.shard_count() >= 1);
         assert!(c.tls_cert.is_none() && c.tls_key.is_none() && !c.behind_proxy);
         assert!(c.metrics_listen.is_none());
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_connections_per_address, 1024);
+        assert_eq!(c.ws_max_per_user, 32);
+        assert_eq!(c.register_max_per_address, 20);
+        assert_eq!(c.register_window, Duration::from_secs(3600));
+        assert_eq!(c.max_new_conversations, 100);
+        assert_eq!(c.new_conversation_window, Duration::from_secs(3600));
+        assert_eq!(c.max_participants, 10_000);
+        assert_eq!(c.ws_fragment_timeout, Duration::from_secs(10));
+        assert_eq!(c.ws_max_fragments, 64);
     }
 
     #[test]

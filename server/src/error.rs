@@ -54,6 +54,16 @@ pub enum ApiError {
     /// Login throttled; retry after this many seconds.
     #[error("Too many login attempts, retry later")]
     TooManyLogins(u64),
+    /// Another per-client quota spent (registrations, new conversations); retry after
+    /// `retry_after` seconds.
+    #[error("{detail}")]
+    RateLimited {
+        detail: &'static str,
+        retry_after: u64,
+    },
+    /// The request (head and body) did not arrive within `--request-timeout`.
+    #[error("Request not received in time")]
+    RequestTimeout,
     /// Something on our side failed; `detail` is what the client is told, `cause`
     /// what the log is told (once, where the response is made).
     #[error("{detail}")]
@@ -82,7 +92,8 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyLogins(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyLogins(_) | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         }

@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | 1 | `config`, `ids`, `text`, `metrics`, `socket` | the one configuration struct; id newtypes and timestamps; validated usernames, passwords, content; the Prometheus series and each shard's handles; an accepted socket as hyper serves it, taken back after an upgrade |
+//! | 1 | `config`, `ids`, `text`, `limits`, `metrics`, `socket` | the one configuration struct; id newtypes and timestamps; validated usernames, passwords, content, names; per-client quotas and slots; the Prometheus series and each shard's handles; an accepted socket as hyper serves it, taken back after an upgrade |
 //! | 2 | `protocol`, `auth`, `store`, `tls`, `roster` | wire events, the frame codec and close codes; tokens, passwords, login throttling; persistence; the certificate and the rustls configuration; how presence is told in conversations of any size |
 //! | 3 | `error` | the one error type and its HTTP shape |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
@@ -25,6 +25,7 @@
 
 pub mod config;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod socket;
 pub mod text;

@@ -87,16 +87,19 @@ pub enum Upgrade {
     Origin,
     /// Not a valid WebSocket handshake (426 or 422).
     BadRequest,
+    /// The user holds `--ws-max-per-user` sockets already (close 1008).
+    Limited,
 }
 
 impl Upgrade {
-    const ALL: [Upgrade; 6] = [
+    const ALL: [Upgrade; 7] = [
         Upgrade::Accepted,
         Upgrade::Unauthorized,
         Upgrade::Forbidden,
         Upgrade::Unavailable,
         Upgrade::Origin,
         Upgrade::BadRequest,
+        Upgrade::Limited,
     ];
 
     fn label(self) -> &'static str {
@@ -107,6 +110,7 @@ impl Upgrade {
             Upgrade::Unavailable => "unavailable",
             Upgrade::Origin => "origin",
             Upgrade::BadRequest => "bad_request",
+            Upgrade::Limited => "limited",
         }
     }
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::app::App;
+use crate::app::{App, Limits};
 use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool};
 use crate::bus::{Bus, ShardMsg};
 use crate::cluster::Cluster;
@@ -88,6 +88,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.login_max_failures_per_address,
             config.login_failure_window,
         ),
+        limits: Limits::new(&config),
         bus,
         cluster,
         tls,
@@ -186,18 +187,31 @@ fn write_ready_file(path: &Path, url: &str) -> anyhow::Result<()> {
     std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The JWT key: `SECRET_KEY`, or a development key kept in the data directory.
+/// Shortest `SECRET_KEY` `--production` accepts: HS256 wants a key as long as its
+/// hash, and a short one can be guessed offline from any token.
+const MIN_PRODUCTION_KEY_BYTES: usize = 32;
+
+/// The JWT key: `SECRET_KEY`, or a development key kept in the data directory. An
+/// empty (or blank) `SECRET_KEY` is no key at all, never a key of no bytes: signing
+/// with nothing would let anyone mint tokens.
 fn signing_key(config: &Config) -> anyhow::Result<Vec<u8>> {
-    if let Some(key) = &config.secret_key {
-        if key.len() < 32 {
+    let given = config
+        .secret_key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty());
+    match given {
+        Some(key) if key.len() >= MIN_PRODUCTION_KEY_BYTES => return Ok(key.as_bytes().to_vec()),
+        Some(_) if config.production => anyhow::bail!(
+            "--production requires a SECRET_KEY of at least {MIN_PRODUCTION_KEY_BYTES} bytes"
+        ),
+        Some(key) => {
             tracing::warn!("SECRET_KEY is shorter than 32 bytes; use a long random key");
+            return Ok(key.as_bytes().to_vec());
         }
-        return Ok(key.as_bytes().to_vec());
-    }
-    if config.production {
-        anyhow::bail!(
+        None if config.production => anyhow::bail!(
             "--production requires SECRET_KEY: refusing to sign tokens with a development key"
-        );
+        ),
+        None => {}
     }
     let key = dev_key(&config.data_dir)?;
     tracing::warn!(
@@ -250,5 +264,29 @@ mod tests {
         ])
         .is_ok());
         assert!(production(&["--listen", "127.0.0.1:8000", "--allowed-origins", "*"]).is_err());
+    }
+
+    #[test]
+    fn production_needs_a_long_secret_key() {
+        let key = |args: &[&str]| {
+            let mut argv = vec!["chat-server"];
+            argv.extend_from_slice(args);
+            signing_key(&Config::try_parse_from(argv).expect("flags parse"))
+        };
+        let long = "k".repeat(MIN_PRODUCTION_KEY_BYTES);
+        assert!(key(&["--production", "--secret-key", ""]).is_err());
+        assert!(key(&["--production", "--secret-key", "   "]).is_err());
+        assert!(key(&["--production", "--secret-key", "short"]).is_err());
+        assert_eq!(
+            key(&["--production", "--secret-key", &long]).expect("long key"),
+            long.as_bytes()
+        );
+        assert_eq!(key(&["--secret-key", "short"]).expect("dev"), b"short");
+        // Empty without --production: the generated development key, never no key.
+        let dir = std::env::temp_dir().join(format!("chat-key-{}", std::process::id()));
+        let dir = dir.to_str().expect("utf-8 path");
+        let generated = key(&["--secret-key", "", "--data-dir", dir]).expect("dev key");
+        assert!(generated.len() >= 32);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

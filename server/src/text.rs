@@ -1,5 +1,5 @@
 //! Validated text from the edges: usernames, passwords, message content and client
-//! ids. Each type has a private field and is built only by `parse`, so whoever holds
+//! ids, conversation names and descriptions. Each type has a private field and is built only by `parse`, so whoever holds
 //! one holds a value that passed the rules; the rules live here and nowhere else.
 //! Layer 1: imports nothing of the crate.
 
@@ -15,7 +15,8 @@ pub struct Username(String);
 impl Username {
     /// The refusal is the 422 message.
     pub fn parse(name: String) -> Result<Self, &'static str> {
-        if !(3..=32).contains(&name.chars().count()) {
+        // Bytes first: a megabyte of name is refused without counting its characters.
+        if name.len() > 4 * 32 || !(3..=32).contains(&name.chars().count()) {
             return Err("Username must be 3-32 characters");
         }
         if !name
@@ -43,7 +44,7 @@ pub struct Password(String);
 
 impl Password {
     pub fn parse(password: String) -> Result<Self, &'static str> {
-        if !(8..=128).contains(&password.chars().count()) {
+        if password.len() > 4 * 128 || !(8..=128).contains(&password.chars().count()) {
             return Err("Password must be 8-128 characters");
         }
         Ok(Self(password))
@@ -69,9 +70,12 @@ pub enum ContentError {
     /// PostgreSQL text cannot hold NUL; refusing it for both stores keeps them alike
     /// and tells the client why, instead of a commit failure it would retry forever.
     Nul,
+    /// A control character other than tab, line feed and carriage return.
+    Control,
 }
 
-/// Message content: not blank, no NUL, at most 5000 characters; stored as sent.
+/// Message content: not blank, at most 5000 characters, no control characters but
+/// tab, line feed and carriage return (so no NUL); stored as sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Content(String);
 
@@ -80,14 +84,15 @@ impl Content {
         if content.trim().is_empty() {
             return Err(ContentError::Blank);
         }
-        if content.contains('\0') {
-            return Err(ContentError::Nul);
-        }
         // Cheap byte test first: 5000 characters are at most 20000 bytes.
         if content.len() > CONTENT_MAX_CHARS && content.chars().count() > CONTENT_MAX_CHARS {
             return Err(ContentError::TooLong);
         }
-        Ok(Self(content.to_owned()))
+        match check_text(content, Lines::Many) {
+            Ok(()) => Ok(Self(content.to_owned())),
+            Err(TextError::Nul) => Err(ContentError::Nul),
+            Err(_) => Err(ContentError::Control),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -125,6 +130,91 @@ impl ClientId {
     }
 }
 
+/// Whether a text may span lines: names are one line, descriptions and messages many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lines {
+    One,
+    Many,
+}
+
+/// Why a bounded text was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextError {
+    TooLong,
+    /// NUL: PostgreSQL text cannot hold it, so both stores refuse it alike.
+    Nul,
+    /// A control character the field may not hold.
+    Control,
+}
+
+impl TextError {
+    /// The 422 `type`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::TooLong => "string_too_long",
+            Self::Nul | Self::Control => "string_pattern_mismatch",
+        }
+    }
+}
+
+/// Refuses NUL, and every control character (C0, DEL, C1) except, where the text may
+/// span lines, tab, line feed and carriage return. Such characters mean nothing to a
+/// reader and can rewrite a terminal or a log line that shows them.
+fn check_text(s: &str, lines: Lines) -> Result<(), TextError> {
+    for c in s.chars() {
+        if c == '\0' {
+            return Err(TextError::Nul);
+        }
+        if c.is_control() && !(lines == Lines::Many && matches!(c, '\t' | '\n' | '\r')) {
+            return Err(TextError::Control);
+        }
+    }
+    Ok(())
+}
+
+/// At most `max` characters (the byte length answers first for long input), then
+/// `check_text`.
+fn bounded(s: &str, max: usize, lines: Lines) -> Result<(), TextError> {
+    if s.len() > max && (s.len() > 4 * max || s.chars().count() > max) {
+        return Err(TextError::TooLong);
+    }
+    check_text(s, lines)
+}
+
+/// Longest conversation name, in characters.
+pub const NAME_MAX_CHARS: usize = 200;
+/// Longest conversation description, in characters.
+pub const DESCRIPTION_MAX_CHARS: usize = 2000;
+
+/// A conversation's name: at most 200 characters on one line (no control characters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationName(String);
+
+impl ConversationName {
+    pub fn parse(name: String) -> Result<Self, TextError> {
+        bounded(&name, NAME_MAX_CHARS, Lines::One).map(|()| Self(name))
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A conversation's description: at most 2000 characters; tabs and line breaks are
+/// its only control characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description(String);
+
+impl Description {
+    pub fn parse(text: String) -> Result<Self, TextError> {
+        bounded(&text, DESCRIPTION_MAX_CHARS, Lines::Many).map(|()| Self(text))
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +233,9 @@ mod tests {
         assert!(name("al ice").is_err());
         assert!(name("alicé").is_err());
         assert!(name("a/b").is_err());
+        assert!(name("ab\0c").is_err());
+        assert!(name("abc\n").is_err());
+        assert!(name(&"a".repeat(1 << 20)).is_err());
     }
 
     #[test]
@@ -163,10 +256,39 @@ mod tests {
         assert_eq!(Content::parse("hi").map(|c| c.0), Ok("hi".to_owned()));
         assert_eq!(Content::parse(" \t\n"), Err(ContentError::Blank));
         assert_eq!(Content::parse("a\0b"), Err(ContentError::Nul));
+        assert_eq!(Content::parse("a\x1b[2Jb"), Err(ContentError::Control));
+        assert_eq!(Content::parse("a\u{85}b"), Err(ContentError::Control));
+        assert!(Content::parse("line one\r\n\tline two").is_ok());
         assert!(Content::parse(&"é".repeat(CONTENT_MAX_CHARS)).is_ok());
         assert_eq!(
             Content::parse(&"é".repeat(CONTENT_MAX_CHARS + 1)),
             Err(ContentError::TooLong)
         );
+    }
+
+    #[test]
+    fn names_are_one_line_descriptions_may_break_lines() {
+        let name = |s: &str| ConversationName::parse(s.to_owned());
+        let description = |s: &str| Description::parse(s.to_owned());
+        assert!(name("").is_ok());
+        assert!(name("Team chat 🎉").is_ok());
+        assert!(name(&"é".repeat(NAME_MAX_CHARS)).is_ok());
+        assert_eq!(
+            name(&"é".repeat(NAME_MAX_CHARS + 1)),
+            Err(TextError::TooLong)
+        );
+        assert_eq!(name("a\0b"), Err(TextError::Nul));
+        assert_eq!(name("a\nb"), Err(TextError::Control));
+        assert_eq!(name("a\tb"), Err(TextError::Control));
+        assert_eq!(name("a\x7fb"), Err(TextError::Control));
+        assert!(description("first\nsecond\tthird\r\n").is_ok());
+        assert_eq!(description("a\0b"), Err(TextError::Nul));
+        assert_eq!(description("a\x07b"), Err(TextError::Control));
+        assert!(description(&"x".repeat(DESCRIPTION_MAX_CHARS)).is_ok());
+        assert_eq!(
+            description(&"x".repeat(DESCRIPTION_MAX_CHARS + 1)),
+            Err(TextError::TooLong)
+        );
+        assert_eq!(description(&"x".repeat(1 << 20)), Err(TextError::TooLong));
     }
 }

@@ -7,11 +7,17 @@
 //! attempt, while this must look before the password is checked and count only the
 //! attempts that fail. It is shared by all shards behind one mutex, held for a map
 //! lookup; logins cost an argon2 hash each, so the lock is never the bottleneck.
+//!
+//! It keys on validated usernames only (`text::Username`, at most 32 characters), so
+//! what a failed login leaves behind is a few dozen bytes, whatever the client sent.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::limits::client_bucket;
+use crate::text::Username;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
@@ -49,17 +55,17 @@ impl LoginThrottle {
     }
 
     /// `Err(retry_after)` when this username from this address may not try now.
-    pub fn check(&self, address: IpAddr, username: &str) -> Result<(), Duration> {
+    pub fn check(&self, address: IpAddr, username: &Username) -> Result<(), Duration> {
         let now = Instant::now();
         let windows = self.lock();
-        let address = bucket(address);
+        let address = client_bucket(address);
         let blocked = |key: &Key, limit: u32| {
             windows
                 .get(key)
                 .filter(|w| w.failures >= limit && now < self.ends(w))
                 .map(|w| self.ends(w) - now)
         };
-        let pair = Key::Pair(address, username.to_owned());
+        let pair = Key::Pair(address, username.as_str().to_owned());
         match blocked(&pair, self.per_pair)
             .or_else(|| blocked(&Key::Address(address), self.per_address))
         {
@@ -70,15 +76,15 @@ impl LoginThrottle {
     }
 
     /// Counts one failed login.
-    pub fn failed(&self, address: IpAddr, username: &str) {
+    pub fn failed(&self, address: IpAddr, username: &Username) {
         let now = Instant::now();
         let mut windows = self.lock();
         if windows.len() > SWEEP_ABOVE {
             windows.retain(|_, w| now < self.ends(w));
         }
-        let address = bucket(address);
+        let address = client_bucket(address);
         for key in [
-            Key::Pair(address, username.to_owned()),
+            Key::Pair(address, username.as_str().to_owned()),
             Key::Address(address),
         ] {
             let w = windows.entry(key).or_insert(Window {
@@ -96,9 +102,11 @@ impl LoginThrottle {
     }
 
     /// A correct password clears that username's failures from that address.
-    pub fn succeeded(&self, address: IpAddr, username: &str) {
-        self.lock()
-            .remove(&Key::Pair(bucket(address), username.to_owned()));
+    pub fn succeeded(&self, address: IpAddr, username: &Username) {
+        self.lock().remove(&Key::Pair(
+            client_bucket(address),
+            username.as_str().to_owned(),
+        ));
     }
 
     /// When a window's count stops applying.
@@ -112,21 +120,6 @@ impl LoginThrottle {
     }
 }
 
-/// The unit one client controls: an IPv4 address, or an IPv6 /64 (one host can
-/// pick any address inside its /64).
-fn bucket(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,51 +128,63 @@ mod tests {
         s.parse().expect("address")
     }
 
+    fn name(s: &str) -> Username {
+        Username::parse(s.to_owned()).expect("valid username")
+    }
+
     #[test]
     fn only_failures_count_and_only_for_that_pair() {
         let t = LoginThrottle::new(3, 100, Duration::from_secs(900));
         for _ in 0..3 {
-            assert!(t.check(ip("10.0.0.1"), "alice").is_ok());
-            t.failed(ip("10.0.0.1"), "alice");
+            assert!(t.check(ip("10.0.0.1"), &name("alice")).is_ok());
+            t.failed(ip("10.0.0.1"), &name("alice"));
         }
-        let wait = t.check(ip("10.0.0.1"), "alice").expect_err("blocked");
+        let wait = t
+            .check(ip("10.0.0.1"), &name("alice"))
+            .expect_err("blocked");
         assert!(wait > Duration::from_secs(890) && wait <= Duration::from_secs(900));
-        assert!(t.check(ip("10.0.0.2"), "alice").is_ok(), "another address");
-        assert!(t.check(ip("10.0.0.1"), "bob").is_ok(), "another user");
+        assert!(
+            t.check(ip("10.0.0.2"), &name("alice")).is_ok(),
+            "another address"
+        );
+        assert!(
+            t.check(ip("10.0.0.1"), &name("bob")).is_ok(),
+            "another user"
+        );
     }
 
     #[test]
     fn an_address_trying_many_names_is_stopped() {
         let t = LoginThrottle::new(10, 5, Duration::from_secs(900));
         for i in 0..5 {
-            t.failed(ip("10.0.0.1"), &format!("user{i}"));
+            t.failed(ip("10.0.0.1"), &name(&format!("user{i}")));
         }
-        assert!(t.check(ip("10.0.0.1"), "someone-else").is_err());
-        assert!(t.check(ip("10.0.0.9"), "someone-else").is_ok());
+        assert!(t.check(ip("10.0.0.1"), &name("someone-else")).is_err());
+        assert!(t.check(ip("10.0.0.9"), &name("someone-else")).is_ok());
     }
 
     #[test]
     fn success_clears_the_pair_and_windows_expire() {
         let t = LoginThrottle::new(2, 100, Duration::from_millis(50));
-        t.failed(ip("10.0.0.1"), "alice");
-        t.succeeded(ip("10.0.0.1"), "alice");
-        t.failed(ip("10.0.0.1"), "alice");
-        assert!(t.check(ip("10.0.0.1"), "alice").is_ok());
-        t.failed(ip("10.0.0.1"), "alice");
-        assert!(t.check(ip("10.0.0.1"), "alice").is_err());
+        t.failed(ip("10.0.0.1"), &name("alice"));
+        t.succeeded(ip("10.0.0.1"), &name("alice"));
+        t.failed(ip("10.0.0.1"), &name("alice"));
+        assert!(t.check(ip("10.0.0.1"), &name("alice")).is_ok());
+        t.failed(ip("10.0.0.1"), &name("alice"));
+        assert!(t.check(ip("10.0.0.1"), &name("alice")).is_err());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(t.check(ip("10.0.0.1"), "alice").is_ok());
+        assert!(t.check(ip("10.0.0.1"), &name("alice")).is_ok());
     }
 
     #[test]
     fn ipv6_hosts_are_counted_by_their_64() {
         let t = LoginThrottle::new(2, 100, Duration::from_secs(900));
-        t.failed(ip("2001:db8:1:2::1"), "alice");
-        t.failed(ip("2001:db8:1:2::ffff"), "alice");
-        assert!(t.check(ip("2001:db8:1:2::abcd"), "alice").is_err());
-        assert!(t.check(ip("2001:db8:1:3::1"), "alice").is_ok());
-        t.failed(ip("::ffff:10.0.0.1"), "bob");
-        t.failed(ip("10.0.0.1"), "bob");
-        assert!(t.check(ip("10.0.0.1"), "bob").is_err());
+        t.failed(ip("2001:db8:1:2::1"), &name("alice"));
+        t.failed(ip("2001:db8:1:2::ffff"), &name("alice"));
+        assert!(t.check(ip("2001:db8:1:2::abcd"), &name("alice")).is_err());
+        assert!(t.check(ip("2001:db8:1:3::1"), &name("alice")).is_ok());
+        t.failed(ip("::ffff:10.0.0.1"), &name("bob"));
+        t.failed(ip("10.0.0.1"), &name("bob"));
+        assert!(t.check(ip("10.0.0.1"), &name("bob")).is_err());
     }
 }

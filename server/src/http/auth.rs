@@ -13,6 +13,7 @@ use super::request;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, UserId};
+use crate::limits;
 use crate::store::{StoreError, UserRecord};
 use crate::text::{Password, Username};
 
@@ -24,30 +25,48 @@ use crate::text::{Password, Username};
     request_body = Credentials,
     responses(
         (status = 201, description = "Account created", body = UserOut),
+        (status = 408, description = "The request did not arrive within `--request-timeout`", body = ErrorBody),
         (status = 409, description = "Username already registered", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody),
         (status = 422, description = "Malformed body, or username or password outside the rules", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the client may try again")),
+            example = json!({"detail": "Too many registrations, retry later"})),
         (status = 503, description = "Store or password hashing unavailable; retry", body = ErrorBody),
     )
 )]
 pub async fn register(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
-    let body = request::body(req, shard.app.config.max_body_bytes).await?;
-    let creds: Credentials = request::json(&body)?;
-    let username = Username::parse(creds.username);
-    let password = Password::parse(creds.password);
-    let (username, password) = match (username, password) {
-        (Ok(u), Ok(p)) => (u, p),
-        (u, p) => {
-            let errors = [("username", u.err()), ("password", p.err())]
-                .into_iter()
-                .filter_map(|(field, e)| {
-                    e.map(|msg| FieldError::new("body", field, "value_error", msg))
-                })
-                .collect();
-            return Err(ApiError::Validation(errors));
+    let address = limits::client_bucket(request::client_address(
+        &req,
+        &shard.app.config.trusted_proxies,
+    ));
+    let body = request::body(shard, req).await?;
+    let (username, password) = credentials(request::json(&body)?)?;
+    // A taken name is answered before the quota and the hash, which are what a
+    // registration costs; the 409 says no more than it would after them.
+    let name = username.as_str().to_owned();
+    let taken = shard
+        .app
+        .db
+        .call(move |s| async move { s.user_by_name(&name).await })
+        .await?
+        .is_some();
+    if taken {
+        return Err(ApiError::Conflict("Username already registered"));
+    }
+    let quota = &shard.app.limits.registrations;
+    quota.take(address).map_err(|wait| ApiError::RateLimited {
+        detail: "Too many registrations, retry later",
+        retry_after: wait.as_secs(),
+    })?;
+    let password_hash = match shard.app.passwords.hash(password.into_secret()).await {
+        Ok(hash) => hash,
+        Err(e) => {
+            // Nothing was registered: the attempt does not count.
+            quota.give_back(&address);
+            return Err(e.into());
         }
     };
-    let password_hash = shard.app.passwords.hash(password.into_secret()).await?;
     let user = UserRecord {
         id: UserId::random(),
         username: username.into_string(),
@@ -67,6 +86,27 @@ pub async fn register(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply
     }
 }
 
+/// The username and password under the registration rules, or a 422 naming each
+/// field that breaks them. Login holds them to the same rules: no account can have
+/// a name or password outside them, and an unbounded name must never reach the
+/// login throttle, the store or the hash.
+fn credentials(creds: Credentials) -> Result<(Username, Password), ApiError> {
+    match (
+        Username::parse(creds.username),
+        Password::parse(creds.password),
+    ) {
+        (Ok(u), Ok(p)) => Ok((u, p)),
+        (u, p) => Err(ApiError::Validation(
+            [("username", u.err()), ("password", p.err())]
+                .into_iter()
+                .filter_map(|(field, e)| {
+                    e.map(|msg| FieldError::new("body", field, "value_error", msg))
+                })
+                .collect(),
+        )),
+    }
+}
+
 /// Exchange a username and password for a bearer token.
 #[utoipa::path(
     post,
@@ -77,8 +117,9 @@ pub async fn register(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply
         (status = 200, description = "Access token (HS256 JWT)", body = Token),
         (status = 401, description = "Incorrect username or password", body = ErrorBody,
             example = json!({"detail": "Incorrect username or password"})),
+        (status = 408, description = "The request did not arrive within `--request-timeout`", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody),
-        (status = 422, description = "Malformed body", body = ErrorBody),
+        (status = 422, description = "Malformed body, or username or password outside the registration rules (no account has them)", body = ErrorBody),
         (status = 429, description = "Too many failed logins for this username from this address, or from this address; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the client may try again")),
             example = json!({"detail": "Too many login attempts, retry later"})),
@@ -87,14 +128,14 @@ pub async fn register(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply
 )]
 pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let address = request::client_address(&req, &shard.app.config.trusted_proxies);
-    let body = request::body(req, shard.app.config.max_body_bytes).await?;
-    let creds: Credentials = request::json(&body)?;
+    let body = request::body(shard, req).await?;
+    let (username, password) = credentials(request::json(&body)?)?;
     let throttle = &shard.app.logins;
-    throttle.check(address, &creds.username).map_err(|wait| {
+    throttle.check(address, &username).map_err(|wait| {
         shard.app.metrics.login_throttled.inc();
         ApiError::TooManyLogins(wait.as_secs())
     })?;
-    let name = creds.username.clone();
+    let name = username.as_str().to_owned();
     let user = shard
         .app
         .db
@@ -102,15 +143,19 @@ pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         .await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     // Unknown users are verified against a decoy too, so both failures take as long.
-    let verified = shard.app.passwords.verify(creds.password, hash).await?;
+    let verified = shard
+        .app
+        .passwords
+        .verify(password.into_secret(), hash)
+        .await?;
     let user = match user {
         Some(user) if verified => user,
         _ => {
-            throttle.failed(address, &creds.username);
+            throttle.failed(address, &username);
             return Err(ApiError::BadCredentials);
         }
     };
-    throttle.succeeded(address, &creds.username);
+    throttle.succeeded(address, &username);
     let access_token = shard
         .app
         .jwt
@@ -169,6 +214,10 @@ pub async fn lookup(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     request::bearer(shard, &req)?;
     let name = request::query_param(&req, "username")
         .ok_or_else(|| ApiError::field("query", "username", "missing", "Field required"))?;
+    // A name outside the rules belongs to no one: the answer needs no store.
+    let Ok(name) = Username::parse(name).map(Username::into_string) else {
+        return Ok(json(StatusCode::OK, &Vec::<UserSummary>::new()));
+    };
     let user = shard
         .app
         .db

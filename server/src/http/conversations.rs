@@ -1,6 +1,7 @@
 //! Conversations, their participants and their history. Every route checks
 //! membership: outsiders get 403, unknown ids 404.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use http::StatusCode;
@@ -8,19 +9,25 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::dto::{
-    ConversationOut, ErrorBody, HistoryQuery, MessageOut, NewConversation, NewParticipant,
+    ConversationListQuery, ConversationOut, ErrorBody, HistoryQuery, MessageOut, NewConversation,
+    NewParticipant,
 };
 use super::reply::{empty, json, Reply};
 use super::request;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};
-use crate::store::{ConversationRecord, Page, Store};
+use crate::store::{ConversationRecord, ListCursor, ListPage, Page, Store};
+use crate::text::{
+    ConversationName, Description, TextError, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS,
+};
 
-const NAME_MAX: usize = 200;
-const DESCRIPTION_MAX: usize = 2000;
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 100;
+/// Conversations per page of the list: bounded, so no list costs the shard more than
+/// one page of JSON whatever the caller is in.
+const LIST_DEFAULT: u32 = 100;
+const LIST_MAX: u32 = 500;
 
 fn not_found() -> ApiError {
     ApiError::NotFound("Conversation not found".into())
@@ -81,55 +88,32 @@ async fn with_participants(shard: &ShardContext, c: &ConversationRecord) -> Repl
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 404, description = "A participant id names no user", body = ErrorBody,
             example = json!({"detail": "User 0190e0c4-0000-7000-8000-000000000000 not found"})),
+        (status = 408, description = "The request did not arrive within `--request-timeout`", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody),
-        (status = 422, description = "Malformed body, or name or description too long", body = ErrorBody),
+        (status = 422, description = "Malformed body; name or description too long or holding control characters (the name: any; the description: any but tab and line breaks) or NUL; more `participant_ids` than `--max-participants` allows", body = ErrorBody),
+        (status = 429, description = "The caller created `--max-new-conversations` conversations in this window; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the caller may create again")),
+            example = json!({"detail": "Too many new conversations, retry later"})),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
 pub async fn create(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let body = request::body(req, shard.app.config.max_body_bytes).await?;
+    let body = request::body(shard, req).await?;
     let new: NewConversation = request::json(&body)?;
-    let mut errors = Vec::new();
-    if new
-        .name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > NAME_MAX)
-    {
-        errors.push(FieldError::new(
-            "body",
-            "name",
-            "string_too_long",
-            format!("At most {NAME_MAX} characters"),
-        ));
-    }
-    if new
-        .description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > DESCRIPTION_MAX)
-    {
-        errors.push(FieldError::new(
-            "body",
-            "description",
-            "string_too_long",
-            format!("At most {DESCRIPTION_MAX} characters"),
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let mut participants = vec![me];
-    for raw in &new.participant_ids {
-        let id: UserId = raw.parse().map_err(|_| user_not_found(raw))?;
-        if !participants.contains(&id) {
-            participants.push(id);
-        }
-    }
+    let (name, description) = texts(new.name, new.description)?;
+    let participants =
+        participant_set(me, &new.participant_ids, shard.app.config.max_participants)?;
+    let quota = &shard.app.limits.new_conversations;
+    quota.take(me).map_err(|wait| ApiError::RateLimited {
+        detail: "Too many new conversations, retry later",
+        retry_after: wait.as_secs(),
+    })?;
     let now = now_micros();
     let conversation = ConversationRecord {
         id: ConversationId(uuid::Uuid::now_v7()),
-        name: new.name,
-        description: new.description,
+        name,
+        description,
         is_group: new.is_group,
         created_by: me,
         created_at: now,
@@ -147,7 +131,15 @@ pub async fn create(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
             }
             Ok(missing)
         })
-        .await?;
+        .await;
+    let missing = match missing {
+        Ok(missing) if missing.is_empty() => missing,
+        // Nothing was created: the attempt does not count against the quota.
+        other => {
+            quota.give_back(&me);
+            other?
+        }
+    };
     if let Some(id) = missing.first() {
         return Err(user_not_found(&id.to_string()));
     }
@@ -158,29 +150,148 @@ pub async fn create(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     ))
 }
 
-/// The caller's conversations, most recently active first.
+/// A new conversation's name and description under `text`'s rules, or a 422 naming
+/// each field that breaks them.
+fn texts(
+    name: Option<String>,
+    description: Option<String>,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    let name = name.map(ConversationName::parse).transpose();
+    let description = description.map(Description::parse).transpose();
+    match (name, description) {
+        (Ok(n), Ok(d)) => Ok((
+            n.map(ConversationName::into_string),
+            d.map(Description::into_string),
+        )),
+        (n, d) => Err(ApiError::Validation(
+            [
+                (
+                    "name",
+                    n.err(),
+                    NAME_MAX_CHARS,
+                    "Must be one line without control characters",
+                ),
+                (
+                    "description",
+                    d.err(),
+                    DESCRIPTION_MAX_CHARS,
+                    "Must not contain control characters other than tab and line breaks",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(field, e, max, controls)| {
+                e.map(|e| {
+                    let msg = match e {
+                        TextError::TooLong => format!("At most {max} characters"),
+                        TextError::Nul => "Must not contain NUL characters".to_owned(),
+                        TextError::Control => controls.to_owned(),
+                    };
+                    FieldError::new("body", field, e.kind(), msg)
+                })
+            })
+            .collect(),
+        )),
+    }
+}
+
+/// The creator, then each named user once, in the order given. The list is refused
+/// past `max` before an id is parsed, and de-duplicated in one pass.
+fn participant_set(me: UserId, raw: &[String], max: usize) -> Result<Vec<UserId>, ApiError> {
+    let too_many = || {
+        ApiError::field(
+            "body",
+            "participant_ids",
+            "too_long",
+            format!("At most {max} participants, the creator included"),
+        )
+    };
+    // Even if every id repeated another, a list this long is not worth parsing.
+    if raw.len() > max {
+        return Err(too_many());
+    }
+    let mut seen = HashSet::with_capacity(raw.len() + 1);
+    seen.insert(me);
+    let mut participants = vec![me];
+    for id in raw {
+        let id: UserId = id.parse().map_err(|_| user_not_found(id))?;
+        if seen.insert(id) {
+            participants.push(id);
+        }
+    }
+    if participants.len() > max.max(1) {
+        return Err(too_many());
+    }
+    Ok(participants)
+}
+
+/// Where the next page of a conversation list starts, as the list's response tells
+/// it in `X-Next-Cursor`: `<updated_at in microseconds>_<id>`. Opaque to clients.
+fn cursor_text(c: &ConversationRecord) -> String {
+    format!("{}_{}", c.updated_at.timestamp_micros(), c.id)
+}
+
+fn parse_cursor(raw: &str) -> Option<ListCursor> {
+    let (micros, id) = raw.trim().split_once('_')?;
+    Some(ListCursor {
+        updated_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id: id.parse().ok()?,
+    })
+}
+
+/// The caller's conversations, most recently active first, a page at a time.
 #[utoipa::path(
     get,
     path = "/api/chat/conversations",
     operation_id = "list_conversations",
     tag = "conversations",
     security(("bearer" = [])),
+    params(ConversationListQuery),
     responses(
-        (status = 200, description = "The caller's conversations, without `participant_ids`", body = Vec<ConversationOut>),
+        (status = 200, description = "At most `limit` of the caller's conversations, without `participant_ids`, most recently active first", body = Vec<ConversationOut>,
+            headers(("X-Next-Cursor" = String, description = "Present when more conversations may follow: pass it as `cursor` for the next page"))),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 422, description = "`limit` not an integer from 1 to 500, or `cursor` not one this server gave", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
 pub async fn list(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let list = shard
+    let limit = request::limit(&req, LIST_DEFAULT, LIST_MAX)?;
+    let after = match request::query_param(&req, "cursor") {
+        None => None,
+        Some(raw) => Some(parse_cursor(&raw).ok_or_else(|| {
+            ApiError::field(
+                "query",
+                "cursor",
+                "value_error",
+                "cursor must be an X-Next-Cursor this server gave",
+            )
+        })?),
+    };
+    // One more than asked says whether another page follows, without a count.
+    let page = ListPage {
+        limit: limit + 1,
+        after,
+    };
+    let mut list = shard
         .app
         .db
-        .call(move |s| async move { s.conversations_of(me).await })
+        .call(move |s| async move { s.conversations_of(me, page).await })
         .await?;
+    let more = list.len() > limit as usize;
+    list.truncate(limit as usize);
     let out: Vec<ConversationOut> = list.iter().map(|c| ConversationOut::new(c, None)).collect();
-    Ok(json(StatusCode::OK, &out))
+    let mut response = json(StatusCode::OK, &out);
+    if let Some(last) = list.last().filter(|_| more) {
+        if let Ok(value) = http::HeaderValue::from_str(&cursor_text(last)) {
+            response.headers_mut().insert(NEXT_CURSOR, value);
+        }
+    }
+    Ok(response)
 }
+
+/// The response header that carries the next page's cursor.
+const NEXT_CURSOR: http::HeaderName = http::HeaderName::from_static("x-next-cursor");
 
 /// One conversation with its participants.
 #[utoipa::path(
@@ -217,14 +328,15 @@ pub async fn get(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> 
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 403, description = "The caller is not a participant", body = ErrorBody),
         (status = 404, description = "No such conversation or user", body = ErrorBody),
+        (status = 408, description = "The request did not arrive within `--request-timeout`", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody),
-        (status = 422, description = "Malformed body", body = ErrorBody),
+        (status = 422, description = "Malformed body, or the conversation has `--max-participants` participants already", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
 pub async fn add_participant(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let body = request::body(req, shard.app.config.max_body_bytes).await?;
+    let body = request::body(shard, req).await?;
     let new: NewParticipant = request::json(&body)?;
     let conversation = member_of(shard, me, id).await?;
     let user: UserId = new
@@ -232,21 +344,45 @@ pub async fn add_participant(shard: &Rc<ShardContext>, req: Request<Incoming>, i
         .parse()
         .map_err(|_| user_not_found(&new.user_id))?;
     let conversation_id = conversation.id;
+    let max = shard.app.config.max_participants;
     let added = shard
         .app
         .db
         .call(move |s| async move {
             if s.user_by_id(user).await?.is_none() {
-                return Ok(false);
+                return Ok(Added::NoSuchUser);
+            }
+            // The list is bounded by the cap, so counting it costs at most one cap's
+            // worth of ids.
+            if !s.is_member(conversation_id, user).await?
+                && s.participants(conversation_id).await?.len() >= max
+            {
+                return Ok(Added::Full);
             }
             s.add_participant(conversation_id, user).await?;
-            Ok(true)
+            Ok(Added::Done)
         })
         .await?;
-    if !added {
-        return Err(user_not_found(&new.user_id));
+    match added {
+        Added::Done => {}
+        Added::NoSuchUser => return Err(user_not_found(&new.user_id)),
+        Added::Full => {
+            return Err(ApiError::field(
+                "body",
+                "user_id",
+                "too_long",
+                format!("The conversation has the most participants allowed ({max})"),
+            ))
+        }
     }
     with_participants(shard, &conversation).await
+}
+
+/// What became of adding a participant.
+enum Added {
+    Done,
+    NoSuchUser,
+    Full,
 }
 
 /// Remove a participant: a member may remove themself, only the creator may remove others.

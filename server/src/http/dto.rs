@@ -67,15 +67,27 @@ pub struct Token {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewConversation {
-    #[schema(example = "Team Chat", max_length = 200)]
+    /// One line: no control characters, no NUL.
+    #[schema(
+        example = "Team Chat",
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*$"
+    )]
     #[serde(default)]
     pub name: Option<String>,
-    #[schema(example = "Our team discussion", max_length = 2000)]
+    /// Tabs and line breaks are the only control characters allowed; no NUL.
+    #[schema(
+        example = "Our team discussion",
+        max_length = 2000,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub is_group: bool,
-    /// Other participants; the creator is always added.
+    /// Other participants; the creator is always added. Repeats count once; at most
+    /// `--max-participants` (10,000) in all.
+    #[schema(max_items = 10000)]
     #[serde(default)]
     pub participant_ids: Vec<String>,
 }
@@ -239,6 +251,22 @@ pub struct PresenceOut {
     /// Pass as `after` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /api/chat/conversations`, described only (see `HistoryQuery`).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationListQuery {
+    /// How many conversations at most.
+    #[param(minimum = 1, maximum = 500, default = 100)]
+    pub limit: Option<u32>,
+    /// Where the page starts: the `X-Next-Cursor` of the page before; the first page
+    /// when absent.
+    #[param(
+        value_type = Option<String>,
+        pattern = r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )]
+    pub cursor: Option<String>,
 }
 
 /// The `detail` of an error body: a message, or on 422 FastAPI's list of field errors.

@@ -79,8 +79,15 @@ async fn respond(
     if let Some(answer) = origin.preflight(&req) {
         return answer;
     }
-    // Browsers do not preflight WebSocket upgrades: the origin is checked here.
-    if matches!(origin, Origin::Refused) && fastwebsockets::upgrade::is_upgrade_request(&req) {
+    // Browsers do not preflight WebSocket upgrades: the origin is checked here, with
+    // `--production` only. The token travels in the URL, never in a cookie, so a page
+    // of another origin holds no credential a browser would add for it: refusing it
+    // protects nothing by default, and breaks the quick-start's console snippet and
+    // pages opened from files (`Origin: null`).
+    if shard.app.config.production
+        && matches!(origin, Origin::Refused)
+        && fastwebsockets::upgrade::is_upgrade_request(&req)
+    {
         shard.metrics.upgrade(Upgrade::Origin);
         return error_response(&ApiError::Forbidden("Origin not allowed"));
     }

@@ -2,7 +2,10 @@
 //! (preflights answered, `Access-Control-Allow-Origin` on responses to listed
 //! origins) and the `Origin` check of WebSocket upgrades, which browsers never
 //! preflight. Requests without `Origin` (curl, mobile apps, scripts) and from the
-//! server's own origin are always allowed; anything else is refused unless listed.
+//! server's own origin are always allowed; anything else gets no CORS headers unless
+//! listed, and its WebSocket upgrade is refused with `--production` only (the router
+//! decides; auth is a token in the URL, so an origin's upgrade carries no credential
+//! a browser added on its own).
 //!
 //! It only reads headers and builds headers; it never touches a handler's work.
 
@@ -95,7 +98,7 @@ impl Origin {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             h.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("x-request-id, retry-after"),
+                HeaderValue::from_static("x-request-id, retry-after, x-next-cursor"),
             );
             h.insert(header::VARY, HeaderValue::from_static("Origin"));
         }

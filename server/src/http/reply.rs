@@ -63,8 +63,20 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
                 headers.insert(header::ALLOW, allow);
             }
         }
-        ApiError::TooManyLogins(seconds) => {
+        ApiError::TooManyLogins(seconds)
+        | ApiError::RateLimited {
+            retry_after: seconds,
+            ..
+        } => {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from(*seconds));
+        }
+        ApiError::RequestTimeout => {
+            // The rest of a late body may still be on its way: nothing after it on
+            // this connection could be read as a request.
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         ApiError::UpgradeRequired => {
             headers.insert(

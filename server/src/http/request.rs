@@ -15,8 +15,21 @@ use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::UserId;
 
+/// Reads the whole body: more than `--max-body-bytes` is a 413, a body not complete
+/// within `--request-timeout` of its head (hyper bounds the head itself) a 408, so a
+/// client that announces a large body and stalls holds nothing for long.
+pub async fn body(shard: &ShardContext, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let config = &shard.app.config;
+    monoio::time::timeout(
+        config.request_timeout,
+        read_body(req, config.max_body_bytes),
+    )
+    .await
+    .unwrap_or(Err(ApiError::RequestTimeout))
+}
+
 /// Reads the whole body, refusing more than `limit` bytes with 413.
-pub async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let mut body = req.into_body();
     let mut collected = BytesMut::new();
     let mut total = 0usize;

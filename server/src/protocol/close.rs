@@ -37,11 +37,17 @@ pub enum Close {
     TooBig,
     /// The client did not read its backlog.
     TooFarBehind,
+    /// A fragmented message stayed unfinished past `--ws-fragment-timeout`.
+    FragmentTimeout,
+    /// A fragmented message took more than `--ws-max-fragments` frames.
+    TooManyFragments,
+    /// The user already holds `--ws-max-per-user` WebSockets on this node.
+    TooManySockets,
 }
 
 impl Close {
     /// Every close, in the order of the documentation's table.
-    pub const ALL: [Close; 12] = [
+    pub const ALL: [Close; 15] = [
         Self::Normal,
         Self::ShuttingDown,
         Self::IdleTimeout,
@@ -51,6 +57,9 @@ impl Close {
         Self::InvalidToken,
         Self::NotAMember,
         Self::TokenExpired,
+        Self::FragmentTimeout,
+        Self::TooManyFragments,
+        Self::TooManySockets,
         Self::TooBig,
         Self::Unavailable,
         Self::TooFarBehind,
@@ -68,6 +77,10 @@ impl Close {
             Self::InvalidToken | Self::TokenExpired => "log in again, then reconnect",
             Self::NotAMember => "do not reconnect: access was refused or revoked",
             Self::TooBig => "reconnect and send smaller messages",
+            Self::FragmentTimeout | Self::TooManyFragments => {
+                "reconnect; send each message whole or its fragments promptly"
+            }
+            Self::TooManySockets => "close another connection of this user, then reconnect",
             Self::Unavailable | Self::TooFarBehind => "reconnect with backoff",
         }
     }
@@ -78,7 +91,12 @@ impl Close {
             Self::ShuttingDown | Self::IdleTimeout => 1001,
             Self::ProtocolError | Self::BadFragmentation => 1002,
             Self::InvalidUtf8 => 1007,
-            Self::InvalidToken | Self::NotAMember | Self::TokenExpired => 1008,
+            Self::InvalidToken
+            | Self::NotAMember
+            | Self::TokenExpired
+            | Self::FragmentTimeout
+            | Self::TooManyFragments
+            | Self::TooManySockets => 1008,
             Self::TooBig => 1009,
             Self::Unavailable => 1011,
             Self::TooFarBehind => 1013,
@@ -99,6 +117,9 @@ impl Close {
             Self::InvalidUtf8 => "Invalid UTF-8",
             Self::TooBig => "Message too big",
             Self::TooFarBehind => "Try again later: too far behind",
+            Self::FragmentTimeout => "Message not finished in time",
+            Self::TooManyFragments => "Message in too many fragments",
+            Self::TooManySockets => "Too many connections",
         }
     }
 

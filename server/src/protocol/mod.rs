@@ -74,6 +74,8 @@ pub enum ProtocolError {
     ContentTooLong,
     #[error("Message content must not contain NUL characters")]
     NulInContent,
+    #[error("Message content must not contain control characters other than tab and line breaks")]
+    ControlInContent,
     #[error("Emoji must be 1-{EMOJI_MAX_CHARS} characters")]
     BadEmoji,
     #[error("Status must be one of online, away, offline")]
@@ -212,6 +214,7 @@ fn content(value: Fields) -> Result<Content, ProtocolError> {
         ContentError::Blank => ProtocolError::EmptyContent,
         ContentError::TooLong => ProtocolError::ContentTooLong,
         ContentError::Nul => ProtocolError::NulInContent,
+        ContentError::Control => ProtocolError::ControlInContent,
     })
 }
 

@@ -2,13 +2,14 @@
 //! when the server terminates TLS, and hyper serving each accepted connection until
 //! shutdown, then a graceful drain.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio_compat::hyper::{MonoioIo, MonoioTimer};
 
@@ -16,6 +17,7 @@ use crate::app::App;
 use crate::bus::ShardMsg;
 use crate::context::ShardContext;
 use crate::hub::conn::Heartbeat;
+use crate::limits::{self, Slot};
 use crate::protocol::Close;
 use crate::socket::OnShard;
 
@@ -59,7 +61,14 @@ pub async fn shard_main(
                         Some(TCP_KEEPALIVE_PROBES),
                     );
                 }
-                monoio::spawn(serve_connection(Rc::clone(&shard), stream, peer));
+                match hold_connection(&shard, peer) {
+                    Some(slot) => {
+                        monoio::spawn(serve_connection(Rc::clone(&shard), stream, peer, slot));
+                    }
+                    None => {
+                        monoio::spawn(refuse_connection(Rc::clone(&shard), stream));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -124,7 +133,71 @@ async fn heartbeat(shard: Rc<ShardContext>) {
     }
 }
 
-async fn serve_connection(shard: Rc<ShardContext>, stream: TcpStream, peer: SocketAddr) {
+/// A held place among the connections of the peer's address, or `None` when it holds
+/// `--max-connections-per-address` already. Trusted proxies carry many clients on
+/// one address and are not counted.
+fn hold_connection(shard: &ShardContext, peer: SocketAddr) -> Option<ConnectionSlot> {
+    let config = &shard.app.config;
+    let address = peer.ip();
+    let proxy = config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&address));
+    if proxy {
+        return Some(Arc::new(Slot::uncounted(address)));
+    }
+    let key = limits::client_bucket(address);
+    shard.app.limits.connections.hold(key).map(Arc::new)
+}
+
+/// The answer to a connection over the per-address limit: on plain HTTP a 429 in the
+/// one error shape, then the connection is closed; on TLS it is closed at once (a
+/// handshake would cost more than the connection is worth).
+async fn refuse_connection(shard: Rc<ShardContext>, mut stream: TcpStream) {
+    if shard.app.tls.is_some() {
+        return;
+    }
+    let body = br#"{"detail":"Too many connections from this address"}"#;
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut answer = head.into_bytes();
+    answer.extend_from_slice(body);
+    let _ = monoio::time::timeout(REFUSAL_GRACE, async {
+        let (written, _) = stream.write_all(answer).await;
+        if written.is_ok() {
+            let _ = stream.shutdown().await;
+            // Read what the client sent, so closing does not reset the connection
+            // under the answer before the client has read it.
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (read, back) = stream.read(buf).await;
+                buf = back;
+                if !matches!(read, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// How long a refused connection may take to be told so.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+
+/// A connection's place among its address's connections (`--max-connections-per-address`),
+/// shared with the requests it carries, so that a WebSocket upgraded from it keeps the
+/// place for as long as it lives.
+type ConnectionSlot = Arc<Slot<IpAddr>>;
+
+async fn serve_connection(
+    shard: Rc<ShardContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
     let io = match stream.try_into_poll_io() {
         Ok(io) => io,
         Err((e, _)) => {
@@ -134,7 +207,7 @@ async fn serve_connection(shard: Rc<ShardContext>, stream: TcpStream, peer: Sock
     };
     let _open = shard.connections.open();
     let Some(tls) = &shard.app.tls else {
-        return serve_http(&shard, io, peer).await;
+        return serve_http(&shard, io, peer, slot).await;
     };
     // A client that stalls or botches its handshake costs this task, nothing more.
     let handshake = monoio::select! {
@@ -142,7 +215,7 @@ async fn serve_connection(shard: Rc<ShardContext>, stream: TcpStream, peer: Sock
         _ = shard.shutdown.wait() => return,
     };
     match handshake {
-        Ok(Ok(stream)) => return serve_http(&shard, stream, peer).await,
+        Ok(Ok(stream)) => return serve_http(&shard, stream, peer, slot).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
@@ -154,18 +227,22 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// hyper serving HTTP/1.1 (and upgrades) on a plain or TLS stream until it closes or
 /// the shard stops.
-async fn serve_http<T>(shard: &Rc<ShardContext>, io: T, peer: SocketAddr)
+async fn serve_http<T>(shard: &Rc<ShardContext>, io: T, peer: SocketAddr, slot: ConnectionSlot)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let service = {
         let shard = Rc::clone(shard);
-        service_fn(move |req| crate::http::serve(Rc::clone(&shard), req, peer))
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(Arc::clone(&slot));
+            crate::http::serve(Rc::clone(&shard), req, peer)
+        })
     };
     let connection = http1::Builder::new()
         .timer(MonoioTimer)
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30))
+        // The head within the request deadline; `http::request` holds the body to it.
+        .header_read_timeout(shard.app.config.request_timeout)
         .serve_connection(OnShard(MonoioIo::new(io)), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);

@@ -16,8 +16,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use model::{
-    ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Original, Page, ReactionOutcome,
-    Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    ChangeOutcome, ConversationRecord, ListCursor, ListPage, MessageRecord, NewMessage, Original,
+    Page, ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -129,6 +129,22 @@ pub struct Page {
     pub after: Option<MessageId>,
 }
 
+/// A place in a user's conversation list, which is ordered by last activity
+/// (`updated_at`), then id, both descending: the last conversation a page showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    pub updated_at: DateTime<Utc>,
+    pub id: ConversationId,
+}
+
+/// Which page of a user's conversation list: at most `limit`, the ones after `after`
+/// (from the top when absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    pub limit: u32,
+    pub after: Option<ListCursor>,
+}
+
 /// One persisted event of a conversation's stream, as it was broadcast.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamEvent {
@@ -237,8 +253,13 @@ pub trait Store: Send + Sync + 'static {
         conversation: &ConversationRecord,
         participants: &[UserId],
     ) -> Result<(), StoreError>;
-    /// The user's conversations, most recently active (`updated_at`) first.
-    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationRecord>, StoreError>;
+    /// A page of the user's conversations, most recently active (`updated_at`) first,
+    /// ties by id, descending (see `ListPage`).
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        page: ListPage,
+    ) -> Result<Vec<ConversationRecord>, StoreError>;
     async fn conversation(
         &self,
         id: ConversationId,

@@ -150,16 +150,46 @@ async fn linger(reader: &mut Reader) {
 }
 
 async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> ReadEnd {
-    let max = shard.app.config.ws_max_message_bytes;
+    let config = &shard.app.config;
+    let max = config.ws_max_message_bytes;
     // Fragments are joined here, so that the total size of a fragmented message is
     // bounded too, not only each fragment.
     let mut fragments: Vec<u8> = Vec::new();
     let mut fragmented: Option<Opcode> = None;
+    // A fragmented message must finish in time and in few frames: otherwise a client
+    // could hold its buffer forever, keeping the connection alive with pings.
+    let mut unfinished = Unfinished::default();
     loop {
-        let frame = match reader.next().await {
+        let next = match unfinished.deadline {
+            None => reader.next().await,
+            // On the heap, and only while a message is unfinished (see `within_grace`).
+            Some(at) => match Box::pin(monoio::time::timeout_at(at, reader.next())).await {
+                Ok(next) => next,
+                Err(_) => {
+                    conn.close(Close::FragmentTimeout);
+                    return ReadEnd::Refused;
+                }
+            },
+        };
+        let frame = match next {
             Ok(frame) => frame,
             Err(e) => return fail(conn, e),
         };
+        let part_of_fragmented = match frame.opcode {
+            Opcode::Continuation => true,
+            Opcode::Text | Opcode::Binary => !frame.fin,
+            _ => false,
+        };
+        if part_of_fragmented {
+            let (timeout, most) = (config.ws_fragment_timeout, config.ws_max_fragments);
+            if let Err(close) = unfinished.count(timeout, most) {
+                conn.close(close);
+                return ReadEnd::Refused;
+            }
+            if frame.fin {
+                unfinished = Unfinished::default();
+            }
+        }
         conn.seen();
         match (frame.opcode, fragmented) {
             // The pong and the close echo the protocol obliges go through the same
@@ -206,6 +236,27 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
         if !conn.is_open() {
             return ReadEnd::Closing;
         }
+    }
+}
+
+/// The fragmented message in progress: when it must be finished by, and how many
+/// frames it has taken so far.
+#[derive(Default)]
+struct Unfinished {
+    deadline: Option<monoio::time::Instant>,
+    frames: usize,
+}
+
+impl Unfinished {
+    /// Counts one data frame of a fragmented message; its first starts the clock.
+    fn count(&mut self, timeout: Duration, max_frames: usize) -> Result<(), Close> {
+        self.deadline
+            .get_or_insert_with(|| monoio::time::Instant::now() + timeout);
+        self.frames += 1;
+        if self.frames > max_frames {
+            return Err(Close::TooManyFragments);
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,8 @@
 //! (fastwebsockets' handshake on the shard's hyper connection), then the connection's
 //! life in `connection`, reading the client's frames with `frame` from the socket
 //! halves of `io`. Refusals follow the protocol (docs/protocol.md): an `error` event,
-//! then close 1008 (1011 when the store could not be asked).
+//! then close 1008 (1011 when the store could not be asked). A user holds at most
+//! `--ws-max-per-user` sockets on a node; one more is refused with 1008 like the others.
 //!
 //! Below `http`: the router hands it the request and the token; it never imports the
 //! HTTP layer back.
@@ -12,8 +13,10 @@ mod connection;
 mod io;
 mod reader;
 
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use crate::context::ShardContext;
 use crate::error::ApiError;
 use crate::hub::{Admitted, Resume};
 use crate::ids::{ConversationId, Seq};
+use crate::limits::Slot;
 use crate::metrics::Upgrade;
 use crate::protocol::Close;
 
@@ -69,16 +73,32 @@ pub async fn upgrade(
             .parse()
             .map_or(Resume::Invalid, |n| Resume::Since(Seq(n))),
     };
-    let admission = admit(shard, token, conversation, resume).await;
+    let mut admission = admit(shard, token, conversation, resume).await;
+    // The user's place among their WebSockets on this node, held for the socket's life.
+    let socket_slot = match &admission {
+        Ok(admitted) => {
+            let slot = shard.app.limits.websockets.hold(admitted.user);
+            if slot.is_none() {
+                admission = Err(Close::TooManySockets);
+            }
+            slot
+        }
+        Err(_) => None,
+    };
     shard.metrics.upgrade(match &admission {
         Ok(_) => Upgrade::Accepted,
         Err(Close::InvalidToken) => Upgrade::Unauthorized,
         Err(Close::Unavailable) => Upgrade::Unavailable,
+        Err(Close::TooManySockets) => Upgrade::Limited,
         Err(_) => Upgrade::Forbidden,
     });
+    // The connection's place among its address's connections outlives the HTTP
+    // connection it came on: the WebSocket is the same TCP connection.
+    let connection_slot = req.extensions_mut().remove::<Arc<Slot<IpAddr>>>();
     let shard = Rc::clone(shard);
     monoio::spawn(async move {
         let _open = shard.connections.open();
+        let _held = (socket_slot, connection_slot);
         // Only the socket is kept: what the upgrade returned around it would stay in
         // the task for the connection's whole life.
         let halves = match upgraded

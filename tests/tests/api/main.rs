@@ -1,6 +1,7 @@
 //! The HTTP API, against the real binary: registration, login and the user lookup;
 //! conversations and their participants; message history; generic HTTP behaviour
-//! (unknown routes, methods, body limits, content types); login throttling; browser
+//! (unknown routes, methods, body limits, content types); hostile input and the
+//! limits on what one client may take; login throttling; browser
 //! origins; health, the OpenAPI document (fuzzed as well) and the documentation pages;
 //! `/metrics` and the logs an operator reads.
 //!
@@ -13,6 +14,7 @@ mod conversations;
 mod docs;
 mod errors;
 mod history;
+mod limits;
 mod login_throttle;
 mod logs;
 mod metrics;

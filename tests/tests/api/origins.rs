@@ -1,8 +1,10 @@
-//! Browser origins (`--allowed-origins`): WebSocket upgrades from an origin that is not
-//! listed are refused with 403 (browsers never preflight them), REST preflights are
-//! answered for listed origins only, and only listed origins get
-//! `Access-Control-Allow-Origin`. Clients without `Origin` and the server's own origin
-//! are always allowed.
+//! Browser origins (`--allowed-origins`): REST preflights are answered for listed
+//! origins only, and only listed origins get `Access-Control-Allow-Origin`. WebSocket
+//! upgrades (which browsers never preflight) depend on the mode: without
+//! `--production` any origin may open one (auth is a token in the URL, not a cookie),
+//! `Origin: null` from a page opened from a file included; with `--production` an
+//! origin that is not listed is refused with 403. Clients without `Origin` and the
+//! server's own origin are always allowed.
 
 use tests::prelude::*;
 use tests::realtime::group;
@@ -30,22 +32,22 @@ async fn upgrade_status(
     }
 }
 
-async fn default_is_same_origin_only(srv: &TestServer) -> anyhow::Result<()> {
+/// Without `--production`: a WebSocket from any origin opens (the quick-start's
+/// console snippet on another site, a page opened from a file), while REST stays
+/// same-origin for browsers.
+async fn any_origin_opens_a_websocket_by_default(srv: &TestServer) -> anyhow::Result<()> {
     let api = srv.api();
     let ([alice], conv) = group(&api, &["origin"]).await?;
-    let own = srv.base_url().to_string();
-    ensure!(
-        upgrade_status(srv, &conv, &alice.token, None).await? == 101,
-        "no Origin"
-    );
-    ensure!(
-        upgrade_status(srv, &conv, &alice.token, Some(&own)).await? == 101,
-        "own origin"
-    );
-    ensure!(
-        upgrade_status(srv, &conv, &alice.token, Some(APP)).await? == 403,
-        "a foreign origin opened a WebSocket"
-    );
+    for origin in [None, Some(srv.base_url()), Some(APP), Some("null")] {
+        let status = upgrade_status(srv, &conv, &alice.token, origin).await?;
+        ensure!(status == 101, "origin {origin:?}: {status}");
+    }
+    rest_is_same_origin_only(&api).await
+}
+
+/// CORS is not granted to an unlisted origin: no `Access-Control-Allow-Origin`, and
+/// its preflight is refused.
+async fn rest_is_same_origin_only(api: &Api) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let read = http
         .get(api.url("/health"))
@@ -69,6 +71,29 @@ async fn default_is_same_origin_only(srv: &TestServer) -> anyhow::Result<()> {
         preflight.status()
     );
     Ok(())
+}
+
+/// With `--production`: WebSockets from the server's own origin and from clients
+/// without `Origin` only.
+async fn production_is_same_origin_only(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let ([alice], conv) = group(&api, &["origin"]).await?;
+    let own = srv.base_url().to_string();
+    ensure!(
+        upgrade_status(srv, &conv, &alice.token, None).await? == 101,
+        "no Origin"
+    );
+    ensure!(
+        upgrade_status(srv, &conv, &alice.token, Some(&own)).await? == 101,
+        "own origin"
+    );
+    for foreign in [APP, "null"] {
+        ensure!(
+            upgrade_status(srv, &conv, &alice.token, Some(foreign)).await? == 403,
+            "origin {foreign} opened a WebSocket"
+        );
+    }
+    rest_is_same_origin_only(&api).await
 }
 
 async fn listed_origins_get_cors_and_websockets(srv: &TestServer) -> anyhow::Result<()> {
@@ -124,10 +149,22 @@ async fn listed_origins_get_cors_and_websockets(srv: &TestServer) -> anyhow::Res
     Ok(())
 }
 
-tests::e2e_on!(default_is_same_origin_only, |o| o, [sqlite_uring => (Sqlite, Uring)]);
+tests::e2e_on!(
+    any_origin_opens_a_websocket_by_default,
+    |o| o,
+    [sqlite_uring => (Sqlite, Uring), postgres_epoll => (Postgres, Epoll)]
+);
+tests::e2e_on!(
+    production_is_same_origin_only,
+    |o| o.arg("--production"),
+    [sqlite_uring => (Sqlite, Uring)]
+);
 tests::e2e_on!(
     listed_origins_get_cors_and_websockets,
-    |o| o.arg("--allowed-origins").arg("http://app.example,https://other.example"),
+    |o| o
+        .arg("--production")
+        .arg("--allowed-origins")
+        .arg("http://app.example,https://other.example"),
     [sqlite_epoll => (Sqlite, Epoll)]
 );
 

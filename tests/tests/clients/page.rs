@@ -34,6 +34,12 @@ async fn two_users_chat_in_the_browser() {
     tests::run_with(config(), |srv| Box::pin(two_users(srv))).await
 }
 
+#[tokio::test]
+async fn a_long_conversation_list_loads_in_pages() {
+    let opts = config().env("MAX_NEW_CONVERSATIONS", "0");
+    tests::run_with(opts, |srv| Box::pin(list_in_pages(srv))).await
+}
+
 fn header<'r>(reply: &'r Reply, name: &str) -> &'r str {
     reply
         .headers
@@ -220,6 +226,56 @@ async fn connected(page: &mut Page, who: &str) -> anyhow::Result<()> {
         "$('connection').dataset.state === 'open'",
     )
     .await?;
+    Ok(())
+}
+
+/// A user in more conversations than one page of the list holds sees the first page,
+/// and the rest after "More conversations"; the button goes once all are shown.
+async fn list_in_pages(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let me = api.new_user("pages").await?;
+    const CONVERSATIONS: usize = 105;
+    for i in 0..CONVERSATIONS {
+        api.new_conversation(&me, &format!("paged {i:03}"), &[])
+            .await?;
+    }
+    let mut browser = Browser::open(&format!("{}/", srv.base_url())).await?;
+    let page = browser.page();
+    let (n, p) = (lit(&me.username), lit(PASSWORD));
+    run(
+        page,
+        &format!(
+            "fill('auth-username', {n}) && fill('auth-password', {p}) && click($('auth-login'))"
+        ),
+    )
+    .await?;
+    let items = "document.querySelectorAll('[data-testid=\"conversation-item\"]').length";
+    until(
+        page,
+        "the first page of the list",
+        &format!("{items} === 100"),
+    )
+    .await?;
+    until(
+        page,
+        "the button for more",
+        "!$('conversations-more').hidden",
+    )
+    .await?;
+    run(page, "click($('conversations-more'))").await?;
+    until(
+        page,
+        "every conversation listed",
+        &format!("{items} === {CONVERSATIONS} && $('conversations-more').hidden"),
+    )
+    .await?;
+    // Newest first, down to the oldest.
+    let last = run(
+        page,
+        "[...document.querySelectorAll('[data-testid=\"conversation-item\"]')].pop().textContent",
+    )
+    .await?;
+    ensure!(last == "paged 000", "last listed: {last}");
     Ok(())
 }
 

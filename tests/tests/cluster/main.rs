@@ -513,7 +513,11 @@ async fn the_guides_python_clients_talk_across_nodes() {
 /// down again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_room_across_nodes_counts_everyone_once() {
-    with_cluster(ClusterOptions::new(2), |c| {
+    let mut opts = ClusterOptions::new(2);
+    // Hundreds of members are registered from one address.
+    opts.env
+        .push(("REGISTER_MAX_PER_ADDRESS".into(), "0".into()));
+    with_cluster(opts, |c| {
         Box::pin(async move {
             let n = 230;
             let (users, conv) = tests::realtime::room(c.node(0), n).await?;

@@ -96,18 +96,34 @@ fn check(r: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every simulated user registers and connects from this one machine: the limits per
+/// client address, meant for one client each, are lifted (through their environment
+/// variables, as the harness documents for a `--host`).
+const ONE_ADDRESS: [(&str, &str); 2] = [
+    ("REGISTER_MAX_PER_ADDRESS", "0"),
+    ("MAX_CONNECTIONS_PER_ADDRESS", "0"),
+];
+
+fn from_one_address(mut opts: ServerOptions) -> ServerOptions {
+    for (key, value) in ONE_ADDRESS {
+        opts = opts.env(key, value);
+    }
+    opts
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_short_run_sqlite() {
-    tests::run_with(ServerOptions::new(Store::Sqlite, IoDriver::Uring), |srv| {
-        Box::pin(short_run(srv))
-    })
+    tests::run_with(
+        from_one_address(ServerOptions::new(Store::Sqlite, IoDriver::Uring)),
+        |srv| Box::pin(short_run(srv)),
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_short_run_postgres() {
     tests::run_with(
-        ServerOptions::new(Store::Postgres, IoDriver::Epoll),
+        from_one_address(ServerOptions::new(Store::Postgres, IoDriver::Epoll)),
         |srv| Box::pin(short_run(srv)),
     )
     .await;
@@ -117,7 +133,10 @@ async fn harness_short_run_postgres() {
 /// checks hold (order, exactly once, every acknowledged message in history).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_short_run_across_two_nodes() {
-    let cluster = TestCluster::start(ClusterOptions::new(2))
+    let mut opts = ClusterOptions::new(2);
+    opts.env
+        .extend(ONE_ADDRESS.map(|(k, v)| (k.to_owned(), v.to_owned())));
+    let cluster = TestCluster::start(opts)
         .await
         .unwrap_or_else(|e| panic!("could not start the cluster: {e:#}"));
     let result = async {

@@ -1,7 +1,8 @@
 //! The WebSocket side, against the real binary: event semantics and what the endpoint
 //! refuses, delivery and order across shards, flow control, conversation streams
-//! (`since`, `client_id`, deleted messages replayed without content), RFC 6455 on the wire, how long a connection lives, and
-//! what survives `kill -9` or a PostgreSQL outage.
+//! (`since`, `client_id`, deleted messages replayed without content), RFC 6455 on the
+//! wire, what one client may hold, how long a connection lives, and what survives
+//! `kill -9` or a PostgreSQL outage.
 //!
 //! One test binary, one module per subject, each with its own scenarios and helpers.
 //! Nothing is shared between the modules here: what more than one needs belongs in
@@ -12,6 +13,7 @@ mod big_rooms;
 mod deleted;
 mod durability;
 mod events;
+mod limits;
 mod persistence;
 mod refusals;
 mod shards;

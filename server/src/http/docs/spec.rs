@@ -203,6 +203,22 @@ fn websocket() -> Operation {
                 .build(),
         )
         .response(
+            "403",
+            ResponseBuilder::new()
+                .description(
+                    "With `--production` only: a browser `Origin` that is neither this \
+                     server's nor listed in `--allowed-origins`",
+                )
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .example(Some(serde_json::json!({"detail": "Origin not allowed"})))
+                        .build(),
+                )
+                .build(),
+        )
+        .response(
             "422",
             ResponseBuilder::new()
                 .description("A plain HTTP request without `token`")
@@ -245,7 +261,9 @@ is one JSON object in a text frame, with a `type`.
 **Joining.** A bad or expired token gets `{{"type":"error","detail":"Invalid token"}}` and
 close code 1008 (`Invalid token`). A user who is not a participant, or an unknown
 conversation, gets `{{"type":"error","detail":"Not a member of this conversation"}}` and
-close 1008 with that reason. On success everyone in the conversation, the joiner
+close 1008 with that reason. A user who already holds the most WebSockets a node allows
+one user (`--ws-max-per-user`, 32) gets `{{"type":"error","detail":"Too many connections"}}`
+and close 1008 `Too many connections`. On success everyone in the conversation, the joiner
 included, receives a `system` event `User <name> joined the conversation` with `seq`, the
 conversation's position at the join.
 
@@ -253,7 +271,7 @@ conversation's position at the join.
 
 | type | fields | effect |
 |---|---|---|
-| `message` | `content` (1-{CONTENT_MAX_CHARS} characters, not blank), optional `client_id` (1-{CLIENT_ID_MAX_CHARS} characters) | persisted, then broadcast to every connection of the conversation, the sender's included; a repeated `client_id` is answered with the original and stores nothing |
+| `message` | `content` (1-{CONTENT_MAX_CHARS} characters, not blank, no control characters but tab, line feed and carriage return), optional `client_id` (1-{CLIENT_ID_MAX_CHARS} characters) | persisted, then broadcast to every connection of the conversation, the sender's included; a repeated `client_id` is answered with the original and stores nothing |
 | `typing` | | `typing` to the other participants' connections; never persisted |
 | `edit` | `message_id`, `content` | sender of that message only; persisted; broadcast |
 | `delete` | `message_id` | sender of that message only; soft delete; broadcast |
@@ -310,7 +328,9 @@ If the store cannot be reached while joining, the socket is closed with 1011; re
 **Errors and limits.** Bad input (invalid JSON, unknown type, missing field, content too
 long, binary frame, editing someone else's message) gets an `error` event and the
 connection stays open. Flooding past the rate limit gets `error` with detail
-`Rate limit exceeded`.
+`Rate limit exceeded`. A fragmented message must be finished within 10 s
+(`--ws-fragment-timeout`) and in at most 64 frames (`--ws-max-fragments`), else close
+1008 `Message not finished in time` or `Message in too many fragments`.
 
 **Close codes**
 

@@ -12,6 +12,7 @@
 
 (() => {
   const PAGE_SIZE = 50;
+  const CONVERSATIONS_PAGE = 100;
   const EMOJI = ["👍", "❤️", "😂", "🎉"];
   const TYPING_SEND_EVERY_MS = 2500; // at most one typing event per this interval
   const TYPING_SHOW_MS = 4000; // how long "X is typing…" stays without a new one
@@ -36,6 +37,7 @@
     newParticipants: byTestId("new-participants"),
     newError: byTestId("new-error"),
     refresh: byTestId("conversations-refresh"),
+    moreConversations: byTestId("conversations-more"),
     conversations: byTestId("conversation-list"),
     roomEmpty: byTestId("room-empty"),
     roomBody: byTestId("room-body"),
@@ -55,6 +57,7 @@
     userId: null,
     username: null,
     conversations: [],
+    conversationsCursor: null, // where the next page of the list starts, if there is one
     current: null, // the open conversation: {id, name}
     generation: 0, // bumped on every switch, so late answers for the old one are dropped
     ws: null,
@@ -113,7 +116,12 @@
     return `Request failed (${status})`;
   }
 
-  async function api(path, { method = "GET", body } = {}) {
+  async function api(path, options) {
+    return (await apiResponse(path, options)).data;
+  }
+
+  // The body and the response's headers (a paged list names its next page in one).
+  async function apiResponse(path, { method = "GET", body } = {}) {
     const headers = {};
     if (state.token) headers.Authorization = `Bearer ${state.token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -134,7 +142,7 @@
       if (response.status === 401 && state.token) logout("Your session has ended; please log in again.");
       throw new ApiError(response.status, detailOf(data, response.status));
     }
-    return data;
+    return { data, headers: response.headers };
   }
 
   // ---- Logging in and out ----------------------------------------------------
@@ -176,7 +184,11 @@
     await loadConversations();
     // After a reload, reopen the conversation that was open.
     const last = sessionStorage.getItem(CONVERSATION_KEY);
-    const found = state.conversations.find((c) => c.id === last);
+    let found = state.conversations.find((c) => c.id === last);
+    if (!found && last) {
+      // Further down the list than its first page: ask for it by id.
+      found = await api(`/api/chat/conversations/${encodeURIComponent(last)}`).catch(() => null);
+    }
     if (found) await openConversation(found);
     else ui.newName.focus();
   }
@@ -186,7 +198,7 @@
     clearInterval(state.pollTimer);
     sessionStorage.removeItem(SESSION_KEY);
     sessionStorage.removeItem(CONVERSATION_KEY);
-    Object.assign(state, { token: null, userId: null, username: null, conversations: [] });
+    Object.assign(state, { token: null, userId: null, username: null, conversations: [], conversationsCursor: null });
     state.names.clear();
     ui.conversations.replaceChildren();
     ui.chat.hidden = true;
@@ -199,8 +211,24 @@
 
   // ---- Conversations ---------------------------------------------------------
 
+  // The list comes a page at a time, most recently active first. Reloading fetches the
+  // first page again and keeps the further pages already shown below it.
   async function loadConversations() {
-    state.conversations = await api("/api/chat/conversations");
+    const { data, headers } = await apiResponse(`/api/chat/conversations?limit=${CONVERSATIONS_PAGE}`);
+    const fresh = new Set(data.map((c) => c.id));
+    const further = state.conversationsCursor ? state.conversations.filter((c) => !fresh.has(c.id)) : [];
+    state.conversations = data.concat(further);
+    if (!further.length) state.conversationsCursor = headers.get("X-Next-Cursor");
+    renderConversations();
+  }
+
+  async function loadMoreConversations() {
+    if (!state.conversationsCursor) return;
+    const cursor = encodeURIComponent(state.conversationsCursor);
+    const { data, headers } = await apiResponse(`/api/chat/conversations?limit=${CONVERSATIONS_PAGE}&cursor=${cursor}`);
+    const shown = new Set(state.conversations.map((c) => c.id));
+    state.conversations = state.conversations.concat(data.filter((c) => !shown.has(c.id)));
+    state.conversationsCursor = headers.get("X-Next-Cursor");
     renderConversations();
   }
 
@@ -218,6 +246,7 @@
       return li;
     });
     ui.conversations.replaceChildren(...items);
+    ui.moreConversations.hidden = !state.conversationsCursor;
   }
 
   // Participants are named by username; the API wants ids, so each name is looked up.
@@ -764,6 +793,9 @@
     createConversation();
   });
   ui.refresh.addEventListener("click", () => loadConversations().catch((e) => (ui.newError.textContent = e.message)));
+  ui.moreConversations.addEventListener("click", () =>
+    loadMoreConversations().catch((e) => (ui.newError.textContent = e.message)),
+  );
   ui.older.addEventListener("click", () => loadOlder().catch((e) => (ui.roomError.textContent = e.message)));
   ui.composer.addEventListener("submit", (e) => {
     e.preventDefault();

@@ -8,13 +8,22 @@ mod fixtures;
 
 mod streams;
 
-use super::model::{ChangeOutcome, Page, ReactionOutcome, Store, StoreError, Stored};
+use super::model::{
+    ChangeOutcome, ConversationRecord, ListCursor, ListPage, Page, ReactionOutcome, Store,
+    StoreError, Stored,
+};
 use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
 
 pub(crate) use fixtures::{
     content, conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb,
 };
 use fixtures::{ids, new_ids, page};
+
+/// A page as long as any list these tests make.
+const EVERY: ListPage = ListPage {
+    limit: 100,
+    after: None,
+};
 pub(crate) use streams::upgraded_from_first_schema;
 
 /// The ids of the conversation's whole history, oldest first, read page by page.
@@ -144,7 +153,7 @@ async fn conversations_and_membership(store: &dyn Store) {
 
     // Most recently active first: the group was created last...
     let order: Vec<_> = store
-        .conversations_of(alice.id)
+        .conversations_of(alice.id, EVERY)
         .await
         .expect("list")
         .iter()
@@ -156,7 +165,7 @@ async fn conversations_and_membership(store: &dyn Store) {
     let later = t0 + chrono::Duration::seconds(5);
     let batch = messages(direct.id, &[bob.id], later, 1);
     store.insert_messages(&batch).await.expect("insert");
-    let listed = store.conversations_of(alice.id).await.expect("list");
+    let listed = store.conversations_of(alice.id, EVERY).await.expect("list");
     assert_eq!(
         listed.iter().map(|c| c.id).collect::<Vec<_>>(),
         vec![direct.id, group.id]
@@ -165,6 +174,33 @@ async fn conversations_and_membership(store: &dyn Store) {
         listed[0].updated_at, later,
         "updated_at follows the newest message"
     );
+    // Paged: each page starts after the last conversation the one before showed.
+    let one = |after| ListPage { limit: 1, after };
+    let first = store
+        .conversations_of(alice.id, one(None))
+        .await
+        .expect("page");
+    assert_eq!(
+        first.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![direct.id]
+    );
+    let cursor = |c: &ConversationRecord| ListCursor {
+        updated_at: c.updated_at,
+        id: c.id,
+    };
+    let second = store
+        .conversations_of(alice.id, one(Some(cursor(&first[0]))))
+        .await
+        .expect("page");
+    assert_eq!(
+        second.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![group.id]
+    );
+    let past_the_end = store
+        .conversations_of(alice.id, one(Some(cursor(&second[0]))))
+        .await
+        .expect("page");
+    assert!(past_the_end.is_empty());
     // An older message does not move updated_at back.
     let older = messages(direct.id, &[bob.id], t0 + chrono::Duration::seconds(2), 1);
     store.insert_messages(&older).await.expect("insert");
@@ -194,7 +230,11 @@ async fn conversations_and_membership(store: &dyn Store) {
         .expect("adding twice is a no-op");
     assert_eq!(store.participants(direct.id).await.expect("list").len(), 3);
     assert_eq!(
-        store.conversations_of(carol.id).await.expect("list").len(),
+        store
+            .conversations_of(carol.id, EVERY)
+            .await
+            .expect("list")
+            .len(),
         2
     );
 
@@ -211,7 +251,7 @@ async fn conversations_and_membership(store: &dyn Store) {
         .await
         .expect("is_member"));
     let carols: Vec<_> = store
-        .conversations_of(carol.id)
+        .conversations_of(carol.id, EVERY)
         .await
         .expect("list")
         .iter()

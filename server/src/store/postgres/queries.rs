@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::{batch, PostgresStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
-    distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Page, ReactionOutcome,
-    Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    distinct, ChangeOutcome, ConversationRecord, ListPage, MessageRecord, NewMessage, Page,
+    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };
 use crate::text::Content;
 
@@ -340,7 +340,14 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationRecord>, StoreError> {
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        page: ListPage,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let at = page.after.map(|c| c.updated_at);
+        let id = page.after.map(|c| c.id.0);
+        let limit = i64::from(page.limit);
         self.run(async |client| {
             let stmt = client
                 .prepare_cached(
@@ -348,11 +355,12 @@ impl Store for PostgresStore {
                             c.created_at, c.updated_at \
                      FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
                      WHERE p.user_id = $1 \
-                     ORDER BY c.updated_at DESC, c.id DESC",
+                       AND ($2::timestamptz IS NULL OR (c.updated_at, c.id) < ($2, $3::uuid)) \
+                     ORDER BY c.updated_at DESC, c.id DESC LIMIT $4",
                 )
                 .await?;
             client
-                .query(&stmt, &[&user.0])
+                .query(&stmt, &[&user.0, &at, &id, &limit])
                 .await?
                 .iter()
                 .map(conversation_row)

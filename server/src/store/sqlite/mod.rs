@@ -34,6 +34,18 @@ mod embedded {
 /// another process poking at the file) before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a call waits for a connection (the writer, or an idle reader) before it
+/// fails as unavailable (503 to REST, `/ready` included), as PostgreSQL's calls do
+/// past their deadline: a store that is saturated or stuck must answer, not hang.
+const WAIT_DEADLINE: Duration = Duration::from_secs(4);
+
+fn waited_too_long(what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "sqlite: no {what} free within {}s",
+        WAIT_DEADLINE.as_secs()
+    ))
+}
+
 /// Room for every statement one connection prepares, so none is ever re-parsed.
 const STATEMENT_CACHE: usize = 64;
 
@@ -95,7 +107,9 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let mut conn = Arc::clone(&self.writer).lock_owned().await;
+        let mut conn = tokio::time::timeout(WAIT_DEADLINE, Arc::clone(&self.writer).lock_owned())
+            .await
+            .map_err(|_| waited_too_long("the writer connection"))?;
         tokio::task::spawn_blocking(move || f(&mut conn).map_err(sql_error))
             .await
             .map_err(join_error)?
@@ -107,10 +121,13 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let permit = Arc::clone(&self.readers.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("sqlite reader pool closed".into()))?;
+        let permit = tokio::time::timeout(
+            WAIT_DEADLINE,
+            Arc::clone(&self.readers.permits).acquire_owned(),
+        )
+        .await
+        .map_err(|_| waited_too_long("a reader connection"))?
+        .map_err(|_| StoreError::Unavailable("sqlite reader pool closed".into()))?;
         let pool = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let conn = match pool.take_idle() {

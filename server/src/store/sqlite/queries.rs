@@ -13,8 +13,8 @@ use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
-    distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Page, ReactionOutcome,
-    Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    distinct, ChangeOutcome, ConversationRecord, ListPage, MessageRecord, NewMessage, Page,
+    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
 };
 use crate::text::Content;
 
@@ -293,16 +293,27 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationRecord>, StoreError> {
+    async fn conversations_of(
+        &self,
+        user: UserId,
+        page: ListPage,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        // Without a cursor the page starts above every real row.
+        let (at, id) = page.after.map_or((i64::MAX, uuid::Uuid::max()), |c| {
+            (c.updated_at.timestamp_micros(), c.id.0)
+        });
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT c.id, c.name, c.description, c.is_group, c.created_by, \
                         c.created_at, c.updated_at \
                  FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
-                 WHERE p.user_id = ?1 \
-                 ORDER BY c.updated_at DESC, c.id DESC",
+                 WHERE p.user_id = ?1 AND (c.updated_at, c.id) < (?2, ?3) \
+                 ORDER BY c.updated_at DESC, c.id DESC LIMIT ?4",
             )?
-            .query_map([Key(user.0)], conversation_row)?
+            .query_map(
+                params![Key(user.0), at, Key(id), page.limit],
+                conversation_row,
+            )?
             .collect()
         })
         .await

@@ -102,3 +102,24 @@ async fn sqlite_upgrade_gives_existing_messages_their_positions() {
     let store = SqliteStore::open(&path, 1).await.expect("upgrade");
     conformance::upgraded_from_first_schema(&store, user, (c1, &old), c2).await;
 }
+
+/// A pool with no connection free answers unavailable within the wait deadline
+/// instead of waiting for ever, and serves again once one is free.
+#[tokio::test]
+async fn waiting_for_a_connection_has_a_deadline() {
+    use crate::store::StoreError;
+
+    let (_dir, store) = fresh_store().await;
+    let readers = std::sync::Arc::clone(&store.readers.permits);
+    let held = readers.acquire_many(2).await.expect("every reader");
+    let writer = store.writer.lock().await;
+    let read = store.ping().await;
+    assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+    let write = store.create_user(&conformance::user("waiting")).await;
+    assert!(
+        matches!(write, Err(StoreError::Unavailable(_))),
+        "{write:?}"
+    );
+    drop((held, writer));
+    store.ping().await.expect("a free reader answers");
+}
