@@ -10,7 +10,8 @@ pub mod dto;
 mod origins;
 mod page;
 mod reply;
-mod request;
+/// Public for the fuzz targets (`fuzz/`): what the server parses of a request itself.
+pub mod request;
 pub mod routes;
 pub mod scrape;
 

@@ -135,7 +135,13 @@ pub fn client_address(req: &Request<Incoming>, trusted: &[ipnet::IpNet]) -> IpAd
     forwarded_client(peer, req.headers(), trusted)
 }
 
-fn forwarded_client(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+/// `client_address` from its parts: the TCP peer, the request's headers and the
+/// trusted proxies.
+pub fn forwarded_client(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -162,7 +168,7 @@ fn forwarded_client(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::I
 }
 
 /// The value of query parameter `name`, percent-decoded.
-pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+pub fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
     let query = req.uri().query()?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -10,7 +10,8 @@
 
 mod connection;
 mod io;
-mod reader;
+/// Public for the fuzz targets (`fuzz/`), which feed it hostile bytes.
+pub mod reader;
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
