@@ -11,7 +11,8 @@ mod origins;
 mod page;
 mod presence;
 mod reply;
-mod request;
+/// Public for the fuzz targets (`fuzz/`): what the server parses of a request itself.
+pub mod request;
 pub mod routes;
 pub mod scrape;
 

@@ -148,7 +148,13 @@ pub fn client_address(req: &Request<Incoming>, trusted: &[ipnet::IpNet]) -> IpAd
     forwarded_client(peer, req.headers(), trusted)
 }
 
-fn forwarded_client(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+/// `client_address` from its parts: the TCP peer, the request's headers and the
+/// trusted proxies.
+pub fn forwarded_client(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -175,7 +181,7 @@ fn forwarded_client(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::I
 }
 
 /// The value of query parameter `name`, percent-decoded.
-pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+pub fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
     let query = req.uri().query()?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -204,23 +210,28 @@ pub fn limit(req: &Request<Incoming>, default: u32, max: u32) -> Result<u32, Api
     }
 }
 
+/// `%XX` with two hex digits is that byte, `+` a space, anything else itself; the
+/// bytes are then read as UTF-8, lossily.
 pub fn percent_decode(s: &str) -> String {
+    // Exactly one hex digit, so `%+5` is not read as a signed number.
+    fn hex(digit: u8) -> Option<u8> {
+        char::from(digit)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -364,5 +375,9 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("%C3%A9"), "é");
+        // Two hex digits, nothing else: a sign is no digit.
+        assert_eq!(percent_decode("%+a%-1%+"), "% a%-1% ");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%4a%4A"), "JJ");
     }
 }

@@ -11,7 +11,8 @@
 
 mod connection;
 mod io;
-mod reader;
+/// Public for the fuzz targets (`fuzz/`), which feed it hostile bytes.
+pub mod reader;
 
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;

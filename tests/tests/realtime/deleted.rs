@@ -120,6 +120,9 @@ async fn post_and_delete(
     let id = field(&sent, "message_id").to_string();
     a.send_json(&json!({"type": "edit", "message_id": id, "content": SECRET_EDIT}))
         .await?;
+    // The edit and the reaction come from two sockets: the reaction waits for the
+    // edit, so their positions are in the order the test checks.
+    b.wait_for("the edit", |v| kind(v) == "edit").await?;
     b.send_json(&json!({"type": "reaction", "message_id": id, "emoji": "👀"}))
         .await?;
     b.wait_for("the reaction", |v| kind(v) == "reaction")
