@@ -40,10 +40,15 @@ pub async fn drive(run: Arc<Run>) -> Driven {
     let started = Instant::now();
     let users = run.plan.users();
     say(&format!(
-        "setting up {} users in {} conversations ({} sockets)",
+        "setting up {} users in {} conversations ({} sockets); usernames {}-0 .. {}-{} \
+         (--user-prefix {} logs them in again)",
         thousands(users as u64),
         thousands(run.plan.conversations() as u64),
-        thousands((users * run.plan.layers()) as u64)
+        thousands((users * run.plan.layers()) as u64),
+        run.user_prefix,
+        run.user_prefix,
+        users - 1,
+        run.user_prefix
     ));
     let room = run.config.scenario.room();
     let mut storms = Vec::new();
