@@ -190,6 +190,12 @@ async fn join(run: Arc<Run>, user: &mut GooseUser) -> TransactionResult {
     run.counters.users_ready.fetch_add(1, Ordering::Relaxed);
     // Wait for everyone, so the measured time starts with every user connected.
     run.until_chat().await;
+    // Goose starts a user's first activity right after this transaction: spread the
+    // first ones over a think time, as the later ones are, or every user would read
+    // history at the same instant (19,000 REST connections at once after a room's
+    // join storm, on top of its 19,000 sockets).
+    let first = rand::rng().random_range(0.0..run.config.think_time);
+    let _ = run.pause(Duration::from_secs_f64(first)).await;
     result
 }
 
