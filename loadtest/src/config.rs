@@ -404,22 +404,6 @@ impl Config {
             .unwrap_or_else(|| self.goose.users.unwrap_or(DEFAULT_USERS))
     }
 
-    /// Members of each conversation: the whole room, or `--group-size`.
-    pub fn group_members(&self) -> usize {
-        self.scenario
-            .room_size
-            .unwrap_or(usize::from(self.group_size))
-    }
-
-    /// Conversations (and sockets) per user: one room, or `--conversations-per-user`.
-    pub fn layers(&self) -> usize {
-        if self.scenario.room() {
-            1
-        } else {
-            usize::from(self.conversations_per_user)
-        }
-    }
-
     /// The measured time (`--run-time`, default 30 s) once every user joined.
     pub fn run_time(&self) -> anyhow::Result<Duration> {
         match &self.goose.run_time {
@@ -501,12 +485,7 @@ impl Config {
         if self.goose.iterations.is_some() {
             bail!("--iterations is not supported: the harness decides when the run ends (--run-time, --capacity)");
         }
-        self.scenario.validate()?;
-        if self.scenario.hostile > 0
-            && self.events_per_user(self.message_rate) > self.server_rate_limit * 0.9
-        {
-            bail!("--hostile gives the server its real rate limit (--server-rate-limit): keep --message-rate under it");
-        }
+        self.validate_scenario()?;
         self.run_time()?;
         Ok(())
     }

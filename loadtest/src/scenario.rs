@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 
+use crate::Config;
+
 /// Hostile clients are never more than this many per kind: they are there to prove a
 /// point, not to load the machine.
 pub const MAX_HOSTILE: usize = 64;
@@ -82,5 +84,57 @@ impl Scenario {
             bail!("--hostile is at most {MAX_HOSTILE} clients of each kind");
         }
         Ok(())
+    }
+}
+
+/// The shape of the run's conversations, as the scenario decides it.
+impl Config {
+    /// Members of each conversation: the whole room, or `--group-size`.
+    pub fn group_members(&self) -> usize {
+        self.scenario
+            .room_size
+            .unwrap_or(usize::from(self.group_size))
+    }
+
+    /// Conversations (and sockets) per user: one room, or `--conversations-per-user`.
+    pub fn layers(&self) -> usize {
+        if self.scenario.room() {
+            1
+        } else {
+            usize::from(self.conversations_per_user)
+        }
+    }
+
+    /// The scenario's checks, and those that involve the rest of the configuration.
+    pub(crate) fn validate_scenario(&self) -> anyhow::Result<()> {
+        self.scenario.validate()?;
+        if self.scenario.hostile > 0
+            && self.events_per_user(self.message_rate) > self.server_rate_limit * 0.9
+        {
+            bail!("--hostile gives the server its real rate limit (--server-rate-limit): keep --message-rate under it");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_is_one_conversation_of_everyone() {
+        let c =
+            Config::try_from_iter(["loadtest", "--room-size", "300", "-u", "5"]).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!((c.users(), c.group_members(), c.layers()), (300, 300, 1));
+        assert_eq!(c.connections(), 300);
+        let storm = Config::try_from_iter(["loadtest", "--reconnect-storm"]).expect("parses");
+        assert!(storm.validate().is_err(), "a reconnect storm needs a room");
+        let hostile = Config::try_from_iter(["loadtest", "--hostile", "2", "--message-rate", "30"])
+            .expect("parses");
+        assert!(
+            hostile.validate().is_err(),
+            "normal users must stay under the real limit"
+        );
     }
 }
