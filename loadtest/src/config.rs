@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser};
 use goose::config::GooseConfiguration;
 
+use crate::scenario::Scenario;
+
 /// Users simulated when `--users` is not given.
 pub const DEFAULT_USERS: usize = 1000;
 /// Measured time when `--run-time` is not given.
@@ -328,6 +330,10 @@ pub struct Config {
     )]
     pub scrape_metrics: Option<f64>,
 
+    /// The big room and the hostile clients.
+    #[command(flatten)]
+    pub scenario: Scenario,
+
     /// Goose's options.
     #[command(flatten)]
     pub goose: GooseConfiguration,
@@ -391,9 +397,11 @@ impl Config {
             .collect()
     }
 
-    /// Simulated users (`--users`, default 1000).
+    /// Simulated users (`--room-size`, else `--users`, default 1000).
     pub fn users(&self) -> usize {
-        self.goose.users.unwrap_or(DEFAULT_USERS)
+        self.scenario
+            .room_size
+            .unwrap_or_else(|| self.goose.users.unwrap_or(DEFAULT_USERS))
     }
 
     /// The measured time (`--run-time`, default 30 s) once every user joined.
@@ -477,6 +485,7 @@ impl Config {
         if self.goose.iterations.is_some() {
             bail!("--iterations is not supported: the harness decides when the run ends (--run-time, --capacity)");
         }
+        self.validate_scenario()?;
         self.run_time()?;
         Ok(())
     }
@@ -504,7 +513,7 @@ impl Config {
 
     /// WebSockets the run opens at once.
     pub fn connections(&self) -> usize {
-        self.users() * usize::from(self.conversations_per_user)
+        self.users() * self.layers()
     }
 
     /// Descriptors a run holds on each side: its WebSockets, each user's kept-alive

@@ -1,4 +1,6 @@
-//! The run over time, next to Goose: wait until every user has joined, warm up,
+//! The run over time, next to Goose: wait until every user has joined (in a big room:
+//! is in the room, then run the join storm and maybe the reconnect storm), warm up
+//! (hostile clients start beside the users then, when asked for),
 //! measure (one steady window, or the capacity steps), stop the chat and end Goose's
 //! run; afterwards drain the last acknowledgements and deliveries and close every
 //! socket.
@@ -11,7 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::capacity::{self, CapacityResult};
 use crate::console::{say, thousands};
+use crate::hostile::{self, HostileReport};
 use crate::state::{lock, Run, Stage};
+use crate::storm::{self, Storm};
 use crate::ws::Command;
 
 /// How the timed part of the run went.
@@ -20,6 +24,10 @@ pub struct Driven {
     pub all_joined: bool,
     pub aborted: Option<String>,
     pub capacity: Option<CapacityResult>,
+    /// `--room-size`: the join storm, and the reconnect storm when asked for.
+    pub storms: Vec<Storm>,
+    /// `--hostile`: what the hostile clients got.
+    pub hostile: Option<HostileReport>,
 }
 
 fn finish(run: &Run, reason: &str) {
@@ -31,55 +39,42 @@ fn finish(run: &Run, reason: &str) {
 pub async fn drive(run: Arc<Run>) -> Driven {
     let started = Instant::now();
     let users = run.plan.users();
-    let deadline = started + run.config.setup_timeout();
-    let mut next_note = Instant::now() + Duration::from_secs(5);
     say(&format!(
-        "setting up {} users in {} conversations ({} sockets)",
+        "setting up {} users in {} conversations ({} sockets); usernames {}-0 .. {}-{} \
+         (--user-prefix {} logs them in again)",
         thousands(users as u64),
         thousands(run.plan.conversations() as u64),
-        thousands((users * run.plan.layers()) as u64)
+        thousands((users * run.plan.layers()) as u64),
+        run.user_prefix,
+        run.user_prefix,
+        users - 1,
+        run.user_prefix
     ));
-    loop {
-        let ready = run.counters.users_ready.load(Ordering::Relaxed);
-        if ready >= users {
-            break;
+    let room = run.config.scenario.room();
+    let mut storms = Vec::new();
+    let mut aborted = set_up(&run, started).await;
+    if aborted.is_none() && room {
+        let storm = storm::join_storm(&run).await;
+        aborted.clone_from(&storm.incomplete);
+        storms.push(storm);
+        if aborted.is_none() && run.config.scenario.reconnect_storm {
+            let storm = storm::reconnect_storm(&run).await;
+            aborted.clone_from(&storm.incomplete);
+            storms.push(storm);
         }
-        if run.stopping() {
-            finish(&run, "stopped during setup");
-            return Driven {
-                setup_seconds: started.elapsed().as_secs_f64(),
-                all_joined: false,
-                aborted: Some("stopped during setup".into()),
-                capacity: None,
-            };
-        }
-        if Instant::now() >= deadline {
-            let why = format!(
-                "setup timed out: {ready} of {users} users joined within {:.0} s (--setup-timeout)",
-                run.config.setup_timeout
-            );
-            say(&why);
-            finish(&run, &why);
-            return Driven {
-                setup_seconds: started.elapsed().as_secs_f64(),
-                all_joined: false,
-                aborted: Some(why),
-                capacity: None,
-            };
-        }
-        if Instant::now() >= next_note {
-            say(&format!(
-                "setup: {} of {} users joined ({} failed), {:.0} s",
-                thousands(ready as u64),
-                thousands(users as u64),
-                run.counters.users_failed.load(Ordering::Relaxed),
-                started.elapsed().as_secs_f64()
-            ));
-            next_note += Duration::from_secs(5);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let setup_seconds = started.elapsed().as_secs_f64();
+    if let Some(why) = aborted {
+        finish(&run, &why);
+        return Driven {
+            setup_seconds,
+            all_joined: false,
+            aborted: Some(why),
+            capacity: None,
+            storms,
+            hostile: None,
+        };
+    }
     say(&format!(
         "all {} users joined in {setup_seconds:.1} s ({} failed); chatting",
         thousands(users as u64),
@@ -95,6 +90,9 @@ pub async fn drive(run: Arc<Run>) -> Driven {
     run.begin_window(0, base_rate);
     let mut aborted = None;
     let mut capacity = None;
+    // Hostile clients act beside the normal users from the warm-up to the end.
+    let hostile =
+        (config.scenario.hostile > 0).then(|| tokio::spawn(hostile::run(Arc::clone(&run))));
     if run.pause(config.warmup()).await {
         if config.capacity {
             capacity = Some(capacity::search(&run).await);
@@ -109,11 +107,60 @@ pub async fn drive(run: Arc<Run>) -> Driven {
         aborted = Some("stopped during warm-up".into());
     }
     finish(&run, "measurement finished");
+    let hostile = match hostile {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
     Driven {
         setup_seconds,
         all_joined: true,
         aborted,
         capacity,
+        storms,
+        hostile,
+    }
+}
+
+/// Waits until every user is set up: joined and connected, or in a big room set up
+/// over REST and waiting for the join storm. Says why when it gave up.
+async fn set_up(run: &Run, started: Instant) -> Option<String> {
+    let users = run.plan.users();
+    let deadline = started + run.config.setup_timeout();
+    let mut next_note = Instant::now() + Duration::from_secs(5);
+    let c = &run.counters;
+    let room = run.config.scenario.room();
+    loop {
+        let failed = c.users_failed.load(Ordering::Relaxed);
+        let ready = if room {
+            c.users_prepared.load(Ordering::Relaxed) + failed
+        } else {
+            c.users_ready.load(Ordering::Relaxed)
+        };
+        if ready >= users {
+            return None;
+        }
+        if run.stopping() {
+            return Some("stopped during setup".into());
+        }
+        if Instant::now() >= deadline {
+            let why = format!(
+                "setup timed out: {ready} of {users} users joined within {:.0} s (--setup-timeout)",
+                run.config.setup_timeout
+            );
+            say(&why);
+            return Some(why);
+        }
+        if Instant::now() >= next_note {
+            say(&format!(
+                "setup: {} of {} users {} ({failed} failed), {:.0} s",
+                thousands(ready as u64),
+                thousands(users as u64),
+                if room { "in the room" } else { "joined" },
+                started.elapsed().as_secs_f64()
+            ));
+            next_note += Duration::from_secs(5);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -185,15 +185,24 @@ impl LocalServer {
                 (dir.path().join("chat-server.log"), Some(dir))
             }
         };
+        // Hostile clients flood beyond the rate limit: give them the real one (the
+        // server's default burst is three seconds of it).
+        let (rate, burst) = match config.scenario.hostile {
+            0 => (GENEROUS_RATE.to_string(), GENEROUS_RATE.to_string()),
+            _ => (
+                format!("{}", config.server_rate_limit),
+                format!("{}", (config.server_rate_limit * 3.0).ceil()),
+            ),
+        };
         let mut args: Vec<OsString> = vec![
             "--data-dir".into(),
             data_dir.path().into(),
             "--secret-key".into(),
             shared.secret.clone().into(),
             "--ws-rate-per-second".into(),
-            GENEROUS_RATE.into(),
+            rate.into(),
             "--ws-rate-burst".into(),
-            GENEROUS_RATE.into(),
+            burst.into(),
         ];
         if let Some(shards) = config.server_shards {
             args.extend(["--shards".into(), shards.to_string().into()]);

@@ -6,6 +6,8 @@
 //!   create each of its group conversations or get invited into it by the member who
 //!   created it, load recent history, open one WebSocket per conversation (the connect
 //!   time is a Goose custom request, `WS connect`), then wait until every user is in;
+//!   in a big room (`--room-size`) the socket waits for the join storm's signal, so
+//!   every member connects at once;
 //! - then, every few seconds (`--think-time`), either "read history" of one of its
 //!   conversations or "reconnect" one of its sockets (close it, open it again, read the
 //!   history it missed), by `--history-weight` / `--reconnect-weight`.
@@ -188,6 +190,12 @@ async fn join(run: Arc<Run>, user: &mut GooseUser) -> TransactionResult {
     run.counters.users_ready.fetch_add(1, Ordering::Relaxed);
     // Wait for everyone, so the measured time starts with every user connected.
     run.until_chat().await;
+    // Goose starts a user's first activity right after this transaction: spread the
+    // first ones over a think time, as the later ones are, or every user would read
+    // history at the same instant (19,000 REST connections at once after a room's
+    // join storm, on top of its 19,000 sockets).
+    let first = rand::rng().random_range(0.0..run.config.think_time);
+    let _ = run.pause(Duration::from_secs_f64(first)).await;
     result
 }
 
@@ -292,6 +300,16 @@ async fn setup(run: &Arc<Run>, user: &mut GooseUser, index: usize) -> Transactio
         }
         history(run, user, &info.id, &account.token).await?;
 
+        let room = run.config.scenario.room();
+        if room {
+            // Every member connects at once, once everyone is in the room: the join
+            // storm (the driver gives the signal and times it).
+            run.counters.users_prepared.fetch_add(1, Ordering::Relaxed);
+            run.until_storm().await;
+            if run.stopping() {
+                return Err(custom("the run ended before the join storm"));
+            }
+        }
         let spec = SocketSpec {
             user: index,
             conv: seat.conversation,
@@ -307,6 +325,9 @@ async fn setup(run: &Arc<Run>, user: &mut GooseUser, index: usize) -> Transactio
             elapsed: Duration::ZERO,
             error: Some("socket task ended".into()),
         });
+        if room && outcome.ok {
+            lock(&run.counters.storm_joins_us).push(run.now_us());
+        }
         record_connect(user, &outcome).await;
         if !outcome.ok {
             // The socket task keeps retrying in the background.

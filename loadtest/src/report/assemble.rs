@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use goose::metrics::GooseMetrics;
 
 use super::{
-    rest_rows, verdict, Correctness, Events, Harness, Measured, Report, ServerInfo, Setup, Sockets,
-    Streams, Target, Verdict, Workload,
+    rest_rows, scenarios, verdict, Correctness, Events, Harness, Measured, Report, ServerInfo,
+    Setup, Sockets, Streams, Target, Verdict, Workload,
 };
 use crate::driver::Driven;
 use crate::scrape::Scrapes;
@@ -54,6 +54,9 @@ pub fn assemble(findings: Findings<'_>) -> Report {
         server,
         open_files,
     } = findings;
+    let measured = measured(run);
+    let correctness = correctness(run);
+    let room = scenarios::room(run, driven, &measured, correctness.tally.delivered_expected);
     let mut report = Report {
         mode: if run.config.capacity {
             "capacity"
@@ -63,8 +66,8 @@ pub fn assemble(findings: Findings<'_>) -> Report {
         target: target(run, local),
         workload: workload(run),
         setup: setup(run, driven),
-        measured: measured(run),
-        correctness: correctness(run),
+        measured,
+        correctness,
         streams: streams(run),
         sockets: sockets(run),
         events: events(run),
@@ -77,6 +80,8 @@ pub fn assemble(findings: Findings<'_>) -> Report {
         },
         rest: rest_rows(goose),
         scrapes,
+        room,
+        hostile: driven.hostile.clone(),
         aborted: driven.aborted.clone(),
         // Decided below, from the finished report.
         verdict: Verdict {
@@ -115,9 +120,9 @@ fn workload(run: &Run) -> Workload {
     Workload {
         users: run.plan.users(),
         conversations: run.plan.conversations(),
-        group_size: config.group_size,
+        group_size: u16::try_from(config.group_members()).unwrap_or(u16::MAX),
         largest_group: run.plan.largest_group(),
-        conversations_per_user: config.conversations_per_user,
+        conversations_per_user: u16::try_from(run.plan.layers()).unwrap_or(u16::MAX),
         sockets: run.plan.users() * run.plan.layers(),
         message_rate_per_user: config.message_rate,
         typing_ratio: config.typing_ratio,

@@ -6,10 +6,12 @@
 //! here, from the figures alone.
 //!
 //! Layout: this file holds the report's data and the verdict; `assemble` fills the
-//! data in from what the run found; `render` the text.
+//! data in from what the run found; `render` the text; `scenarios` the big room's and
+//! the hostile clients' sections.
 
 mod assemble;
 mod render;
+mod scenarios;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +22,7 @@ use serde::Serialize;
 
 use crate::capacity::CapacityResult;
 use crate::console::thousands;
+use crate::hostile::HostileReport;
 use crate::scrape::Scrapes;
 use crate::server::ProcessUsage;
 use crate::state::Tally;
@@ -29,6 +32,7 @@ pub use crate::tls::Transport;
 use crate::verify::Persistence;
 pub use assemble::{assemble, Findings};
 pub use render::render;
+pub use scenarios::Room;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
@@ -198,6 +202,10 @@ pub struct Report {
     pub rest: Vec<RestRow>,
     /// `--scrape-metrics`: the scrapes of `/metrics` made during the measured time.
     pub scrapes: Option<Scrapes>,
+    /// `--room-size`: the big room's storms and checks.
+    pub room: Option<Room>,
+    /// `--hostile`: what the hostile clients got (never a problem for the verdict).
+    pub hostile: Option<HostileReport>,
     pub aborted: Option<String>,
     pub verdict: Verdict,
 }
@@ -267,6 +275,9 @@ pub fn verdict(report: &Report) -> Verdict {
     }
     if let Some(crash) = report.server.as_ref().and_then(|s| s.crashed.as_ref()) {
         problems.push(format!("the server died during the run: {crash}"));
+    }
+    if let Some(room) = &report.room {
+        problems.extend(scenarios::room_problems(room));
     }
     if let Some(why) = &report.aborted {
         problems.push(format!("the run did not complete: {why}"));

@@ -293,6 +293,7 @@ pub fn render(r: &Report) -> String {
     if let Some(cap) = &r.capacity {
         render_capacity(&mut s, cap);
     }
+    super::scenarios::render(&mut s, r);
     let _ = writeln!(s, "{RULE}");
     if r.verdict.ok {
         let _ = writeln!(

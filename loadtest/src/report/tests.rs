@@ -110,6 +110,8 @@ fn healthy() -> Report {
         },
         rest: Vec::new(),
         scrapes: None,
+        room: None,
+        hostile: None,
         aborted: None,
         verdict: Verdict {
             ok: false,

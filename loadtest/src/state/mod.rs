@@ -27,6 +27,7 @@ use tokio::sync::OnceCell;
 
 pub use latency::{Latencies, Percentiles, PhaseHist};
 pub use run::{Node, Run, Tally};
+
 pub use tag::{client_number, parse_tag, Tag};
 
 /// Locks a mutex, ignoring poisoning (a panicking task must not hide the results).
@@ -40,8 +41,8 @@ pub struct Record {
     pub sent_us: u64,
     /// When the sender's own copy (the acknowledgement) came back; 0: not (yet).
     pub ack_us: u64,
-    /// Bit per member slot: received by that member.
-    pub delivered: u128,
+    /// Received by each member slot (a big room has thousands).
+    pub delivered: Receivers,
     pub phase: u16,
     /// The server answered with an `error` event for it.
     pub failed: bool,
@@ -51,6 +52,38 @@ pub struct Record {
     /// The sender's copies of it that came back: the acknowledgement and, for a resent
     /// message, maybe the server's repeat of the original.
     pub answers: u32,
+}
+
+/// One bit per member slot of a conversation: the members that received a message.
+/// Grown on demand, so a message nobody received yet costs nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Receivers(Vec<u64>);
+
+impl Receivers {
+    /// Whether `slot` received it.
+    pub fn has(&self, slot: usize) -> bool {
+        self.0
+            .get(slot / 64)
+            .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+    }
+
+    /// Marks `slot` as a receiver; `false` when it already was one.
+    pub fn mark(&mut self, slot: usize) -> bool {
+        let word = slot / 64;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        let bit = 1 << (slot % 64);
+        let new = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        new
+    }
+
+    /// Receivers other than `slot`.
+    pub fn count_except(&self, slot: usize) -> u64 {
+        let all: u64 = self.0.iter().map(|w| u64::from(w.count_ones())).sum();
+        all - u64::from(self.has(slot))
+    }
 }
 
 /// A socket's time in the conversation: from its own `joined` event to its close (or,
@@ -106,6 +139,8 @@ pub struct Control {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     Setup,
+    /// `--room-size`: everyone is set up over REST; the sockets connect now.
+    Storm,
     Chat,
     Stopping,
 }
@@ -114,6 +149,15 @@ pub enum Stage {
 #[derive(Default)]
 pub struct Counters {
     pub users_ready: AtomicUsize,
+    /// `--room-size`: users set up over REST, waiting for the join storm.
+    pub users_prepared: AtomicUsize,
+    /// Seats whose first connection received its own `joined` event.
+    pub first_joins: AtomicU64,
+    /// Text frames the sockets received, and their bytes.
+    pub frames_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// `--room-size`: how long each socket of the join storm took, in microseconds.
+    pub storm_joins_us: Mutex<Vec<u64>>,
     pub users_failed: AtomicUsize,
     pub sent: AtomicU64,
     pub acked: AtomicU64,
@@ -267,6 +311,18 @@ mod tests {
             cpu_start: Some(cpu_start),
             cpu_end: Some(cpu_end),
         }
+    }
+
+    #[test]
+    fn receivers_of_a_big_room() {
+        let mut r = Receivers::default();
+        assert!(!r.has(0) && !r.has(18_999));
+        assert!(r.mark(18_999));
+        assert!(!r.mark(18_999));
+        assert!(r.mark(3));
+        assert!(r.has(3) && r.has(18_999) && !r.has(64));
+        assert_eq!(r.count_except(3), 1);
+        assert_eq!(r.count_except(5), 2);
     }
 
     #[test]

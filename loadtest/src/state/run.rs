@@ -79,11 +79,7 @@ impl Run {
         clients: crate::tls::Clients,
     ) -> Arc<Self> {
         let users = config.users();
-        let plan = Plan::new(
-            users,
-            usize::from(config.group_size),
-            usize::from(config.conversations_per_user),
-        );
+        let plan = Plan::new(users, config.group_members(), config.layers());
         let convs = (0..plan.conversations())
             .map(|index| {
                 let members = plan.members(index);
@@ -200,11 +196,20 @@ impl Run {
         }
     }
 
+    /// Resolves once the join storm starts (or the run ends first).
+    pub async fn until_storm(&self) {
+        self.until(Stage::Storm).await;
+    }
+
     /// Resolves once chat starts (or the run ends first).
     pub async fn until_chat(&self) {
+        self.until(Stage::Chat).await;
+    }
+
+    async fn until(&self, wanted: Stage) {
         let mut stage = self.stage.subscribe();
         loop {
-            if self.stage() >= Stage::Chat || self.stopping() {
+            if self.stage() >= wanted || self.stopping() {
                 return;
             }
             tokio::select! {
@@ -292,15 +297,15 @@ impl Run {
             for (sender, records) in state.records.iter().enumerate() {
                 for rec in records.iter().filter(|r| keep(r.phase)) {
                     t.sent += 1;
-                    let others = rec.delivered & !(1u128 << sender);
+                    let others = rec.delivered.count_except(sender);
                     if rec.failed {
                         t.failed += 1;
-                        t.delivered_refused += u64::from(others.count_ones());
+                        t.delivered_refused += others;
                         continue;
                     }
                     if rec.ack_us == 0 {
                         t.unacked += 1;
-                        t.delivered_unacked += u64::from(others.count_ones());
+                        t.delivered_unacked += others;
                         continue;
                     }
                     t.acked += 1;
@@ -308,7 +313,7 @@ impl Run {
                         if receiver == sender {
                             continue;
                         }
-                        let got = rec.delivered & (1u128 << receiver) != 0;
+                        let got = rec.delivered.has(receiver);
                         let certain = intervals.iter().any(|i| {
                             i.from_us < rec.sent_us
                                 && (i.to_us == u64::MAX

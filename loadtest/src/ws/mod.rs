@@ -43,19 +43,17 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::state::{Counters, Run};
+use crate::state::{Counters, Node, Run};
 use seat::Seat;
 use session::Session;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest a typing indicator precedes its message.
 const TYPING_LEAD: Duration = Duration::from_millis(300);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Which socket: the user, the conversation and the user's seat in it.
 #[derive(Clone, Debug)]
@@ -114,7 +112,7 @@ async fn socket_main(
     commands: mpsc::Receiver<Command>,
     first: oneshot::Sender<ConnectOutcome>,
 ) {
-    let mut seat = Seat::new(run.convs[spec.conv].members.len());
+    let mut seat = Seat::new();
     connections(&run, &spec, commands, first, &mut seat).await;
     seat.abandon(&run);
 }
@@ -199,27 +197,57 @@ async fn connections(
 /// TCP connect (bound to a source address when the run spreads sockets), the TLS
 /// handshake for a wss:// node, and upgrade, resuming the stream after `since` when given.
 async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws, String> {
-    let node = run.node_of(spec.user);
+    let target = Target {
+        node: run.node_of(spec.user),
+        conv_id: &spec.conv_id,
+        token: &spec.token,
+        since,
+        recv_buffer: None,
+    };
+    open(run, &target).await
+}
+
+/// Where a socket goes, and how.
+pub struct Target<'a> {
+    pub node: &'a Node,
+    pub conv_id: &'a str,
+    pub token: &'a str,
+    /// Resume the stream after this position.
+    pub since: Option<u64>,
+    /// A receive buffer this small (a client that means not to read).
+    pub recv_buffer: Option<u32>,
+}
+
+/// Opens a WebSocket to `target` the way every socket of the run is opened (the hostile
+/// clients too): TCP, TLS for a wss:// node, upgrade, each within `--join-timeout`.
+pub async fn open(run: &Run, target: &Target<'_>) -> Result<Ws, String> {
+    let node = target.node;
     let socket = match node.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|e| format!("socket: {}", e.kind()))?;
+    if let Some(bytes) = target.recv_buffer {
+        socket
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| format!("receive buffer: {}", e.kind()))?;
+    }
     if let Some(source) = run.sources.next() {
         socket
             .bind(SocketAddr::new(source, 0))
             .map_err(|e| format!("bind {source}: {}", e.kind()))?;
     }
-    let stream = timeout(CONNECT_TIMEOUT, socket.connect(node.addr))
+    let connect_timeout = run.config.scenario.join_timeout();
+    let stream = timeout(connect_timeout, socket.connect(node.addr))
         .await
         .map_err(|_| "tcp connect: timed out".to_string())?
         .map_err(|e| format!("tcp connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
     let mut url = format!(
         "{}/api/chat/ws/{}?token={}",
-        node.ws_url, spec.conv_id, spec.token
+        node.ws_url, target.conv_id, target.token
     );
-    if let Some(since) = since {
+    if let Some(since) = target.since {
         url.push_str(&format!("&since={since}"));
     }
     let config = WebSocketConfig::default()
@@ -229,7 +257,7 @@ async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws,
     // handshake cost for every socket); ws:// ignores the connector.
     let connector = run.clients.tls.clone().map(Connector::Rustls);
     let (ws, _response) = timeout(
-        CONNECT_TIMEOUT,
+        connect_timeout,
         tokio_tungstenite::client_async_tls_with_config(url, stream, Some(config), connector),
     )
     .await

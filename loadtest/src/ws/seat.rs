@@ -7,7 +7,7 @@
 //! Every send it holds is counted in the run's `outstanding` gauge until it is
 //! answered, refused, or abandoned when the seat closes for good.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 
 use rand::rngs::SmallRng;
@@ -18,8 +18,9 @@ use crate::state::Run;
 
 pub(super) struct Seat {
     pub(super) stream: StreamCheck,
-    /// Per sender slot: 1 + the highest message number delivered to this seat.
-    pub(super) order: Vec<usize>,
+    /// Per sender slot that has sent: 1 + the highest message number delivered to
+    /// this seat (a map: in a room of thousands, few of them speak to each seat).
+    pub(super) order: HashMap<usize, usize>,
     pub(super) rng: SmallRng,
     /// This seat's messages neither acknowledged nor refused yet, by number.
     unanswered: BTreeSet<usize>,
@@ -28,10 +29,10 @@ pub(super) struct Seat {
 }
 
 impl Seat {
-    pub(super) fn new(members: usize) -> Self {
+    pub(super) fn new() -> Self {
         Seat {
             stream: StreamCheck::default(),
-            order: vec![0; members],
+            order: HashMap::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             unanswered: BTreeSet::new(),
             resend: BTreeSet::new(),

@@ -2,12 +2,15 @@
 //! conversations (two sockets each) chat, read history and reconnect for a few seconds.
 //! Correctness only, never timing: nothing missing, nothing duplicated, every
 //! acknowledged message in history. One run starts its own node over TLS and scrapes
-//! its metrics every second meanwhile.
+//! its metrics every second meanwhile; `scenarios` runs the big room and the hostile
+//! clients.
 
 use loadtest::{Config, Report};
 use tests::cluster::{ClusterOptions, TestCluster};
 use tests::prelude::*;
 use tokio::sync::Mutex;
+
+mod scenarios;
 
 /// Goose's stop switch is process-wide: one harness run at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::seat::Seat;
-use super::{short, Command, ConnectOutcome, End, SocketSpec, Ws, CLOSE_TIMEOUT, JOIN_TIMEOUT};
+use super::{short, Command, ConnectOutcome, End, SocketSpec, Ws, CLOSE_TIMEOUT};
 use crate::state::{lock, Control, Run};
 
 enum Mode {
@@ -111,7 +111,7 @@ impl<'a> Session<'a> {
         let mut mode = Mode::Live;
         let send_timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(send_timer);
-        let deadline = tokio::time::sleep(JOIN_TIMEOUT);
+        let deadline = tokio::time::sleep(self.run.config.scenario.join_timeout());
         tokio::pin!(deadline);
         let mut deadline_armed = true;
 
@@ -170,6 +170,9 @@ impl<'a> Session<'a> {
                     let closing = matches!(mode, Mode::Closing(_));
                     match frame {
                         Some(Ok(Message::Text(text))) => {
+                            let counters = &self.run.counters;
+                            counters.frames_received.fetch_add(1, Ordering::Relaxed);
+                            counters.bytes_received.fetch_add(text.len() as u64, Ordering::Relaxed);
                             if let Some(ended) = self.on_text(text.as_str()) {
                                 if !closing {
                                     return self.dropped(ended);

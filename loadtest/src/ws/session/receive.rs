@@ -155,6 +155,12 @@ impl Session<'_> {
 
     fn on_joined(&mut self, seq: Option<u64>) {
         self.joined = true;
+        if self.seat.since().is_none() {
+            self.run
+                .counters
+                .first_joins
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let seen = seq.map_or(Seen::Unplaced, |seq| self.seat.stream.joined(seq));
         self.count(seen);
         let now = self.run.now_us();
@@ -255,7 +261,6 @@ impl Session<'_> {
     fn on_delivery(&mut self, tag: &Tag<'_>) {
         let run = self.run;
         let counters = &run.counters;
-        let bit = 1u128 << self.spec.slot;
         let first = {
             let mut state = lock(&run.convs[self.spec.conv].state);
             let Some(rec) = state
@@ -266,12 +271,9 @@ impl Session<'_> {
                 counters.misrouted.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            if rec.delivered & bit != 0 {
-                None
-            } else {
-                rec.delivered |= bit;
-                Some((rec.phase, rec.resends > 0))
-            }
+            rec.delivered
+                .mark(self.spec.slot)
+                .then_some((rec.phase, rec.resends > 0))
         };
         let Some((phase, resent)) = first else {
             counters.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -285,14 +287,15 @@ impl Session<'_> {
         }
         if !self.replaying() {
             let latency = run.now_us().saturating_sub(tag.sent_us);
-            run.latencies.delivery(self.spec.conv, phase, latency);
+            // Keyed by the receiver: one big room must not funnel every delivery
+            // through one histogram's lock.
+            run.latencies.delivery(self.spec.user, phase, latency);
         }
-        if let Some(last) = self.seat.order.get_mut(tag.slot) {
-            if tag.seq < *last {
-                counters.reordered.fetch_add(1, Ordering::Relaxed);
-            } else {
-                *last = tag.seq + 1;
-            }
+        let last = self.seat.order.entry(tag.slot).or_insert(0);
+        if tag.seq < *last {
+            counters.reordered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            *last = tag.seq + 1;
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Next, Session};
-use crate::state::{lock, Record, Tag};
+use crate::state::{lock, Receivers, Record, Tag};
 use crate::ws::TYPING_LEAD;
 
 impl Session<'_> {
@@ -69,7 +69,7 @@ impl Session<'_> {
             records.push(Record {
                 sent_us: now,
                 ack_us: 0,
-                delivered: 0,
+                delivered: Receivers::default(),
                 phase: self.control.phase,
                 failed: false,
                 resends: 0,
