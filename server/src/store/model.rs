@@ -84,8 +84,9 @@ impl NewMessage {
 pub struct Original {
     pub id: MessageId,
     pub seq: Seq,
-    /// As first broadcast (before any edit).
-    pub content: String,
+    /// As first broadcast (before any edit); `None` once it is deleted: deleted
+    /// means gone, for its sender's resend too.
+    pub content: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 

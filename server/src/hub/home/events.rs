@@ -292,12 +292,21 @@ impl Homes {
             }
             Ok(Stored::Duplicate(original)) => {
                 // Only the sender hears of a repeat: everyone saw the original already.
-                let ack = event(
-                    original.seq,
-                    original.id,
-                    original.created_at,
-                    original.content,
-                );
+                // One deleted since is acknowledged in its place, without content.
+                let ack = match original.content {
+                    Some(content) => event(original.seq, original.id, original.created_at, content),
+                    None => StreamEvent {
+                        kind: StreamKind::DeletedMessage {
+                            client_id: client_id.clone(),
+                        },
+                        ..event(
+                            original.seq,
+                            original.id,
+                            original.created_at,
+                            String::new(),
+                        )
+                    },
+                };
                 self.app.bus.post(
                     actor.conn.shard,
                     ShardMsg::Direct {

@@ -309,7 +309,7 @@ async fn idempotent_sends(store: &dyn Store) {
             Stored::Duplicate(Original {
                 id: first[0].id,
                 seq: Seq(1),
-                content: first[0].content.as_str().to_owned(),
+                content: Some(first[0].content.as_str().to_owned()),
                 created_at: first[0].created_at,
             }),
             Stored::New(Seq(3)),
@@ -322,6 +322,24 @@ async fn idempotent_sends(store: &dyn Store) {
         ids(&history),
         vec![first[0].id, again[1].id],
         "nothing stored twice"
+    );
+
+    // Deleted means gone for its sender's resend too: the repeat is still the
+    // original, in its place, without its content.
+    store
+        .delete_message(chat.id, first[0].id, alice.id, later)
+        .await
+        .expect("delete");
+    let resent = store.insert_messages(&again[..1]).await.expect("insert");
+    assert_eq!(
+        resent,
+        vec![Stored::Duplicate(Original {
+            id: first[0].id,
+            seq: Seq(1),
+            content: None,
+            created_at: first[0].created_at,
+        })],
+        "a resend of a deleted message gets no content back"
     );
 }
 

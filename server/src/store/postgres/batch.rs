@@ -69,7 +69,10 @@ const INSERT_CHECKED: &str = "\
     ), original AS (
         SELECT b.ord, m.id, m.seq, m.content, m.created_at
         FROM batch AS b CROSS JOIN LATERAL (
-            SELECT id, seq, COALESCE(original_content, content) AS content, created_at
+            SELECT id, seq,
+                   CASE WHEN deleted_at IS NULL THEN COALESCE(original_content, content) END
+                       AS content,
+                   created_at
             FROM messages
             WHERE conversation_id = b.conversation_id AND sender_id = b.sender_id
               AND client_id = b.client_id AND client_id IS NOT NULL

@@ -93,7 +93,8 @@ fn is_repeat(e: &rusqlite::Error) -> bool {
 /// The message an earlier send with `m`'s idempotency key stored.
 fn original(tx: &Connection, m: &NewMessage) -> rusqlite::Result<Original> {
     tx.prepare_cached(
-        "SELECT id, seq, COALESCE(original_content, content), created_at FROM messages \
+        "SELECT id, seq, CASE WHEN deleted_at IS NULL THEN COALESCE(original_content, content) END, \
+         created_at FROM messages \
          WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3",
     )?
     .query_row(

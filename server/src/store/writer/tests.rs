@@ -346,7 +346,7 @@ async fn a_repeat_in_the_same_batch_is_answered_with_the_first() {
     let original = Stored::Duplicate(Original {
         id: batch[0].id,
         seq: Seq(1),
-        content: batch[0].content.as_str().to_owned(),
+        content: Some(batch[0].content.as_str().to_owned()),
         created_at: batch[0].created_at,
     });
     let outcomes: Vec<_> = reports.into_iter().map(|(_, r)| r.expect("ok")).collect();
