@@ -6,13 +6,16 @@
 //! once per interval per conversation: changes in between are summed up into one
 //! announcement (`Coalescer`). The joiner always hears of its own join at once.
 //!
-//! Pure policy: no I/O, no timers, no rendering; the homes (one node) and the cluster's
-//! presence task (several) drive it.
+//! Pure policy and its one rendering into `system` frames: no I/O, no timers; the homes
+//! (one node) and the cluster's presence task (several) drive it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::ids::{Seq, UserId};
+use crate::protocol::{Active, Membership, ServerEvent};
 
 /// A change of one user's presence.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +26,23 @@ pub struct Change {
     pub joined_at: Option<Seq>,
 }
 
+impl Change {
+    /// The `system` event of this change, with who is connected.
+    pub fn frame(&self, active: Active<'_>) -> Bytes {
+        let membership = match self.joined_at {
+            Some(_) => Membership::Joined,
+            None => Membership::Left,
+        };
+        ServerEvent::membership(
+            membership,
+            self.user,
+            &self.username,
+            active,
+            self.joined_at,
+        )
+    }
+}
+
 /// What to announce once an interval has passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Summary {
@@ -30,6 +50,23 @@ pub enum Summary {
     One(Change),
     /// Several came: announced as counts.
     Many { joined: u32, left: u32 },
+}
+
+impl Summary {
+    /// The `system` event saying it, with how many are connected, and whose
+    /// connections skip it: a joiner heard of its own join already.
+    pub fn frame(self, active_count: usize) -> (Bytes, Option<UserId>) {
+        match self {
+            Summary::One(change) => {
+                let skip = change.joined_at.map(|_| change.user);
+                (change.frame(Active::Count(active_count)), skip)
+            }
+            Summary::Many { joined, left } => (
+                ServerEvent::presence_summary(joined, left, active_count),
+                None,
+            ),
+        }
+    }
 }
 
 /// What to do with a change above the list limit.

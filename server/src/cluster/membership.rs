@@ -69,10 +69,7 @@ pub(super) async fn presence(
             Err(e) => {
                 tracing::debug!(error = %e, "presence not recorded");
                 // This node's own connections still hear of it, with its own roster.
-                let active = match &a.local_active {
-                    Some(users) => Active::Users(users),
-                    None => Active::Count(a.local_count),
-                };
+                let active = Active::of(a.local_active.as_deref(), a.local_count);
                 if let Some(frame) = frame_of(&a, active) {
                     ctx.local(a.conversation, Remote::Frame { skip: None, frame });
                 }
@@ -128,6 +125,12 @@ async fn record(
         Change::Joined { .. } | Change::Rejoined => (false, Some(&out[..])),
     };
     Ok(roster(rest.unwrap_or_default(), ctx.list_limit, gone))
+}
+
+impl Told {
+    fn active(&self) -> Active<'_> {
+        Active::of(self.listed.as_deref(), self.count)
+    }
 }
 
 /// The roster at the tail of a script's answer: the count, then the users when
@@ -237,25 +240,7 @@ impl Held {
 /// Above the list limit: a change, or the sum of several, on every node, to everyone
 /// but a joiner (who heard of its own join already).
 fn announce_summary(ctx: &Context, conversation: ConversationId, summary: Summary, count: usize) {
-    let (frame, skip) = match summary {
-        Summary::One(change) => {
-            let membership = match change.joined_at {
-                Some(_) => Membership::Joined,
-                None => Membership::Left,
-            };
-            let frame = ServerEvent::membership(
-                membership,
-                change.user,
-                &change.username,
-                Active::Count(count),
-                change.joined_at,
-            );
-            (frame, change.joined_at.map(|_| change.user))
-        }
-        Summary::Many { joined, left } => {
-            (ServerEvent::presence_summary(joined, left, count), None)
-        }
-    };
+    let (frame, skip) = summary.frame(count);
     ctx.everywhere(conversation, Remote::Frame { skip, frame });
 }
 
@@ -274,10 +259,7 @@ async fn retry_leaves(
                 if !told.gone {
                     continue;
                 }
-                let active = match &told.listed {
-                    Some(users) => Active::Users(users),
-                    None => Active::Count(told.count),
-                };
+                let active = told.active();
                 if let Some(frame) = frame_of(&a, active) {
                     ctx.publish(a.conversation, &Remote::Frame { skip: None, frame });
                 }
@@ -393,10 +375,7 @@ async fn sweep(ctx: &Context, conn: &mut ConnectionManager, gone: &str) {
             ctx.list_limit,
             true,
         );
-        let active = match &told.listed {
-            Some(users) => Active::Users(users),
-            None => Active::Count(told.count),
-        };
+        let active = told.active();
         for pair in pairs.chunks_exact(2) {
             let Ok(user) = pair[0].parse::<UserId>() else {
                 continue;

@@ -135,6 +135,13 @@ pub enum Active<'a> {
     Count(usize),
 }
 
+impl<'a> Active<'a> {
+    /// The list when there is one (within the limit), else the count.
+    pub fn of(listed: Option<&'a [UserId]>, count: usize) -> Self {
+        listed.map_or(Self::Count(count), Self::Users)
+    }
+}
+
 impl ServerEvent<'_> {
     /// The `system` event of `username` joining (at position `seq`) or leaving, with
     /// who is connected now.

@@ -27,7 +27,7 @@ use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, Remote, Roster, ShardMsg};
 use crate::cluster::{Announcement, Change};
 use crate::hub::render;
 use crate::ids::{ConversationId, MessageIdGen, Seq, UserId};
-use crate::protocol::{Active, Membership, ServerEvent};
+use crate::protocol::{Active, ServerEvent};
 use crate::roster::{self, Coalescer, Noted, Summary};
 use crate::store::StreamEvent;
 use presence::Presence;
@@ -319,11 +319,11 @@ impl Homes {
             });
         }
         if let Some(listed) = listed {
-            let frame = membership_frame(&change, Active::Users(&listed));
+            let frame = change.frame(Active::Users(&listed));
             return self.deliver_local(conversation, frame, None);
         }
         if let (Some(joiner), Some(_)) = (joiner, change.joined_at) {
-            let frame = membership_frame(&change, Active::Count(count));
+            let frame = change.frame(Active::Count(count));
             self.app.bus.post(
                 joiner.shard,
                 ShardMsg::Own {
@@ -365,15 +365,7 @@ impl Homes {
         else {
             return;
         };
-        let (frame, skip) = match summary {
-            Summary::One(change) => {
-                let skip = change.joined_at.map(|_| change.user);
-                (membership_frame(&change, Active::Count(count)), skip)
-            }
-            Summary::Many { joined, left } => {
-                (ServerEvent::presence_summary(joined, left, count), None)
-            }
-        };
+        let (frame, skip) = summary.frame(count);
         self.deliver_local(conversation, frame, skip);
     }
 
@@ -533,19 +525,4 @@ impl Homes {
             homes.settle(conversation);
         });
     }
-}
-
-/// The `system` event of one change, with who is connected.
-fn membership_frame(change: &roster::Change, active: Active<'_>) -> Bytes {
-    let membership = match change.joined_at {
-        Some(_) => Membership::Joined,
-        None => Membership::Left,
-    };
-    ServerEvent::membership(
-        membership,
-        change.user,
-        &change.username,
-        active,
-        change.joined_at,
-    )
 }
