@@ -48,6 +48,11 @@ pub struct Storm {
     /// The same, from the signal to the end of the settle after the storm.
     pub frames_settled: u64,
     pub bytes_settled: u64,
+    /// Of the frames received during the storm: those that carried the member list
+    /// (and their bytes), and the summaries of several joins and leaves.
+    pub listed_frames: u64,
+    pub listed_bytes: u64,
+    pub summary_frames: u64,
     /// Sockets the server (or the network) ended from the signal to the end of the
     /// settle, by close code or reason.
     pub closes: BTreeMap<String, u64>,
@@ -59,15 +64,22 @@ pub struct Storm {
 struct Snapshot {
     frames: u64,
     bytes: u64,
+    listed_frames: u64,
+    listed_bytes: u64,
+    summary_frames: u64,
     drops: BTreeMap<String, u64>,
 }
 
 impl Snapshot {
     fn take(run: &Run) -> Self {
         let c = &run.counters;
+        let read = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         Self {
-            frames: c.frames_received.load(Ordering::Relaxed),
-            bytes: c.bytes_received.load(Ordering::Relaxed),
+            frames: read(&c.frames_received),
+            bytes: read(&c.bytes_received),
+            listed_frames: read(&c.listed_frames),
+            listed_bytes: read(&c.listed_bytes),
+            summary_frames: read(&c.summary_frames),
             drops: lock(&c.drop_reasons).clone(),
         }
     }
@@ -206,6 +218,9 @@ async fn finish(
         bytes_received: during.bytes - before.bytes,
         frames_settled: settled.frames - before.frames,
         bytes_settled: settled.bytes - before.bytes,
+        listed_frames: during.listed_frames - before.listed_frames,
+        listed_bytes: during.listed_bytes - before.listed_bytes,
+        summary_frames: during.summary_frames - before.summary_frames,
         closes: difference(&settled.drops, &before.drops),
         incomplete,
     };

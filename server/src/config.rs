@@ -166,6 +166,13 @@ pub struct Config {
     #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub ws_max_message_bytes: usize,
 
+    /// Events of one WebSocket refused for the rate limit within 10 s after which the
+    /// socket is closed with 1008 `Too many events`: a client that ignores its
+    /// `Rate limit exceeded` errors is cut off instead of keeping a shard busy
+    /// refusing it. 0: never closed.
+    #[arg(long, env = "WS_FLOOD_LIMIT", default_value_t = 100)]
+    pub ws_flood_limit: u32,
+
     /// Seconds a fragmented WebSocket message may stay unfinished; later: close 1008.
     #[arg(long, env = "WS_FRAGMENT_TIMEOUT", default_value = "10", value_parser = seconds)]
     pub ws_fragment_timeout: Duration,
@@ -383,6 +390,7 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert_eq!(c.max_connections_per_address, 1024);
         assert_eq!(c.ws_max_per_user, 32);
+        assert_eq!(c.ws_flood_limit, 100);
         assert_eq!(c.register_max_per_address, 20);
         assert_eq!(c.register_window, Duration::from_secs(3600));
         assert_eq!(c.max_new_conversations, 100);

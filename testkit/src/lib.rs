@@ -23,3 +23,5 @@ pub use binary::{server_binary, Profile};
 pub use postgres::ScratchDatabase;
 pub use process::{Output, ServerProcess};
 pub use redis::ScratchPrefix;
+/// The PostgreSQL client [`ScratchDatabase::client`] hands out.
+pub use tokio_postgres;

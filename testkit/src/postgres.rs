@@ -114,12 +114,17 @@ fn start_cluster_if_needed() -> anyhow::Result<()> {
 }
 
 async fn admin_client() -> anyhow::Result<tokio_postgres::Client> {
-    let mut config: tokio_postgres::Config = admin_url().parse().context("TEST_POSTGRES_URL")?;
+    connect(&admin_url()).await
+}
+
+/// A client of the database at `url`, its connection driven on the current runtime.
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let mut config: tokio_postgres::Config = url.parse().context("PostgreSQL URL")?;
     config.connect_timeout(Duration::from_secs(5));
     let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("connecting to {}", admin_url()))?;
+        .with_context(|| format!("connecting to {url}"))?;
     tokio::spawn(async move {
         // Ends when the client is dropped; its errors mean nothing here.
         let _ = connection.await;
@@ -155,6 +160,12 @@ impl ScratchDatabase {
     pub fn url(&self) -> String {
         let hostport = url_parts().map(|(_, h)| h).unwrap_or_default();
         url_at(&hostport, &self.name).unwrap_or_default()
+    }
+
+    /// A client of this database, for a test that looks at or locks what the server
+    /// stored.
+    pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.url()).await
     }
 
     /// The URL of this database reached through `via` (a relay in front of the cluster).

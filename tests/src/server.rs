@@ -196,6 +196,14 @@ impl TestServer {
         }
     }
 
+    /// A client of the server's own database, for Postgres-backed servers.
+    pub async fn sql(&self) -> anyhow::Result<testkit::tokio_postgres::Client> {
+        match &self.backing {
+            Some(Backing::Postgres(db)) => db.client().await,
+            _ => anyhow::bail!("{} has no PostgreSQL database of its own", self.opts),
+        }
+    }
+
     /// The data directory, for SQLite-backed servers.
     pub fn data_dir(&self) -> Option<&std::path::Path> {
         match &self.backing {

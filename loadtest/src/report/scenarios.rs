@@ -143,6 +143,13 @@ fn render_room(s: &mut String, room: &Room) {
                 .map(|why| format!(" -- {why}"))
                 .unwrap_or_default()
         );
+        let _ = writeln!(
+            s,
+            "   of those: {} frames with the member list ({} bytes), {} summaries",
+            thousands(storm.listed_frames),
+            thousands(storm.listed_bytes),
+            thousands(storm.summary_frames),
+        );
     }
     let _ = writeln!(
         s,

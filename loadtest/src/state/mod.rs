@@ -156,6 +156,11 @@ pub struct Counters {
     /// Text frames the sockets received, and their bytes.
     pub frames_received: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Of those, the `system` frames that carried the member list (`active_users`),
+    /// and their bytes; and the summaries of several joins and leaves.
+    pub listed_frames: AtomicU64,
+    pub listed_bytes: AtomicU64,
+    pub summary_frames: AtomicU64,
     /// `--room-size`: how long each socket of the join storm took, in microseconds.
     pub storm_joins_us: Mutex<Vec<u64>>,
     pub users_failed: AtomicUsize,

@@ -43,11 +43,13 @@ pub enum Close {
     TooManyFragments,
     /// The user already holds `--ws-max-per-user` WebSockets on this node.
     TooManySockets,
+    /// The socket went on sending past its rate limit (`--ws-flood-limit`).
+    Flooding,
 }
 
 impl Close {
     /// Every close, in the order of the documentation's table.
-    pub const ALL: [Close; 15] = [
+    pub const ALL: [Close; 16] = [
         Self::Normal,
         Self::ShuttingDown,
         Self::IdleTimeout,
@@ -60,6 +62,7 @@ impl Close {
         Self::FragmentTimeout,
         Self::TooManyFragments,
         Self::TooManySockets,
+        Self::Flooding,
         Self::TooBig,
         Self::Unavailable,
         Self::TooFarBehind,
@@ -81,6 +84,7 @@ impl Close {
                 "reconnect; send each message whole or its fragments promptly"
             }
             Self::TooManySockets => "close another connection of this user, then reconnect",
+            Self::Flooding => "reconnect with backoff; wait after `Rate limit exceeded`",
             Self::Unavailable | Self::TooFarBehind => "reconnect with backoff",
         }
     }
@@ -96,7 +100,8 @@ impl Close {
             | Self::TokenExpired
             | Self::FragmentTimeout
             | Self::TooManyFragments
-            | Self::TooManySockets => 1008,
+            | Self::TooManySockets
+            | Self::Flooding => 1008,
             Self::TooBig => 1009,
             Self::Unavailable => 1011,
             Self::TooFarBehind => 1013,
@@ -120,6 +125,7 @@ impl Close {
             Self::FragmentTimeout => "Message not finished in time",
             Self::TooManyFragments => "Message in too many fragments",
             Self::TooManySockets => "Too many connections",
+            Self::Flooding => "Too many events",
         }
     }
 

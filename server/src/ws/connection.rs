@@ -159,6 +159,7 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
     // A fragmented message must finish in time and in few frames: otherwise a client
     // could hold its buffer forever, keeping the connection alive with pings.
     let mut unfinished = Unfinished::default();
+    let mut flood = Flood::default();
     loop {
         let next = match unfinished.deadline {
             None => reader.next().await,
@@ -204,7 +205,11 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
             (Opcode::Text | Opcode::Binary, None) if frame.fin => {
                 // On the heap while it runs: inline, the submission's state would be
                 // part of every idle connection's task.
-                Box::pin(on_message(shard, conn, frame.opcode, frame.payload)).await;
+                let refusal = Box::pin(on_message(shard, conn, frame.opcode, frame.payload)).await;
+                if flood.over(refusal, config.ws_flood_limit) {
+                    conn.close(Close::Flooding);
+                    return ReadEnd::Refused;
+                }
             }
             (Opcode::Text | Opcode::Binary, None) => {
                 fragmented = Some(frame.opcode);
@@ -223,9 +228,13 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
                         conn.close(Close::InvalidUtf8);
                         return ReadEnd::Refused;
                     }
-                    Box::pin(on_message(shard, conn, opcode, &mut fragments)).await;
+                    let refusal = Box::pin(on_message(shard, conn, opcode, &mut fragments)).await;
                     // A finished message keeps nothing: idle connections hold no buffer.
                     fragments = Vec::new();
+                    if flood.over(refusal, config.ws_flood_limit) {
+                        conn.close(Close::Flooding);
+                        return ReadEnd::Refused;
+                    }
                 }
             }
             (Opcode::Text | Opcode::Binary | Opcode::Continuation, _) => {
@@ -260,9 +269,42 @@ impl Unfinished {
     }
 }
 
+/// How many of a socket's events the rate limit refused in the current window.
+#[derive(Default)]
+struct Flood {
+    since: Option<monoio::time::Instant>,
+    refused: u32,
+}
+
+/// The window `--ws-flood-limit` counts refusals in.
+const FLOOD_WINDOW: Duration = Duration::from_secs(10);
+
+impl Flood {
+    /// Counts a rate-limit refusal; true once the window holds more than `limit`.
+    /// A client that backs off after its errors never gets near it: the budget it
+    /// exceeded refills at `--ws-rate-per-second`.
+    fn over(&mut self, refusal: Option<Refusal>, limit: u32) -> bool {
+        if refusal != Some(Refusal::RateLimit) || limit == 0 {
+            return false;
+        }
+        let now = monoio::time::Instant::now();
+        match self.since {
+            Some(since) if now.duration_since(since) < FLOOD_WINDOW => self.refused += 1,
+            _ => (self.since, self.refused) = (Some(now), 1),
+        }
+        self.refused > limit
+    }
+}
+
 /// One complete client message: parse, validate, submit; any refusal is an `error`
-/// event and the connection stays open.
-async fn on_message(shard: &ShardContext, conn: &Conn, opcode: Opcode, payload: &mut [u8]) {
+/// event and the connection stays open (the read loop counts rate-limit refusals
+/// against `--ws-flood-limit`). Answers the refusal, if any.
+async fn on_message(
+    shard: &ShardContext,
+    conn: &Conn,
+    opcode: Opcode,
+    payload: &mut [u8],
+) -> Option<Refusal> {
     let (refusal, detail, reference) = if opcode == Opcode::Binary {
         (Refusal::Invalid, ProtocolError::Binary.to_string(), None)
     } else {
@@ -276,7 +318,7 @@ async fn on_message(shard: &ShardContext, conn: &Conn, opcode: Opcode, payload: 
                     .submit(conn, event, parsed.reference.clone())
                     .await
                 {
-                    Ok(()) => return,
+                    Ok(()) => return None,
                     Err(refused @ Refused::RateLimited) => {
                         (Refusal::RateLimit, refused.to_string())
                     }
@@ -295,6 +337,7 @@ async fn on_message(shard: &ShardContext, conn: &Conn, opcode: Opcode, payload: 
         }
         .frame(),
     );
+    Some(refusal)
 }
 
 fn kind(event: &ClientEvent) -> EventKind {

@@ -121,6 +121,7 @@ async fn harness_hostile_clients_beside_normal_users() {
                 .any(|k| k.outcomes.keys().any(|o| o.contains(what)))
         };
         ensure!(outcome("flood", "Rate limit exceeded"), "{text}");
+        ensure!(outcome("flood", "closed with 1008"), "{text}");
         ensure!(outcome("oversized frame", "closed with 1009"), "{text}");
         ensure!(
             text.contains(" === HOSTILE CLIENTS: 1 of each kind"),

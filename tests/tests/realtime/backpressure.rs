@@ -1,5 +1,6 @@
-//! Flow control: the per-user rate limit on incoming events, and the bounded outbound
-//! queue that closes a client which cannot keep up (1013) instead of growing memory.
+//! Flow control: the per-user rate limit on incoming events (and the close of a socket
+//! that keeps flooding past it), and the bounded outbound queue that closes a client
+//! which cannot keep up (1013) instead of growing memory.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -271,6 +272,79 @@ fn slow_options(opts: ServerOptions) -> ServerOptions {
         .arg("--ws-outbound-limit-bytes")
         .arg("65536")
 }
+
+/// A client that ignores its `Rate limit exceeded` errors is cut off: with a burst of
+/// 5 and `--ws-flood-limit 10`, 40 messages at once get at most the burst (and what
+/// refilled) accepted, eleven refusals, then `error` `Too many events` and close 1008
+/// with that reason. What was accepted is stored and delivered (its echoes may not
+/// reach the flooder before the close); another member's socket stays open.
+async fn a_flood_is_closed(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let (users, conv) = group(&api, &["flooder", "bystander"]).await?;
+    let (mut other, _) = join(srv, &conv, &users[1]).await?;
+    let (mut flooder, _) = join(srv, &conv, &users[0]).await?;
+    for i in 0..40 {
+        flooder
+            .send_json(&json!({"type": "message", "content": format!("flood {i}")}))
+            .await?;
+    }
+    let mut events = Vec::new();
+    let close = loop {
+        match flooder.recv().await? {
+            WsEvent::Json(v) => events.push(v),
+            WsEvent::Close(close) => break close,
+            other => bail!("got {other:?}; before it {events:?}"),
+        }
+    };
+    ensure!(
+        close == Some((1008, "Too many events".to_string())),
+        "closed with {close:?}"
+    );
+    let refusals = |detail: &str| {
+        events
+            .iter()
+            .filter(|v| kind(v) == "error" && v["detail"] == detail)
+            .count()
+    };
+    let limited = refusals("Rate limit exceeded");
+    ensure!(
+        limited == 11,
+        "{limited} refused before the close: {events:?}"
+    );
+    ensure!(
+        refusals("Too many events") == 1,
+        "the close was not announced: {events:?}"
+    );
+
+    let seen = send_and_collect(&mut other, "still here").await?;
+    let delivered: Vec<&str> = seen
+        .iter()
+        .filter(|v| kind(v) == "message" && v["sender_id"] == users[0].user_id.as_str())
+        .map(|v| field(v, "content"))
+        .collect();
+    ensure!(
+        (5..=6).contains(&delivered.len()),
+        "delivered: {delivered:?}"
+    );
+    let history = full_history(&api, &users[1], &conv).await?;
+    let stored: Vec<&str> = history.iter().map(|v| field(v, "content")).collect();
+    ensure!(
+        stored[..stored.len() - 1] == delivered[..],
+        "stored {stored:?}, delivered {delivered:?}"
+    );
+    Ok(())
+}
+
+tests::e2e!(
+    options = |o| o
+        .arg("--ws-rate-per-second")
+        .arg("1")
+        .arg("--ws-rate-burst")
+        .arg("5")
+        .arg("--ws-flood-limit")
+        .arg("10");
+    a_flood_is_closed
+);
 
 tests::e2e_on!(slow_consumer_closed, super::slow_options, [
     sqlite_uring => (Sqlite, Uring),

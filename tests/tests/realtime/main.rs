@@ -2,7 +2,7 @@
 //! refuses, delivery and order across shards, flow control, conversation streams
 //! (`since`, `client_id`, deleted messages replayed without content), RFC 6455 on the
 //! wire, what one client may hold, how long a connection lives, and what survives
-//! `kill -9` or a PostgreSQL outage.
+//! `kill -9` or a PostgreSQL outage, and what waits are bounded when the store stalls.
 //!
 //! One test binary, one module per subject, each with its own scenarios and helpers.
 //! Nothing is shared between the modules here: what more than one needs belongs in
@@ -17,6 +17,7 @@ mod limits;
 mod persistence;
 mod refusals;
 mod shards;
+mod store_stalls;
 mod streams;
 mod ws_frames;
 mod ws_lifecycle;

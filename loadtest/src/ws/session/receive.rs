@@ -100,7 +100,16 @@ impl Session<'_> {
                 }
             }
             "system" => {
-                run.counters.system_received.fetch_add(1, Ordering::Relaxed);
+                let c = &run.counters;
+                c.system_received.fetch_add(1, Ordering::Relaxed);
+                // What a storm's bytes are made of (a look at the text is enough).
+                if text.contains(r#""active_users""#) {
+                    c.listed_frames.fetch_add(1, Ordering::Relaxed);
+                    c.listed_bytes
+                        .fetch_add(text.len() as u64, Ordering::Relaxed);
+                } else if text.contains(r#""joined_count""#) {
+                    c.summary_frames.fetch_add(1, Ordering::Relaxed);
+                }
                 let own =
                     event.sender_id.as_ref().map(Text::as_str) == Some(self.spec.user_id.as_str());
                 let joined = event

@@ -127,6 +127,32 @@ pub(crate) async fn seed(
     (chat.id, messages(chat.id, &[owner.id], start, count))
 }
 
+/// The words a deleted message and its edit held, which must be nowhere in the
+/// store's tables after [`edited_then_deleted`].
+pub(crate) const ERASED: &str = "erased-on-delete";
+
+/// A message saying [`ERASED`], edited to say it again and deleted, in a
+/// conversation of its own: what a store must keep no content of.
+pub(crate) async fn edited_then_deleted(store: &dyn Store, username: &str) {
+    let (chat, mut batch) = seed(store, username, 1).await;
+    let first = &mut batch[0];
+    first.content = content(&format!("original {ERASED}"));
+    let (id, sender) = (first.id, first.sender_id);
+    store.insert_messages(&batch).await.expect("insert");
+    let edit = content(&format!("edited {ERASED}"));
+    for outcome in [
+        store
+            .edit_message(chat, id, sender, &edit, now_micros())
+            .await,
+        store.delete_message(chat, id, sender, now_micros()).await,
+    ] {
+        assert!(
+            matches!(outcome, Ok(crate::store::model::ChangeOutcome::Done(_))),
+            "{outcome:?}"
+        );
+    }
+}
+
 /// A PostgreSQL database of its own for one test (the test kit's scratch database),
 /// dropped with the value.
 pub(crate) struct PgTestDb(testkit::ScratchDatabase);

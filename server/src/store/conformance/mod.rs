@@ -15,7 +15,8 @@ use super::model::{
 use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
 
 pub(crate) use fixtures::{
-    content, conversation, messages, no_hang, pair, seed, user, Pair, PgTestDb,
+    content, conversation, edited_then_deleted, messages, no_hang, pair, seed, user, Pair,
+    PgTestDb, ERASED,
 };
 use fixtures::{ids, new_ids, page};
 

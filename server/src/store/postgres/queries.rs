@@ -120,16 +120,22 @@ const EDIT_MESSAGE: &str = "\
     )
     SELECT t.sender_id = $3::uuid, (SELECT last_seq FROM bumped) FROM target AS t";
 
-/// As `EDIT_MESSAGE`, for a soft delete.
+/// As `EDIT_MESSAGE`, for a delete: the row stays (it holds its position and its
+/// `client_id`), its content and that of its edits are erased.
 const DELETE_MESSAGE: &str = "\
     WITH target AS (
         SELECT id, sender_id FROM messages
         WHERE conversation_id = $1::uuid AND id = $2::uuid AND deleted_at IS NULL
         FOR UPDATE
     ), changed AS (
-        UPDATE messages AS m SET deleted_at = $4::timestamptz, updated_at = $4::timestamptz
+        UPDATE messages AS m
+        SET deleted_at = $4::timestamptz, updated_at = $4::timestamptz,
+            content = '', original_content = NULL
         FROM target AS t WHERE m.id = t.id AND t.sender_id = $3::uuid
         RETURNING m.id
+    ), erased AS (
+        UPDATE message_changes SET content = NULL
+        WHERE message_id = (SELECT id FROM changed) AND content IS NOT NULL
     ), bumped AS (
         UPDATE conversations SET last_seq = last_seq + 1
         WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM changed)

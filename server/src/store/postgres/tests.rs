@@ -242,3 +242,31 @@ async fn postgres_upgrade_gives_existing_messages_their_positions() {
     let store = PostgresStore::connect(&db.url(), 1).await.expect("upgrade");
     conformance::upgraded_from_first_schema(&store, user, (c1, &old), c2).await;
 }
+
+/// A deleted message's content, and its edits', is erased from the rows, not only
+/// hidden from reads.
+#[tokio::test]
+async fn postgres_delete_erases_content() {
+    let db = PgTestDb::create().await;
+    let store = PostgresStore::connect(&db.url(), 2)
+        .await
+        .expect("postgres store connects");
+    conformance::edited_then_deleted(&store, "erased").await;
+    let (client, connection) = tokio_postgres::connect(&db.url(), NoTls)
+        .await
+        .expect("connect");
+    let driver = tokio::spawn(connection);
+    let pattern = format!("%{}%", conformance::ERASED);
+    let left: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM messages
+                     WHERE content LIKE $1 OR original_content LIKE $1)
+                  + (SELECT count(*) FROM message_changes WHERE content LIKE $1)",
+            &[&pattern],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "rows still holding the deleted content");
+    driver.abort();
+}

@@ -492,8 +492,16 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let kind = (StreamKind::Delete, at);
             change_message(conn, conversation, message, deleter, kind, |tx| {
+                // The row stays (it holds its position and its client_id); its
+                // content and that of its edits are erased.
                 tx.prepare_cached(
-                    "UPDATE messages SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1",
+                    "UPDATE message_changes SET content = NULL \
+                     WHERE message_id = ?1 AND content IS NOT NULL",
+                )?
+                .execute(params![Key(message.0)])?;
+                tx.prepare_cached(
+                    "UPDATE messages SET deleted_at = ?2, updated_at = ?2, \
+                     content = '', original_content = NULL WHERE id = ?1",
                 )?
                 .execute(params![Key(message.0), Micros(at)])
             })

@@ -123,3 +123,25 @@ async fn waiting_for_a_connection_has_a_deadline() {
     drop((held, writer));
     store.ping().await.expect("a free reader answers");
 }
+
+/// A deleted message's content, and its edits', is erased from the rows, not only
+/// hidden from reads.
+#[tokio::test]
+async fn sqlite_delete_erases_content() {
+    let (_dir, store) = fresh_store().await;
+    conformance::edited_then_deleted(&store, "erased").await;
+    let pattern = format!("%{}%", conformance::ERASED);
+    let left: i64 = store
+        .write(move |conn| {
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM messages \
+                         WHERE content LIKE ?1 OR original_content LIKE ?1) \
+                      + (SELECT count(*) FROM message_changes WHERE content LIKE ?1)",
+                [&pattern],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "rows still holding the deleted content");
+}
