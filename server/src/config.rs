@@ -110,7 +110,7 @@ pub struct Config {
 
     /// Open connections (HTTP and WebSocket) from one client address (IPv6: /64) on
     /// this node; beyond it a new connection gets 429 and is closed. Peers listed in
-    /// `--trusted-proxies` are not counted. 0: no limit.
+    /// `--trusted-proxies`, and loopback peers, are not counted. 0: no limit.
     #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024)]
     pub max_connections_per_address: usize,
 
@@ -119,8 +119,15 @@ pub struct Config {
     #[arg(long, env = "WS_MAX_PER_USER", default_value_t = 32)]
     pub ws_max_per_user: usize,
 
+    /// Count loopback peers against the per-address limits
+    /// (`--max-connections-per-address`, `--register-max-per-address`). Off by
+    /// default: a peer on this host is a local reverse proxy or the operator's own
+    /// tools (a proxy elsewhere belongs in `--trusted-proxies`).
+    #[arg(long, env = "LIMIT_LOOPBACK")]
+    pub limit_loopback: bool,
+
     /// Registrations from one client address (IPv6: /64) per `--register-window`;
-    /// beyond it 429 with `Retry-After`. 0: no limit.
+    /// beyond it 429 with `Retry-After`. Loopback is not counted. 0: no limit.
     #[arg(long, env = "REGISTER_MAX_PER_ADDRESS", default_value_t = 20)]
     pub register_max_per_address: u32,
 
@@ -318,6 +325,12 @@ fn ip_range(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 impl Config {
+    /// Whether the per-address limits count a client at `address` (a client
+    /// bucket): loopback only with `--limit-loopback`.
+    pub fn counts_address(&self, address: std::net::IpAddr) -> bool {
+        self.limit_loopback || !address.is_loopback()
+    }
+
     /// The queue bounds of one WebSocket connection.
     pub fn outbound_limits(&self) -> Outbound {
         let soft = self.ws_outbound_limit_bytes;
@@ -379,6 +392,7 @@ mod tests {
         assert_eq!(c.login_max_failures_per_address, 100);
         assert_eq!(c.login_failure_window, Duration::from_secs(900));
         assert!(c.trusted_proxies.is_empty());
+        assert!(!c.limit_loopback);
         assert!(c.redis_url.is_none());
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.allowed_origins.is_empty());

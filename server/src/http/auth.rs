@@ -54,16 +54,24 @@ pub async fn register(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply
     if taken {
         return Err(ApiError::Conflict("Username already registered"));
     }
-    let quota = &shard.app.limits.registrations;
-    quota.take(address).map_err(|wait| ApiError::RateLimited {
-        detail: "Too many registrations, retry later",
-        retry_after: wait.as_secs(),
-    })?;
+    let quota = shard
+        .app
+        .config
+        .counts_address(address)
+        .then_some(&shard.app.limits.registrations);
+    if let Some(quota) = quota {
+        quota.take(address).map_err(|wait| ApiError::RateLimited {
+            detail: "Too many registrations, retry later",
+            retry_after: wait.as_secs(),
+        })?;
+    }
     let password_hash = match shard.app.passwords.hash(password.into_secret()).await {
         Ok(hash) => hash,
         Err(e) => {
             // Nothing was registered: the attempt does not count.
-            quota.give_back(&address);
+            if let Some(quota) = quota {
+                quota.give_back(&address);
+            }
             return Err(e.into());
         }
     };

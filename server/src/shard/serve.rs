@@ -135,18 +135,14 @@ async fn heartbeat(shard: Rc<ShardContext>) {
 
 /// A held place among the connections of the peer's address, or `None` when it holds
 /// `--max-connections-per-address` already. Trusted proxies carry many clients on
-/// one address and are not counted.
+/// one address and are not counted, nor is what `Config::counts_address` leaves out.
 fn hold_connection(shard: &ShardContext, peer: SocketAddr) -> Option<ConnectionSlot> {
     let config = &shard.app.config;
-    let address = peer.ip();
-    let proxy = config
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&address));
-    if proxy {
-        return Some(Arc::new(Slot::uncounted(address)));
+    let key = limits::client_bucket(peer.ip());
+    let proxy = config.trusted_proxies.iter().any(|net| net.contains(&key));
+    if proxy || !config.counts_address(key) {
+        return Some(Arc::new(Slot::uncounted(key)));
     }
-    let key = limits::client_bucket(address);
     shard.app.limits.connections.hold(key).map(Arc::new)
 }
 

@@ -326,14 +326,15 @@ async fn a_stalled_body_gets_408(srv: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One address holds at most `MAX_CONNECTIONS_PER_ADDRESS` (4 here) connections: the
-/// next is answered 429 and closed; closing one makes room.
-async fn connections_per_address_are_capped(srv: &TestServer) -> anyhow::Result<()> {
+/// `n` connections to `srv`, each shown taken in by an answered request.
+async fn hold_connections(
+    srv: &TestServer,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
     let addr = srv.base_url().trim_start_matches("http://").to_string();
     let mut held = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..n {
         let mut stream = tokio::net::TcpStream::connect(&addr).await?;
-        // A request answered shows the server has taken the connection in.
         stream
             .write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await?;
@@ -341,11 +342,20 @@ async fn connections_per_address_are_capped(srv: &TestServer) -> anyhow::Result<
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
         ensure!(
             buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{:?}",
+            "connection {}: {:?}",
+            held.len() + 1,
             String::from_utf8_lossy(&buf[..n])
         );
         held.push(stream);
     }
+    Ok(held)
+}
+
+/// One address holds at most `MAX_CONNECTIONS_PER_ADDRESS` (4 here) connections: the
+/// next is answered 429 and closed; closing one makes room.
+async fn connections_per_address_are_capped(srv: &TestServer) -> anyhow::Result<()> {
+    let addr = srv.base_url().trim_start_matches("http://").to_string();
+    let mut held = hold_connections(srv, 4).await?;
     let mut extra = tokio::net::TcpStream::connect(&addr).await?;
     let _ = extra
         .write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -370,7 +380,24 @@ async fn connections_per_address_are_capped(srv: &TestServer) -> anyhow::Result<
     Ok(())
 }
 
+/// Loopback peers (a proxy on the same host, a load client) are not counted against
+/// the per-address limits unless `--limit-loopback`: with a cap of 4 connections and
+/// 2 registrations, ten of each from 127.0.0.1 are all taken.
+async fn loopback_is_not_counted_by_default(srv: &TestServer) -> anyhow::Result<()> {
+    let _held = hold_connections(srv, 10).await?;
+    for _ in 0..10 {
+        srv.api().new_user("local").await?;
+    }
+    Ok(())
+}
+
 tests::e2e!(control_characters_are_refused_where_they_enter);
+tests::e2e!(
+    options = |o| o
+        .env("MAX_CONNECTIONS_PER_ADDRESS", "4")
+        .env("REGISTER_MAX_PER_ADDRESS", "2");
+    loopback_is_not_counted_by_default
+);
 tests::e2e!(
     options = |o| o.env("LOGIN_MAX_FAILURES_PER_ADDRESS", "3");
     login_fields_are_bounded_before_the_throttle
@@ -390,13 +417,15 @@ tests::e2e!(
 tests::e2e!(
     options = |o| o
         .env("REGISTER_MAX_PER_ADDRESS", "2")
+        .arg("--limit-loopback")
         .arg("--trusted-proxies")
         .arg("127.0.0.1");
     registrations_per_address_are_limited
 );
 tests::e2e!(options = |o| o.env("REQUEST_TIMEOUT", "1"); a_stalled_body_gets_408);
 tests::e2e!(
-    options = |o| o.env("MAX_CONNECTIONS_PER_ADDRESS", "4");
+    // The test connects over loopback, which is not counted unless asked.
+    options = |o| o.env("MAX_CONNECTIONS_PER_ADDRESS", "4").arg("--limit-loopback");
     connections_per_address_are_capped
 );
 
