@@ -165,8 +165,14 @@ pub struct Config {
     #[arg(long, env = "WRITER_MAX_BATCH", default_value_t = 1024)]
     pub writer_max_batch: usize,
 
-    /// Longest a message waits for its batch to fill, in microseconds.
-    #[arg(long, env = "WRITER_MAX_DELAY_US", default_value_t = 1000)]
+    /// Most content bytes committed in one batch.
+    #[arg(long, env = "WRITER_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
+    pub writer_max_batch_bytes: usize,
+
+    /// Longest a message waits for its batch to fill, in microseconds. 0: a message
+    /// that finds the writer idle is committed at once; those arriving during a
+    /// commit form the next batch.
+    #[arg(long, env = "WRITER_MAX_DELAY_US", default_value_t = 0)]
     pub writer_max_delay_us: u64,
 
     /// Largest WebSocket message accepted, in bytes (larger: close 1009).

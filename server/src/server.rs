@@ -55,6 +55,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     let policy = BatchPolicy {
         max_batch: config.writer_max_batch,
+        max_bytes: config.writer_max_batch_bytes,
         max_delay: config.writer_max_delay(),
     };
     let metrics = Metrics::new(config.redis_url.is_some());

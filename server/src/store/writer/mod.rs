@@ -25,11 +25,15 @@ use tokio::sync::{mpsc, Notify};
 use super::model::{NewMessage, Store, StoreError, Stored};
 use crate::metrics::WriterMetrics;
 
-/// When a batch is committed: as soon as it holds `max_batch` messages, or `max_delay`
-/// after its oldest message was submitted, whichever comes first.
+/// When a batch is committed: as soon as it holds `max_batch` messages or
+/// `max_bytes` of content, or `max_delay` after its oldest message was submitted,
+/// whichever comes first. With no delay (the default) a message that finds the
+/// writer idle is committed at once, and those that arrive during a commit form the
+/// next batch: batches grow with the load, not with a wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchPolicy {
     pub max_batch: usize,
+    pub max_bytes: usize,
     pub max_delay: Duration,
 }
 
@@ -37,7 +41,8 @@ impl Default for BatchPolicy {
     fn default() -> Self {
         Self {
             max_batch: 1024,
-            max_delay: Duration::from_millis(1),
+            max_bytes: 4 << 20,
+            max_delay: Duration::ZERO,
         }
     }
 }
@@ -148,6 +153,7 @@ pub fn spawn(
         messages: VecDeque::with_capacity(policy.capacity()),
         callbacks: VecDeque::with_capacity(policy.capacity()),
         keys: HashSet::new(),
+        bytes: 0,
         carried: None,
         metrics,
     };
@@ -172,10 +178,10 @@ enum Gather {
 }
 
 impl BatchPolicy {
-    /// The gathering rule, free of clocks and queues: `len` messages held, the oldest
-    /// submitted at `oldest`, and it is `now`.
-    fn gather(&self, len: usize, oldest: Instant, now: Instant) -> Gather {
-        if len >= self.capacity() {
+    /// The gathering rule, free of clocks and queues: `len` messages of `bytes` held,
+    /// the oldest submitted at `oldest`, and it is `now`.
+    fn gather(&self, (len, bytes): (usize, usize), oldest: Instant, now: Instant) -> Gather {
+        if self.full(len, bytes) {
             return Gather::Flush;
         }
         match oldest.checked_add(self.max_delay) {
@@ -188,6 +194,11 @@ impl BatchPolicy {
 
     fn capacity(&self) -> usize {
         self.max_batch.max(1)
+    }
+
+    /// A batch of `len` messages of `bytes` takes no more.
+    fn full(&self, len: usize, bytes: usize) -> bool {
+        len >= self.capacity() || (len > 0 && bytes >= self.max_bytes)
     }
 }
 
@@ -206,6 +217,8 @@ struct Writer {
     callbacks: VecDeque<OnCommit>,
     /// Hashes of the idempotency keys in the batch. A collision only splits a batch.
     keys: HashSet<u64>,
+    /// The batch's weight (`Backlog::weight`), bounded by the policy's `max_bytes`.
+    bytes: usize,
     /// A send whose key the batch already holds: the first of the next batch.
     carried: Option<Submitted>,
     metrics: WriterMetrics,
@@ -252,6 +265,7 @@ impl Writer {
                 return false;
             }
         }
+        self.bytes += Backlog::weight(&submitted.message);
         self.messages.push_back(submitted.message);
         self.callbacks.push_back(submitted.done);
         true
@@ -259,9 +273,8 @@ impl Writer {
 
     /// Adds queued messages to the batch until the policy says to commit it.
     async fn gather(&mut self, oldest: Instant) {
-        let capacity = self.policy.capacity();
         loop {
-            while self.messages.len() < capacity {
+            while !self.policy.full(self.messages.len(), self.bytes) {
                 match self.incoming.try_recv() {
                     Ok(next) => {
                         if !self.take(next) {
@@ -273,7 +286,7 @@ impl Writer {
             }
             match self
                 .policy
-                .gather(self.messages.len(), oldest, Instant::now())
+                .gather((self.messages.len(), self.bytes), oldest, Instant::now())
             {
                 Gather::Flush => return,
                 Gather::WaitUntil(deadline) => {
@@ -304,6 +317,7 @@ impl Writer {
     /// in `self` until each message is reported, so a cancelled commit still reports.
     async fn commit(&mut self) {
         self.keys.clear();
+        self.bytes = 0;
         let batch = self.messages.make_contiguous();
         let started = std::time::Instant::now();
         let committed = insert(&*self.store, batch).await;

@@ -24,6 +24,7 @@ const MS: Duration = Duration::from_millis(1);
 fn policy(max_batch: usize, max_delay: Duration) -> BatchPolicy {
     BatchPolicy {
         max_batch,
+        max_bytes: 1 << 20,
         max_delay,
     }
 }
@@ -32,37 +33,58 @@ fn policy(max_batch: usize, max_delay: Duration) -> BatchPolicy {
 fn a_full_batch_flushes_at_once() {
     let t0 = Instant::now();
     let p = policy(4, 10 * MS);
-    assert_eq!(p.gather(3, t0, t0), Gather::WaitUntil(t0 + 10 * MS));
-    assert_eq!(p.gather(4, t0, t0), Gather::Flush);
-    assert_eq!(p.gather(5, t0, t0), Gather::Flush);
+    assert_eq!(p.gather((3, 0), t0, t0), Gather::WaitUntil(t0 + 10 * MS));
+    assert_eq!(p.gather((4, 0), t0, t0), Gather::Flush);
+    assert_eq!(p.gather((5, 0), t0, t0), Gather::Flush);
 }
 
 #[test]
 fn a_partial_batch_waits_until_its_oldest_message_is_max_delay_old() {
     let t0 = Instant::now();
     let p = policy(1024, 2 * MS);
-    assert_eq!(p.gather(1, t0, t0 + MS), Gather::WaitUntil(t0 + 2 * MS));
-    assert_eq!(p.gather(1, t0, t0 + 2 * MS), Gather::Flush);
-    assert_eq!(p.gather(7, t0, t0 + 3 * MS), Gather::Flush);
+    assert_eq!(
+        p.gather((1, 0), t0, t0 + MS),
+        Gather::WaitUntil(t0 + 2 * MS)
+    );
+    assert_eq!(p.gather((1, 0), t0, t0 + 2 * MS), Gather::Flush);
+    assert_eq!(p.gather((7, 0), t0, t0 + 3 * MS), Gather::Flush);
 }
 
 #[test]
 fn zero_delay_takes_what_is_queued_and_goes() {
     let t0 = Instant::now();
     let p = policy(1024, Duration::ZERO);
-    assert_eq!(p.gather(1, t0, t0), Gather::Flush);
-    assert_eq!(p.gather(300, t0, t0), Gather::Flush);
+    assert_eq!(p.gather((1, 0), t0, t0), Gather::Flush);
+    assert_eq!(p.gather((300, 0), t0, t0), Gather::Flush);
 }
 
 #[test]
 fn a_zero_batch_size_means_one() {
     let t0 = Instant::now();
-    assert_eq!(policy(0, 10 * MS).gather(1, t0, t0), Gather::Flush);
+    assert_eq!(policy(0, 10 * MS).gather((1, 0), t0, t0), Gather::Flush);
 }
 
 #[test]
-fn the_default_is_1024_messages_or_1_ms() {
-    assert_eq!(BatchPolicy::default(), policy(1024, MS));
+fn a_batch_is_full_at_its_byte_bound() {
+    let t0 = Instant::now();
+    let p = policy(1024, 10 * MS);
+    assert_eq!(
+        p.gather((3, (1 << 20) - 1), t0, t0),
+        Gather::WaitUntil(t0 + 10 * MS)
+    );
+    assert_eq!(p.gather((3, 1 << 20), t0, t0), Gather::Flush);
+    // One message larger than the bound still makes a batch of its own.
+    assert!(p.full(1, 2 << 20));
+    assert!(!p.full(0, 2 << 20));
+}
+
+#[test]
+fn the_default_is_1024_messages_or_4_mib_and_no_wait() {
+    let d = BatchPolicy::default();
+    assert_eq!(
+        (d.max_batch, d.max_bytes, d.max_delay),
+        (1024, 4 << 20, Duration::ZERO)
+    );
 }
 
 /// A real SQLite store with one user and one conversation to write into, and 3000
