@@ -305,7 +305,8 @@ pub trait Store: Send + Sync + 'static {
         content: &Content,
         at: DateTime<Utc>,
     ) -> Result<ChangeOutcome, StoreError>;
-    /// Soft delete: the row stays, history no longer shows it.
+    /// The row stays (its position and `client_id` with it), its content and that of
+    /// its edits are erased; history no longer shows it.
     async fn delete_message(
         &self,
         conversation: ConversationId,
