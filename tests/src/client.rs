@@ -435,6 +435,17 @@ impl Api {
     }
 
     /// `GET .../messages` with a raw query string (without `?`, may be empty).
+    /// A page of who is connected to conversation `id`; `query` as for
+    /// [`Api::history`] (`limit=..&after=..`, or empty).
+    pub async fn presence(&self, who: &Session, id: &str, query: &str) -> anyhow::Result<Reply> {
+        let path = if query.is_empty() {
+            format!("/api/chat/conversations/{id}/presence")
+        } else {
+            format!("/api/chat/conversations/{id}/presence?{query}")
+        };
+        self.get(&path, Some(&who.token)).await
+    }
+
     pub async fn history(&self, who: &Session, id: &str, query: &str) -> anyhow::Result<Reply> {
         let path = if query.is_empty() {
             format!("/api/chat/conversations/{id}/messages")

@@ -127,7 +127,7 @@ impl TestCluster {
     }
 
     /// Waits until `/ready` on node `i` reports `redis` as `want`.
-    pub async fn wait_redis(&self, i: usize, want: &str) -> anyhow::Result<()> {
+    async fn wait_redis(&self, i: usize, want: &str) -> anyhow::Result<()> {
         let api = self.api(i);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -141,6 +141,26 @@ impl TestCluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until every node's `/ready` reports `redis` as `want`.
+    pub async fn wait_redis_everywhere(&self, want: &str) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.wait_redis(i, want).await?;
+        }
+        Ok(())
+    }
+
+    /// Cuts every node off Redis (the relay) and waits until each says `degraded`.
+    pub async fn cut_redis(&self) -> anyhow::Result<()> {
+        self.relay()?.cut();
+        self.wait_redis_everywhere("degraded").await
+    }
+
+    /// Gives Redis back (the relay) and waits until each node says `ok`.
+    pub async fn restore_redis(&self) -> anyhow::Result<()> {
+        self.relay()?.restore();
+        self.wait_redis_everywhere("ok").await
     }
 
     /// Panics with every node's output when `result` is an error.

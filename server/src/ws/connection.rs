@@ -206,10 +206,7 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
                 // On the heap while it runs: inline, the submission's state would be
                 // part of every idle connection's task.
                 let refusal = Box::pin(on_message(shard, conn, frame.opcode, frame.payload)).await;
-                if flood.over(refusal, config.ws_flood_limit) {
-                    conn.close(Close::Flooding);
-                    return ReadEnd::Refused;
-                }
+                flood.note(conn, refusal, config.ws_flood_limit);
             }
             (Opcode::Text | Opcode::Binary, None) => {
                 fragmented = Some(frame.opcode);
@@ -229,12 +226,9 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
                         return ReadEnd::Refused;
                     }
                     let refusal = Box::pin(on_message(shard, conn, opcode, &mut fragments)).await;
+                    flood.note(conn, refusal, config.ws_flood_limit);
                     // A finished message keeps nothing: idle connections hold no buffer.
                     fragments = Vec::new();
-                    if flood.over(refusal, config.ws_flood_limit) {
-                        conn.close(Close::Flooding);
-                        return ReadEnd::Refused;
-                    }
                 }
             }
             (Opcode::Text | Opcode::Binary | Opcode::Continuation, _) => {
@@ -280,19 +274,22 @@ struct Flood {
 const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
 impl Flood {
-    /// Counts a rate-limit refusal; true once the window holds more than `limit`.
-    /// A client that backs off after its errors never gets near it: the budget it
-    /// exceeded refills at `--ws-rate-per-second`.
-    fn over(&mut self, refusal: Option<Refusal>, limit: u32) -> bool {
+    /// Counts a rate-limit refusal; once the window holds more than `limit`, closes
+    /// `conn` with `Too many events` (the read loop then ends as after any close
+    /// queued from our side). A client that backs off after its errors never gets
+    /// near it: the budget it exceeded refills at `--ws-rate-per-second`.
+    fn note(&mut self, conn: &Conn, refusal: Option<Refusal>, limit: u32) {
         if refusal != Some(Refusal::RateLimit) || limit == 0 {
-            return false;
+            return;
         }
         let now = monoio::time::Instant::now();
         match self.since {
             Some(since) if now.duration_since(since) < FLOOD_WINDOW => self.refused += 1,
             _ => (self.since, self.refused) = (Some(now), 1),
         }
-        self.refused > limit
+        if self.refused > limit {
+            conn.close(Close::Flooding);
+        }
     }
 }
 

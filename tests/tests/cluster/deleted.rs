@@ -20,8 +20,7 @@ async fn a_gap_filled_from_the_store_holds_no_deleted_content() {
     opts.via_relay = true;
     with_cluster(opts, |c| {
         Box::pin(async move {
-            c.wait_redis(0, "ok").await?;
-            c.wait_redis(1, "ok").await?;
+            c.wait_redis_everywhere("ok").await?;
             let api = c.api(0);
             let ([a, b], conv) = group(&api, &["xa", "xb"]).await?;
             let (mut a0, _) = join(c.node(0), &conv, &a).await?;
@@ -29,18 +28,14 @@ async fn a_gap_filled_from_the_store_holds_no_deleted_content() {
             a0.send_message("before").await?;
             collect_messages(&mut b1, 1).await?;
 
-            c.relay()?.cut();
-            c.wait_redis(0, "degraded").await?;
-            c.wait_redis(1, "degraded").await?;
+            c.cut_redis().await?;
             let sent = a0.send_message(SECRET).await?;
             let id = sent["message_id"].clone();
             a0.send_json(&json!({"type": "delete", "message_id": id}))
                 .await?;
             a0.recv_type("delete").await?;
 
-            c.relay()?.restore();
-            c.wait_redis(0, "ok").await?;
-            c.wait_redis(1, "ok").await?;
+            c.restore_redis().await?;
             let filled = events_until(&mut b1, "the delete", |v| v["type"] == "delete").await?;
             let text = serde_json::to_string(&filled)?;
             ensure!(

@@ -338,8 +338,7 @@ async fn a_redis_outage_is_filled_from_the_store_once_it_ends() {
     opts.via_relay = true;
     with_cluster(opts, |c| {
         Box::pin(async move {
-            c.wait_redis(0, "ok").await?;
-            c.wait_redis(1, "ok").await?;
+            c.wait_redis_everywhere("ok").await?;
             let api = c.api(0);
             let ([a, b], conv) = group(&api, &["ra", "rb"]).await?;
             let (mut a0, _) = join(c.node(0), &conv, &a).await?;
@@ -348,9 +347,7 @@ async fn a_redis_outage_is_filled_from_the_store_once_it_ends() {
             let before = collect_messages(&mut b1, 1).await?;
             ensure!(before[0]["content"] == "before", "{before:?}");
 
-            c.relay()?.cut();
-            c.wait_redis(0, "degraded").await?;
-            c.wait_redis(1, "degraded").await?;
+            c.cut_redis().await?;
             let own = b1
                 .send_message("b during")
                 .await
@@ -359,9 +356,7 @@ async fn a_redis_outage_is_filled_from_the_store_once_it_ends() {
                 a0.send_message(&format!("during-{k}")).await?;
             }
 
-            c.relay()?.restore();
-            c.wait_redis(0, "ok").await?;
-            c.wait_redis(1, "ok").await?;
+            c.restore_redis().await?;
             let missed = collect_messages(&mut b1, 5).await?;
             let contents: Vec<&str> = missed
                 .iter()
@@ -396,8 +391,7 @@ async fn a_users_rate_limit_holds_across_nodes() {
             let api = c.api(0);
             // The budget is shared while Redis answers (each node falls back to its own
             // otherwise).
-            c.wait_redis(0, "ok").await?;
-            c.wait_redis(1, "ok").await?;
+            c.wait_redis_everywhere("ok").await?;
             let ([a, b], conv) = group(&api, &["la", "lb"]).await?;
             let (mut tab0, _) = join(c.node(0), &conv, &a).await?;
             let (mut tab1, _) = join(c.node(1), &conv, &a).await?;
@@ -556,10 +550,7 @@ async fn a_big_room_across_nodes_counts_everyone_once() {
             }
             let page = c
                 .api(1)
-                .get(
-                    &format!("/api/chat/conversations/{conv}/presence?limit=1000"),
-                    Some(&users[0].token),
-                )
+                .presence(&users[0], &conv, "limit=1000")
                 .await?
                 .expect(200)?;
             ensure!(page["active_count"] == n as u64, "{page}");

@@ -94,16 +94,10 @@ async fn a_big_room_announces_counts_and_pages_the_list(srv: &TestServer) -> any
     let mut after: Option<String> = None;
     loop {
         let query = match &after {
-            Some(cursor) => format!("?limit=64&after={cursor}"),
-            None => "?limit=64".to_string(),
+            Some(cursor) => format!("limit=64&after={cursor}"),
+            None => "limit=64".to_string(),
         };
-        let page = api
-            .get(
-                &format!("/api/chat/conversations/{conv}/presence{query}"),
-                Some(&users[0].token),
-            )
-            .await?
-            .expect(200)?;
+        let page = api.presence(&users[0], &conv, &query).await?.expect(200)?;
         ensure!(page["active_count"] == n as u64, "{page}");
         for u in page["users"].as_array().context("users")? {
             listed.push(str_field(u, "id")?);
@@ -124,10 +118,7 @@ async fn a_big_room_announces_counts_and_pages_the_list(srv: &TestServer) -> any
     // Not a member: refused like the conversation itself.
     let stranger = srv.api().new_user("stranger").await?;
     srv.api()
-        .get(
-            &format!("/api/chat/conversations/{conv}/presence"),
-            Some(&stranger.token),
-        )
+        .presence(&stranger, &conv, "")
         .await?
         .expect_status(403)?;
 
