@@ -40,6 +40,26 @@ pub struct Roster {
     pub count: usize,
 }
 
+/// Whose connections in a conversation a frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    All,
+    /// Everyone but this user (typing; a receipt; others hearing of a join).
+    Except(UserId),
+    /// This user only (their read marker, on each of their devices).
+    Only(UserId),
+}
+
+impl Audience {
+    pub fn includes(self, user: UserId) -> bool {
+        match self {
+            Self::All => true,
+            Self::Except(skip) => skip != user,
+            Self::Only(only) => only == user,
+        }
+    }
+}
+
 /// Work for a conversation's home shard.
 #[derive(Debug)]
 pub enum HomeMsg {
@@ -68,21 +88,29 @@ pub enum ShardMsg {
         result: CommitResult,
     },
     /// From the home to a joining connection's shard, before anything delivered after
-    /// its join: the connection is live from position `seq` (what it was sent before
-    /// is not its to see; a resuming one is replayed up to `seq`).
-    Joined { conn: u64, seq: Seq },
-    /// To every shard with connections in the conversation: write `frame` to each,
-    /// except those of `skip` (typing goes to the others only).
+    /// its join: the connection is live in the conversation from position `seq` (what
+    /// it was sent before is not its to see; a resuming one is replayed up to `seq`).
+    Joined {
+        conn: u64,
+        conversation: ConversationId,
+        seq: Seq,
+    },
+    /// To every shard with connections in the conversation: write `frame` to those of
+    /// the audience.
     Deliver {
         conversation: ConversationId,
         frame: Bytes,
-        skip: Option<UserId>,
+        to: Audience,
     },
     /// To one connection (errors, acks of non-broadcast outcomes).
     Direct { conn: u64, frame: Bytes },
-    /// To one connection, in its place in the stream like a delivery (after its
-    /// replay): a joiner's own `joined` in a conversation above the presence list limit.
-    Own { conn: u64, frame: Bytes },
+    /// To one connection, in its place in the conversation's stream like a delivery
+    /// (after its replay): a joiner's own `joined` above the presence list limit.
+    Own {
+        conn: u64,
+        conversation: ConversationId,
+        frame: Bytes,
+    },
     /// From a REST handler to the conversation's home: up to `limit` connected users
     /// who arrived after the cursor `after`, in arrival order.
     Presence {
@@ -104,6 +132,20 @@ pub enum ShardMsg {
         user: UserId,
         conn: Option<u64>,
     },
+    /// To every shard: `users` were added to the conversation (or it was created with
+    /// them); their user streams announce it (`frame`) and carry it from now on.
+    Added {
+        conversation: ConversationId,
+        users: std::sync::Arc<[UserId]>,
+        frame: Bytes,
+    },
+    /// From a REST handler to the conversation's home: `user`'s read marker moved to
+    /// `seq` (committed); tell their devices and, where cheap, the others.
+    Marked {
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    },
     /// From the cluster (other nodes, through Redis) to the conversation's home.
     Remote {
         conversation: ConversationId,
@@ -122,9 +164,9 @@ pub enum ShardMsg {
 pub enum Remote {
     /// A committed event at its stream position, as a ready frame.
     Event { seq: Seq, frame: Bytes },
-    /// A frame that is not a stream event (typing, presence, joined/left), for every
-    /// local connection except those of `skip`.
-    Frame { skip: Option<UserId>, frame: Bytes },
+    /// A frame that is not a stream event (typing, presence, joined/left, markers), for
+    /// the local connections of the audience.
+    Frame { to: Audience, frame: Bytes },
     /// `user` was removed from the conversation.
     Revoke { user: UserId },
     /// Events of the conversation may have been missed (a subscription just started

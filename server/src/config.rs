@@ -119,6 +119,12 @@ pub struct Config {
     #[arg(long, env = "WS_MAX_PER_USER", default_value_t = 32)]
     pub ws_max_per_user: usize,
 
+    /// Conversations one user stream (`/api/chat/ws`) carries: the user's most
+    /// recently active ones when it opens, and those the user is added to while
+    /// there is room. Its `ready` event says which.
+    #[arg(long, env = "STREAM_MAX_CONVERSATIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub stream_max_conversations: u32,
+
     /// Count loopback peers against the per-address limits
     /// (`--max-connections-per-address`, `--register-max-per-address`). Off by
     /// default: a peer on this host is a local reverse proxy or the operator's own

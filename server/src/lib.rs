@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 1 | `config`, `ids`, `text`, `limits`, `metrics`, `socket` | the one configuration struct; id newtypes and timestamps; validated usernames, passwords, content, names; per-client quotas and slots; the Prometheus series and each shard's handles; an accepted socket as hyper serves it, taken back after an upgrade |
 //! | 2 | `protocol`, `auth`, `store`, `tls` | wire events, the frame codec and close codes; tokens, passwords, login throttling; persistence; the certificate and the rustls configuration |
-//! | 3 | `error`, `roster` | the one error type and its HTTP shape; how presence is told in conversations of any size |
+//! | 3 | `error`, `roster`, `views` | the one error type and its HTTP shape; how presence is told in conversations of any size; the JSON shapes of a conversation REST and WebSocket events share |
 //! | 4 | `bus` | the cross-shard mailboxes and what travels on them |
 //! | 5 | `cluster` | the other nodes through Redis: live events, presence, heartbeats, rate budgets |
 //! | 6 | `app` | what every shard shares, built once |
@@ -37,6 +37,7 @@ pub mod tls;
 
 pub mod error;
 pub mod roster;
+pub mod views;
 
 pub mod bus;
 

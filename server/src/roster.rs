@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::ids::{Seq, UserId};
+use crate::ids::{ConversationId, Seq, UserId};
 use crate::protocol::{Active, Membership, ServerEvent};
 
 /// A change of one user's presence.
@@ -28,12 +28,13 @@ pub struct Change {
 
 impl Change {
     /// The `system` event of this change, with who is connected.
-    pub fn frame(&self, active: Active<'_>) -> Bytes {
+    pub fn frame(&self, conversation: ConversationId, active: Active<'_>) -> Bytes {
         let membership = match self.joined_at {
             Some(_) => Membership::Joined,
             None => Membership::Left,
         };
         ServerEvent::membership(
+            conversation,
             membership,
             self.user,
             &self.username,
@@ -55,14 +56,21 @@ pub enum Summary {
 impl Summary {
     /// The `system` event saying it, with how many are connected, and whose
     /// connections skip it: a joiner heard of its own join already.
-    pub fn frame(self, active_count: usize) -> (Bytes, Option<UserId>) {
+    pub fn frame(
+        self,
+        conversation: ConversationId,
+        active_count: usize,
+    ) -> (Bytes, Option<UserId>) {
         match self {
             Summary::One(change) => {
                 let skip = change.joined_at.map(|_| change.user);
-                (change.frame(Active::Count(active_count)), skip)
+                (
+                    change.frame(conversation, Active::Count(active_count)),
+                    skip,
+                )
             }
             Summary::Many { joined, left } => (
-                ServerEvent::presence_summary(joined, left, active_count),
+                ServerEvent::presence_summary(conversation, joined, left, active_count),
                 None,
             ),
         }

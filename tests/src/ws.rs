@@ -44,7 +44,39 @@ pub fn ws_url(ws_base: &str, conversation_id: &str, token: &str) -> String {
     )
 }
 
+/// `ws://HOST/api/chat/ws?token=JWT`: the user stream.
+pub fn stream_url(ws_base: &str, token: &str) -> String {
+    format!(
+        "{}/api/chat/ws?token={}",
+        ws_base.trim_end_matches('/'),
+        crate::client::encode_query(token)
+    )
+}
+
 impl WsClient {
+    /// Opens the token's user stream and reads its `ready` event; the stream is not
+    /// started yet (see `start`).
+    pub async fn connect_stream(ws_base: &str, token: &str) -> anyhow::Result<(Self, Value)> {
+        let mut ws = Self::connect_url(&stream_url(ws_base, token)).await?;
+        let ready = ws.recv_json().await?;
+        anyhow::ensure!(
+            ready["type"] == "ready",
+            "a user stream opens with ready, not {ready}"
+        );
+        Ok((ws, ready))
+    }
+
+    /// Starts a user stream: `resume` with `positions` (conversation id to the last
+    /// position seen).
+    pub async fn start(&mut self, positions: &[(&str, u64)]) -> anyhow::Result<()> {
+        let positions: serde_json::Map<String, Value> = positions
+            .iter()
+            .map(|(id, seq)| ((*id).to_string(), Value::from(*seq)))
+            .collect();
+        self.send_json(&serde_json::json!({"type": "resume", "positions": positions}))
+            .await
+    }
+
     /// Connects to a conversation as the token's user.
     pub async fn connect(
         ws_base: &str,

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::messages::{Announcement, Change, Health, PresenceOp};
 use super::presence::users;
 use super::tasks::Context;
-use crate::bus::{Remote, ShardMsg};
+use crate::bus::{Audience, Remote, ShardMsg};
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::{Active, Membership, ServerEvent};
 use crate::roster::{self, Coalescer, Noted, Summary};
@@ -71,7 +71,13 @@ pub(super) async fn presence(
                 // This node's own connections still hear of it, with its own roster.
                 let active = Active::of(a.local_active.as_deref(), a.local_count);
                 if let Some(frame) = frame_of(&a, active) {
-                    ctx.local(a.conversation, Remote::Frame { skip: None, frame });
+                    ctx.local(
+                        a.conversation,
+                        Remote::Frame {
+                            to: Audience::All,
+                            frame,
+                        },
+                    );
                 }
                 if a.change == Change::Left {
                     unrecorded.push(a);
@@ -150,7 +156,9 @@ fn roster(tail: &[String], limit: usize, gone: bool) -> Told {
 
 /// The `system` event of a change, if it is announced at all.
 fn frame_of(a: &Announcement, active: Active<'_>) -> Option<Bytes> {
-    let frame = |change, seq| ServerEvent::membership(change, a.user, &a.username, active, seq);
+    let frame = |change, seq| {
+        ServerEvent::membership(a.conversation, change, a.user, &a.username, active, seq)
+    };
     match a.change {
         Change::Joined { seq, .. } => Some(frame(Membership::Joined, Some(seq))),
         Change::Left => Some(frame(Membership::Left, None)),
@@ -181,7 +189,13 @@ impl Held {
         }
         if let Some(listed) = &told.listed {
             if let Some(frame) = frame_of(a, Active::Users(listed)) {
-                ctx.everywhere(a.conversation, Remote::Frame { skip: None, frame });
+                ctx.everywhere(
+                    a.conversation,
+                    Remote::Frame {
+                        to: Audience::All,
+                        frame,
+                    },
+                );
             }
             return;
         }
@@ -192,6 +206,7 @@ impl Held {
                         conn.shard,
                         ShardMsg::Own {
                             conn: conn.conn,
+                            conversation: a.conversation,
                             frame,
                         },
                     );
@@ -240,8 +255,9 @@ impl Held {
 /// Above the list limit: a change, or the sum of several, on every node, to everyone
 /// but a joiner (who heard of its own join already).
 fn announce_summary(ctx: &Context, conversation: ConversationId, summary: Summary, count: usize) {
-    let (frame, skip) = summary.frame(count);
-    ctx.everywhere(conversation, Remote::Frame { skip, frame });
+    let (frame, skip) = summary.frame(conversation, count);
+    let to = skip.map_or(Audience::All, Audience::Except);
+    ctx.everywhere(conversation, Remote::Frame { to, frame });
 }
 
 /// Records the leaves Redis missed; the other nodes hear of those that were last
@@ -261,7 +277,13 @@ async fn retry_leaves(
                 }
                 let active = told.active();
                 if let Some(frame) = frame_of(&a, active) {
-                    ctx.publish(a.conversation, &Remote::Frame { skip: None, frame });
+                    ctx.publish(
+                        a.conversation,
+                        &Remote::Frame {
+                            to: Audience::All,
+                            frame,
+                        },
+                    );
                 }
             }
             Err(_) => still.push(a),
@@ -380,8 +402,21 @@ async fn sweep(ctx: &Context, conn: &mut ConnectionManager, gone: &str) {
             let Ok(user) = pair[0].parse::<UserId>() else {
                 continue;
             };
-            let frame = ServerEvent::membership(Membership::Left, user, &pair[1], active, None);
-            ctx.everywhere(conversation, Remote::Frame { skip: None, frame });
+            let frame = ServerEvent::membership(
+                conversation,
+                Membership::Left,
+                user,
+                &pair[1],
+                active,
+                None,
+            );
+            ctx.everywhere(
+                conversation,
+                Remote::Frame {
+                    to: Audience::All,
+                    frame,
+                },
+            );
         }
     }
     let _: Result<(), _> = redis::cmd("DEL")

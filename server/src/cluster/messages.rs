@@ -64,6 +64,9 @@ pub(super) enum Outbound {
         conversation: ConversationId,
         payload: Vec<u8>,
     },
+    /// For every node's user streams (the inbox channel): users added to a
+    /// conversation. Lost if Redis is away: the conversation list still shows it.
+    Inbox(Vec<u8>),
     /// Answered once everything queued before it was sent (or given up).
     Flush(oneshot::Sender<()>),
 }

@@ -157,6 +157,13 @@ impl Cluster {
         self.ctx.publish(conversation, msg);
     }
 
+    /// Tells every other node's user streams of `users` that they were added to the
+    /// conversation (`frame`: its `conversation` event).
+    pub fn added(&self, conversation: ConversationId, users: &[UserId], frame: &[u8]) {
+        let payload = wire::encode_added(self.ctx.node, conversation, users, frame);
+        let _ = self.ctx.outbound.send(Outbound::Inbox(payload));
+    }
+
     /// This node has connections in the conversation: hear what the others say. Once
     /// subscribed, the conversation's home is told to read the stream back (`Resync`)
     /// for what was published before.

@@ -217,6 +217,12 @@ impl Presence {
         format!("{}:conv:{conversation}", self.prefix)
     }
 
+    /// The channel every node hears: users added to conversations, for their user
+    /// streams wherever those are.
+    pub fn inbox(&self) -> String {
+        format!("{}:inbox", self.prefix)
+    }
+
     /// The conversation of a channel name, if it is one of this cluster's.
     pub fn conversation_of(&self, channel: &[u8]) -> Option<ConversationId> {
         let rest = channel

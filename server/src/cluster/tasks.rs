@@ -5,9 +5,10 @@
 //!   not be sent is owed to the other nodes once Redis answers again (a `Resync` hint
 //!   per conversation, every removal itself), tried every second until it goes.
 //! - `subscribe`: one pub/sub connection, subscribed to the conversations this node
-//!   has connections in and pinged so a dead one is noticed; hands what arrives to each
-//!   conversation's home; reconnects and subscribes again after an outage, then has
-//!   every home resync.
+//!   has connections in, and to the inbox (users added to conversations, for user
+//!   streams anywhere), pinged so a dead one is noticed; hands what arrives to each
+//!   conversation's home (the inbox to every shard); reconnects and subscribes again
+//!   after an outage, then has every home resync.
 //!
 //! Neither ever blocks a shard; shards hear back only through the bus.
 
@@ -23,7 +24,7 @@ use super::messages::{Health, Outbound, Subscription};
 use super::presence::Presence;
 use super::wire::{self, NodeId};
 use crate::bus::{Bus, Remote, ShardMsg};
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, UserId};
 
 /// Most payloads sent in one pipeline.
 const PIPELINE: usize = 1024;
@@ -120,6 +121,7 @@ pub(super) async fn publish(
         }
         let mut pipe = redis::pipe();
         let mut sent = Vec::new();
+        let mut inbox = false;
         let mut flushes = Vec::new();
         for item in batch.drain(..) {
             match item {
@@ -130,10 +132,17 @@ pub(super) async fn publish(
                     ctx.publish_into(&mut pipe, conversation, &payload);
                     sent.push((conversation, payload));
                 }
+                Outbound::Inbox(payload) => {
+                    pipe.cmd("PUBLISH")
+                        .arg(ctx.keys.inbox())
+                        .arg(payload)
+                        .ignore();
+                    inbox = true;
+                }
                 Outbound::Flush(done) => flushes.push(done),
             }
         }
-        if !sent.is_empty() {
+        if !sent.is_empty() || inbox {
             match pipe.query_async::<()>(&mut conn).await {
                 Ok(()) => lost.resend(&ctx, &mut conn).await,
                 Err(e) => {
@@ -147,6 +156,8 @@ pub(super) async fn publish(
                                 payload,
                             } => sent.push((conversation, payload)),
                             Outbound::Flush(done) => flushes.push(done),
+                            // News of additions is not kept through an outage.
+                            Outbound::Inbox(_) => {}
                         }
                     }
                     for (conversation, payload) in sent {
@@ -226,8 +237,9 @@ pub(super) async fn subscribe(
             continue;
         };
         let (mut sink, mut messages) = pubsub.split();
-        let channels: Vec<String> = wanted.iter().map(|&c| ctx.keys.channel(c)).collect();
-        if !channels.is_empty() && !answered(sink.subscribe(&channels)).await {
+        let mut channels: Vec<String> = wanted.iter().map(|&c| ctx.keys.channel(c)).collect();
+        channels.push(ctx.keys.inbox());
+        if !answered(sink.subscribe(&channels)).await {
             continue;
         }
         Health::set(&ctx.health.subscriber, true, "subscriber");
@@ -283,9 +295,24 @@ fn apply(wanted: &mut HashSet<ConversationId>, cmd: Subscription) {
     };
 }
 
-/// Hands a message from another node to the conversation's home.
+/// Hands a message from another node to the conversation's home, or an inbox
+/// message to every shard.
 fn dispatch(ctx: &Context, channel: &[u8], payload: &[u8]) {
     let Some(conversation) = ctx.keys.conversation_of(channel) else {
+        if channel == ctx.keys.inbox().as_bytes() {
+            match wire::decode_added(payload) {
+                Some((origin, _, _, _)) if origin == ctx.node => {}
+                Some((_, conversation, users, frame)) => {
+                    let users: Arc<[UserId]> = users.into();
+                    ctx.bus.broadcast(|| ShardMsg::Added {
+                        conversation,
+                        users: Arc::clone(&users),
+                        frame: frame.clone(),
+                    });
+                }
+                None => tracing::warn!("unreadable inbox message ignored"),
+            }
+        }
         return;
     };
     match wire::decode(payload) {

@@ -2,18 +2,22 @@
 //!
 //! A payload is the publishing node's id (16 bytes), a tag, then the tag's fields:
 //! `E` a stream event (position as 8 bytes big-endian, then the frame), `F` a frame
-//! that is not a stream event (the user to skip, 16 bytes, all zero for nobody, then
-//! the frame), `V` a removal (the user, 16 bytes), `R` a hint to read the stream back
+//! that is not a stream event (its audience: `a` all, `e` all but, `o` only, then the
+//! user, 16 bytes, all zero for all, then the frame), `V` a removal (the user, 16 bytes), `R` a hint to read the stream back
 //! from the store. Frames travel as the WebSocket frames the publisher already
 //! encoded, so an event is encoded once in the whole cluster.
+//!
+//! The inbox channel carries one kind (`A`): users added to a conversation (the
+//! conversation, 16 bytes, the number of users, 4 bytes big-endian, the users, 16
+//! bytes each, then the `conversation` frame for their user streams).
 //!
 //! This module only encodes and decodes; it never talks to Redis.
 
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::bus::Remote;
-use crate::ids::{Seq, UserId};
+use crate::bus::{Audience, Remote};
+use crate::ids::{ConversationId, Seq, UserId};
 
 /// A node of the cluster: random per process start, so a restarted node is a new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,9 +52,15 @@ pub fn encode(origin: NodeId, msg: &Remote) -> Vec<u8> {
             out.extend_from_slice(&seq.0.to_be_bytes());
             out.extend_from_slice(frame);
         }
-        Remote::Frame { skip, frame } => {
+        Remote::Frame { to, frame } => {
             out.push(b'F');
-            out.extend_from_slice(skip.map_or(Uuid::nil(), |u| u.0).as_bytes());
+            let (kind, user) = match to {
+                Audience::All => (b'a', Uuid::nil()),
+                Audience::Except(user) => (b'e', user.0),
+                Audience::Only(user) => (b'o', user.0),
+            };
+            out.push(kind);
+            out.extend_from_slice(user.as_bytes());
             out.extend_from_slice(frame);
         }
         Remote::Revoke { user } => {
@@ -60,6 +70,44 @@ pub fn encode(origin: NodeId, msg: &Remote) -> Vec<u8> {
         Remote::Resync => out.push(b'R'),
     }
     out
+}
+
+/// Users added to a conversation, for the inbox channel.
+pub fn encode_added(
+    origin: NodeId,
+    conversation: ConversationId,
+    users: &[UserId],
+    frame: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(37 + 16 * users.len() + frame.len());
+    out.extend_from_slice(origin.0.as_bytes());
+    out.push(b'A');
+    out.extend_from_slice(conversation.0.as_bytes());
+    out.extend_from_slice(&u32::try_from(users.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for user in users {
+        out.extend_from_slice(user.0.as_bytes());
+    }
+    out.extend_from_slice(frame);
+    out
+}
+
+/// What an inbox payload says: the publisher, the conversation, the users and the
+/// frame; `None` for a payload this version cannot read.
+pub fn decode_added(payload: &[u8]) -> Option<(NodeId, ConversationId, Vec<UserId>, Bytes)> {
+    let origin = NodeId(uuid_at(payload, 0)?);
+    if *payload.get(16)? != b'A' {
+        return None;
+    }
+    let conversation = ConversationId(uuid_at(payload, 17)?);
+    let count = u32::from_be_bytes(payload.get(33..37)?.try_into().ok()?) as usize;
+    let frame_at = count.checked_mul(16)?.checked_add(37)?;
+    let users = payload
+        .get(37..frame_at)?
+        .chunks_exact(16)
+        .filter_map(|b| Some(UserId(Uuid::from_bytes(b.try_into().ok()?))))
+        .collect();
+    let frame = Bytes::copy_from_slice(payload.get(frame_at..)?);
+    Some((origin, conversation, users, frame))
 }
 
 /// Whether a payload is a removal (`Remote::Revoke`).
@@ -77,10 +125,16 @@ pub fn decode(payload: &[u8]) -> Option<(NodeId, Remote)> {
             frame: Bytes::copy_from_slice(&rest[8..]),
         },
         b'F' => {
-            let skip = uuid_at(rest, 0)?;
+            let user = UserId(uuid_at(rest, 1)?);
+            let to = match rest[0] {
+                b'a' => Audience::All,
+                b'e' => Audience::Except(user),
+                b'o' => Audience::Only(user),
+                _ => return None,
+            };
             Remote::Frame {
-                skip: (!skip.is_nil()).then_some(UserId(skip)),
-                frame: Bytes::copy_from_slice(&rest[16..]),
+                to,
+                frame: Bytes::copy_from_slice(&rest[17..]),
             }
         }
         b'V' if rest.len() == 16 => Remote::Revoke {
@@ -121,19 +175,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let user = UserId::random();
-        match round_trip(Remote::Frame {
-            skip: Some(user),
-            frame: frame.clone(),
-        }) {
-            Remote::Frame { skip, frame: f } => {
-                assert_eq!(skip, Some(user));
-                assert_eq!(f, frame);
+        for to in [Audience::Except(user), Audience::Only(user)] {
+            match round_trip(Remote::Frame {
+                to,
+                frame: frame.clone(),
+            }) {
+                Remote::Frame { to: back, frame: f } => {
+                    assert_eq!(back, to);
+                    assert_eq!(f, frame);
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
         assert!(matches!(
-            round_trip(Remote::Frame { skip: None, frame: Bytes::new() }),
-            Remote::Frame { skip: None, frame } if frame.is_empty()
+            round_trip(Remote::Frame { to: Audience::All, frame: Bytes::new() }),
+            Remote::Frame { to: Audience::All, frame } if frame.is_empty()
         ));
         assert!(matches!(
             round_trip(Remote::Revoke { user }),
@@ -145,6 +201,23 @@ mod tests {
             &Remote::Revoke { user }
         )));
         assert!(!is_removal(&encode(NodeId::random(), &Remote::Resync)));
+    }
+
+    #[test]
+    fn additions_survive_the_trip() {
+        let (origin, conversation) = (NodeId::random(), ConversationId::random());
+        let users = vec![UserId::random(), UserId::random()];
+        let payload = encode_added(origin, conversation, &users, b"frame");
+        let (o, c, u, f) = decode_added(&payload).expect("decodes");
+        assert_eq!(
+            (o, c, u, &f[..]),
+            (origin, conversation, users, &b"frame"[..])
+        );
+        assert!(decode_added(&payload[..40]).is_none(), "users cut short");
+        assert!(
+            decode(&payload).is_none(),
+            "not a conversation channel's message"
+        );
     }
 
     #[test]

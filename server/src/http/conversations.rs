@@ -9,14 +9,15 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::dto::{
-    ConversationListQuery, ConversationOut, ErrorBody, HistoryQuery, MessageOut, NewConversation,
-    NewParticipant,
+    ConversationItem, ConversationListQuery, ConversationOut, ErrorBody, HistoryQuery, MessageOut,
+    NewConversation, NewParticipant,
 };
 use super::reply::{empty, json, Reply};
 use super::request;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, ConversationId, MessageId, UserId};
+use crate::protocol::{conversation_event, ConversationAction};
 use crate::store::{ConversationRecord, ListCursor, ListPage, Page, Store};
 use crate::text::{
     ConversationName, Description, TextError, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS,
@@ -143,6 +144,7 @@ pub async fn create(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     if let Some(id) = missing.first() {
         return Err(user_not_found(&id.to_string()));
     }
+    announce_added(shard, &conversation, participants.clone());
     let ids = participants.iter().map(ToString::to_string).collect();
     Ok(json(
         StatusCode::CREATED,
@@ -226,18 +228,6 @@ fn participant_set(me: UserId, raw: &[String], max: usize) -> Result<Vec<UserId>
 
 /// Where the next page of a conversation list starts, as the list's response tells
 /// it in `X-Next-Cursor`: `<updated_at in microseconds>_<id>`. Opaque to clients.
-fn cursor_text(c: &ConversationRecord) -> String {
-    format!("{}_{}", c.updated_at.timestamp_micros(), c.id)
-}
-
-fn parse_cursor(raw: &str) -> Option<ListCursor> {
-    let (micros, id) = raw.trim().split_once('_')?;
-    Some(ListCursor {
-        updated_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id: id.parse().ok()?,
-    })
-}
-
 /// The caller's conversations, most recently active first, a page at a time.
 #[utoipa::path(
     get,
@@ -247,7 +237,7 @@ fn parse_cursor(raw: &str) -> Option<ListCursor> {
     security(("bearer" = [])),
     params(ConversationListQuery),
     responses(
-        (status = 200, description = "At most `limit` of the caller's conversations, without `participant_ids`, most recently active first", body = Vec<ConversationOut>,
+        (status = 200, description = "At most `limit` of the caller's conversations, without `participant_ids`, most recently active first, each with the stream's position, the caller's read marker, unread count and the newest message's start", body = Vec<ConversationItem>,
             headers(("X-Next-Cursor" = String, description = "Present when more conversations may follow: pass it as `cursor` for the next page"))),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 422, description = "`limit` not an integer from 1 to 500, or `cursor` not one this server gave", body = ErrorBody),
@@ -259,7 +249,7 @@ pub async fn list(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let limit = request::limit(&req, LIST_DEFAULT, LIST_MAX)?;
     let after = match request::query_param(&req, "cursor") {
         None => None,
-        Some(raw) => Some(parse_cursor(&raw).ok_or_else(|| {
+        Some(raw) => Some(raw.parse::<ListCursor>().map_err(|()| {
             ApiError::field(
                 "query",
                 "cursor",
@@ -280,10 +270,11 @@ pub async fn list(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         .await?;
     let more = list.len() > limit as usize;
     list.truncate(limit as usize);
-    let out: Vec<ConversationOut> = list.iter().map(|c| ConversationOut::new(c, None)).collect();
+    let out: Vec<ConversationItem> = list.iter().map(ConversationItem::from).collect();
     let mut response = json(StatusCode::OK, &out);
     if let Some(last) = list.last().filter(|_| more) {
-        if let Ok(value) = http::HeaderValue::from_str(&cursor_text(last)) {
+        let cursor = ListCursor::after(&last.conversation).to_string();
+        if let Ok(value) = http::HeaderValue::from_str(&cursor) {
             response.headers_mut().insert(NEXT_CURSOR, value);
         }
     }
@@ -352,11 +343,12 @@ pub async fn add_participant(shard: &Rc<ShardContext>, req: Request<Incoming>, i
             if s.user_by_id(user).await?.is_none() {
                 return Ok(Added::NoSuchUser);
             }
+            if s.is_member(conversation_id, user).await? {
+                return Ok(Added::Already);
+            }
             // The list is bounded by the cap, so counting it costs at most one cap's
             // worth of ids.
-            if !s.is_member(conversation_id, user).await?
-                && s.participants(conversation_id).await?.len() >= max
-            {
+            if s.participants(conversation_id).await?.len() >= max {
                 return Ok(Added::Full);
             }
             s.add_participant(conversation_id, user).await?;
@@ -364,7 +356,8 @@ pub async fn add_participant(shard: &Rc<ShardContext>, req: Request<Incoming>, i
         })
         .await?;
     match added {
-        Added::Done => {}
+        Added::Done => announce_added(shard, &conversation, vec![user]),
+        Added::Already => {}
         Added::NoSuchUser => return Err(user_not_found(&new.user_id)),
         Added::Full => {
             return Err(ApiError::field(
@@ -378,9 +371,17 @@ pub async fn add_participant(shard: &Rc<ShardContext>, req: Request<Incoming>, i
     with_participants(shard, &conversation).await
 }
 
+/// Tells the user streams of `users` that they are in the conversation now.
+fn announce_added(shard: &ShardContext, conversation: &ConversationRecord, users: Vec<UserId>) {
+    let out = ConversationOut::new(conversation, None);
+    let frame = conversation_event(ConversationAction::Added, &out);
+    shard.hub.added(conversation.id, users, frame);
+}
+
 /// What became of adding a participant.
 enum Added {
     Done,
+    Already,
     NoSuchUser,
     Full,
 }

@@ -9,7 +9,8 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema,
 use utoipa::ToSchema;
 
 use crate::ids::{timestamp, Seq};
-use crate::store::{ConversationRecord, MessageRecord, UserRecord};
+use crate::store::{MessageRecord, UserRecord};
+pub use crate::views::{ConversationItem, ConversationOut, PreviewOut};
 
 /// Body of register and login.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -99,38 +100,6 @@ pub struct NewParticipant {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ConversationOut {
-    #[schema(value_type = String, format = Uuid)]
-    pub id: String,
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub is_group: bool,
-    #[serde(with = "timestamp")]
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
-    #[serde(with = "timestamp")]
-    #[schema(value_type = String, format = DateTime)]
-    pub updated_at: DateTime<Utc>,
-    /// Present on the single-conversation endpoints.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub participant_ids: Option<Vec<String>>,
-}
-
-impl ConversationOut {
-    pub fn new(c: &ConversationRecord, participants: Option<Vec<String>>) -> Self {
-        Self {
-            id: c.id.to_string(),
-            name: c.name.clone(),
-            description: c.description.clone(),
-            is_group: c.is_group,
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            participant_ids: participants,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct MessageOut {
     #[schema(value_type = String, format = Uuid)]
     pub id: String,
@@ -151,6 +120,16 @@ pub struct MessageOut {
     /// `message` event); history is in this order.
     #[schema(value_type = u64, minimum = 1)]
     pub seq: Seq,
+    /// Each emoji given, with who gave it, in the order first given.
+    pub reactions: Vec<ReactionOut>,
+}
+
+/// One emoji on a message and who reacted with it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReactionOut {
+    pub emoji: String,
+    #[schema(value_type = Vec<String>)]
+    pub user_ids: Vec<String>,
 }
 
 impl From<MessageRecord> for MessageOut {
@@ -165,6 +144,14 @@ impl From<MessageRecord> for MessageOut {
             created_at: m.created_at,
             updated_at: m.updated_at,
             seq: m.seq,
+            reactions: m
+                .reactions
+                .into_iter()
+                .map(|r| ReactionOut {
+                    emoji: r.emoji,
+                    user_ids: r.users.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
         }
     }
 }

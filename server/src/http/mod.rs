@@ -7,6 +7,7 @@ mod auth;
 mod conversations;
 pub mod docs;
 pub mod dto;
+mod markers;
 mod origins;
 mod page;
 mod presence;
@@ -156,12 +157,21 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>, found: Found<'_
         }
         (Endpoint::Messages, _) => conversations::history(shard, req, value(0)).await,
         (Endpoint::Presence, _) => presence::presence(shard, req, value(0)).await,
+        (Endpoint::ReadMarker, _) => markers::mark(shard, req, value(0)).await,
         (Endpoint::WebSocket, _) => {
             let query = crate::ws::Query {
                 token: query_param(&req, "token"),
                 since: query_param(&req, "since"),
             };
-            crate::ws::upgrade(shard, req, value(0), query).await
+            let wanted = crate::ws::Wanted::Conversation(value(0));
+            crate::ws::upgrade(shard, req, wanted, query).await
+        }
+        (Endpoint::UserStream, _) => {
+            let query = crate::ws::Query {
+                token: query_param(&req, "token"),
+                since: None,
+            };
+            crate::ws::upgrade(shard, req, crate::ws::Wanted::Stream, query).await
         }
         (Endpoint::Health, _) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (Endpoint::Ready, _) => docs::ready(shard).await,

@@ -17,7 +17,9 @@ pub enum Endpoint {
     Participant,
     Presence,
     Messages,
+    ReadMarker,
     WebSocket,
+    UserStream,
     Health,
     Ready,
     /// Prometheus metrics (404 when `--metrics-listen` serves them elsewhere).
@@ -100,11 +102,18 @@ pub static ROUTES: &[Route] = &[
         true,
     ),
     route(
+        Endpoint::ReadMarker,
+        "/api/chat/conversations/{id}/read",
+        POST,
+        true,
+    ),
+    route(
         Endpoint::WebSocket,
         "/api/chat/ws/{conversation_id}",
         GET,
         true,
     ),
+    route(Endpoint::UserStream, "/api/chat/ws", GET, true),
     route(Endpoint::Health, "/health", GET, true),
     route(Endpoint::Ready, "/ready", GET, true),
     route(Endpoint::Metrics, "/metrics", GET, false),

@@ -1,29 +1,54 @@
 //! What both roles of the hub share about a connection before it is one: who was
-//! admitted to which conversation and from where in its stream (`Admitted`, `Resume`),
-//! and why an event a connection sent was not taken (`Refused`).
+//! admitted to carry what, from where in each stream (`Admitted`, `Carried`,
+//! `Resume`), and why an event a connection sent was not taken (`Refused`).
 //!
 //! A leaf: plain types, no behaviour, nothing here imports another module of `hub`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
+use super::conn::Scope;
 use crate::ids::{ConversationId, Seq, UserId};
 
-/// Who may join which conversation, until when, and since when we know it: what
-/// admission (in `ws`) hands the registry.
+/// Who may carry what, until when, and since when we know it: what admission (in
+/// `ws`) hands the registry.
 pub struct Admitted {
     pub user: UserId,
     pub username: Arc<str>,
-    pub conversation: ConversationId,
     /// When the token expires (Unix seconds); the socket is closed then.
     pub expires_at: u64,
     /// Taken before membership was read: a removal committed after this instant may
     /// not have been seen, so the home checks it against its recent removals.
     pub checked_at: Instant,
-    /// The conversation's stream position read with the membership.
-    pub position: Seq,
-    /// What the client asked for on connect (`since`).
-    pub resume: Resume,
+    pub carried: Carried,
+}
+
+/// What an admitted connection carries.
+pub enum Carried {
+    /// A conversation socket: the conversation, its stream position read with the
+    /// membership, and what the client asked for on connect (`since`).
+    Conversation {
+        conversation: ConversationId,
+        position: Seq,
+        resume: Resume,
+    },
+    /// A user stream: the user's conversations with the positions read with the
+    /// memberships (joined when the client starts the stream), and the `ready` event.
+    Stream {
+        memberships: Vec<(ConversationId, Seq)>,
+        ready: Bytes,
+    },
+}
+
+impl Admitted {
+    pub fn scope(&self) -> Scope {
+        match &self.carried {
+            Carried::Conversation { conversation, .. } => Scope::Conversation(*conversation),
+            Carried::Stream { .. } => Scope::User,
+        }
+    }
 }
 
 /// A connection's `since`: where the client's copy of the stream ends.
@@ -46,4 +71,10 @@ pub enum Refused {
     InvalidToken,
     #[error("Token is for another user")]
     OtherUser,
+    #[error("Field 'conversation_id' is required")]
+    NoConversation,
+    #[error("Not a member of this conversation")]
+    NotAMember,
+    #[error("resume must be the first event of a user stream")]
+    LateResume,
 }

@@ -7,9 +7,11 @@
 //! the hard bound is condemned at once. A condemned connection's queue is freed and its
 //! writer closes it with 1013.
 //!
-//! Deliveries (events of the conversation) pass through the connection's place in the
-//! stream first: dropped before its join reached the home (they predate it), held
-//! while its missed events are replayed, queued once live.
+//! A connection carries one conversation (a conversation socket) or several (a user
+//! stream, `Scope::User`, which subscribes to each as the client starts it and as the
+//! user is added). Deliveries (events of a conversation) pass through the connection's
+//! place in that conversation's stream first: dropped before its join reached the home
+//! (they predate it), held while its missed events are replayed, queued once live.
 //!
 //! It also keeps what the shard's heartbeat needs: when the client was last heard
 //! from, when it was last pinged, and when its token expires. The heartbeat visits
@@ -17,7 +19,7 @@
 //! costs no timer of its own.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::admit::{Admitted, Resume};
+use super::admit::{Admitted, Carried, Resume};
 use crate::config::Outbound;
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::frame::PING_FRAME;
@@ -41,7 +43,31 @@ enum State {
     Condemned(Close),
 }
 
-/// Where a connection stands in its conversation's stream.
+/// What a connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A conversation socket (`/api/chat/ws/{id}`).
+    Conversation(ConversationId),
+    /// A user stream (`/api/chat/ws`): every conversation it subscribed to.
+    User,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conversation(c) => c.fmt(f),
+            Self::User => f.write_str("user stream"),
+        }
+    }
+}
+
+/// The conversations a connection carries, each with its place in the stream.
+enum Subs {
+    One(ConversationId, Phase),
+    Many(HashMap<ConversationId, Phase>),
+}
+
+/// Where a connection stands in a conversation's stream.
 #[derive(Debug)]
 enum Phase {
     /// Its join has not reached the home: what is delivered predates it.
@@ -58,7 +84,7 @@ pub struct Conn {
     pub id: u64,
     pub user: UserId,
     pub username: Arc<str>,
-    pub conversation: ConversationId,
+    pub scope: Scope,
     limits: Outbound,
     queue: RefCell<VecDeque<Bytes>>,
     /// Since when the queue has been over the soft bound, if it is.
@@ -74,7 +100,10 @@ pub struct Conn {
     closing_since: Cell<Instant>,
     /// Unix time (seconds) at which the socket's token expires.
     expires_at: Cell<u64>,
-    phase: RefCell<Phase>,
+    subs: RefCell<Subs>,
+    /// Resolves once the replay started last is done: a user stream replays its
+    /// conversations one after another, not all at once.
+    replay_turn: RefCell<Option<futures_channel::oneshot::Receiver<()>>>,
 }
 
 /// How long a queued close frame may wait for a client that does not read before the
@@ -106,7 +135,7 @@ impl Conn {
             id,
             user: admitted.user,
             username: Arc::clone(&admitted.username),
-            conversation: admitted.conversation,
+            scope: admitted.scope(),
             limits,
             queue: RefCell::new(VecDeque::new()),
             behind_since: Cell::new(None),
@@ -119,56 +148,150 @@ impl Conn {
             last_ping: Cell::new(now.checked_sub(ping_phase).unwrap_or(now)),
             closing_since: Cell::new(now),
             expires_at: Cell::new(admitted.expires_at),
-            phase: RefCell::new(Phase::Joining(admitted.resume.clone())),
+            subs: RefCell::new(match &admitted.carried {
+                Carried::Conversation {
+                    conversation,
+                    resume,
+                    ..
+                } => Subs::One(*conversation, Phase::Joining(resume.clone())),
+                Carried::Stream { .. } => Subs::Many(HashMap::new()),
+            }),
+            replay_turn: RefCell::new(None),
+        }
+    }
+
+    /// Runs `f` on the connection's place in the conversation's stream, if it carries
+    /// the conversation.
+    fn in_stream<R>(
+        &self,
+        conversation: ConversationId,
+        f: impl FnOnce(&mut Phase) -> R,
+    ) -> Option<R> {
+        match &mut *self.subs.borrow_mut() {
+            Subs::One(c, phase) if *c == conversation => Some(f(phase)),
+            Subs::One(..) => None,
+            Subs::Many(subs) => subs.get_mut(&conversation).map(f),
+        }
+    }
+
+    /// Whether the connection carries the conversation (joined or on its way).
+    pub fn carries(&self, conversation: ConversationId) -> bool {
+        self.in_stream(conversation, |_| ()).is_some()
+    }
+
+    /// The conversations the connection carries.
+    pub fn conversations(&self) -> Vec<ConversationId> {
+        match &*self.subs.borrow() {
+            Subs::One(c, _) => vec![*c],
+            Subs::Many(subs) => subs.keys().copied().collect(),
+        }
+    }
+
+    /// How many conversations the connection carries.
+    pub fn carried(&self) -> usize {
+        match &*self.subs.borrow() {
+            Subs::One(..) => 1,
+            Subs::Many(subs) => subs.len(),
+        }
+    }
+
+    /// A user stream starts carrying the conversation, from where `resume` says once
+    /// its join reaches the home. False when it carries it already (or is a
+    /// conversation socket).
+    pub fn subscribe(&self, conversation: ConversationId, resume: Resume) -> bool {
+        match &mut *self.subs.borrow_mut() {
+            Subs::Many(subs) if !subs.contains_key(&conversation) => {
+                subs.insert(conversation, Phase::Joining(resume));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A user stream stops carrying the conversation (what was held for it is
+    /// dropped). False when it did not carry it.
+    pub fn unsubscribe(&self, conversation: ConversationId) -> bool {
+        match &mut *self.subs.borrow_mut() {
+            Subs::Many(subs) => subs.remove(&conversation).is_some(),
+            Subs::One(..) => false,
         }
     }
 
     /// Takes an event of the conversation, as its place in the stream allows.
-    pub fn deliver(&self, frame: &Bytes) {
-        let mut phase = self.phase.borrow_mut();
-        match &mut *phase {
-            Phase::Joining(_) => {}
-            Phase::Live => {
-                drop(phase);
-                self.push(frame.clone());
-            }
+    pub fn deliver(&self, conversation: ConversationId, frame: &Bytes) {
+        enum Take {
+            Drop,
+            Queue,
+            Held,
+            Overflow,
+        }
+        let (queued, hard) = (self.queued_bytes.get(), self.limits.hard);
+        let take = self.in_stream(conversation, |phase| match phase {
+            Phase::Joining(_) => Take::Drop,
+            Phase::Live => Take::Queue,
             Phase::Holding { held, bytes } => {
                 *bytes += frame.len();
-                if *bytes + self.queued_bytes.get() > self.limits.hard {
+                if *bytes + queued > hard {
                     *phase = Phase::Live;
-                    drop(phase);
-                    self.condemn(Close::TooFarBehind);
+                    Take::Overflow
                 } else {
                     held.push(frame.clone());
+                    Take::Held
                 }
             }
+        });
+        match take {
+            Some(Take::Queue) => self.push(frame.clone()),
+            Some(Take::Overflow) => self.condemn(Close::TooFarBehind),
+            Some(Take::Drop | Take::Held) | None => {}
         }
     }
 
-    /// The home has the connection: from now on deliveries are its own, held until
-    /// `go_live`. Returns what the client asked for on connect (once).
-    pub fn joined(&self) -> Option<Resume> {
-        let mut phase = self.phase.borrow_mut();
-        let Phase::Joining(resume) = &*phase else {
-            return None;
-        };
-        let resume = resume.clone();
-        *phase = Phase::Holding {
-            held: Vec::new(),
-            bytes: 0,
-        };
-        Some(resume)
+    /// The home has the connection in the conversation: from now on deliveries are its
+    /// own, held until `go_live`. Returns what the client asked for (once).
+    pub fn joined(&self, conversation: ConversationId) -> Option<Resume> {
+        self.in_stream(conversation, |phase| {
+            let Phase::Joining(resume) = &*phase else {
+                return None;
+            };
+            let resume = resume.clone();
+            *phase = Phase::Holding {
+                held: Vec::new(),
+                bytes: 0,
+            };
+            Some(resume)
+        })
+        .flatten()
     }
 
-    /// Queues what was held (after whatever was pushed meanwhile: the replay), then
-    /// takes deliveries as they come.
-    pub fn go_live(&self) {
-        let previous = std::mem::replace(&mut *self.phase.borrow_mut(), Phase::Live);
-        if let Phase::Holding { held, .. } = previous {
+    /// Queues what was held for the conversation (after whatever was pushed
+    /// meanwhile: the replay), then takes its deliveries as they come.
+    pub fn go_live(&self, conversation: ConversationId) {
+        let previous = self.in_stream(conversation, |phase| std::mem::replace(phase, Phase::Live));
+        if let Some(Phase::Holding { held, .. }) = previous {
             for frame in held {
                 self.push(frame);
             }
         }
+    }
+
+    /// Waits for the replay started before this one to finish; the returned sender
+    /// tells the next one, when dropped, that this one is done.
+    pub fn replay_turn(
+        &self,
+    ) -> (
+        impl std::future::Future<Output = ()> + use<>,
+        futures_channel::oneshot::Sender<()>,
+    ) {
+        let (done, turn) = futures_channel::oneshot::channel();
+        let previous = self.replay_turn.borrow_mut().replace(turn);
+        let wait = async move {
+            if let Some(previous) = previous {
+                // Resolves, sent or dropped, once the replay before is done.
+                let _ = previous.await;
+            }
+        };
+        (wait, done)
     }
 
     /// Bytes queued and not yet taken by the writer.
@@ -336,15 +459,20 @@ mod tests {
     use super::*;
     use crate::ids::Seq;
 
+    /// The conversation of the test's conversation sockets.
+    const CONV: ConversationId = ConversationId(uuid::Uuid::nil());
+
     fn conn(limit: usize) -> Conn {
         let admitted = Admitted {
             user: UserId::random(),
             username: "u".into(),
-            conversation: ConversationId::random(),
             expires_at: u64::MAX,
             checked_at: Instant::now(),
-            position: Seq(0),
-            resume: Resume::Fresh,
+            carried: Carried::Conversation {
+                conversation: CONV,
+                position: Seq(0),
+                resume: Resume::Fresh,
+            },
         };
         let limits = Outbound {
             soft: limit,
@@ -464,29 +592,73 @@ mod tests {
     fn deliveries_follow_the_place_in_the_stream() {
         let c = conn(1000);
         let f = |b: &'static [u8]| Bytes::from_static(b);
-        c.deliver(&f(b"before the join"));
+        c.deliver(CONV, &f(b"before the join"));
         assert_eq!(
             c.backlog(),
             0,
             "what predates the join is not this connection's"
         );
-        assert_eq!(c.joined(), Some(Resume::Fresh));
-        assert_eq!(c.joined(), None, "joined once");
-        c.deliver(&f(b"live 1"));
+        assert_eq!(c.joined(CONV), Some(Resume::Fresh));
+        assert_eq!(c.joined(CONV), None, "joined once");
+        c.deliver(CONV, &f(b"live 1"));
         c.push(f(b"replayed"));
-        c.go_live();
-        c.deliver(&f(b"live 2"));
+        c.go_live(CONV);
+        c.deliver(CONV, &f(b"live 2"));
         let mut batch = Vec::new();
         assert_eq!(block_on(c.next(&mut batch)), Next::Write { last: false });
         assert_eq!(batch, vec![f(b"replayed"), f(b"live 1"), f(b"live 2")]);
     }
 
     #[test]
+    fn a_user_stream_keeps_each_conversation_in_its_own_place() {
+        let (a, b) = (ConversationId::random(), ConversationId::random());
+        let admitted = Admitted {
+            user: UserId::random(),
+            username: "u".into(),
+            expires_at: u64::MAX,
+            checked_at: Instant::now(),
+            carried: Carried::Stream {
+                memberships: Vec::new(),
+                ready: Bytes::new(),
+            },
+        };
+        let limits = Outbound {
+            soft: 1000,
+            hard: 1000,
+            slow_for: Duration::from_secs(10),
+        };
+        let c = Conn::new(1, &admitted, limits, Duration::ZERO);
+        let f = |b: &'static [u8]| Bytes::from_static(b);
+        assert!(c.subscribe(a, Resume::Since(Seq(3))));
+        assert!(c.subscribe(b, Resume::Fresh));
+        assert!(!c.subscribe(a, Resume::Fresh), "carried once");
+        assert_eq!(c.carried(), 2);
+        assert_eq!(c.joined(a), Some(Resume::Since(Seq(3))));
+        assert_eq!(c.joined(b), Some(Resume::Fresh));
+        c.go_live(b);
+        c.deliver(a, &f(b"a live"));
+        c.deliver(b, &f(b"b live"));
+        c.push(f(b"a replayed"));
+        c.go_live(a);
+        c.deliver(ConversationId::random(), &f(b"not carried"));
+        assert!(c.unsubscribe(b));
+        assert!(!c.carries(b));
+        c.deliver(b, &f(b"b after removal"));
+        let mut batch = Vec::new();
+        assert_eq!(block_on(c.next(&mut batch)), Next::Write { last: false });
+        assert_eq!(
+            batch,
+            vec![f(b"b live"), f(b"a replayed"), f(b"a live")],
+            "each conversation in its order; a replay holds only its own"
+        );
+    }
+
+    #[test]
     fn a_client_that_reads_nothing_while_held_is_condemned() {
         let c = conn(10);
-        c.joined();
-        c.deliver(&Bytes::from_static(b"123456"));
-        c.deliver(&Bytes::from_static(b"123456"));
+        c.joined(CONV);
+        c.deliver(CONV, &Bytes::from_static(b"123456"));
+        c.deliver(CONV, &Bytes::from_static(b"123456"));
         let mut batch = Vec::new();
         assert_eq!(
             block_on(c.next(&mut batch)),

@@ -1,9 +1,10 @@
 //! The hub of one shard: two roles, each owning its state, and the dispatch of the
 //! bus's messages between them.
 //!
-//! - The registry (`registry`): this shard's WebSocket connections (`conn`), their
-//!   rate limits, delivery into their queues, the replay of a resuming
-//!   connection's missed events (`replay`), and the heartbeat's visits.
+//! - The registry (`registry`): this shard's WebSocket connections (`conn`), the
+//!   conversations each carries (one, or a user stream's many), their rate limits,
+//!   delivery into their queues, the replay of a resuming connection's missed events
+//!   (`replay`), and the heartbeat's visits.
 //! - The homes (`home`): for the conversations hashed to this shard, the single source
 //!   of their delivery order and the one place that knows who is connected: presence,
 //!   persisting what clients send, the stream in position order, and in a cluster what
@@ -30,16 +31,18 @@ use std::time::Instant;
 
 use crate::app::App;
 use crate::bus::{Remote, ShardMsg};
-use crate::ids::{ConversationId, UserId};
+use bytes::Bytes;
+
+use crate::ids::{ConversationId, Seq, UserId};
 use crate::metrics::ShardMetrics;
-pub use admit::{Admitted, Refused, Resume};
+pub use admit::{Admitted, Carried, Refused, Resume};
 use home::Homes;
 pub use registry::Registry;
 
 pub struct Hub {
     app: Arc<App>,
     /// This shard's connections.
-    pub registry: Registry,
+    pub registry: Rc<Registry>,
     /// The homes of the conversations hashed to this shard.
     homes: Rc<Homes>,
 }
@@ -47,7 +50,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(shard: usize, app: Arc<App>, metrics: Rc<ShardMetrics>) -> Self {
         Self {
-            registry: Registry::new(shard, Arc::clone(&app), metrics),
+            registry: Rc::new(Registry::new(shard, Arc::clone(&app), metrics)),
             homes: Homes::new(shard, Arc::clone(&app)),
             app,
         }
@@ -61,16 +64,29 @@ impl Hub {
             ShardMsg::Deliver {
                 conversation,
                 frame,
-                skip,
-            } => self.registry.deliver(conversation, &frame, skip),
+                to,
+            } => self.registry.deliver(conversation, &frame, to),
             ShardMsg::Direct { conn, frame } => self.registry.direct(conn, frame),
-            ShardMsg::Own { conn, frame } => self.registry.own(conn, &frame),
+            ShardMsg::Own {
+                conn,
+                conversation,
+                frame,
+            } => self.registry.own(conn, conversation, &frame),
             ShardMsg::Revoked {
                 conversation,
                 user,
                 conn,
             } => self.registry.revoked(conversation, user, conn),
-            ShardMsg::Joined { conn, seq } => self.registry.joined(conn, seq),
+            ShardMsg::Joined {
+                conn,
+                conversation,
+                seq,
+            } => self.registry.joined(conn, conversation, seq),
+            ShardMsg::Added {
+                conversation,
+                users,
+                frame,
+            } => self.registry.added(conversation, &users, frame),
             // To the homes: what happens in their conversations.
             ShardMsg::Home {
                 conversation,
@@ -88,6 +104,11 @@ impl Hub {
                 message,
                 result,
             } => self.homes.committed(conversation, actor, message, result),
+            ShardMsg::Marked {
+                conversation,
+                user,
+                seq,
+            } => self.homes.marked(conversation, user, seq),
             ShardMsg::Remote { conversation, msg } => self.homes.remote(conversation, msg),
             ShardMsg::Presence {
                 conversation,
@@ -100,6 +121,35 @@ impl Hub {
             ShardMsg::Rejoin => self.homes.rejoin(),
             ShardMsg::Shutdown => {}
         }
+    }
+
+    /// Tells the user streams of `users`, on every node, that they were added to the
+    /// conversation (or it was created with them), with `frame` (its `conversation`
+    /// event): they carry it from now on. Call after the change is committed.
+    pub fn added(&self, conversation: ConversationId, users: Vec<UserId>, frame: Bytes) {
+        let users: Arc<[UserId]> = users.into();
+        if let Some(cluster) = &self.app.cluster {
+            cluster.added(conversation, &users, &frame);
+        }
+        self.app.bus.broadcast(|| ShardMsg::Added {
+            conversation,
+            users: Arc::clone(&users),
+            frame: frame.clone(),
+        });
+    }
+
+    /// Tells `user`'s devices, and where cheap the other members, that their read
+    /// marker in the conversation moved to `seq`. Call after it is committed.
+    pub fn marked(&self, conversation: ConversationId, user: UserId, seq: Seq) {
+        let home = self.app.bus.home_of(conversation);
+        self.app.bus.post(
+            home,
+            ShardMsg::Marked {
+                conversation,
+                user,
+                seq,
+            },
+        );
     }
 
     /// Tells the conversation's home, on every node, that `user` was removed from it:

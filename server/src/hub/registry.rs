@@ -2,6 +2,11 @@
 //! and by user, the rate limit of the events they submit, and delivery into
 //! their queues. It answers `ping` and `auth` itself and posts everything else to the
 //! conversation's home; it never decides order or presence (the home does).
+//!
+//! A user stream carries many conversations: the registry subscribes it to each (a
+//! join at that conversation's home, like a conversation socket's) when the client
+//! starts it, and to those its user is added to later; a removal unsubscribes it
+//! instead of closing it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,14 +16,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::admit::{Admitted, Refused, Resume};
-use super::conn::{Conn, Heartbeat};
+use super::admit::{Admitted, Carried, Refused, Resume};
+use super::conn::{Conn, Heartbeat, Scope};
 use super::replay;
 use crate::app::App;
-use crate::bus::{Actor, ConnAddr, HomeMsg, ShardMsg};
+use crate::bus::{Actor, Audience, ConnAddr, HomeMsg, ShardMsg};
 use crate::ids::{format_timestamp, ConversationId, Seq, UserId};
 use crate::metrics::ShardMetrics;
-use crate::protocol::{ClientEvent, Close, ServerEvent};
+use crate::protocol::{
+    conversation_event, ClientEvent, Close, ConversationAction, ServerEvent, Target,
+};
 
 /// Into how many phases of the ping interval consecutive connections are spread.
 const PING_PHASES: u64 = 64;
@@ -36,6 +43,8 @@ struct Local {
     conns: HashMap<u64, Rc<Conn>>,
     by_conversation: HashMap<ConversationId, Vec<Rc<Conn>>>,
     users: HashMap<UserId, UserSlot>,
+    /// The user streams of each user.
+    streams: HashMap<UserId, Vec<Rc<Conn>>>,
 }
 
 /// This shard's connections.
@@ -56,7 +65,9 @@ impl Registry {
         }
     }
 
-    /// Registers a connection and announces it to the conversation's home.
+    /// Registers a connection: a conversation socket is announced to its
+    /// conversation's home; a user stream gets its `ready` event and carries nothing
+    /// until the client starts it (`start`).
     pub fn register(&self, admitted: &Admitted) -> Rc<Conn> {
         let mut st = self.local.borrow_mut();
         st.next_conn += 1;
@@ -72,24 +83,97 @@ impl Registry {
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));
         self.metrics.websockets_open.inc();
-        st.by_conversation
-            .entry(conn.conversation)
-            .or_default()
-            .push(Rc::clone(&conn));
         st.users
             .entry(conn.user)
             .or_insert_with(|| UserSlot { conns: 0, lease: 0 })
             .conns += 1;
-        drop(st);
-        self.to_home(
-            &conn,
-            None,
-            HomeMsg::Join {
-                checked_at: admitted.checked_at,
-                position: admitted.position,
-            },
-        );
+        match &admitted.carried {
+            Carried::Conversation {
+                conversation,
+                position,
+                ..
+            } => {
+                st.by_conversation
+                    .entry(*conversation)
+                    .or_default()
+                    .push(Rc::clone(&conn));
+                drop(st);
+                let join = HomeMsg::Join {
+                    checked_at: admitted.checked_at,
+                    position: *position,
+                };
+                self.to_home(&conn, *conversation, None, join);
+            }
+            Carried::Stream { ready, .. } => {
+                st.streams
+                    .entry(conn.user)
+                    .or_default()
+                    .push(Rc::clone(&conn));
+                drop(st);
+                conn.push(ready.clone());
+            }
+        }
         conn
+    }
+
+    /// Starts a user stream: subscribes it to the conversations admission found (at
+    /// most `--stream-max-conversations`), each replayed from the client's position
+    /// for it when `positions` gives one, live from its join otherwise.
+    pub fn start(
+        &self,
+        conn: &Conn,
+        positions: Vec<(ConversationId, Seq)>,
+        memberships: Vec<(ConversationId, Seq)>,
+        checked_at: Instant,
+    ) {
+        let positions: HashMap<ConversationId, Seq> = positions.into_iter().collect();
+        for (conversation, position) in memberships {
+            let resume = positions
+                .get(&conversation)
+                .map_or(Resume::Fresh, |&since| Resume::Since(since));
+            self.subscribe(conn, conversation, resume, checked_at, position);
+        }
+    }
+
+    /// A user stream starts carrying the conversation (where there is room):
+    /// announced to its home like a conversation socket. False when it did not.
+    fn subscribe(
+        &self,
+        conn: &Conn,
+        conversation: ConversationId,
+        resume: Resume,
+        checked_at: Instant,
+        position: Seq,
+    ) -> bool {
+        let room = conn.carried() < self.app.config.stream_max_conversations as usize;
+        if !room || !conn.is_open() || !conn.subscribe(conversation, resume) {
+            return false;
+        }
+        let Some(own) = self.local.borrow().conns.get(&conn.id).cloned() else {
+            return false;
+        };
+        self.local
+            .borrow_mut()
+            .by_conversation
+            .entry(conversation)
+            .or_default()
+            .push(own);
+        let join = HomeMsg::Join {
+            checked_at,
+            position,
+        };
+        self.to_home(conn, conversation, None, join);
+        true
+    }
+
+    /// Takes the connection out of the conversation's list here.
+    fn forget(st: &mut Local, conversation: ConversationId, conn: u64) {
+        if let Some(list) = st.by_conversation.get_mut(&conversation) {
+            list.retain(|c| c.id != conn);
+            if list.is_empty() {
+                st.by_conversation.remove(&conversation);
+            }
+        }
     }
 
     pub fn unregister(&self, conn: &Conn) {
@@ -98,10 +182,16 @@ impl Registry {
             return;
         }
         self.metrics.websockets_open.dec();
-        if let Some(list) = st.by_conversation.get_mut(&conn.conversation) {
-            list.retain(|c| c.id != conn.id);
-            if list.is_empty() {
-                st.by_conversation.remove(&conn.conversation);
+        let conversations = conn.conversations();
+        for &conversation in &conversations {
+            Self::forget(&mut st, conversation, conn.id);
+        }
+        if conn.scope == Scope::User {
+            if let Some(list) = st.streams.get_mut(&conn.user) {
+                list.retain(|c| c.id != conn.id);
+                if list.is_empty() {
+                    st.streams.remove(&conn.user);
+                }
             }
         }
         if let Some(slot) = st.users.get_mut(&conn.user) {
@@ -111,16 +201,21 @@ impl Registry {
             }
         }
         drop(st);
-        self.to_home(conn, None, HomeMsg::Leave);
+        for conversation in conversations {
+            self.to_home(conn, conversation, None, HomeMsg::Leave);
+        }
     }
 
     /// Takes one event from a client, after its rate limit. Pings and token refreshes
-    /// are answered here; everything else goes to the conversation's home.
+    /// are answered here; everything else goes to the home of its conversation: the
+    /// socket's own, or on a user stream the one it names (`conversation_id`), which
+    /// the stream must carry.
     pub async fn submit(
         &self,
         conn: &Conn,
         event: ClientEvent,
         reference: Option<String>,
+        target: Target,
     ) -> Result<(), Refused> {
         if !self.spend(conn.user).await {
             return Err(Refused::RateLimited);
@@ -150,7 +245,17 @@ impl Registry {
                     .frame(),
                 );
             }
-            event => self.to_home(conn, reference, HomeMsg::Event(event)),
+            // A user stream's first event is taken by its reader before it gets here.
+            ClientEvent::Resume { .. } => return Err(Refused::LateResume),
+            event => {
+                let conversation = match (conn.scope, target) {
+                    (Scope::Conversation(own), _) => own,
+                    (Scope::User, Target::Absent) => return Err(Refused::NoConversation),
+                    (Scope::User, Target::Conversation(c)) if conn.carries(c) => c,
+                    (Scope::User, _) => return Err(Refused::NotAMember),
+                };
+                self.to_home(conn, conversation, reference, HomeMsg::Event(event));
+            }
         }
         Ok(())
     }
@@ -187,7 +292,13 @@ impl Registry {
         self.app.budgets.take(user, Instant::now())
     }
 
-    fn to_home(&self, conn: &Conn, reference: Option<String>, msg: HomeMsg) {
+    fn to_home(
+        &self,
+        conn: &Conn,
+        conversation: ConversationId,
+        reference: Option<String>,
+        msg: HomeMsg,
+    ) {
         let actor = Actor {
             user: conn.user,
             username: Arc::clone(&conn.username),
@@ -197,25 +308,19 @@ impl Registry {
             },
             reference,
         };
-        let home = self.app.bus.home_of(conn.conversation);
+        let home = self.app.bus.home_of(conversation);
         self.app.bus.post(
             home,
             ShardMsg::Home {
-                conversation: conn.conversation,
+                conversation,
                 actor,
                 msg,
             },
         );
     }
 
-    /// An event of the conversation for every connection in it here, except those of
-    /// `skip`.
-    pub(super) fn deliver(
-        &self,
-        conversation: ConversationId,
-        frame: &Bytes,
-        skip: Option<UserId>,
-    ) {
+    /// An event of the conversation for the connections of the audience in it here.
+    pub(super) fn deliver(&self, conversation: ConversationId, frame: &Bytes, to: Audience) {
         let local = self.local.borrow();
         let mut delivered = 0;
         for conn in local
@@ -224,8 +329,8 @@ impl Registry {
             .into_iter()
             .flatten()
         {
-            if skip != Some(conn.user) {
-                conn.deliver(frame);
+            if to.includes(conn.user) {
+                conn.deliver(conversation, frame);
                 delivered += 1;
             }
         }
@@ -239,52 +344,136 @@ impl Registry {
         }
     }
 
-    /// A frame for one connection, in its place in the stream (held behind a replay).
-    pub(super) fn own(&self, conn: u64, frame: &Bytes) {
+    /// A frame for one connection, in its place in the conversation's stream (held
+    /// behind a replay).
+    pub(super) fn own(&self, conn: u64, conversation: ConversationId, frame: &Bytes) {
         if let Some(conn) = self.local.borrow().conns.get(&conn) {
-            conn.deliver(frame);
+            conn.deliver(conversation, frame);
         }
     }
 
-    /// `user` lost access to the conversation: closes their connections in it here
-    /// (only `conn` when given).
+    /// `user` lost access to the conversation: their conversation sockets in it here
+    /// are closed (only `conn` when given); their user streams stop carrying it and
+    /// are told so.
     pub(super) fn revoked(&self, conversation: ConversationId, user: UserId, conn: Option<u64>) {
-        let local = self.local.borrow();
-        for c in local
+        let affected: Vec<Rc<Conn>> = self
+            .local
+            .borrow()
             .by_conversation
             .get(&conversation)
             .into_iter()
             .flatten()
-        {
-            if c.user == user && conn.is_none_or(|id| id == c.id) {
-                c.close(Close::NotAMember);
+            .filter(|c| c.user == user && conn.is_none_or(|id| id == c.id))
+            .cloned()
+            .collect();
+        for c in affected {
+            match c.scope {
+                Scope::Conversation(_) => c.close(Close::NotAMember),
+                Scope::User => {
+                    if c.unsubscribe(conversation) {
+                        Self::forget(&mut self.local.borrow_mut(), conversation, c.id);
+                        c.push(removed_frame(conversation));
+                    }
+                }
             }
         }
     }
 
-    /// The home has the connection, live from `position`: replay what it missed, if it
-    /// asked, then let its live events through.
-    pub(super) fn joined(&self, conn: u64, position: Seq) {
+    /// `users` were added to the conversation: each of their user streams here that
+    /// has room announces it and carries it from the position read now (so nothing
+    /// committed after the membership read is missed, and a removal racing the add
+    /// is caught by the home as for any join).
+    pub(super) fn added(
+        self: &Rc<Self>,
+        conversation: ConversationId,
+        users: &[UserId],
+        frame: Bytes,
+    ) {
+        let streams: Vec<Rc<Conn>> = {
+            let st = self.local.borrow();
+            users
+                .iter()
+                .filter_map(|u| st.streams.get(u))
+                .flatten()
+                .filter(|c| !c.carries(conversation))
+                .cloned()
+                .collect()
+        };
+        if streams.is_empty() {
+            return;
+        }
+        let mut members: Vec<UserId> = streams.iter().map(|c| c.user).collect();
+        members.sort_unstable();
+        members.dedup();
+        let registry = Rc::clone(self);
+        monoio::spawn(async move {
+            let checked_at = Instant::now();
+            let read = registry
+                .app
+                .db
+                .call(move |s| async move {
+                    let mut found = HashMap::new();
+                    for user in members {
+                        if let Some(position) = s.member_position(conversation, user).await? {
+                            found.insert(user, position);
+                        }
+                    }
+                    Ok(found)
+                })
+                .await;
+            let positions = match read {
+                Ok(positions) => positions,
+                Err(e) => {
+                    // The stream does not carry it; the conversation list shows it.
+                    return tracing::warn!(error = %e, %conversation, "added conversation not carried");
+                }
+            };
+            for conn in streams {
+                let Some(&position) = positions.get(&conn.user) else {
+                    continue;
+                };
+                conn.push(frame.clone());
+                registry.subscribe(
+                    &conn,
+                    conversation,
+                    Resume::Since(position),
+                    checked_at,
+                    position,
+                );
+            }
+        });
+    }
+
+    /// The home has the connection in the conversation, live from `position`: replay
+    /// what it missed, if it asked, then let its live events through.
+    pub(super) fn joined(&self, conn: u64, conversation: ConversationId, position: Seq) {
         let Some(conn) = self.local.borrow().conns.get(&conn).cloned() else {
             return;
         };
-        let since = match conn.joined() {
+        let since = match conn.joined(conversation) {
             None => return,
-            Some(Resume::Fresh) => return conn.go_live(),
+            Some(Resume::Fresh) => return conn.go_live(conversation),
             Some(Resume::Invalid) => {
                 conn.push(error_frame(
                     "Invalid since: expected a stream position (0 or more)",
                 ));
-                return conn.go_live();
+                return conn.go_live(conversation);
             }
             Some(Resume::Since(since)) if since > position => {
-                let detail = format!("Invalid since: the conversation is at {position}");
+                let detail = match conn.scope {
+                    Scope::Conversation(_) => {
+                        format!("Invalid since: the conversation is at {position}")
+                    }
+                    Scope::User => {
+                        format!("Invalid position: conversation {conversation} is at {position}")
+                    }
+                };
                 conn.push(error_frame(&detail));
-                return conn.go_live();
+                return conn.go_live(conversation);
             }
             Some(Resume::Since(since)) => since,
         };
-        replay::start(Arc::clone(&self.app), conn, since, position);
+        replay::start(Arc::clone(&self.app), conn, conversation, since, position);
     }
 
     /// Closes every local connection (shutdown).
@@ -311,6 +500,15 @@ impl Registry {
             .outbound_queue_bytes
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
+}
+
+/// A user stream's news that it no longer carries the conversation.
+fn removed_frame(conversation: ConversationId) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Gone {
+        id: ConversationId,
+    }
+    conversation_event(ConversationAction::Removed, &Gone { id: conversation })
 }
 
 fn error_frame(detail: &str) -> Bytes {

@@ -46,6 +46,7 @@ pub fn stream_frame(conversation: ConversationId, e: &StreamEvent) -> Bytes {
             timestamp: &timestamp,
             seq: e.seq,
             is_deleted: false,
+            conversation_id: conversation,
         },
         StreamKind::DeletedEdit => ServerEvent::Edit {
             message_id: e.message_id,
@@ -55,12 +56,14 @@ pub fn stream_frame(conversation: ConversationId, e: &StreamEvent) -> Bytes {
             timestamp: &timestamp,
             seq: e.seq,
             is_deleted: true,
+            conversation_id: conversation,
         },
         StreamKind::Delete => ServerEvent::Delete {
             message_id: e.message_id,
             sender_id: e.user_id,
             timestamp: &timestamp,
             seq: e.seq,
+            conversation_id: conversation,
         },
         StreamKind::Reaction { emoji, added } => ServerEvent::Reaction {
             message_id: e.message_id,
@@ -69,6 +72,7 @@ pub fn stream_frame(conversation: ConversationId, e: &StreamEvent) -> Bytes {
             sender_username: &e.username,
             action: if *added { "added" } else { "removed" },
             seq: e.seq,
+            conversation_id: conversation,
         },
     }
     .frame()

@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::conn::Conn;
 use super::render;
 use crate::app::App;
-use crate::ids::Seq;
+use crate::ids::{ConversationId, Seq};
 use crate::protocol::{Close, ServerEvent};
 
 /// The most events one resume replays.
@@ -28,20 +28,33 @@ const REPLAY_PAGE: u64 = 200;
 /// How often a replay waiting for the client to read its queue looks again.
 const BACKLOG_POLL: Duration = Duration::from_millis(5);
 
-/// Replays to `conn`, which joined live at `position`, every event after `since`
-/// (only the newest `REPLAY_MAX`, after a `resync`), then lets its live events through.
-pub(super) fn start(app: Arc<App>, conn: Rc<Conn>, since: Seq, position: Seq) {
-    let from = since.max(Seq(position.0.saturating_sub(REPLAY_MAX)));
-    if from > since {
-        conn.push(
-            ServerEvent::Resync {
-                from_seq: from.next(),
-            }
-            .frame(),
-        );
-    }
+/// Replays to `conn`, which joined the conversation live at `position`, every event
+/// after `since` (only the newest `REPLAY_MAX`, after a `resync`), then lets its live
+/// events through. A user stream's replays run one after another, in the order they
+/// started: each waits for the one before, so a client back after a day reads one
+/// conversation's backlog at a time while the others' live events wait, bounded by
+/// the connection's queue.
+pub(super) fn start(
+    app: Arc<App>,
+    conn: Rc<Conn>,
+    conversation: ConversationId,
+    since: Seq,
+    position: Seq,
+) {
+    let (turn, done) = conn.replay_turn();
     monoio::spawn(async move {
-        let conversation = conn.conversation;
+        turn.await;
+        let _done = done;
+        let from = since.max(Seq(position.0.saturating_sub(REPLAY_MAX)));
+        if from > since {
+            conn.push(
+                ServerEvent::Resync {
+                    from_seq: from.next(),
+                    conversation_id: conversation,
+                }
+                .frame(),
+            );
+        }
         let mut after = from;
         while after < position && conn.is_open() {
             let upto = position.min(Seq(after.0 + REPLAY_PAGE));
@@ -68,6 +81,6 @@ pub(super) fn start(app: Arc<App>, conn: Rc<Conn>, since: Seq, position: Seq) {
                 }
             }
         }
-        conn.go_live();
+        conn.go_live(conversation);
     });
 }

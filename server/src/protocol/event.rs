@@ -59,6 +59,7 @@ pub enum ServerEvent<'a> {
         /// On `joined`: the conversation's position when the user joined.
         #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<Seq>,
+        conversation_id: ConversationId,
     },
     Typing {
         sender_id: UserId,
@@ -76,12 +77,14 @@ pub enum ServerEvent<'a> {
         /// empty).
         #[serde(skip_serializing_if = "is_false")]
         is_deleted: bool,
+        conversation_id: ConversationId,
     },
     Delete {
         message_id: MessageId,
         sender_id: UserId,
         timestamp: &'a str,
         seq: Seq,
+        conversation_id: ConversationId,
     },
     Reaction {
         message_id: MessageId,
@@ -90,11 +93,25 @@ pub enum ServerEvent<'a> {
         sender_username: &'a str,
         action: &'a str,
         seq: Seq,
+        conversation_id: ConversationId,
     },
     Presence {
         sender_id: UserId,
         sender_username: &'a str,
         status: Presence,
+        conversation_id: ConversationId,
+    },
+    /// A read marker of the recipient's own moved (to each of their sockets in the
+    /// conversation): the conversation is read up to `seq`.
+    Read {
+        conversation_id: ConversationId,
+        seq: Seq,
+    },
+    /// Another member read the conversation up to `seq` (small conversations only).
+    Receipt {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: Seq,
     },
     Error {
         detail: &'a str,
@@ -106,12 +123,49 @@ pub enum ServerEvent<'a> {
     /// before `from_seq` were not replayed; page history over REST for them.
     Resync {
         from_seq: Seq,
+        conversation_id: ConversationId,
     },
     /// The answer to a token refresh: the socket now lives until `expires_at`.
     Auth {
         status: &'a str,
         expires_at: &'a str,
     },
+}
+
+/// What happened to one of the user's conversations, for their user streams:
+/// `{"type":"conversation","action","conversation"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationAction {
+    /// The user was added to it, or it was created with them.
+    Added,
+    /// The user was removed from it (or left): nothing more of it arrives.
+    Removed,
+}
+
+/// The `conversation` event of `action`, with the conversation as `conversation`
+/// serialises (the whole conversation when added, its id when removed).
+pub fn conversation_event(action: ConversationAction, conversation: &impl Serialize) -> Bytes {
+    #[derive(Serialize)]
+    struct Event<'a, C> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        action: ConversationAction,
+        conversation: &'a C,
+    }
+    framed(&Event {
+        kind: "conversation",
+        action,
+        conversation,
+    })
+}
+
+/// Any serialisable event as one unmasked text frame (events whose shapes live above
+/// this layer: a user stream's `ready`).
+pub fn framed(event: &impl Serialize) -> Bytes {
+    // Serialising plain structs of strings cannot fail; were it to, an empty frame
+    // (which writes nothing) goes out rather than half a frame.
+    frame::text(|out| serde_json::to_writer(out, event)).unwrap_or_default()
 }
 
 /// Whether a flag is unset: such flags stay off the wire, so events without them are
@@ -143,9 +197,10 @@ impl<'a> Active<'a> {
 }
 
 impl ServerEvent<'_> {
-    /// The `system` event of `username` joining (at position `seq`) or leaving, with
-    /// who is connected now.
+    /// The `system` event of `username` joining (at position `seq`) or leaving the
+    /// conversation, with who is connected now.
     pub fn membership(
+        conversation: ConversationId,
         change: Membership,
         user: UserId,
         username: &str,
@@ -169,13 +224,19 @@ impl ServerEvent<'_> {
             joined_count: None,
             left_count: None,
             seq,
+            conversation_id: conversation,
         }
         .frame()
     }
 
     /// The `system` event summing up several joins and leaves of a large
     /// conversation, with how many users are connected now.
-    pub fn presence_summary(joined: u32, left: u32, active_count: usize) -> Bytes {
+    pub fn presence_summary(
+        conversation: ConversationId,
+        joined: u32,
+        left: u32,
+        active_count: usize,
+    ) -> Bytes {
         let users = |n: u32| {
             if n == 1 {
                 "1 user".to_string()
@@ -196,14 +257,13 @@ impl ServerEvent<'_> {
             joined_count: Some(joined),
             left_count: Some(left),
             seq: None,
+            conversation_id: conversation,
         }
         .frame()
     }
 
     /// Serialises the event and frames it as one unmasked text frame, once.
     pub fn frame(&self) -> Bytes {
-        // Serialising plain structs of strings cannot fail; were it to, an empty
-        // frame (which writes nothing) goes out rather than half a frame.
-        frame::text(|out| serde_json::to_writer(out, self)).unwrap_or_default()
+        framed(self)
     }
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
-use crate::ids::MessageId;
+use crate::ids::{ConversationId, MessageId, Seq};
 pub use crate::text::CONTENT_MAX_CHARS;
 use crate::text::{ClientId, Content, ContentError};
 
@@ -18,7 +18,9 @@ mod event;
 pub mod frame;
 
 pub use close::{close_echo, Close};
-pub use event::{Active, Membership, Presence, ServerEvent};
+pub use event::{
+    conversation_event, framed, Active, ConversationAction, Membership, Presence, ServerEvent,
+};
 
 /// Longest reaction emoji, in characters (flags and skin tones are several code points).
 pub const EMOJI_MAX_CHARS: usize = 16;
@@ -53,6 +55,25 @@ pub enum ClientEvent {
     Auth {
         token: String,
     },
+    /// The conversation is read up to `seq`: the sender's read marker moves there.
+    Read {
+        seq: Seq,
+    },
+    /// A user stream's first event: where the client's copy of each listed
+    /// conversation's stream ends (ids that are not conversations are left out).
+    Resume {
+        positions: Vec<(ConversationId, Seq)>,
+    },
+}
+
+/// Which conversation an event names with `conversation_id`: what a user stream needs
+/// to route it (a conversation socket has its own and ignores the field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Absent,
+    /// Not a conversation id: like one the user is not in.
+    Unknown,
+    Conversation(ConversationId),
 }
 
 /// Why a client frame was refused; the text is the `detail` of the error event.
@@ -86,7 +107,14 @@ pub enum ProtocolError {
     BadClientId,
     #[error("Binary frames are not supported; send JSON text")]
     Binary,
+    #[error("Field '{0}' must be a stream position (0 or more)")]
+    BadPosition(&'static str),
+    #[error("Field 'positions' must be an object of conversation ids and positions, at most {POSITIONS_MAX}")]
+    BadPositions,
 }
+
+/// The most conversations one `resume` may list.
+pub const POSITIONS_MAX: usize = 10_000;
 
 /// A parsed frame: the event (or why not) and the client's optional `ref`, which is
 /// echoed in any error about it so clients can match errors to what they sent.
@@ -94,6 +122,7 @@ pub enum ProtocolError {
 pub struct Parsed {
     pub event: Result<ClientEvent, ProtocolError>,
     pub reference: Option<String>,
+    pub conversation: Target,
 }
 
 /// Parses one text frame. The buffer is used as simd-json's scratch space.
@@ -111,6 +140,7 @@ pub fn parse(buf: &mut [u8]) -> Parsed {
             return Parsed {
                 event: Err(ProtocolError::InvalidJson),
                 reference: None,
+                conversation: Target::Absent,
             }
         }
     };
@@ -124,9 +154,18 @@ pub fn parse(buf: &mut [u8]) -> Parsed {
         }
         _ => None,
     });
+    let conversation = match fields.and_then(|f| f.get("conversation_id")) {
+        None => Target::Absent,
+        Some(v) if v.is_null() => Target::Absent,
+        Some(v) => v
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .map_or(Target::Unknown, Target::Conversation),
+    };
     Parsed {
         event: fields.ok_or(ProtocolError::NotAnEvent).and_then(event),
         reference,
+        conversation,
     }
 }
 
@@ -196,6 +235,15 @@ fn event(value: Fields) -> Result<ClientEvent, ProtocolError> {
         "auth" => ClientEvent::Auth {
             token: string(value, "token")?.to_owned(),
         },
+        "read" => ClientEvent::Read {
+            seq: value
+                .get("seq")
+                .and_then(position)
+                .ok_or(ProtocolError::BadPosition("seq"))?,
+        },
+        "resume" => ClientEvent::Resume {
+            positions: positions(value)?,
+        },
         other => return Err(ProtocolError::UnknownType(other.chars().take(64).collect())),
     })
 }
@@ -218,6 +266,32 @@ fn content(value: Fields) -> Result<Content, ProtocolError> {
     })
 }
 
+/// A stream position: a whole number, 0 or more.
+fn position(value: &BorrowedValue) -> Option<Seq> {
+    value.as_u64().map(Seq)
+}
+
+/// `positions` of a `resume`: absent or null is none; keys that are not conversation
+/// ids are left out (like conversations the user is not in).
+fn positions(value: Fields) -> Result<Vec<(ConversationId, Seq)>, ProtocolError> {
+    let Some(listed) = value.get("positions").filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let listed = listed.as_object().ok_or(ProtocolError::BadPositions)?;
+    if listed.len() > POSITIONS_MAX {
+        return Err(ProtocolError::BadPositions);
+    }
+    // Of an id given twice, the last counts, as for any field.
+    let mut out = std::collections::HashMap::with_capacity(listed.len());
+    for (id, seq) in listed.iter() {
+        let seq = position(seq).ok_or(ProtocolError::BadPositions)?;
+        if let Ok(id) = id.parse() {
+            out.insert(id, seq);
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 fn message_id(value: Fields) -> Result<MessageId, ProtocolError> {
     string(value, "message_id")?
         .parse()
@@ -227,7 +301,7 @@ fn message_id(value: Fields) -> Result<MessageId, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ConversationId, Seq, UserId};
+    use crate::ids::UserId;
 
     fn parse_str(s: &str) -> Parsed {
         parse(&mut s.as_bytes().to_vec())
@@ -420,8 +494,14 @@ mod tests {
                 "timestamp":"2026-02-04T10:30:00.123456Z","is_edited":false,"seq":7})
         );
         assert_eq!(
-            unframe(&ServerEvent::Resync { from_seq: Seq(9) }.frame()),
-            serde_json::json!({"type":"resync","from_seq":9})
+            unframe(
+                &ServerEvent::Resync {
+                    from_seq: Seq(9),
+                    conversation_id: c
+                }
+                .frame()
+            ),
+            serde_json::json!({"type":"resync","from_seq":9,"conversation_id":c.to_string()})
         );
         assert_eq!(
             unframe(&ServerEvent::Pong.frame()),
@@ -467,6 +547,7 @@ mod tests {
                 timestamp: "2026-02-04T10:30:00.123456Z",
                 seq: Seq(8),
                 is_deleted: true,
+                conversation_id: c,
             }
             .frame(),
         );
@@ -474,7 +555,46 @@ mod tests {
             edit,
             serde_json::json!({"type":"edit","message_id":m.to_string(),"content":"",
                 "sender_id":u.to_string(),"is_edited":true,
-                "timestamp":"2026-02-04T10:30:00.123456Z","seq":8,"is_deleted":true})
+                "timestamp":"2026-02-04T10:30:00.123456Z","seq":8,"is_deleted":true,
+                "conversation_id":c.to_string()})
+        );
+    }
+
+    #[test]
+    fn user_stream_events_parse() {
+        let c = ConversationId::random();
+        let parsed = parse_str(&format!(
+            r#"{{"type":"read","conversation_id":"{c}","seq":4}}"#
+        ));
+        assert_eq!(parsed.event, Ok(ClientEvent::Read { seq: Seq(4) }));
+        assert_eq!(parsed.conversation, Target::Conversation(c));
+        let bad = parse_str(r#"{"type":"read","conversation_id":"nope","seq":-1}"#);
+        assert_eq!(bad.event, Err(ProtocolError::BadPosition("seq")));
+        assert_eq!(bad.conversation, Target::Unknown);
+        assert_eq!(
+            parse_str(r#"{"type":"typing"}"#).conversation,
+            Target::Absent
+        );
+        let resume = parse_str(&format!(
+            r#"{{"type":"resume","positions":{{"{c}":7,"not-an-id":3}}}}"#
+        ));
+        assert_eq!(
+            resume.event,
+            Ok(ClientEvent::Resume {
+                positions: vec![(c, Seq(7))]
+            })
+        );
+        assert_eq!(
+            parse_str(r#"{"type":"resume"}"#).event,
+            Ok(ClientEvent::Resume { positions: vec![] })
+        );
+        assert_eq!(
+            parse_str(&format!(r#"{{"type":"resume","positions":{{"{c}":"7"}}}}"#)).event,
+            Err(ProtocolError::BadPositions)
+        );
+        assert_eq!(
+            parse_str(r#"{"type":"resume","positions":[1]}"#).event,
+            Err(ProtocolError::BadPositions)
         );
     }
 

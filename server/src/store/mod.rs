@@ -16,8 +16,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use model::{
-    ChangeOutcome, ConversationRecord, ListCursor, ListPage, MessageRecord, NewMessage, Original,
-    Page, ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    ChangeOutcome, ConversationRecord, ConversationSummary, ListCursor, ListPage, MessageRecord,
+    NewMessage, Original, Page, Preview, Reaction, ReactionOutcome, ReadOutcome, Store, StoreError,
+    Stored, StreamEvent, StreamKind, UserRecord, PREVIEW_CHARS, REACTIONS_PER_PAGE,
+    UNREAD_COUNT_MAX,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -56,6 +56,43 @@ pub struct MessageRecord {
     pub is_edited: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its reactions, each emoji once with who gave it, in the order they were first
+    /// given (a page reads at most `REACTIONS_PER_PAGE` of them).
+    pub reactions: Vec<Reaction>,
+}
+
+/// One emoji on a message and the users who reacted with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaction {
+    pub emoji: String,
+    pub users: Vec<UserId>,
+}
+
+/// The most reactions a page of history reads: a page costs a bounded read however
+/// many reactions its messages collected.
+pub const REACTIONS_PER_PAGE: u32 = 5000;
+
+/// Groups `(message, emoji, user)` rows, in the order read, onto their messages.
+pub(super) fn attach_reactions(
+    messages: &mut [MessageRecord],
+    rows: impl IntoIterator<Item = (MessageId, String, UserId)>,
+) {
+    let at: std::collections::HashMap<MessageId, usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id, i))
+        .collect();
+    for (message, emoji, user) in rows {
+        let Some(&i) = at.get(&message) else { continue };
+        let reactions = &mut messages[i].reactions;
+        match reactions.iter_mut().find(|r| r.emoji == emoji) {
+            Some(r) => r.users.push(user),
+            None => reactions.push(Reaction {
+                emoji,
+                users: vec![user],
+            }),
+        }
+    }
 }
 
 /// A message on its way into the store; its id and time were fixed by its home shard.
@@ -138,12 +175,83 @@ pub struct ListCursor {
     pub id: ConversationId,
 }
 
+/// As REST and the `ready` event hand it to clients (`X-Next-Cursor`,
+/// `next_cursor`): the time in microseconds and the id.
+impl std::fmt::Display for ListCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.updated_at.timestamp_micros(), self.id)
+    }
+}
+
+impl std::str::FromStr for ListCursor {
+    type Err = ();
+    fn from_str(raw: &str) -> Result<Self, ()> {
+        let (micros, id) = raw.trim().split_once('_').ok_or(())?;
+        Ok(Self {
+            updated_at: DateTime::from_timestamp_micros(micros.parse().map_err(|_| ())?)
+                .ok_or(())?,
+            id: id.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+impl ListCursor {
+    /// Where a list that showed `c` last goes on.
+    pub fn after(c: &ConversationRecord) -> Self {
+        Self {
+            updated_at: c.updated_at,
+            id: c.id,
+        }
+    }
+}
+
 /// Which page of a user's conversation list: at most `limit`, the ones after `after`
 /// (from the top when absent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListPage {
     pub limit: u32,
     pub after: Option<ListCursor>,
+}
+
+/// The most unread messages a conversation's count reaches: counting walks the
+/// messages after the reader's marker, so the walk is bounded, whatever the backlog.
+pub const UNREAD_COUNT_MAX: u32 = 1000;
+/// How many characters of the last message a conversation list shows.
+pub const PREVIEW_CHARS: u32 = 100;
+
+/// A conversation as its member's list shows it: where its stream stands, where the
+/// member has read to, how many messages of others they have not read (live ones,
+/// after their marker, at most `UNREAD_COUNT_MAX`), and the newest live message.
+#[derive(Clone, Debug)]
+pub struct ConversationSummary {
+    pub conversation: ConversationRecord,
+    pub last_seq: Seq,
+    pub last_read_seq: Seq,
+    pub unread_count: u32,
+    pub last_message: Option<Preview>,
+}
+
+/// The start of a conversation's newest live message (`PREVIEW_CHARS` characters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preview {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub sender_username: String,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What became of a read marker. A position past the stream counts as the stream's
+/// end: "read up to there" means everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The marker moved forward to this position.
+    Moved(Seq),
+    /// The marker was already there or further: it stays where it is (given).
+    Kept(Seq),
+    /// The user is not a participant (or there is no such conversation).
+    NotMember,
 }
 
 /// One persisted event of a conversation's stream, as it was broadcast.
@@ -255,12 +363,28 @@ pub trait Store: Send + Sync + 'static {
         participants: &[UserId],
     ) -> Result<(), StoreError>;
     /// A page of the user's conversations, most recently active (`updated_at`) first,
-    /// ties by id, descending (see `ListPage`).
+    /// ties by id, descending (see `ListPage`), each with the user's read marker,
+    /// unread count and the newest live message.
     async fn conversations_of(
         &self,
         user: UserId,
         page: ListPage,
-    ) -> Result<Vec<ConversationRecord>, StoreError>;
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// The user's conversations with their stream positions, most recently active
+    /// first, at most `limit`.
+    async fn memberships(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
+    /// Moves the user's read marker in the conversation forward to `seq`, or to the
+    /// stream's end when `seq` is past it (never back).
+    async fn mark_read(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<ReadOutcome, StoreError>;
     async fn conversation(
         &self,
         id: ConversationId,

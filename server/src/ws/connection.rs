@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::Instrument;
@@ -22,7 +22,8 @@ use super::io::{ReadHalf, WriteHalf};
 use super::reader::{FrameReader, ReadError};
 use crate::context::ShardContext;
 use crate::hub::conn::{Conn, Next};
-use crate::hub::{Admitted, Refused, Registry};
+use crate::hub::{Admitted, Carried, Refused, Registry};
+use crate::ids::{ConversationId, Seq};
 use crate::metrics::{EventKind, Refusal, ShardMetrics};
 use crate::protocol::frame::{self, Opcode};
 use crate::protocol::{self, ClientEvent, Close, ProtocolError, ServerEvent};
@@ -54,12 +55,21 @@ pub async fn run(
         "ws",
         shard = shard.id,
         user = %admitted.user,
-        conversation = %admitted.conversation
+        carries = %admitted.scope()
     );
     async move {
         let registered = Registered {
             registry: &shard.hub.registry,
             conn: shard.hub.registry.register(&admitted),
+        };
+        // A user stream carries nothing until the client's first event starts it.
+        let mut pending = match admitted.carried {
+            // Boxed: every idle conversation socket's task holds this field.
+            Carried::Stream { memberships, .. } => Some(Box::new(Pending {
+                memberships,
+                checked_at: admitted.checked_at,
+            })),
+            Carried::Conversation { .. } => None,
         };
         let conn = &Rc::clone(&registered.conn);
         if shard.shutdown.is_set() {
@@ -71,7 +81,7 @@ pub async fn run(
             // middle of a write would leave half a frame on the wire.
             let mut writer = std::pin::pin!(write_loop(conn, &mut write, &shard.metrics));
             let ended = monoio::select! {
-                end = read_loop(shard, conn, &mut reader) => End::Reader(end),
+                end = read_loop(shard, conn, &mut reader, &mut pending) => End::Reader(end),
                 end = &mut writer => End::Writer(end),
             };
             // Gone from presence at once, whatever the goodbye below takes.
@@ -149,7 +159,18 @@ async fn linger(reader: &mut Reader) {
     .await;
 }
 
-async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> ReadEnd {
+/// A user stream not started yet: the conversations admission found, and when.
+struct Pending {
+    memberships: Vec<(ConversationId, Seq)>,
+    checked_at: Instant,
+}
+
+async fn read_loop(
+    shard: &ShardContext,
+    conn: &Conn,
+    reader: &mut Reader,
+    pending: &mut Option<Box<Pending>>,
+) -> ReadEnd {
     let config = &shard.app.config;
     let max = config.ws_max_message_bytes;
     // Fragments are joined here, so that the total size of a fragmented message is
@@ -205,7 +226,8 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
             (Opcode::Text | Opcode::Binary, None) if frame.fin => {
                 // On the heap while it runs: inline, the submission's state would be
                 // part of every idle connection's task.
-                let refusal = Box::pin(on_message(shard, conn, frame.opcode, frame.payload)).await;
+                let message = on_message(shard, conn, frame.opcode, frame.payload, pending);
+                let refusal = Box::pin(message).await;
                 flood.note(conn, refusal, config.ws_flood_limit);
             }
             (Opcode::Text | Opcode::Binary, None) => {
@@ -225,7 +247,8 @@ async fn read_loop(shard: &ShardContext, conn: &Conn, reader: &mut Reader) -> Re
                         conn.close(Close::InvalidUtf8);
                         return ReadEnd::Refused;
                     }
-                    let refusal = Box::pin(on_message(shard, conn, opcode, &mut fragments)).await;
+                    let message = on_message(shard, conn, opcode, &mut fragments, pending);
+                    let refusal = Box::pin(message).await;
                     flood.note(conn, refusal, config.ws_flood_limit);
                     // A finished message keeps nothing: idle connections hold no buffer.
                     fragments = Vec::new();
@@ -295,24 +318,39 @@ impl Flood {
 
 /// One complete client message: parse, validate, submit; any refusal is an `error`
 /// event and the connection stays open (the read loop counts rate-limit refusals
-/// against `--ws-flood-limit`). Answers the refusal, if any.
+/// against `--ws-flood-limit`). Answers the refusal, if any. The first event of a
+/// user stream starts it: a `resume` with its positions, anything else with none.
 async fn on_message(
     shard: &ShardContext,
     conn: &Conn,
     opcode: Opcode,
     payload: &mut [u8],
+    pending: &mut Option<Box<Pending>>,
 ) -> Option<Refusal> {
     let (refusal, detail, reference) = if opcode == Opcode::Binary {
         (Refusal::Invalid, ProtocolError::Binary.to_string(), None)
     } else {
         let parsed = protocol::parse(payload);
-        let (refusal, detail) = match parsed.event {
+        let event = match (parsed.event, pending.take()) {
+            (Ok(ClientEvent::Resume { positions }), Some(start)) => {
+                let registry = &shard.hub.registry;
+                registry.start(conn, positions, start.memberships, start.checked_at);
+                return None;
+            }
+            (event, Some(start)) => {
+                let registry = &shard.hub.registry;
+                registry.start(conn, Vec::new(), start.memberships, start.checked_at);
+                event
+            }
+            (event, None) => event,
+        };
+        let (refusal, detail) = match event {
             Ok(event) => {
                 shard.metrics.event(kind(&event));
                 match shard
                     .hub
                     .registry
-                    .submit(conn, event, parsed.reference.clone())
+                    .submit(conn, event, parsed.reference.clone(), parsed.conversation)
                     .await
                 {
                     Ok(()) => return None,

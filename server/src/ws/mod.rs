@@ -1,8 +1,9 @@
-//! The WebSocket endpoint `/api/chat/ws/{conversation_id}?token=`: admission (token,
-//! membership) while the upgrade request is still HTTP, the upgrade itself
-//! (fastwebsockets' handshake on the shard's hyper connection), then the connection's
-//! life in `connection`, reading the client's frames with `frame` from the socket
-//! halves of `io`. Refusals follow the protocol (docs/protocol.md): an `error` event,
+//! The WebSocket endpoints, `/api/chat/ws/{conversation_id}?token=` (a conversation
+//! socket) and `/api/chat/ws?token=` (the user stream, every conversation of the
+//! user): admission (token, memberships) while the upgrade request is still HTTP, the
+//! upgrade itself (fastwebsockets' handshake on the shard's hyper connection), then
+//! the connection's life in `connection`, reading the client's frames with `frame`
+//! from the socket halves of `io`. Refusals follow the protocol (docs/protocol.md): an `error` event,
 //! then close 1008 (1011 when the store could not be asked). A user holds at most
 //! `--ws-max-per-user` sockets on a node; one more is refused with 1008 like the others.
 //!
@@ -28,11 +29,13 @@ use hyper::{Request, Response};
 
 use crate::context::ShardContext;
 use crate::error::ApiError;
-use crate::hub::{Admitted, Resume};
-use crate::ids::{ConversationId, Seq};
+use crate::hub::{Admitted, Carried, Resume};
+use crate::ids::{ConversationId, Seq, UserId};
 use crate::limits::Slot;
 use crate::metrics::Upgrade;
-use crate::protocol::Close;
+use crate::protocol::{framed, Close};
+use crate::store::{ListCursor, ListPage};
+use crate::views::ConversationItem;
 
 /// What the upgrade request's query says: `token`, and `since` for a resume.
 pub struct Query {
@@ -40,11 +43,23 @@ pub struct Query {
     pub since: Option<String>,
 }
 
-/// Upgrades `req` to a WebSocket in `conversation`.
+/// Which socket the client asked for.
+pub enum Wanted<'a> {
+    /// A conversation socket, by the id as the path gave it.
+    Conversation(&'a str),
+    /// The user stream.
+    Stream,
+}
+
+/// How many conversations, with their read markers and unread counts, the user
+/// stream's `ready` event lists (the rest are paged over REST from its `next_cursor`).
+const READY_PAGE: u32 = 50;
+
+/// Upgrades `req` to a WebSocket: a conversation socket or the user stream.
 pub async fn upgrade(
     shard: &Rc<ShardContext>,
     mut req: Request<Incoming>,
-    conversation: &str,
+    wanted: Wanted<'_>,
     Query { token, since }: Query,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
@@ -74,7 +89,10 @@ pub async fn upgrade(
             .parse()
             .map_or(Resume::Invalid, |n| Resume::Since(Seq(n))),
     };
-    let mut admission = admit(shard, token, conversation, resume).await;
+    let mut admission = match wanted {
+        Wanted::Conversation(conversation) => admit(shard, token, conversation, resume).await,
+        Wanted::Stream => admit_stream(shard, token).await,
+    };
     // The user's place among their WebSockets on this node, held for the socket's life.
     let socket_slot = match &admission {
         Ok(admitted) => {
@@ -149,11 +167,13 @@ async fn admit(
         Ok(Some((username, Some(position)))) => Ok(Admitted {
             user,
             username: username.into(),
-            conversation,
             expires_at: token.expires_at,
             checked_at,
-            position,
-            resume,
+            carried: Carried::Conversation {
+                conversation,
+                position,
+                resume,
+            },
         }),
         Ok(Some((_, None))) => Err(Close::NotAMember),
         Ok(None) => Err(Close::InvalidToken),
@@ -162,4 +182,78 @@ async fn admit(
             Err(Close::Unavailable)
         }
     }
+}
+
+/// The user stream's admission: the user's conversations (at most
+/// `--stream-max-conversations`, most recently active first) with their positions,
+/// and the `ready` event: the first page of the conversation list, and every carried
+/// conversation's position.
+async fn admit_stream(shard: &ShardContext, token: Option<String>) -> Result<Admitted, Close> {
+    let token = token
+        .and_then(|t| shard.app.jwt.verify(&t).ok())
+        .ok_or(Close::InvalidToken)?;
+    let user = token.user;
+    let carried = shard.app.config.stream_max_conversations;
+    let checked_at = Instant::now();
+    let found = shard
+        .app
+        .db
+        .call(move |s| async move {
+            let Some(u) = s.user_by_id(user).await? else {
+                return Ok(None);
+            };
+            let memberships = s.memberships(user, carried).await?;
+            let page = ListPage {
+                limit: READY_PAGE + 1,
+                after: None,
+            };
+            let listed = s.conversations_of(user, page).await?;
+            Ok(Some((u.username, memberships, listed)))
+        })
+        .await;
+    match found {
+        Ok(Some((username, memberships, mut listed))) => {
+            let more = listed.len() > READY_PAGE as usize;
+            listed.truncate(READY_PAGE as usize);
+            let ready = Ready {
+                kind: "ready",
+                user_id: user,
+                conversations: listed.iter().map(ConversationItem::from).collect(),
+                next_cursor: listed
+                    .last()
+                    .filter(|_| more)
+                    .map(|s| ListCursor::after(&s.conversation).to_string()),
+                positions: memberships.iter().copied().collect(),
+            };
+            Ok(Admitted {
+                user,
+                username: username.into(),
+                expires_at: token.expires_at,
+                checked_at,
+                carried: Carried::Stream {
+                    memberships,
+                    ready: framed(&ready),
+                },
+            })
+        }
+        Ok(None) => Err(Close::InvalidToken),
+        Err(e) => {
+            tracing::warn!(error = %e, "user stream admission failed");
+            Err(Close::Unavailable)
+        }
+    }
+}
+
+/// The user stream's first event.
+#[derive(serde::Serialize)]
+struct Ready {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user_id: UserId,
+    /// The first page of the conversation list, as REST gives it.
+    conversations: Vec<ConversationItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+    /// Each conversation the stream carries, with its position now.
+    positions: std::collections::BTreeMap<ConversationId, Seq>,
 }

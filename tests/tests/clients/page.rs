@@ -1,8 +1,9 @@
 //! The browser client at `/`: how it is served (types, caching, the Content-Security-
 //! Policy), and two users chatting through it end to end in headless Chromium, each in
 //! a browser context of their own: register, create and open a conversation, live
-//! messages, typing, reactions, edits, deletes, presence, history after a reload, and
-//! a dropped connection resumed with `since` and idempotent resends.
+//! messages, typing, reactions, edits, deletes, presence, history after a reload, a
+//! dropped connection resumed from each conversation's position and idempotent
+//! resends, and unread badges kept in step across a user's devices by the user stream.
 //!
 //! The second user reaches the server through a small TCP relay that the test can cut
 //! and mute, so the page sees a real dropped connection, not a scripted one.
@@ -32,6 +33,11 @@ async fn page_is_served_with_its_files() {
 #[tokio::test]
 async fn two_users_chat_in_the_browser() {
     tests::run_with(config(), |srv| Box::pin(two_users(srv))).await
+}
+
+#[tokio::test]
+async fn unread_badges_follow_every_device() {
+    tests::run_with(config(), |srv| Box::pin(unread_badges(srv))).await
 }
 
 #[tokio::test]
@@ -276,6 +282,119 @@ async fn list_in_pages(srv: &TestServer) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(last == "paged 000", "last listed: {last}");
+    Ok(())
+}
+
+async fn login(page: &mut Page, name: &str) -> anyhow::Result<()> {
+    let (n, p) = (lit(name), lit(PASSWORD));
+    run(
+        page,
+        &format!(
+            "fill('auth-username', {n}) && fill('auth-password', {p}) && click($('auth-login'))"
+        ),
+    )
+    .await?;
+    until(page, "logged in", &format!("text('me') === {n}")).await?;
+    Ok(())
+}
+
+/// The badge of the conversation named `title` in the list: its text, or `""` when
+/// hidden (nothing unread).
+fn badge(title: &str) -> String {
+    format!(
+        "(() => {{ const b = [...document.querySelectorAll('[data-testid=\"conversation-item\"]')].find((b) => b.textContent === {}); \
+         if (!b) return null; const badge = b.parentElement.querySelector('[data-testid=\"unread-badge\"]'); \
+         return badge.hidden ? '' : badge.textContent; }})()",
+        lit(title)
+    )
+}
+
+/// Unread badges over the user stream, with no reload and no polling: a conversation
+/// created with B appears in both of B's tabs (two devices), A's messages raise its
+/// badge in both, and opening it in one tab clears the badge in the other.
+async fn unread_badges(srv: &TestServer) -> anyhow::Result<()> {
+    let mut browser = Browser::open(&format!("{}/", srv.base_url())).await?;
+    let mut phone = browser
+        .open_isolated(&format!("{}/", srv.base_url()))
+        .await?;
+    let mut laptop = browser
+        .open_isolated(&format!("{}/", srv.base_url()))
+        .await?;
+    let (alice, bob) = (unique_name("badge_a"), unique_name("badge_b"));
+    let a = browser.page();
+    register(a, &alice).await?;
+    register(&mut phone, &bob).await?;
+    login(&mut laptop, &bob).await?;
+    connected(&mut phone, "B's phone").await?;
+    connected(&mut laptop, "B's laptop").await?;
+
+    let title = "Badges";
+    run(
+        a,
+        &format!(
+            "fill('new-name', {}) && fill('new-participants', {}) && click($('new-create'))",
+            lit(title),
+            lit(&bob)
+        ),
+    )
+    .await?;
+    connected(a, "A").await?;
+    for (page, who) in [(&mut phone, "phone"), (&mut laptop, "laptop")] {
+        until(
+            page,
+            &format!("the new conversation on B's {who}"),
+            &format!("{} === ''", badge(title)),
+        )
+        .await?;
+    }
+    for content in ["one", "two"] {
+        send(a, content).await?;
+        until_shown(a, "A", content).await?;
+    }
+    for (page, who) in [(&mut phone, "phone"), (&mut laptop, "laptop")] {
+        until(
+            page,
+            &format!("two unread on B's {who}"),
+            &format!("{} === '2'", badge(title)),
+        )
+        .await?;
+    }
+    let item = format!(
+        "[...document.querySelectorAll('[data-testid=\"conversation-item\"]')].find((b) => b.textContent === {})",
+        lit(title)
+    );
+    run(&mut phone, &format!("click({item})")).await?;
+    until_shown(&mut phone, "B's phone", "two").await?;
+    until(
+        &mut phone,
+        "the phone's badge to clear",
+        &format!("{} === ''", badge(title)),
+    )
+    .await?;
+    until(
+        &mut laptop,
+        "the laptop's badge to clear",
+        &format!("{} === ''", badge(title)),
+    )
+    .await?;
+    // Read on the server too: a fresh list says so.
+    let api = srv.api();
+    let session = api.login(&bob, PASSWORD).await?.expect(200)?;
+    let token = str_field(&session, "access_token")?;
+    let list = api
+        .get("/api/chat/conversations", Some(&token))
+        .await?
+        .expect(200)?;
+    let listed = as_list(&list)?
+        .iter()
+        .find(|c| c["name"] == title)
+        .cloned()
+        .context("listed")?;
+    ensure!(
+        listed["unread_count"] == 0 && listed["last_read_seq"] == 2,
+        "{listed}"
+    );
+    screenshot(&mut laptop, "page-badges.png").await?;
     Ok(())
 }
 

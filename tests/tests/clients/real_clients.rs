@@ -239,6 +239,73 @@ async fn python_resumes(srv: &TestServer) -> anyhow::Result<()> {
     a.close().await
 }
 
+/// A Python client on the user stream (the `websockets` library): it reads `ready`,
+/// resumes one conversation from its start, sends into another by `conversation_id`,
+/// and prints every message it got, by conversation, once its own is acknowledged.
+const PYTHON_STREAM: &str = r#"
+import asyncio
+import json
+import sys
+
+import websockets
+
+async def stream(uri, resumed, other):
+    got = {resumed: [], other: []}
+    async with websockets.connect(uri) as websocket:
+        ready = json.loads(await websocket.recv())
+        await websocket.send(json.dumps({'type': 'resume', 'positions': {resumed: 0}}))
+        await websocket.send(json.dumps({'type': 'message', 'conversation_id': other,
+                                         'content': 'from python', 'client_id': 'py-1'}))
+        async for message in websocket:
+            data = json.loads(message)
+            if data['type'] == 'message':
+                got[data['conversation_id']].append(data['content'])
+                if data.get('client_id') == 'py-1' and len(got[resumed]) == 2:
+                    break
+            elif data['type'] == 'error':
+                got['error'] = data
+                break
+    print(json.dumps({'ready': ready['type'], 'positions': ready['positions'], 'got': got}))
+
+asyncio.run(stream(sys.argv[1], sys.argv[2], sys.argv[3]))
+"#;
+
+async fn python_user_stream(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let [alice, bob] = api.new_users(["pystream_a", "pystream_b"]).await?;
+    let resumed = api.new_conversation(&bob, "resumed", &[&alice]).await?;
+    let other = api.new_conversation(&alice, "other", &[&bob]).await?;
+    let (mut b, _) = tests::realtime::join(srv, &resumed, &bob).await?;
+    b.send_message("one").await?;
+    b.send_message("two").await?;
+    let args = [
+        "-c".into(),
+        PYTHON_STREAM.into(),
+        tests::ws::stream_url(&srv.ws_base_url(), &alice.token),
+        resumed.clone(),
+        other.clone(),
+    ];
+    let out = tests::python::run("websockets", "websockets", &args).await?;
+    let result: Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("python printed {out}"))?;
+    ensure!(
+        result["ready"] == "ready"
+            && result["positions"] == json!({resumed.clone(): 2, other.clone(): 0}),
+        "{result}"
+    );
+    ensure!(
+        result["got"] == json!({resumed.clone(): ["one", "two"], other.clone(): ["from python"]}),
+        "{result}"
+    );
+    let history = api.history_list(&bob, &other, "").await?;
+    ensure!(
+        history.len() == 1,
+        "the Python send is stored once: {history:?}"
+    );
+    Ok(())
+}
+
 tests::e2e!(options = super::fast_heartbeat; browser_snippet, python_snippet);
+tests::e2e_on!(python_user_stream, |o| o, [sqlite_uring => (Sqlite, Uring), postgres_epoll => (Postgres, Epoll)]);
 tests::e2e_on!(python_resumes, |o| o, [sqlite_epoll => (Sqlite, Epoll), postgres_uring => (Postgres, Uring)]);
 tests::e2e_on!(python_snippet_default_keepalive, |o| o, [sqlite_uring => (Sqlite, Uring)]);

@@ -19,5 +19,6 @@ mod refusals;
 mod shards;
 mod store_stalls;
 mod streams;
+mod user_stream;
 mod ws_frames;
 mod ws_lifecycle;

@@ -311,7 +311,8 @@ async fn long_replay_starts_with_resync(srv: &mut TestServer) -> anyhow::Result<
     let (replayed, position) = replay_then_joined(&mut b, &bob).await?;
     ensure!(position == 1010);
     ensure!(
-        replayed.first() == Some(&json!({"type": "resync", "from_seq": 11})),
+        replayed.first()
+            == Some(&json!({"type": "resync", "from_seq": 11, "conversation_id": conv})),
         "first: {:?}",
         replayed.first()
     );

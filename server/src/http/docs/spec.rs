@@ -17,9 +17,11 @@ use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::dto::{
-    ConversationOut, Credentials, ErrorBody, Liveness, MessageOut, NewConversation, NewParticipant,
-    PresenceOut, PresentUser, Readiness, Token, UserOut, UserSummary,
+    ConversationItem, ConversationOut, Credentials, ErrorBody, Liveness, MessageOut,
+    NewConversation, NewParticipant, PresenceOut, PresentUser, PreviewOut, ReactionOut, Readiness,
+    Token, UserOut, UserSummary,
 };
+use crate::http::markers::{ReadMarker, ReadMarkerOut};
 use crate::protocol::{Close, CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
 use crate::text::CLIENT_ID_MAX_CHARS;
 
@@ -27,6 +29,7 @@ use crate::text::CLIENT_ID_MAX_CHARS;
 pub const BEARER: &str = "bearer";
 
 pub const WS_PATH: &str = "/api/chat/ws/{conversation_id}";
+pub const STREAM_PATH: &str = "/api/chat/ws";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,6 +51,7 @@ pub const WS_PATH: &str = "/api/chat/ws/{conversation_id}";
         crate::http::conversations::remove_participant,
         crate::http::conversations::history,
         crate::http::presence::presence,
+        crate::http::markers::mark,
         super::ready::ready,
     ),
     components(schemas(
@@ -58,6 +62,11 @@ pub const WS_PATH: &str = "/api/chat/ws/{conversation_id}";
         NewConversation,
         NewParticipant,
         ConversationOut,
+        ConversationItem,
+        PreviewOut,
+        ReactionOut,
+        ReadMarker,
+        ReadMarkerOut,
         MessageOut,
         PresenceOut,
         PresentUser,
@@ -128,6 +137,8 @@ impl Modify for UnroutedPaths {
             .add_path_operation("/health", vec![HttpMethod::Get], health());
         doc.paths
             .add_path_operation(WS_PATH, vec![HttpMethod::Get], websocket());
+        doc.paths
+            .add_path_operation(STREAM_PATH, vec![HttpMethod::Get], user_stream());
     }
 }
 
@@ -163,14 +174,6 @@ fn websocket() -> Operation {
         .required(Required::True)
         .schema(Some(uuid()))
         .description(Some("The conversation to join"));
-    // Browsers cannot set headers on a WebSocket handshake, hence a query parameter
-    // rather than the bearer scheme of the REST routes.
-    let token = ParameterBuilder::new()
-        .name("token")
-        .parameter_in(ParameterIn::Query)
-        .required(Required::True)
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
-        .description(Some("The `access_token` from `POST /api/auth/login`"));
     let since = ParameterBuilder::new()
         .name("since")
         .parameter_in(ParameterIn::Query)
@@ -184,14 +187,54 @@ fn websocket() -> Operation {
             "Resume: the highest `seq` the client has seen; every event after it is \
              replayed before the live ones",
         ));
-    OperationBuilder::new()
+    upgrade(
+        OperationBuilder::new()
+            .operation_id(Some("websocket"))
+            .summary(Some("Join a conversation in real time (WebSocket upgrade)"))
+            .description(Some(websocket_description()))
+            .parameter(conversation)
+            .parameter(token())
+            .parameter(since),
+    )
+}
+
+/// The `token` query parameter of both upgrades. Browsers cannot set headers on a
+/// WebSocket handshake, hence a query parameter rather than the bearer scheme of the
+/// REST routes.
+fn token() -> ParameterBuilder {
+    ParameterBuilder::new()
+        .name("token")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::True)
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .description(Some("The `access_token` from `POST /api/auth/login`"))
+}
+
+fn user_stream() -> Operation {
+    upgrade(
+        OperationBuilder::new()
+            .operation_id(Some("user_stream"))
+            .summary(Some(
+                "Every conversation of the user on one WebSocket (WebSocket upgrade)",
+            ))
+            .description(Some(
+                "The user stream: one socket carries the events of every conversation the \
+                 user belongs to, each with its `conversation_id`. It opens with a `ready` \
+                 event (the first page of the conversation list with read markers and unread \
+                 counts, and each carried conversation's position); the client's first event \
+                 starts it: `{\"type\":\"resume\",\"positions\":{\"<conversation id>\":<seq>}}` \
+                 replays what each listed conversation missed, any other event starts every \
+                 conversation live. Client events are those of a conversation socket with a \
+                 `conversation_id`; see docs/protocol.md, \"The user stream\".",
+            ))
+            .parameter(token()),
+    )
+}
+
+/// What both upgrades answer.
+fn upgrade(operation: OperationBuilder) -> Operation {
+    operation
         .tag("websocket")
-        .operation_id(Some("websocket"))
-        .summary(Some("Join a conversation in real time (WebSocket upgrade)"))
-        .description(Some(websocket_description()))
-        .parameter(conversation)
-        .parameter(token)
-        .parameter(since)
         .response(
             "101",
             ResponseBuilder::new()
@@ -422,6 +465,7 @@ mod tests {
             "/health",
             "/ready",
             WS_PATH,
+            STREAM_PATH,
         ];
         for (path, methods) in documented() {
             for method in methods {

@@ -4,10 +4,16 @@
 // Rules it keeps throughout:
 // - User content only ever reaches the page through textContent, never as markup.
 // - The token lives in sessionStorage: it survives a reload but not the tab.
+// - One socket for everything: the user stream (/api/chat/ws) carries every
+//   conversation, so the list, its unread badges and new conversations are live
+//   without polling.
 // - Every send carries a client_id, and unacknowledged sends are resent after a
 //   reconnect with the same client_id, so a resend is never stored twice.
-// - After a dropped socket it reconnects with ?since=<highest seq seen>, so the events
-//   it missed are replayed once, in order, with no gap and no duplicate.
+// - After a dropped socket it reconnects and resumes every conversation from the
+//   highest seq it saw there, so the events it missed are replayed once, in order,
+//   with no gap and no duplicate.
+// - The read marker follows what the user has seen: the open conversation, while the
+//   tab is visible.
 "use strict";
 
 (() => {
@@ -16,7 +22,7 @@
   const EMOJI = ["👍", "❤️", "😂", "🎉"];
   const TYPING_SEND_EVERY_MS = 2500; // at most one typing event per this interval
   const TYPING_SHOW_MS = 4000; // how long "X is typing…" stays without a new one
-  const CONVERSATIONS_POLL_MS = 15000; // no event announces new conversations
+  const READ_AFTER_MS = 300; // markers go out at most this often
   const RECONNECT_MAX_MS = 10000;
 
   const byTestId = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
@@ -60,18 +66,20 @@
     conversationsCursor: null, // where the next page of the list starts, if there is one
     current: null, // the open conversation: {id, name}
     generation: 0, // bumped on every switch, so late answers for the old one are dropped
-    ws: null,
-    lastSeq: 0, // the highest stream position seen in the open conversation
+    stream: null, // the user stream's socket
+    positions: new Map(), // conversation id -> the highest stream position seen there
+    unread: new Map(), // conversation id -> unread messages (the badge)
+    markers: new Map(), // conversation id -> the user's read marker
+    readTimer: null,
     oldestId: null, // the oldest message shown, to page history back from
     retries: 0,
     reconnectTimer: null,
-    pollTimer: null,
     lastTypingSent: 0,
     names: new Map(), // user id -> username, learned from every event that names one
     online: new Map(), // user id -> "online" | "away"
     typers: new Map(), // user id -> timer that hides their typing notice
     reactions: new Map(), // message id -> Map(emoji -> Set(user id))
-    pending: new Map(), // client_id -> content, sent but not yet acknowledged
+    pending: new Map(), // client_id -> {conversation, content}, sent but not yet acknowledged
   };
 
   // ---- Session ---------------------------------------------------------------
@@ -179,9 +187,8 @@
     ui.auth.hidden = true;
     ui.whoami.hidden = false;
     ui.chat.hidden = false;
-    clearInterval(state.pollTimer);
-    state.pollTimer = setInterval(() => loadConversations().catch(() => {}), CONVERSATIONS_POLL_MS);
     await loadConversations();
+    connect();
     // After a reload, reopen the conversation that was open.
     const last = sessionStorage.getItem(CONVERSATION_KEY);
     let found = state.conversations.find((c) => c.id === last);
@@ -195,11 +202,14 @@
 
   function logout(message = "") {
     closeConversation();
-    clearInterval(state.pollTimer);
+    disconnect();
     sessionStorage.removeItem(SESSION_KEY);
     sessionStorage.removeItem(CONVERSATION_KEY);
     Object.assign(state, { token: null, userId: null, username: null, conversations: [], conversationsCursor: null });
     state.names.clear();
+    state.positions.clear();
+    state.unread.clear();
+    state.markers.clear();
     ui.conversations.replaceChildren();
     ui.chat.hidden = true;
     ui.whoami.hidden = true;
@@ -215,6 +225,7 @@
   // first page again and keeps the further pages already shown below it.
   async function loadConversations() {
     const { data, headers } = await apiResponse(`/api/chat/conversations?limit=${CONVERSATIONS_PAGE}`);
+    noteCounts(data);
     const fresh = new Set(data.map((c) => c.id));
     const further = state.conversationsCursor ? state.conversations.filter((c) => !fresh.has(c.id)) : [];
     state.conversations = data.concat(further);
@@ -226,10 +237,19 @@
     if (!state.conversationsCursor) return;
     const cursor = encodeURIComponent(state.conversationsCursor);
     const { data, headers } = await apiResponse(`/api/chat/conversations?limit=${CONVERSATIONS_PAGE}&cursor=${cursor}`);
+    noteCounts(data);
     const shown = new Set(state.conversations.map((c) => c.id));
     state.conversations = state.conversations.concat(data.filter((c) => !shown.has(c.id)));
     state.conversationsCursor = headers.get("X-Next-Cursor");
     renderConversations();
+  }
+
+  // The server's unread counts and markers, as the list gives them.
+  function noteCounts(items) {
+    for (const c of items) {
+      if (Number.isInteger(c.unread_count)) state.unread.set(c.id, c.unread_count);
+      if (Number.isInteger(c.last_read_seq)) state.markers.set(c.id, c.last_read_seq);
+    }
   }
 
   function renderConversations() {
@@ -242,7 +262,15 @@
       button.textContent = c.name || "(no name)";
       if (state.current && state.current.id === c.id) button.setAttribute("aria-current", "true");
       button.addEventListener("click", () => openConversation(c));
-      li.append(button);
+      const unread = state.unread.get(c.id) || 0;
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.dataset.testid = "unread-badge";
+      badge.dataset.id = c.id;
+      badge.hidden = unread === 0;
+      badge.textContent = unread >= 1000 ? "999+" : String(unread);
+      badge.setAttribute("aria-label", `${unread} unread`);
+      li.append(button, badge);
       return li;
     });
     ui.conversations.replaceChildren(...items);
@@ -283,9 +311,8 @@
 
   function closeConversation() {
     state.generation += 1;
-    disconnect();
+    clearTimeout(state.readTimer);
     state.current = null;
-    state.lastSeq = 0;
     state.oldestId = null;
     state.online.clear();
     state.reactions.clear();
@@ -322,10 +349,21 @@
     ui.older.hidden = page.length < PAGE_SIZE;
     scrollToEnd();
     ui.input.focus();
-    // History carries no reactions, so the socket resumes from just before the oldest
-    // message shown: the replay brings the reactions, edits and deletes since then
-    // (the messages it repeats are matched by id and not shown twice).
-    connect(page.length ? page[0].seq - 1 : 0);
+    const last = page.length ? page[page.length - 1].seq : 0;
+    state.positions.set(conversation.id, Math.max(state.positions.get(conversation.id) || 0, last));
+    markReadSoon();
+    loadOnline(conversation.id, generation).catch(() => {});
+  }
+
+  // Who is connected, when the conversation opens; joins and leaves keep it current.
+  async function loadOnline(id, generation) {
+    const page = await api(`/api/chat/conversations/${encodeURIComponent(id)}/presence?limit=100`);
+    if (generation !== state.generation) return;
+    for (const u of page.users) {
+      state.names.set(u.id, u.username);
+      if (!state.online.has(u.id)) state.online.set(u.id, "online");
+    }
+    renderOnline();
   }
 
   async function loadOlder() {
@@ -341,8 +379,10 @@
     ui.older.hidden = page.length < PAGE_SIZE;
   }
 
-  // A history entry in the shape of a live `message` event.
+  // A history entry in the shape of a live `message` event; its reactions are noted.
   function fromHistory(m) {
+    const byEmoji = new Map((m.reactions || []).map((r) => [r.emoji, new Set(r.user_ids)]));
+    if (byEmoji.size) state.reactions.set(m.id, byEmoji);
     return {
       message_id: m.id,
       sender_id: m.sender_id,
@@ -362,67 +402,168 @@
     if (since !== undefined) ui.connection.dataset.since = String(since);
   }
 
-  function connect(since) {
-    if (!state.current || !state.token) return;
+  function connect() {
+    if (!state.token) return;
     clearTimeout(state.reconnectTimer);
     // Same scheme family as the page: wss: under https:, ws: under http:.
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const query = `token=${encodeURIComponent(state.token)}&since=${since}`;
-    const url = `${scheme}//${location.host}/api/chat/ws/${encodeURIComponent(state.current.id)}?${query}`;
-    const ws = new WebSocket(url);
-    state.ws = ws;
-    setConnection("connecting", "Connecting…", since);
-    ws.addEventListener("open", () => {
-      if (state.ws !== ws) return;
-      // Whatever was sent but not acknowledged goes again, with the same client_id:
-      // the server stores each client_id once and answers a repeat with the original.
-      for (const [clientId, content] of state.pending) {
-        ws.send(JSON.stringify({ type: "message", content, client_id: clientId }));
-      }
-    });
+    const ws = new WebSocket(`${scheme}//${location.host}/api/chat/ws?token=${encodeURIComponent(state.token)}`);
+    state.stream = ws;
+    setConnection("connecting", "Connecting…");
     ws.addEventListener("message", (e) => {
-      if (state.ws !== ws) return;
+      if (state.stream !== ws) return;
       let event;
       try {
         event = JSON.parse(e.data);
       } catch (_) {
         return;
       }
-      handleEvent(event);
+      onStreamEvent(event, ws);
     });
     ws.addEventListener("close", (e) => {
-      if (state.ws !== ws) return; // closed on purpose, or replaced
-      state.ws = null;
+      if (state.stream !== ws) return; // closed on purpose, or replaced
+      state.stream = null;
       onClosed(e);
     });
   }
 
   function disconnect() {
     clearTimeout(state.reconnectTimer);
-    const ws = state.ws;
-    state.ws = null; // first, so its close event is ignored
+    const ws = state.stream;
+    state.stream = null; // first, so its close event is ignored
     if (ws) ws.close(1000);
   }
+
+  // The stream's first event: resume every conversation from the highest position
+  // seen there (one never seen here: from where it stands now), then resend what was
+  // not acknowledged.
+  function onReady(event, ws) {
+    const positions = {};
+    for (const [id, seq] of Object.entries(event.positions || {})) {
+      if (!state.positions.has(id)) state.positions.set(id, seq);
+      positions[id] = state.positions.get(id);
+    }
+    ws.send(JSON.stringify({ type: "resume", positions }));
+    const since = state.current ? positions[state.current.id] : undefined;
+    state.retries = 0;
+    setConnection("open", "Connected", since);
+    noteCounts(event.conversations || []);
+    const listed = new Set(state.conversations.map((c) => c.id));
+    const fresh = (event.conversations || []).filter((c) => !listed.has(c.id));
+    state.conversations = fresh.concat(state.conversations);
+    renderConversations();
+    // Whatever was sent but not acknowledged goes again, with the same client_id:
+    // the server stores each client_id once and answers a repeat with the original.
+    for (const [clientId, p] of state.pending) {
+      ws.send(JSON.stringify({ type: "message", conversation_id: p.conversation, content: p.content, client_id: clientId }));
+    }
+  }
+
+  function onStreamEvent(event, ws) {
+    const id = event.conversation_id;
+    // System events carry where the stream stood, not an event of it.
+    if (id && event.type !== "system" && Number.isInteger(event.seq)) {
+      state.positions.set(id, Math.max(state.positions.get(id) || 0, event.seq));
+    }
+    if (event.sender_id && event.sender_username) state.names.set(event.sender_id, event.sender_username);
+    switch (event.type) {
+      case "ready":
+        onReady(event, ws);
+        return;
+      case "conversation":
+        onInbox(event);
+        return;
+      case "read":
+        onMarker(event);
+        return;
+      case "error":
+        onError(event);
+        return;
+      default:
+        break;
+    }
+    if (state.current && id === state.current.id) {
+      handleEvent(event);
+      if (event.type === "message" && event.sender_id !== state.userId) markReadSoon();
+    } else if (event.type === "message" && id && !event.is_deleted && event.sender_id !== state.userId) {
+      state.unread.set(id, (state.unread.get(id) || 0) + 1);
+      toTop(id);
+      renderConversations();
+    } else if (event.type === "message" && id) {
+      toTop(id);
+      renderConversations();
+    }
+  }
+
+  // A conversation with news moves to the top of the list, as the server orders it.
+  function toTop(id) {
+    const at = state.conversations.findIndex((c) => c.id === id);
+    if (at > 0) state.conversations.unshift(...state.conversations.splice(at, 1));
+  }
+
+  // Added to a conversation (or one created with us): it appears at the top. Removed:
+  // it goes, and so does its room if it was open.
+  function onInbox(event) {
+    const c = event.conversation || {};
+    if (event.action === "added" && c.id) {
+      if (!state.conversations.some((other) => other.id === c.id)) state.conversations.unshift(c);
+      renderConversations();
+    } else if (event.action === "removed" && c.id) {
+      state.conversations = state.conversations.filter((other) => other.id !== c.id);
+      state.unread.delete(c.id);
+      state.positions.delete(c.id);
+      if (state.current && state.current.id === c.id) {
+        closeConversation();
+        sessionStorage.removeItem(CONVERSATION_KEY);
+        setConnection("open", "You were removed from that conversation.");
+      }
+      renderConversations();
+    }
+  }
+
+  // Our marker moved, here or on another device: everything up to it is read.
+  function onMarker(event) {
+    const id = event.conversation_id;
+    state.markers.set(id, Math.max(state.markers.get(id) || 0, event.seq));
+    if (event.seq >= (state.positions.get(id) || 0)) state.unread.set(id, 0);
+    renderConversations();
+  }
+
+  // The open conversation is read up to what it shows, while the tab is visible; at
+  // most one marker per READ_AFTER_MS.
+  function markReadSoon() {
+    if (!state.current) return;
+    const id = state.current.id;
+    state.unread.set(id, 0);
+    renderConversations();
+    clearTimeout(state.readTimer);
+    state.readTimer = setTimeout(() => {
+      const seq = state.positions.get(id) || 0;
+      if (document.visibilityState === "hidden" || !state.current || state.current.id !== id) return;
+      if (seq > (state.markers.get(id) || 0)) send({ type: "read", seq });
+    }, READ_AFTER_MS);
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") markReadSoon();
+  });
 
   function onClosed(e) {
     state.online.clear();
     renderOnline();
     if (e.code === 1008) {
-      // A policy close: retrying with the same token or membership cannot help.
-      if (e.reason === "Not a member of this conversation") {
-        setConnection("offline", "You are not a member of this conversation.");
-      } else {
-        logout("Your session has ended; please log in again.");
-      }
+      // A policy close: retrying with the same token cannot help.
+      logout("Your session has ended; please log in again.");
       return;
     }
     if (e.code === 1002 || e.code === 1007) {
       setConnection("offline", `Disconnected: ${e.reason || "protocol error"}`);
       return; // a client bug: reconnecting would only repeat it
     }
-    // 1013: this client fell too far behind. Resuming from the same position would
-    // only queue the same backlog again, so after the backoff the room is opened
-    // afresh from its latest page (older messages stay a click away).
+    // 1013: this client fell too far behind. Resuming from the same positions would
+    // only queue the same backlog again, so after the backoff every conversation
+    // starts from where it stands, and the open one is read afresh from its latest
+    // page (older messages stay a click away).
     scheduleReconnect(e.code === 1013);
   }
 
@@ -433,33 +574,32 @@
     state.retries += 1;
     setConnection("offline", `Offline, reconnecting in ${Math.ceil(delay / 1000)} s…`);
     clearTimeout(state.reconnectTimer);
-    const current = state.current;
     state.reconnectTimer = setTimeout(() => {
-      if (resync && current) {
-        openConversation(current);
-      } else {
-        connect(state.lastSeq);
+      if (resync) {
+        state.positions.clear();
+        const current = state.current;
+        if (current) openConversation(current);
       }
+      connect();
     }, delay);
   }
 
   // Back online: no need to wait for the backoff.
   window.addEventListener("online", () => {
-    if (state.current && !state.ws) connect(state.lastSeq);
+    if (state.token && !state.stream) connect();
   });
 
+  // Sends an event of the open conversation.
   function send(event) {
-    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+    if (!state.stream || state.stream.readyState !== WebSocket.OPEN || !state.current) {
       ui.roomError.textContent = "Not connected; try again in a moment.";
       return false;
     }
-    state.ws.send(JSON.stringify(event));
+    state.stream.send(JSON.stringify({ ...event, conversation_id: state.current.id }));
     return true;
   }
 
   function handleEvent(event) {
-    if (Number.isInteger(event.seq)) state.lastSeq = Math.max(state.lastSeq, event.seq);
-    if (event.sender_id && event.sender_username) state.names.set(event.sender_id, event.sender_username);
     switch (event.type) {
       case "message":
         if (event.is_deleted) {
@@ -495,11 +635,8 @@
       case "resync":
         onResync();
         break;
-      case "error":
-        onError(event);
-        break;
       default:
-        break; // pong, auth: nothing to show
+        break; // receipts: nothing to show
     }
   }
 
@@ -512,10 +649,7 @@
       state.online = new Map(event.active_users.map((id) => [id, before.get(id) || "online"]));
     }
     if (said && said[2] === "joined") {
-      if (event.sender_id === state.userId) {
-        state.retries = 0;
-        setConnection("open", "Connected");
-      } else if (Array.isArray(event.active_users)) {
+      if (event.sender_id !== state.userId && Array.isArray(event.active_users)) {
         // A newcomer knows only ids: saying we are here tells it our name and status.
         // Only in a room within the presence list limit: above it every member
         // answering every join would cost the room O(members^2) per join.
@@ -545,8 +679,10 @@
     // The commit may or may not have happened; the same client_id makes a resend safe.
     if (/resend with the same client_id/.test(event.detail || "")) {
       setTimeout(() => {
-        for (const [clientId, content] of state.pending) {
-          send({ type: "message", content, client_id: clientId });
+        for (const [clientId, p] of state.pending) {
+          if (state.stream && state.stream.readyState === WebSocket.OPEN) {
+            state.stream.send(JSON.stringify({ type: "message", conversation_id: p.conversation, content: p.content, client_id: clientId }));
+          }
         }
       }, 1000);
     }
@@ -675,13 +811,14 @@
     const content = ui.input.value;
     if (!content.trim() || !state.current) return;
     const clientId = newClientId();
-    state.pending.set(clientId, content);
+    const conversation = state.current.id;
+    state.pending.set(clientId, { conversation, content });
     showPending(clientId, content);
     ui.input.value = "";
     ui.roomError.textContent = "";
     // Offline, it waits in `pending` and goes out when the socket is back.
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-      state.ws.send(JSON.stringify({ type: "message", content, client_id: clientId }));
+    if (state.stream && state.stream.readyState === WebSocket.OPEN) {
+      state.stream.send(JSON.stringify({ type: "message", conversation_id: conversation, content, client_id: clientId }));
     }
   }
 
@@ -804,9 +941,9 @@
   ui.input.addEventListener("input", () => {
     // Typing is never stored; one event every few seconds keeps others' notice alive.
     const now = Date.now();
-    if (ui.input.value && now - state.lastTypingSent > TYPING_SEND_EVERY_MS && state.ws && state.ws.readyState === WebSocket.OPEN) {
+    if (ui.input.value && now - state.lastTypingSent > TYPING_SEND_EVERY_MS && state.stream && state.stream.readyState === WebSocket.OPEN && state.current) {
       state.lastTypingSent = now;
-      state.ws.send(JSON.stringify({ type: "typing" }));
+      send({ type: "typing" });
     }
   });
 

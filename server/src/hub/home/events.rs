@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::Homes;
-use crate::bus::{Actor, ShardMsg};
+use crate::bus::{Actor, Audience, ShardMsg};
 use crate::hub::render;
 use crate::ids::{now_micros, ConversationId, MessageId, Seq};
 use crate::protocol::{ClientEvent, ServerEvent};
@@ -40,7 +40,8 @@ impl Homes {
     ) {
         match event {
             // Answered by the connection's own shard; never sent home.
-            ClientEvent::Ping | ClientEvent::Auth { .. } => {}
+            ClientEvent::Ping | ClientEvent::Auth { .. } | ClientEvent::Resume { .. } => {}
+            ClientEvent::Read { seq } => self.read(conversation, actor, seq),
             ClientEvent::Message { content, client_id } => {
                 self.post(conversation, actor, content, client_id);
             }
@@ -51,16 +52,17 @@ impl Homes {
                     conversation_id: conversation,
                 }
                 .frame();
-                self.fanout(conversation, frame, Some(actor.user));
+                self.fanout(conversation, frame, Audience::Except(actor.user));
             }
             ClientEvent::Presence { status } => {
                 let frame = ServerEvent::Presence {
                     sender_id: actor.user,
                     sender_username: &actor.username,
                     status,
+                    conversation_id: conversation,
                 }
                 .frame();
-                self.fanout(conversation, frame, None);
+                self.fanout(conversation, frame, Audience::All);
             }
             ClientEvent::Edit {
                 message_id,

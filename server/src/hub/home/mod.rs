@@ -3,13 +3,14 @@
 //! where. Here: joins and leaves (`presence`), removals, announcements, and the
 //! delivery of each conversation's stream in position order (`stream`), reading gaps
 //! back from the store. What the home does with client events is in `events`
-//! (persist, then publish at the commit's stream position), what other nodes say in
-//! `remote`.
+//! (persist, then publish at the commit's stream position), with read markers in
+//! `markers`, what other nodes say in `remote`.
 //!
 //! It never touches a socket: everything it says goes out through the bus, to the
 //! registries of the shards with connections in the conversation.
 
 mod events;
+mod markers;
 mod presence;
 mod remote;
 mod stream;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::app::App;
-use crate::bus::{Actor, Bus, ConnAddr, HomeMsg, Remote, Roster, ShardMsg};
+use crate::bus::{Actor, Audience, Bus, ConnAddr, HomeMsg, Remote, Roster, ShardMsg};
 use crate::cluster::{Announcement, Change};
 use crate::hub::render;
 use crate::ids::{ConversationId, MessageIdGen, Seq, UserId};
@@ -66,22 +67,16 @@ impl Home {
         self.presence.is_empty() && self.stream.is_idle()
     }
 
-    /// Sends `frame` to every shard with a connection in the conversation, except to
-    /// the connections of `skip`.
-    fn deliver(
-        &self,
-        bus: &Bus,
-        conversation: ConversationId,
-        frame: &Bytes,
-        skip: Option<UserId>,
-    ) {
+    /// Sends `frame` to every shard with a connection in the conversation, for the
+    /// connections of the audience.
+    fn deliver(&self, bus: &Bus, conversation: ConversationId, frame: &Bytes, to: Audience) {
         for shard in self.presence.shards() {
             bus.post(
                 shard,
                 ShardMsg::Deliver {
                     conversation,
                     frame: frame.clone(),
-                    skip,
+                    to,
                 },
             );
         }
@@ -200,6 +195,7 @@ impl Homes {
             actor.conn.shard,
             ShardMsg::Joined {
                 conn: actor.conn.conn,
+                conversation,
                 seq,
             },
         );
@@ -319,15 +315,16 @@ impl Homes {
             });
         }
         if let Some(listed) = listed {
-            let frame = change.frame(Active::Users(&listed));
-            return self.deliver_local(conversation, frame, None);
+            let frame = change.frame(conversation, Active::Users(&listed));
+            return self.deliver_local(conversation, frame, Audience::All);
         }
         if let (Some(joiner), Some(_)) = (joiner, change.joined_at) {
-            let frame = change.frame(Active::Count(count));
+            let frame = change.frame(conversation, Active::Count(count));
             self.app.bus.post(
                 joiner.shard,
                 ShardMsg::Own {
                     conn: joiner.conn,
+                    conversation,
                     frame,
                 },
             );
@@ -365,8 +362,9 @@ impl Homes {
         else {
             return;
         };
-        let (frame, skip) = summary.frame(count);
-        self.deliver_local(conversation, frame, skip);
+        let (frame, skip) = summary.frame(conversation, count);
+        let to = skip.map_or(Audience::All, Audience::Except);
+        self.deliver_local(conversation, frame, to);
     }
 
     /// Up to `limit` users connected to the conversation on this node who arrived
@@ -389,29 +387,24 @@ impl Homes {
 
     /// Sends `frame` (not a stream event) to every connection in the conversation, on
     /// every node.
-    pub(super) fn fanout(&self, conversation: ConversationId, frame: Bytes, skip: Option<UserId>) {
+    pub(super) fn fanout(&self, conversation: ConversationId, frame: Bytes, to: Audience) {
         if let Some(cluster) = &self.app.cluster {
             cluster.publish(
                 conversation,
                 &Remote::Frame {
-                    skip,
+                    to,
                     frame: frame.clone(),
                 },
             );
         }
-        self.deliver_local(conversation, frame, skip);
+        self.deliver_local(conversation, frame, to);
     }
 
     /// Sends `frame` (not a stream event) to this node's connections in the
     /// conversation.
-    pub(super) fn deliver_local(
-        &self,
-        conversation: ConversationId,
-        frame: Bytes,
-        skip: Option<UserId>,
-    ) {
+    pub(super) fn deliver_local(&self, conversation: ConversationId, frame: Bytes, to: Audience) {
         if let Some(home) = self.state.borrow().live.get(&conversation) {
-            home.deliver(&self.app.bus, conversation, &frame, skip);
+            home.deliver(&self.app.bus, conversation, &frame, to);
         }
     }
 
@@ -461,7 +454,7 @@ impl Homes {
                 return;
             };
             while let Some(frame) = home.stream.pop_ready() {
-                home.deliver(&self.app.bus, conversation, &frame, None);
+                home.deliver(&self.app.bus, conversation, &frame, Audience::All);
             }
             if home.is_idle() {
                 st.live.remove(&conversation);

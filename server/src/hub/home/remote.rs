@@ -22,7 +22,7 @@ impl Homes {
                 }
                 self.settle(conversation);
             }
-            Remote::Frame { skip, frame } => self.deliver_local(conversation, frame, skip),
+            Remote::Frame { to, frame } => self.deliver_local(conversation, frame, to),
             Remote::Revoke { user } => self.revoke(conversation, user, Instant::now()),
             Remote::Resync => {
                 if let Some(home) = self.state.borrow_mut().live.get_mut(&conversation) {

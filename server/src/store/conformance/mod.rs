@@ -6,10 +6,11 @@
 
 mod fixtures;
 
+mod inbox;
 mod streams;
 
 use super::model::{
-    ChangeOutcome, ConversationRecord, ListCursor, ListPage, Page, ReactionOutcome, Store,
+    ChangeOutcome, ConversationSummary, ListCursor, ListPage, Page, ReactionOutcome, Store,
     StoreError, Stored,
 };
 use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
@@ -51,6 +52,7 @@ pub(crate) async fn run(store: &dyn Store) {
     large_batch_keeps_order(store).await;
     failed_batch_commits_nothing(store).await;
     streams::run(store).await;
+    inbox::run(store).await;
 }
 
 async fn users(store: &dyn Store) {
@@ -158,7 +160,7 @@ async fn conversations_and_membership(store: &dyn Store) {
         .await
         .expect("list")
         .iter()
-        .map(|c| c.id)
+        .map(|c| c.conversation.id)
         .collect();
     assert_eq!(order, vec![group.id, direct.id]);
 
@@ -168,11 +170,11 @@ async fn conversations_and_membership(store: &dyn Store) {
     store.insert_messages(&batch).await.expect("insert");
     let listed = store.conversations_of(alice.id, EVERY).await.expect("list");
     assert_eq!(
-        listed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        listed.iter().map(|c| c.conversation.id).collect::<Vec<_>>(),
         vec![direct.id, group.id]
     );
     assert_eq!(
-        listed[0].updated_at, later,
+        listed[0].conversation.updated_at, later,
         "updated_at follows the newest message"
     );
     // Paged: each page starts after the last conversation the one before showed.
@@ -182,19 +184,19 @@ async fn conversations_and_membership(store: &dyn Store) {
         .await
         .expect("page");
     assert_eq!(
-        first.iter().map(|c| c.id).collect::<Vec<_>>(),
+        first.iter().map(|c| c.conversation.id).collect::<Vec<_>>(),
         vec![direct.id]
     );
-    let cursor = |c: &ConversationRecord| ListCursor {
-        updated_at: c.updated_at,
-        id: c.id,
+    let cursor = |c: &ConversationSummary| ListCursor {
+        updated_at: c.conversation.updated_at,
+        id: c.conversation.id,
     };
     let second = store
         .conversations_of(alice.id, one(Some(cursor(&first[0]))))
         .await
         .expect("page");
     assert_eq!(
-        second.iter().map(|c| c.id).collect::<Vec<_>>(),
+        second.iter().map(|c| c.conversation.id).collect::<Vec<_>>(),
         vec![group.id]
     );
     let past_the_end = store
@@ -256,7 +258,7 @@ async fn conversations_and_membership(store: &dyn Store) {
         .await
         .expect("list")
         .iter()
-        .map(|c| c.id)
+        .map(|c| c.conversation.id)
         .collect();
     assert_eq!(carols, vec![group.id]);
 
@@ -454,6 +456,25 @@ async fn reactions(store: &dyn Store) {
         toggle(bob.id, "👍", MessageId::random()).await,
         ReactionOutcome::NotFound
     );
+    // History shows them: each emoji once, with who gave it.
+    let shown = page(store, chat.id, 10, None).await;
+    let mut on_target: Vec<(String, Vec<UserId>)> = shown[0]
+        .reactions
+        .iter()
+        .map(|r| {
+            let mut users = r.users.clone();
+            users.sort();
+            (r.emoji.clone(), users)
+        })
+        .collect();
+    on_target.sort();
+    let mut both = vec![alice.id, bob.id];
+    both.sort();
+    assert_eq!(
+        on_target,
+        vec![("🎉".to_string(), vec![bob.id]), ("👍".to_string(), both)]
+    );
+    assert!(shown[1].reactions.is_empty());
     assert_eq!(
         store
             .delete_message(chat.id, sent[1].id, alice.id, now_micros())

@@ -13,6 +13,7 @@
 //! message batch.
 
 mod batch;
+mod inbox;
 mod queries;
 #[cfg(test)]
 mod tests;

@@ -14,8 +14,9 @@ use uuid::Uuid;
 use super::{batch, PostgresStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
-    distinct, ChangeOutcome, ConversationRecord, ListPage, MessageRecord, NewMessage, Page,
-    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    attach_reactions, distinct, ChangeOutcome, ConversationRecord, ConversationSummary, ListPage,
+    MessageRecord, NewMessage, Page, ReactionOutcome, ReadOutcome, Store, StoreError, Stored,
+    StreamEvent, StreamKind, UserRecord, REACTIONS_PER_PAGE,
 };
 use crate::text::Content;
 
@@ -31,7 +32,7 @@ fn user_row(row: &Row) -> Result<UserRecord, tokio_postgres::Error> {
 
 /// Reads the columns `id, name, description, is_group, created_by, created_at,
 /// updated_at`.
-fn conversation_row(row: &Row) -> Result<ConversationRecord, tokio_postgres::Error> {
+pub(super) fn conversation_row(row: &Row) -> Result<ConversationRecord, tokio_postgres::Error> {
     Ok(ConversationRecord {
         id: ConversationId(row.try_get(0)?),
         name: row.try_get(1)?,
@@ -58,6 +59,7 @@ fn message_row(
         is_edited: row.try_get(4)?,
         created_at: row.try_get(5)?,
         updated_at: row.try_get(6)?,
+        reactions: Vec::new(),
     })
 }
 
@@ -350,29 +352,25 @@ impl Store for PostgresStore {
         &self,
         user: UserId,
         page: ListPage,
-    ) -> Result<Vec<ConversationRecord>, StoreError> {
-        let at = page.after.map(|c| c.updated_at);
-        let id = page.after.map(|c| c.id.0);
-        let limit = i64::from(page.limit);
-        self.run(async |client| {
-            let stmt = client
-                .prepare_cached(
-                    "SELECT c.id, c.name, c.description, c.is_group, c.created_by, \
-                            c.created_at, c.updated_at \
-                     FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
-                     WHERE p.user_id = $1 \
-                       AND ($2::timestamptz IS NULL OR (c.updated_at, c.id) < ($2, $3::uuid)) \
-                     ORDER BY c.updated_at DESC, c.id DESC LIMIT $4",
-                )
-                .await?;
-            client
-                .query(&stmt, &[&user.0, &at, &id, &limit])
-                .await?
-                .iter()
-                .map(conversation_row)
-                .collect()
-        })
-        .await
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.summaries(user, page).await
+    }
+
+    async fn memberships(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
+        self.user_memberships(user, limit).await
+    }
+
+    async fn mark_read(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<ReadOutcome, StoreError> {
+        self.move_marker(id, user, seq).await
     }
 
     async fn conversation(
@@ -522,6 +520,28 @@ impl Store for PostgresStore {
                 .collect::<Result<Vec<_>, _>>()?;
             if after.is_none() {
                 messages.reverse();
+            }
+            if !messages.is_empty() {
+                let ids: Vec<Uuid> = messages.iter().map(|m| m.id.0).collect();
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT message_id, emoji, user_id FROM reactions \
+                         WHERE message_id = ANY($1) ORDER BY created_at, message_id LIMIT $2",
+                    )
+                    .await?;
+                let cap = i64::from(REACTIONS_PER_PAGE);
+                let rows = client.query(&stmt, &[&ids, &cap]).await?;
+                let rows = rows
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            MessageId(r.try_get(0)?),
+                            r.try_get(1)?,
+                            UserId(r.try_get(2)?),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+                attach_reactions(&mut messages, rows);
             }
             Ok(Some(messages))
         })

@@ -13,6 +13,7 @@
 
 mod batch;
 mod columns;
+mod inbox;
 mod queries;
 #[cfg(test)]
 mod tests;

@@ -13,8 +13,9 @@ use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
-    distinct, ChangeOutcome, ConversationRecord, ListPage, MessageRecord, NewMessage, Page,
-    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    attach_reactions, distinct, ChangeOutcome, ConversationRecord, ConversationSummary, ListPage,
+    MessageRecord, NewMessage, Page, ReactionOutcome, ReadOutcome, Store, StoreError, Stored,
+    StreamEvent, StreamKind, UserRecord, REACTIONS_PER_PAGE,
 };
 use crate::text::Content;
 
@@ -34,7 +35,7 @@ fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
 
 /// Reads the columns `id, name, description, is_group, created_by, created_at,
 /// updated_at`.
-fn conversation_row(row: &Row<'_>) -> rusqlite::Result<ConversationRecord> {
+pub(super) fn conversation_row(row: &Row<'_>) -> rusqlite::Result<ConversationRecord> {
     Ok(ConversationRecord {
         id: ConversationId(row.get::<_, Key>(0)?.0),
         name: row.get(1)?,
@@ -59,6 +60,7 @@ fn message_row(row: &Row<'_>, conversation: ConversationId) -> rusqlite::Result<
         is_edited: row.get(4)?,
         created_at: row.get::<_, Micros>(5)?.0,
         updated_at: row.get::<_, Micros>(6)?.0,
+        reactions: Vec::new(),
     })
 }
 
@@ -297,26 +299,25 @@ impl Store for SqliteStore {
         &self,
         user: UserId,
         page: ListPage,
-    ) -> Result<Vec<ConversationRecord>, StoreError> {
-        // Without a cursor the page starts above every real row.
-        let (at, id) = page.after.map_or((i64::MAX, uuid::Uuid::max()), |c| {
-            (c.updated_at.timestamp_micros(), c.id.0)
-        });
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT c.id, c.name, c.description, c.is_group, c.created_by, \
-                        c.created_at, c.updated_at \
-                 FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
-                 WHERE p.user_id = ?1 AND (c.updated_at, c.id) < (?2, ?3) \
-                 ORDER BY c.updated_at DESC, c.id DESC LIMIT ?4",
-            )?
-            .query_map(
-                params![Key(user.0), at, Key(id), page.limit],
-                conversation_row,
-            )?
-            .collect()
-        })
-        .await
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.summaries(user, page).await
+    }
+
+    async fn memberships(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
+        self.user_memberships(user, limit).await
+    }
+
+    async fn mark_read(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<ReadOutcome, StoreError> {
+        self.move_marker(id, user, seq).await
     }
 
     async fn conversation(
@@ -437,6 +438,30 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             if page.after.is_none() {
                 messages.reverse();
+            }
+            if !messages.is_empty() {
+                let ids = serde_json::Value::from(
+                    messages
+                        .iter()
+                        .map(|m| m.id.to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .to_string();
+                let rows = conn
+                    .prepare_cached(
+                        "SELECT message_id, emoji, user_id FROM reactions \
+                         WHERE message_id IN (SELECT value FROM json_each(?1)) \
+                         ORDER BY created_at, message_id LIMIT ?2",
+                    )?
+                    .query_map(params![ids, REACTIONS_PER_PAGE], |r| {
+                        Ok((
+                            MessageId(r.get::<_, Key>(0)?.0),
+                            r.get(1)?,
+                            UserId(r.get::<_, Key>(2)?.0),
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                attach_reactions(&mut messages, rows);
             }
             Ok(Some(messages))
         })
