@@ -46,7 +46,7 @@ pub(super) fn start(
         turn.await;
         let _done = done;
         let from = since.max(Seq(position.0.saturating_sub(REPLAY_MAX)));
-        if from > since {
+        if from > since && conn.carries(conversation) {
             conn.push(
                 ServerEvent::Resync {
                     from_seq: from.next(),
@@ -55,8 +55,11 @@ pub(super) fn start(
                 .frame(),
             );
         }
+        // A user stream that stops carrying the conversation (its user was removed)
+        // gets nothing more of it, replayed or not.
+        let wanted = || conn.is_open() && conn.carries(conversation);
         let mut after = from;
-        while after < position && conn.is_open() {
+        while after < position && wanted() {
             let upto = position.min(Seq(after.0 + REPLAY_PAGE));
             let page = app
                 .db
@@ -68,8 +71,11 @@ pub(super) fn start(
                         let frame = render::stream_frame(conversation, e);
                         // Queue only what fits under the soft bound: a client that
                         // reads takes any backlog, however large, a page at a time.
-                        while !conn.has_room_for(&frame) && conn.is_open() {
+                        while !conn.has_room_for(&frame) && wanted() {
                             monoio::time::sleep(BACKLOG_POLL).await;
+                        }
+                        if !wanted() {
+                            break;
                         }
                         conn.push(frame);
                     }

@@ -469,6 +469,62 @@ async fn inbox_added_and_removed(srv: &TestServer) -> anyhow::Result<()> {
     close_all([stream, b, c]).await
 }
 
+/// Away for a long time: a conversation with more missed events than a replay reaches
+/// back starts with a `resync` naming it, then the newest 1,000 come; a second
+/// conversation's replay follows. All of it through a small outbound queue, read
+/// slowly at first, without a close: the replay waits for the reader.
+async fn a_long_absence_is_paced_not_closed(srv: &TestServer) -> anyhow::Result<()> {
+    let api = srv.api();
+    let [alice, bob] = api.new_users(["ul_a", "ul_b"]).await?;
+    let busy = api.new_conversation(&bob, "busy", &[&alice]).await?;
+    let small = api.new_conversation(&bob, "small", &[&alice]).await?;
+    let (mut b, _) = join(srv, &busy, &bob).await?;
+    // In rounds, reading the echoes: the sender's own queue is small too.
+    for round in 0..22 {
+        for i in round * 50..(round + 1) * 50 {
+            b.send_json(&json!({"type": "message", "content": format!("m{i}")}))
+                .await?;
+        }
+        let last = format!("m{}", round * 50 + 49);
+        b.wait_for("the round's last echo", |v| v["content"] == last.as_str())
+            .await?;
+    }
+    let (mut b_small, _) = join(srv, &small, &bob).await?;
+    for i in 0..3 {
+        b_small.send_message(&format!("s{i}")).await?;
+    }
+    let (mut stream, _) = WsClient::connect_stream(&srv.ws_base_url(), &alice.token).await?;
+    stream.start(&[(&busy, 0), (&small, 0)]).await?;
+    // A slow reader for a while: the server must wait, not close.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let got = until_all(
+        &mut stream,
+        "both replays",
+        &[&message_in(&busy, "m1099"), &message_in(&small, "s2")],
+    )
+    .await?;
+    let resync = got
+        .iter()
+        .find(|v| kind(v) == "resync")
+        .context("a resync")?;
+    ensure!(
+        *resync == json!({"type": "resync", "from_seq": 101, "conversation_id": busy}),
+        "{resync}"
+    );
+    ensure!(
+        seqs(&of(&got, &busy, "message")) == (101..=1100).collect::<Vec<_>>(),
+        "the newest 1,000, in order"
+    );
+    ensure!(seqs(&of(&got, &small, "message")) == [1, 2, 3], "{got:?}");
+    close_all([stream, b, b_small]).await
+}
+
+tests::e2e_on!(
+    a_long_absence_is_paced_not_closed,
+    |o| tests::realtime::no_rate_limit(o).arg("--ws-outbound-limit-bytes").arg("16384"),
+    [sqlite_uring => (Sqlite, Uring), postgres_epoll => (Postgres, Epoll)]
+);
+
 tests::e2e!(
     options = tests::realtime::no_rate_limit;
     one_socket_many_conversations,
