@@ -34,7 +34,7 @@ use crate::ids::{ConversationId, Seq, UserId};
 use crate::limits::Slot;
 use crate::metrics::Upgrade;
 use crate::protocol::{framed, Close};
-use crate::store::{ListCursor, ListPage};
+use crate::store::{ListCursor, ListPage, Store, StoreError};
 use crate::views::ConversationItem;
 
 /// What the upgrade request's query says: `token`, and `since` for a resume.
@@ -137,18 +137,24 @@ pub async fn upgrade(
     Ok(response.map(|_| Full::new(Bytes::new())))
 }
 
-async fn admit(
+/// What both endpoints' admissions share: the token is checked, then, after noting
+/// when, the store is asked who the user is and what the socket will carry (`read`),
+/// which `carry` turns into the socket's conversations or a refusal.
+async fn admit_as<T, F, Fut>(
     shard: &ShardContext,
     token: Option<String>,
-    conversation: &str,
-    resume: Resume,
-) -> Result<Admitted, Close> {
+    read: F,
+    carry: impl FnOnce(T) -> Result<Carried, Close>,
+) -> Result<Admitted, Close>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<dyn Store>, UserId) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+{
     let token = token
         .and_then(|t| shard.app.jwt.verify(&t).ok())
         .ok_or(Close::InvalidToken)?;
     let user = token.user;
-    // An unknown or malformed conversation id looks exactly like one the user is not in.
-    let conversation: ConversationId = conversation.parse().map_err(|_| Close::NotAMember)?;
     let checked_at = Instant::now();
     let found = shard
         .app
@@ -157,25 +163,17 @@ async fn admit(
             let Some(u) = s.user_by_id(user).await? else {
                 return Ok(None);
             };
-            Ok(Some((
-                u.username,
-                s.member_position(conversation, user).await?,
-            )))
+            Ok(Some((u.username, read(s, user).await?)))
         })
         .await;
     match found {
-        Ok(Some((username, Some(position)))) => Ok(Admitted {
+        Ok(Some((username, found))) => Ok(Admitted {
             user,
             username: username.into(),
             expires_at: token.expires_at,
             checked_at,
-            carried: Carried::Conversation {
-                conversation,
-                position,
-                resume,
-            },
+            carried: carry(found)?,
         }),
-        Ok(Some((_, None))) => Err(Close::NotAMember),
         Ok(None) => Err(Close::InvalidToken),
         Err(e) => {
             tracing::warn!(error = %e, "websocket admission failed");
@@ -184,64 +182,67 @@ async fn admit(
     }
 }
 
+/// A conversation socket's admission: the user must be a participant.
+async fn admit(
+    shard: &ShardContext,
+    token: Option<String>,
+    conversation: &str,
+    resume: Resume,
+) -> Result<Admitted, Close> {
+    // An unknown or malformed conversation id looks exactly like one the user is not in.
+    let conversation: Option<ConversationId> = conversation.parse().ok();
+    let read = move |s: Arc<dyn Store>, user| async move {
+        match conversation {
+            Some(c) => s.member_position(c, user).await,
+            None => Ok(None),
+        }
+    };
+    admit_as(shard, token, read, |position| {
+        match (conversation, position) {
+            (Some(conversation), Some(position)) => Ok(Carried::Conversation {
+                conversation,
+                position,
+                resume,
+            }),
+            _ => Err(Close::NotAMember),
+        }
+    })
+    .await
+}
+
 /// The user stream's admission: the user's conversations (at most
 /// `--stream-max-conversations`, most recently active first) with their positions,
 /// and the `ready` event: the first page of the conversation list, and every carried
 /// conversation's position.
 async fn admit_stream(shard: &ShardContext, token: Option<String>) -> Result<Admitted, Close> {
-    let token = token
-        .and_then(|t| shard.app.jwt.verify(&t).ok())
-        .ok_or(Close::InvalidToken)?;
-    let user = token.user;
     let carried = shard.app.config.stream_max_conversations;
-    let checked_at = Instant::now();
-    let found = shard
-        .app
-        .db
-        .call(move |s| async move {
-            let Some(u) = s.user_by_id(user).await? else {
-                return Ok(None);
-            };
-            let memberships = s.memberships(user, carried).await?;
-            let page = ListPage {
-                limit: READY_PAGE + 1,
-                after: None,
-            };
-            let listed = s.conversations_of(user, page).await?;
-            Ok(Some((u.username, memberships, listed)))
+    let read = move |s: Arc<dyn Store>, user| async move {
+        let memberships = s.memberships(user, carried).await?;
+        let page = ListPage {
+            limit: READY_PAGE + 1,
+            after: None,
+        };
+        Ok((user, memberships, s.conversations_of(user, page).await?))
+    };
+    admit_as(shard, token, read, |(user, memberships, mut listed)| {
+        let more = listed.len() > READY_PAGE as usize;
+        listed.truncate(READY_PAGE as usize);
+        let ready = Ready {
+            kind: "ready",
+            user_id: user,
+            conversations: listed.iter().map(ConversationItem::from).collect(),
+            next_cursor: listed
+                .last()
+                .filter(|_| more)
+                .map(|s| ListCursor::after(&s.conversation).to_string()),
+            positions: memberships.iter().copied().collect(),
+        };
+        Ok(Carried::Stream {
+            memberships,
+            ready: framed(&ready),
         })
-        .await;
-    match found {
-        Ok(Some((username, memberships, mut listed))) => {
-            let more = listed.len() > READY_PAGE as usize;
-            listed.truncate(READY_PAGE as usize);
-            let ready = Ready {
-                kind: "ready",
-                user_id: user,
-                conversations: listed.iter().map(ConversationItem::from).collect(),
-                next_cursor: listed
-                    .last()
-                    .filter(|_| more)
-                    .map(|s| ListCursor::after(&s.conversation).to_string()),
-                positions: memberships.iter().copied().collect(),
-            };
-            Ok(Admitted {
-                user,
-                username: username.into(),
-                expires_at: token.expires_at,
-                checked_at,
-                carried: Carried::Stream {
-                    memberships,
-                    ready: framed(&ready),
-                },
-            })
-        }
-        Ok(None) => Err(Close::InvalidToken),
-        Err(e) => {
-            tracing::warn!(error = %e, "user stream admission failed");
-            Err(Close::Unavailable)
-        }
-    }
+    })
+    .await
 }
 
 /// The user stream's first event.

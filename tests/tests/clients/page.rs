@@ -188,17 +188,28 @@ async fn until(page: &mut Page, what: &str, expression: &str) -> anyhow::Result<
     page.wait_for(what, &script(expression), WAIT).await
 }
 
-async fn register(page: &mut Page, name: &str) -> anyhow::Result<()> {
+/// Fills the form with `name` and the test password, presses `button` (register or
+/// log in) and waits to be logged in.
+async fn enter(page: &mut Page, name: &str, button: &str) -> anyhow::Result<()> {
     let (n, p) = (lit(name), lit(PASSWORD));
     run(
         page,
         &format!(
-            "fill('auth-username', {n}) && fill('auth-password', {p}) && click($('auth-register'))"
+            "fill('auth-username', {n}) && fill('auth-password', {p}) && click($({}))",
+            lit(button)
         ),
     )
     .await?;
     until(page, "logged in", &format!("text('me') === {n}")).await?;
     Ok(())
+}
+
+async fn register(page: &mut Page, name: &str) -> anyhow::Result<()> {
+    enter(page, name, "auth-register").await
+}
+
+async fn login(page: &mut Page, name: &str) -> anyhow::Result<()> {
+    enter(page, name, "auth-login").await
 }
 
 async fn send(page: &mut Page, content: &str) -> anyhow::Result<()> {
@@ -247,14 +258,7 @@ async fn list_in_pages(srv: &TestServer) -> anyhow::Result<()> {
     }
     let mut browser = Browser::open(&format!("{}/", srv.base_url())).await?;
     let page = browser.page();
-    let (n, p) = (lit(&me.username), lit(PASSWORD));
-    run(
-        page,
-        &format!(
-            "fill('auth-username', {n}) && fill('auth-password', {p}) && click($('auth-login'))"
-        ),
-    )
-    .await?;
+    login(page, &me.username).await?;
     let items = "document.querySelectorAll('[data-testid=\"conversation-item\"]').length";
     until(
         page,
@@ -282,19 +286,6 @@ async fn list_in_pages(srv: &TestServer) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(last == "paged 000", "last listed: {last}");
-    Ok(())
-}
-
-async fn login(page: &mut Page, name: &str) -> anyhow::Result<()> {
-    let (n, p) = (lit(name), lit(PASSWORD));
-    run(
-        page,
-        &format!(
-            "fill('auth-username', {n}) && fill('auth-password', {p}) && click($('auth-login'))"
-        ),
-    )
-    .await?;
-    until(page, "logged in", &format!("text('me') === {n}")).await?;
     Ok(())
 }
 
