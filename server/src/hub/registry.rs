@@ -411,18 +411,10 @@ impl Registry {
             let read = registry
                 .app
                 .db
-                .call(move |s| async move {
-                    let mut found = HashMap::new();
-                    for user in members {
-                        if let Some(position) = s.member_position(conversation, user).await? {
-                            found.insert(user, position);
-                        }
-                    }
-                    Ok(found)
-                })
+                .call(move |s| async move { s.member_positions(conversation, &members).await })
                 .await;
-            let positions = match read {
-                Ok(positions) => positions,
+            let positions: HashMap<UserId, Seq> = match read {
+                Ok(positions) => positions.into_iter().collect(),
                 Err(e) => {
                     // The stream does not carry it; the conversation list shows it.
                     return tracing::warn!(error = %e, %conversation, "added conversation not carried");

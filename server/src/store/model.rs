@@ -377,6 +377,13 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         limit: u32,
     ) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
+    /// Which of `users` are participants, each with the conversation's stream position,
+    /// in one read.
+    async fn member_positions(
+        &self,
+        id: ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Seq)>, StoreError>;
     /// Moves the user's read marker in the conversation forward to `seq`, or to the
     /// stream's end when `seq` is past it (never back).
     async fn mark_read(

@@ -139,6 +139,14 @@ async fn markers_and_unread_counts(store: &dyn Store) {
     assert_eq!(preview, "é".repeat(PREVIEW_CHARS as usize));
     assert_eq!(listed.unread_count, 1);
 
+    let mut found = store
+        .member_positions(chat.id, &[bob.id, carol.id, alice.id])
+        .await
+        .expect("positions");
+    found.sort();
+    let mut want = vec![(alice.id, Seq(8)), (bob.id, Seq(8))];
+    want.sort();
+    assert_eq!(found, want, "carol is no participant");
     let carried = store.memberships(alice.id, 10).await.expect("memberships");
     assert!(carried.contains(&(chat.id, Seq(8))), "{carried:?}");
     assert!(store

@@ -128,6 +128,30 @@ impl PostgresStore {
         .await
     }
 
+    pub(super) async fn positions_of(
+        &self,
+        id: ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Seq)>, StoreError> {
+        let users: Vec<uuid::Uuid> = users.iter().map(|u| u.0).collect();
+        self.run(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT p.user_id, c.last_seq \
+                     FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
+                     WHERE p.conversation_id = $1 AND p.user_id = ANY($2)",
+                )
+                .await?;
+            client
+                .query(&stmt, &[&id.0, &users])
+                .await?
+                .iter()
+                .map(|r| Ok((UserId(r.try_get(0)?), Seq::from_db(r.try_get(1)?))))
+                .collect()
+        })
+        .await
+    }
+
     pub(super) async fn move_marker(
         &self,
         id: ConversationId,

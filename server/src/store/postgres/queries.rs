@@ -364,6 +364,14 @@ impl Store for PostgresStore {
         self.user_memberships(user, limit).await
     }
 
+    async fn member_positions(
+        &self,
+        id: ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Seq)>, StoreError> {
+        self.positions_of(id, users).await
+    }
+
     async fn mark_read(
         &self,
         id: ConversationId,

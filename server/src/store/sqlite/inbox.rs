@@ -120,6 +120,28 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn positions_of(
+        &self,
+        id: ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Seq)>, StoreError> {
+        let users =
+            serde_json::Value::from(users.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT p.user_id, c.last_seq \
+                 FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
+                 WHERE p.conversation_id = ?1 AND p.user_id IN (SELECT value FROM json_each(?2))",
+            )?
+            .query_map(params![Key(id.0), users], |r| {
+                Ok((UserId(r.get::<_, Key>(0)?.0), Seq::from_db(r.get(1)?)))
+            })?
+            .collect()
+        })
+        .await
+    }
+
     pub(super) async fn move_marker(
         &self,
         id: ConversationId,
