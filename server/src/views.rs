@@ -45,7 +45,7 @@ impl ConversationOut {
 }
 
 /// A conversation in its member's list: the conversation, where its stream stands,
-/// the member's read marker, how many messages of others are unread (at most 1,000)
+/// the member's read marker, how many messages of others are unread (at most 100)
 /// and the start of the newest live message.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConversationItem {
@@ -57,7 +57,7 @@ pub struct ConversationItem {
     /// The caller's read marker: the position they have read up to.
     #[schema(value_type = u64)]
     pub last_read_seq: Seq,
-    /// Messages of others after the marker, deleted ones not counted; at most 1,000.
+    /// Messages of others after the marker, deleted ones not counted; at most 100.
     pub unread_count: u32,
     /// The newest message that is not deleted, if any.
     pub last_message: Option<PreviewOut>,

@@ -213,9 +213,10 @@ pub struct ListPage {
     pub after: Option<ListCursor>,
 }
 
-/// The most unread messages a conversation's count reaches: counting walks the
-/// messages after the reader's marker, so the walk is bounded, whatever the backlog.
-pub const UNREAD_COUNT_MAX: u32 = 1000;
+/// The most unread messages a conversation's count reaches ("99+" in a client):
+/// counting walks the messages after the reader's marker, so the walk is bounded,
+/// whatever the backlog, at this many rows per conversation of a page.
+pub const UNREAD_COUNT_MAX: u32 = 100;
 /// How many characters of the last message a conversation list shows.
 pub const PREVIEW_CHARS: u32 = 100;
 

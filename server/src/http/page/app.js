@@ -268,7 +268,7 @@
       badge.dataset.testid = "unread-badge";
       badge.dataset.id = c.id;
       badge.hidden = unread === 0;
-      badge.textContent = unread >= 1000 ? "999+" : String(unread);
+      badge.textContent = unread >= 100 ? "99+" : String(unread);
       badge.setAttribute("aria-label", `${unread} unread`);
       li.append(button, badge);
       return li;

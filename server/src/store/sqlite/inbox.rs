@@ -20,7 +20,9 @@ use crate::store::model::{
 
 /// The page first (on the participants and activity indexes), then for its rows only:
 /// the unread count (messages of others after the marker, live ones, walked on the
-/// `(conversation_id, seq)` index and stopped at the cap) and the newest live message.
+/// `(conversation_id, seq)` index in order and stopped at the cap: the `ORDER BY`
+/// keeps the planner from collecting every later position first, which would cost
+/// the history after the marker instead of the cap) and the newest live message.
 const SUMMARIES: &str = "\
     WITH page AS (
         SELECT c.id, c.name, c.description, c.is_group, c.created_by, c.created_at,
@@ -41,7 +43,7 @@ const SUMMARIES: &str = "\
                 SELECT 1 FROM messages AS m
                 WHERE m.conversation_id = page.id AND m.seq > page.last_read_seq
                   AND m.sender_id <> ?1 AND m.deleted_at IS NULL
-                LIMIT ?5)),
+                ORDER BY m.seq LIMIT ?5)),
            l.id, l.seq, l.sender_id, u.username, substr(l.content, 1, ?6), l.created_at
     FROM page
     JOIN newest ON newest.conversation_id = page.id
