@@ -36,9 +36,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(2..=64))]
     pub group_size: u16,
 
-    /// Conversations each user belongs to (one WebSocket each).
+    /// Conversations each user belongs to: one WebSocket each (at most 16), or all on
+    /// one user stream with --user-stream (at most 64).
     #[arg(long, env = "LOADTEST_CONVERSATIONS_PER_USER", default_value_t = 2, help_heading = "Workload",
-          value_parser = clap::value_parser!(u16).range(1..=16))]
+          value_parser = clap::value_parser!(u16).range(1..=64))]
     pub conversations_per_user: u16,
 
     /// Chat messages each user sends per second, over all its conversations (Poisson
@@ -513,7 +514,7 @@ impl Config {
 
     /// WebSockets the run opens at once.
     pub fn connections(&self) -> usize {
-        self.users() * self.layers()
+        self.users() * self.sockets_per_user()
     }
 
     /// Descriptors a run holds on each side: its WebSockets, each user's kept-alive

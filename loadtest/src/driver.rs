@@ -40,11 +40,16 @@ pub async fn drive(run: Arc<Run>) -> Driven {
     let started = Instant::now();
     let users = run.plan.users();
     say(&format!(
-        "setting up {} users in {} conversations ({} sockets); usernames {}-0 .. {}-{} \
+        "setting up {} users in {} conversations ({} sockets{}); usernames {}-0 .. {}-{} \
          (--user-prefix {} logs them in again)",
         thousands(users as u64),
         thousands(run.plan.conversations() as u64),
-        thousands((users * run.plan.layers()) as u64),
+        thousands(run.config.connections() as u64),
+        if run.config.scenario.user_stream {
+            ": one user stream per user"
+        } else {
+            ""
+        },
         run.user_prefix,
         run.user_prefix,
         users - 1,

@@ -5,6 +5,8 @@
 //! delivery latency in HDR histograms, deliveries against what was expected,
 //! duplicates, losses, and every stream position once and in order across reconnects
 //! (which resume with `since`; unanswered sends are retried with their `client_id`).
+//! With `--user-stream` each user has one socket for all its conversations instead,
+//! and at the end its unread counts and read markers are checked against what it saw.
 //! After the run every acknowledged message is looked up in the history the server
 //! returns. An `https://` target is driven over TLS throughout (`wss://`, and REST over
 //! `https://`; `--tls` starts the local nodes so, with a certificate made for the run),
@@ -19,6 +21,7 @@ pub mod config;
 pub mod console;
 pub mod driver;
 pub mod hostile;
+pub mod markers;
 pub mod plan;
 pub mod report;
 mod run;

@@ -2,7 +2,8 @@
 //! sequence of named steps: raise the open-files limit, start the local nodes (unless
 //! `--host` names the target), prepare the run (TLS clients, resolved nodes, loopback
 //! source addresses), chat (Goose and the driver side by side, the metrics scraper
-//! beside them), drain, look at the local servers while they still run, read the
+//! beside them), drain (and, with `--user-stream`, check the read markers while the
+//! sockets are still open), look at the local servers while they still run, read the
 //! history back, stop the servers, assemble the report and write it out.
 //!
 //! It only orders the steps and hands each one's result to the next: it never measures,
@@ -22,6 +23,7 @@ use goose::GooseAttack;
 use crate::config::Config;
 use crate::console::{say, thousands};
 use crate::driver::{self, Driven};
+use crate::markers::{self, MarkerCheck};
 use crate::report::{self, Findings, Report, ServerInfo};
 use crate::scrape::{self, Scrapes};
 use crate::server::{LocalNodes, LocalServer, ProcessUsage};
@@ -46,7 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             return Err(e);
         }
     };
-    drain(&run).await;
+    let markers = drain(&run, &chatted.driven).await;
 
     // The servers' figures and health are taken before they are stopped, and they are
     // stopped only after the read-back, which needs them.
@@ -65,6 +67,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         goose: &goose,
         scrapes: chatted.scrapes,
         persistence,
+        markers,
         local: local.as_ref(),
         server,
         open_files,
@@ -214,11 +217,19 @@ async fn abandon(run: &Run, local: Option<&mut LocalNodes>) {
     }
 }
 
-/// Step 5: the last acknowledgements and deliveries, then every socket closed.
-async fn drain(run: &Run) {
+/// Step 5: the last acknowledgements and deliveries; with `--user-stream`, the read
+/// markers and unread counts of a run that completed (the sockets must still be
+/// open); then every socket closed.
+async fn drain(run: &Run, driven: &Driven) -> Option<MarkerCheck> {
     say("draining: waiting for the last acknowledgements and deliveries");
     driver::drain(run).await;
+    let markers = if run.config.scenario.user_stream && driven.aborted.is_none() {
+        Some(markers::check(run).await)
+    } else {
+        None
+    };
     driver::close_all(run).await;
+    markers
 }
 
 /// The local servers as they were when the chat ended, before the read-back.

@@ -1,8 +1,11 @@
 //! The scenarios beyond the default groups, as flags flattened into [`crate::Config`]:
 //! one big room (`--room-size`: every user in one conversation, their sockets
-//! connecting at once, optionally all reconnecting at once) and hostile clients beside
-//! the normal users (`--hostile`). It owns the flags and their checks only: the storms
-//! are run by `storm`, the hostile clients by `hostile`, and it never touches a run.
+//! connecting at once, optionally all reconnecting at once), hostile clients beside
+//! the normal users (`--hostile`), and user streams (`--user-stream`: one socket per
+//! user carrying all its conversations, with the read markers checked at the end). It
+//! owns the flags and their checks only: the storms are run by `storm`, the hostile
+//! clients by `hostile`, the user streams by `ws` and their markers by `markers`, and
+//! it never touches a run.
 
 use std::time::Duration;
 
@@ -14,6 +17,11 @@ use crate::Config;
 /// Hostile clients are never more than this many per kind: they are there to prove a
 /// point, not to load the machine.
 pub const MAX_HOSTILE: usize = 64;
+
+/// Most conversations per user with one socket each: a node allows a user 32 sockets
+/// (`--ws-max-per-user`), and a reconnecting socket may still be counted there while
+/// its successor opens.
+pub const MAX_CONVERSATION_SOCKETS: usize = 16;
 
 #[derive(Clone, Debug, Args)]
 pub struct Scenario {
@@ -55,6 +63,17 @@ pub struct Scenario {
         help_heading = "Scenarios"
     )]
     pub hostile: usize,
+
+    /// Each user opens one user stream (GET /api/chat/ws) carrying all its
+    /// conversations instead of one socket per conversation: the same messages at the
+    /// same rate, spread over its conversations, and the same checks (each
+    /// conversation's positions once and in order, exactly once, lost = 0); a
+    /// reconnect resumes every conversation at once. At the end, with sending stopped,
+    /// each user's unread counts (REST) are checked against the messages of others it
+    /// saw, then its read markers are moved to the last position seen and checked.
+    /// Allows --conversations-per-user up to 64; not with --room-size.
+    #[arg(long, env = "LOADTEST_USER_STREAM", help_heading = "Scenarios")]
+    pub user_stream: bool,
 }
 
 impl Scenario {
@@ -96,7 +115,7 @@ impl Config {
             .unwrap_or(usize::from(self.group_size))
     }
 
-    /// Conversations (and sockets) per user: one room, or `--conversations-per-user`.
+    /// Conversations per user: one room, or `--conversations-per-user`.
     pub fn layers(&self) -> usize {
         if self.scenario.room() {
             1
@@ -105,9 +124,26 @@ impl Config {
         }
     }
 
+    /// WebSockets per user: its one user stream, or one per conversation.
+    pub fn sockets_per_user(&self) -> usize {
+        if self.scenario.user_stream {
+            1
+        } else {
+            self.layers()
+        }
+    }
+
     /// The scenario's checks, and those that involve the rest of the configuration.
     pub(crate) fn validate_scenario(&self) -> anyhow::Result<()> {
         self.scenario.validate()?;
+        if self.scenario.user_stream && self.scenario.room() {
+            bail!("--user-stream carries several conversations per user on one socket; --room-size puts every user in one conversation (run the room with conversation sockets)");
+        }
+        if !self.scenario.user_stream && self.layers() > MAX_CONVERSATION_SOCKETS {
+            bail!(
+                "--conversations-per-user above {MAX_CONVERSATION_SOCKETS} needs --user-stream: with one socket per conversation a user would pass the server's 32 sockets per user (--ws-max-per-user) while reconnecting"
+            );
+        }
         if self.scenario.hostile > 0
             && self.events_per_user(self.message_rate) > self.server_rate_limit * 0.9
         {
@@ -120,6 +156,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_USERS;
 
     #[test]
     fn a_room_is_one_conversation_of_everyone() {
@@ -136,5 +173,46 @@ mod tests {
             hostile.validate().is_err(),
             "normal users must stay under the real limit"
         );
+    }
+
+    #[test]
+    fn a_user_stream_carries_every_conversation_of_its_user() {
+        let c = Config::try_from_iter([
+            "loadtest",
+            "--user-stream",
+            "--conversations-per-user",
+            "64",
+            "-u",
+            "100",
+        ])
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!((c.layers(), c.sockets_per_user()), (64, 1));
+        assert_eq!(c.connections(), 100);
+        let sockets =
+            Config::try_from_iter(["loadtest", "--conversations-per-user", "20"]).expect("parses");
+        assert!(
+            sockets.validate().is_err(),
+            "20 sockets per user need the user stream"
+        );
+        let plain =
+            Config::try_from_iter(["loadtest", "--conversations-per-user", "16"]).expect("parses");
+        plain.validate().expect("16 sockets per user are fine");
+        assert_eq!(plain.connections(), 16 * DEFAULT_USERS);
+        let room = Config::try_from_iter(["loadtest", "--user-stream", "--room-size", "30"])
+            .expect("parses");
+        assert!(room.validate().is_err(), "a room is one conversation");
+        let too_many = Config::try_from_iter([
+            "loadtest",
+            "--user-stream",
+            "--conversations-per-user",
+            "65",
+        ]);
+        assert!(too_many.is_err(), "64 at most");
+        let hostile =
+            Config::try_from_iter(["loadtest", "--user-stream", "--hostile", "1"]).expect("parses");
+        hostile
+            .validate()
+            .expect("hostile clients beside user streams");
     }
 }

@@ -4,13 +4,14 @@
 //! - on start ("join"): register and log in (with a fixed `--user-prefix`, log in first
 //!   and register only if the account does not exist yet),
 //!   create each of its group conversations or get invited into it by the member who
-//!   created it, load recent history, open one WebSocket per conversation (the connect
-//!   time is a Goose custom request, `WS connect`), then wait until every user is in;
-//!   in a big room (`--room-size`) the socket waits for the join storm's signal, so
-//!   every member connects at once;
+//!   created it, load recent history, open one WebSocket per conversation, or with
+//!   `--user-stream` one user stream for all of them once it is in every one (the
+//!   connect time is a Goose custom request, `WS connect`), then wait until every user
+//!   is in; in a big room (`--room-size`) the socket waits for the join storm's signal,
+//!   so every member connects at once;
 //! - then, every few seconds (`--think-time`), either "read history" of one of its
-//!   conversations or "reconnect" one of its sockets (close it, open it again, read the
-//!   history it missed), by `--history-weight` / `--reconnect-weight`.
+//!   conversations or "reconnect" the socket of one of them (close it, open it again,
+//!   read that conversation's history), by `--history-weight` / `--reconnect-weight`.
 //!
 //! The chatting itself happens in the socket tasks (see `ws`).
 
@@ -28,7 +29,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::state::{lock, Account, ConvInfo, Run};
-use crate::ws::{self, Command, ConnectOutcome, SocketSpec};
+use crate::ws::{self, Command, ConnectOutcome, SeatSpec, SocketSpec};
 
 /// The user's index among the simulated users, kept in Goose's session data.
 #[derive(Clone, Copy, Debug)]
@@ -262,6 +263,7 @@ async fn setup(run: &Arc<Run>, user: &mut GooseUser, index: usize) -> Transactio
     };
     let _ = run.accounts[index].set(account.clone());
 
+    let mut carried = Vec::new();
     for (layer, seat) in run.plan.seats(index).into_iter().enumerate() {
         let conv = &run.convs[seat.conversation];
         // The first member to get here creates the conversation; the others are added
@@ -300,6 +302,17 @@ async fn setup(run: &Arc<Run>, user: &mut GooseUser, index: usize) -> Transactio
         }
         history(run, user, &info.id, &account.token).await?;
 
+        let seat = SeatSpec {
+            conv: seat.conversation,
+            slot: seat.slot,
+            conv_id: info.id.clone(),
+        };
+        if run.config.scenario.user_stream {
+            // Opened once the user is in every conversation: the stream carries the
+            // conversations it is a member of when it opens.
+            carried.push(seat);
+            continue;
+        }
         let room = run.config.scenario.room();
         if room {
             // Every member connects at once, once everyone is in the room: the join
@@ -312,30 +325,53 @@ async fn setup(run: &Arc<Run>, user: &mut GooseUser, index: usize) -> Transactio
         }
         let spec = SocketSpec {
             user: index,
-            conv: seat.conversation,
-            slot: seat.slot,
-            conv_id: info.id.clone(),
             user_id: account.user_id.clone(),
             token: account.token.clone(),
+            user_stream: false,
+            seats: vec![seat],
         };
-        let (handle, first) = ws::spawn(Arc::clone(run), spec);
-        *lock(&run.sockets[index * run.plan.layers() + layer]) = Some(handle);
-        let outcome = first.await.unwrap_or(ConnectOutcome {
-            ok: false,
-            elapsed: Duration::ZERO,
-            error: Some("socket task ended".into()),
-        });
-        if room && outcome.ok {
-            lock(&run.counters.storm_joins_us).push(run.now_us());
-        }
-        record_connect(user, &outcome).await;
-        if !outcome.ok {
-            // The socket task keeps retrying in the background.
-            return Err(custom(format!(
-                "websocket connect failed: {}",
-                outcome.error.unwrap_or_default()
-            )));
-        }
+        open_socket(run, user, layer, spec).await?;
+    }
+    if run.config.scenario.user_stream {
+        let spec = SocketSpec {
+            user: index,
+            user_id: account.user_id.clone(),
+            token: account.token.clone(),
+            user_stream: true,
+            seats: carried,
+        };
+        open_socket(run, user, 0, spec).await?;
+    }
+    Ok(())
+}
+
+/// Starts the task of the user's socket number `socket` (its layer, or 0 for its user
+/// stream) and records how its first connect went.
+async fn open_socket(
+    run: &Arc<Run>,
+    user: &mut GooseUser,
+    socket: usize,
+    spec: SocketSpec,
+) -> TransactionResult {
+    let index = spec.user;
+    let user_stream = spec.user_stream;
+    let (handle, first) = ws::spawn(Arc::clone(run), spec);
+    *lock(&run.sockets_of(index)[socket]) = Some(handle);
+    let outcome = first.await.unwrap_or(ConnectOutcome {
+        ok: false,
+        elapsed: Duration::ZERO,
+        error: Some("socket task ended".into()),
+    });
+    if run.config.scenario.room() && outcome.ok {
+        lock(&run.counters.storm_joins_us).push(run.now_us());
+    }
+    record_connect(user, user_stream, &outcome).await;
+    if !outcome.ok {
+        // The socket task keeps retrying in the background.
+        return Err(custom(format!(
+            "websocket connect failed: {}",
+            outcome.error.unwrap_or_default()
+        )));
     }
     Ok(())
 }
@@ -376,11 +412,16 @@ async fn create_conversation(
     })
 }
 
-async fn record_connect(user: &mut GooseUser, outcome: &ConnectOutcome) {
+async fn record_connect(user: &mut GooseUser, user_stream: bool, outcome: &ConnectOutcome) {
+    let path = if user_stream {
+        "/api/chat/ws"
+    } else {
+        "/api/chat/ws/{id}"
+    };
     let _ = user
         .record_custom_request_duration(
             "WS",
-            "/api/chat/ws/{id}",
+            path,
             outcome.elapsed,
             outcome.ok,
             outcome.ok.then_some(101),
@@ -432,8 +473,14 @@ async fn reconnect(run: Arc<Run>, user: &mut GooseUser) -> TransactionResult {
     let Some((index, layer, account, conv_id)) = pick(&run, user) else {
         return Ok(());
     };
+    // The conversation's own socket, or the user stream carrying it.
+    let socket = if run.config.scenario.user_stream {
+        0
+    } else {
+        layer
+    };
     let commands = {
-        let slot = lock(&run.sockets[index * run.plan.layers() + layer]);
+        let slot = lock(&run.sockets_of(index)[socket]);
         match slot.as_ref() {
             Some(handle) => handle.commands.clone(),
             None => return Ok(()),
@@ -447,7 +494,7 @@ async fn reconnect(run: Arc<Run>, user: &mut GooseUser) -> TransactionResult {
         // The socket was closed for good meanwhile (the run is ending).
         return Ok(());
     };
-    record_connect(user, &outcome).await;
+    record_connect(user, run.config.scenario.user_stream, &outcome).await;
     if !outcome.ok {
         return Err(custom(format!(
             "websocket reconnect failed: {}",

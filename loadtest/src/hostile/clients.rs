@@ -117,7 +117,7 @@ pub async fn act(run: &Run, kind: Kind, account: Option<Hostile>) -> Got {
 async fn open(run: &Run, account: &Hostile, recv_buffer: Option<u32>) -> Result<Ws, String> {
     let target = Target {
         node: &run.nodes[0],
-        conv_id: &account.conv_id,
+        conv_id: Some(&account.conv_id),
         token: &account.token,
         since: None,
         recv_buffer,

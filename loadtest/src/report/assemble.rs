@@ -15,6 +15,7 @@ use super::{
     Setup, Sockets, Streams, Target, Verdict, Workload,
 };
 use crate::driver::Driven;
+use crate::markers::MarkerCheck;
 use crate::scrape::Scrapes;
 use crate::server::{self, LocalNodes};
 use crate::state::{lock, DeliveryCost, Percentiles, Run, Window};
@@ -34,6 +35,8 @@ pub struct Findings<'a> {
     pub scrapes: Option<Scrapes>,
     /// The history read back after the run.
     pub persistence: Persistence,
+    /// `--user-stream`: the unread counts and read markers checked at the end.
+    pub markers: Option<MarkerCheck>,
     /// The nodes the harness started; none when `--host` named the target.
     pub local: Option<&'a LocalNodes>,
     /// Those nodes' health, use and stop; none when the harness started no server.
@@ -50,6 +53,7 @@ pub fn assemble(findings: Findings<'_>) -> Report {
         goose,
         scrapes,
         persistence,
+        markers,
         local,
         server,
         open_files,
@@ -82,6 +86,7 @@ pub fn assemble(findings: Findings<'_>) -> Report {
         scrapes,
         room,
         hostile: driven.hostile.clone(),
+        user_streams: scenarios::user_streams(run, markers),
         aborted: driven.aborted.clone(),
         // Decided below, from the finished report.
         verdict: Verdict {
@@ -123,7 +128,13 @@ fn workload(run: &Run) -> Workload {
         group_size: u16::try_from(config.group_members()).unwrap_or(u16::MAX),
         largest_group: run.plan.largest_group(),
         conversations_per_user: u16::try_from(run.plan.layers()).unwrap_or(u16::MAX),
-        sockets: run.plan.users() * run.plan.layers(),
+        socket_kind: if config.scenario.user_stream {
+            "user stream"
+        } else {
+            "conversation"
+        },
+        sockets_per_user: config.sockets_per_user(),
+        sockets: run.plan.users() * config.sockets_per_user(),
         message_rate_per_user: config.message_rate,
         typing_ratio: config.typing_ratio,
         message_bytes: config.message_bytes,

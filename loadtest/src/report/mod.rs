@@ -6,8 +6,8 @@
 //! here, from the figures alone.
 //!
 //! Layout: this file holds the report's data and the verdict; `assemble` fills the
-//! data in from what the run found; `render` the text; `scenarios` the big room's and
-//! the hostile clients' sections.
+//! data in from what the run found; `render` the text; `scenarios` the big room's,
+//! the hostile clients' and the user streams' sections.
 
 mod assemble;
 mod render;
@@ -32,7 +32,7 @@ pub use crate::tls::Transport;
 use crate::verify::Persistence;
 pub use assemble::{assemble, Findings};
 pub use render::render;
-pub use scenarios::Room;
+pub use scenarios::{Room, UserStreams};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
@@ -57,6 +57,10 @@ pub struct Workload {
     pub group_size: u16,
     pub largest_group: usize,
     pub conversations_per_user: u16,
+    /// What each socket carries: `conversation` (one socket per conversation of the
+    /// user) or `user stream` (`--user-stream`: one socket for all of them).
+    pub socket_kind: &'static str,
+    pub sockets_per_user: usize,
     pub sockets: usize,
     pub message_rate_per_user: f64,
     pub typing_ratio: f64,
@@ -206,6 +210,8 @@ pub struct Report {
     pub room: Option<Room>,
     /// `--hostile`: what the hostile clients got (never a problem for the verdict).
     pub hostile: Option<HostileReport>,
+    /// `--user-stream`: the end-of-run check of unread counts and read markers.
+    pub user_streams: Option<UserStreams>,
     pub aborted: Option<String>,
     pub verdict: Verdict,
 }
@@ -278,6 +284,9 @@ pub fn verdict(report: &Report) -> Verdict {
     }
     if let Some(room) = &report.room {
         problems.extend(scenarios::room_problems(room));
+    }
+    if let Some(streams) = &report.user_streams {
+        problems.extend(scenarios::user_stream_problems(streams));
     }
     if let Some(why) = &report.aborted {
         problems.push(format!("the run did not complete: {why}"));

@@ -70,13 +70,17 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        " Users: {} in {} conversations of {} (largest {}), {} per user, {} sockets",
+        " Users: {} in {} conversations of {} (largest {}), {} per user, {} sockets ({})",
         thousands(w.users as u64),
         thousands(w.conversations as u64),
         w.group_size,
         w.largest_group,
         w.conversations_per_user,
-        thousands(w.sockets as u64)
+        thousands(w.sockets as u64),
+        match w.socket_kind {
+            "user stream" => "one user stream per user, carrying all its conversations".to_string(),
+            _ => format!("{} per user, one per conversation", w.sockets_per_user),
+        }
     );
     let _ = writeln!(
         s,

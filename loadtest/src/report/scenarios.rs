@@ -1,8 +1,10 @@
 //! The report's sections for the scenarios: the big room (`--room-size`: its storms,
 //! its members' own `joined` events, the server's closes, its deliveries and their
-//! cost) and the hostile clients (`--hostile`: what each kind got, beside the normal
-//! users' figures). It assembles and renders those sections and names the room's
-//! checks for the verdict; what hostile clients got is never a problem.
+//! cost), the hostile clients (`--hostile`: what each kind got, beside the normal
+//! users' figures) and the user streams (`--user-stream`: the unread counts and read
+//! markers checked at the end). It assembles and renders those sections and names the
+//! room's and the markers' checks for the verdict; what hostile clients got is never
+//! a problem.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +16,7 @@ use super::{Measured, Report};
 use crate::console::thousands;
 use crate::driver::Driven;
 use crate::hostile::HostileReport;
+use crate::markers::{Comparison, MarkerCheck};
 use crate::state::{lock, DeliveryCost, Run};
 use crate::storm::Storm;
 
@@ -35,6 +38,54 @@ pub struct Room {
     pub delivery_p99_ms: f64,
     /// The server's CPU per delivery over the measured time.
     pub server_cost: Option<DeliveryCost>,
+}
+
+/// The user streams: one socket per user for all its conversations.
+#[derive(Clone, Debug, Serialize)]
+pub struct UserStreams {
+    /// Users, each with one user stream.
+    pub streams: usize,
+    /// Conversations each stream carries.
+    pub conversations_per_stream: usize,
+    /// The end-of-run check of unread counts and read markers; none when the run did
+    /// not complete.
+    pub check: Option<MarkerCheck>,
+}
+
+/// The user streams' section, when the run had them.
+pub fn user_streams(run: &Run, check: Option<MarkerCheck>) -> Option<UserStreams> {
+    run.config.scenario.user_stream.then(|| UserStreams {
+        streams: run.plan.users(),
+        conversations_per_stream: run.plan.layers(),
+        check,
+    })
+}
+
+/// The markers' checks, as problems for the verdict.
+pub fn user_stream_problems(streams: &UserStreams) -> Vec<String> {
+    let Some(check) = &streams.check else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for (n, what) in [
+        (
+            check.unread.mismatches,
+            "unread counts that differ from the messages of others the user saw",
+        ),
+        (
+            check.markers.mismatches,
+            "read markers not moved as asked (the read echo, or last_read_seq and unread_count after it)",
+        ),
+        (
+            check.failed,
+            "(user, conversation) pairs whose unread count and marker could not be checked",
+        ),
+    ] {
+        if n > 0 {
+            problems.push(format!("{} {what}", thousands(n)));
+        }
+    }
+    problems
 }
 
 /// The room's section, when the run was one.
@@ -108,6 +159,50 @@ pub fn render(s: &mut String, r: &Report) {
     }
     if let Some(hostile) = &r.hostile {
         render_hostile(s, r, hostile);
+    }
+    if let Some(streams) = &r.user_streams {
+        render_user_streams(s, streams);
+    }
+}
+
+fn comparison(c: &Comparison) -> String {
+    format!(
+        "{} checked, {} mismatches, {} not settled",
+        thousands(c.checked),
+        thousands(c.mismatches),
+        thousands(c.not_settled)
+    )
+}
+
+fn render_user_streams(s: &mut String, streams: &UserStreams) {
+    let _ = writeln!(
+        s,
+        "\n === USER STREAMS: {} users, one socket each carrying {} conversations ===",
+        thousands(streams.streams as u64),
+        streams.conversations_per_stream
+    );
+    let Some(check) = &streams.check else {
+        let _ = writeln!(s, " Markers: not checked (the run did not complete)");
+        return;
+    };
+    let _ = writeln!(
+        s,
+        " Unread counts (REST) against the messages of others each user saw: {}",
+        comparison(&check.unread)
+    );
+    let _ = writeln!(
+        s,
+        " Read markers moved to the last position seen (echoed, then over REST): {}",
+        comparison(&check.markers)
+    );
+    let _ = writeln!(
+        s,
+        " Of {} (user, conversation) pairs, not checked at all: {}",
+        thousands(check.pairs),
+        thousands(check.failed)
+    );
+    for example in &check.examples {
+        let _ = writeln!(s, "   - {example}");
     }
 }
 

@@ -3,6 +3,7 @@
 use hdrhistogram::Histogram;
 
 use super::*;
+use crate::markers::{Comparison, MarkerCheck};
 
 /// A healthy run's report, everything read back.
 fn healthy() -> Report {
@@ -33,6 +34,8 @@ fn healthy() -> Report {
             group_size: 10,
             largest_group: 10,
             conversations_per_user: 1,
+            socket_kind: "conversation",
+            sockets_per_user: 1,
             sockets: 10,
             message_rate_per_user: 1.0,
             typing_ratio: 0.0,
@@ -112,6 +115,7 @@ fn healthy() -> Report {
         scrapes: None,
         room: None,
         hostile: None,
+        user_streams: None,
         aborted: None,
         verdict: Verdict {
             ok: false,
@@ -226,5 +230,90 @@ fn transport_and_scrapes_are_stated_and_failed_scrapes_are_not_fatal() {
             " Metrics scrapes: 30 done every 1 s over 1 node during the measured time, mean 2.50 ms, max 9.00 ms, 12,345 bytes per scrape; failed 1 (timed out x1)\n"
         ),
         "{text}"
+    );
+}
+
+#[test]
+fn the_socket_kind_is_stated() {
+    let text = render(&healthy());
+    assert!(
+        text.contains(" Users: 10 in 1 conversations of 10 (largest 10), 1 per user, 10 sockets (1 per user, one per conversation)\n"),
+        "{text}"
+    );
+    let mut r = healthy();
+    r.workload.socket_kind = "user stream";
+    r.workload.conversations_per_user = 5;
+    let text = render(&r);
+    assert!(
+        text.contains(
+            ", 5 per user, 10 sockets (one user stream per user, carrying all its conversations)\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn marker_mismatches_fail_and_unsettled_pairs_do_not() {
+    let check = MarkerCheck {
+        pairs: 50,
+        unread: Comparison {
+            checked: 48,
+            mismatches: 0,
+            not_settled: 2,
+        },
+        markers: Comparison {
+            checked: 50,
+            mismatches: 0,
+            not_settled: 0,
+        },
+        failed: 0,
+        examples: Vec::new(),
+    };
+    let streams = |check: MarkerCheck| UserStreams {
+        streams: 10,
+        conversations_per_stream: 5,
+        check: Some(check),
+    };
+    let r = Report {
+        user_streams: Some(streams(check.clone())),
+        ..healthy()
+    };
+    let v = verdict(&r);
+    assert!(v.ok, "{:?}", v.problems);
+    let text = render(&Report { verdict: v, ..r });
+    assert!(
+        text.contains(
+            " === USER STREAMS: 10 users, one socket each carrying 5 conversations ===\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(" Unread counts (REST) against the messages of others each user saw: 48 checked, 0 mismatches, 2 not settled\n"),
+        "{text}"
+    );
+    let wrong = MarkerCheck {
+        unread: Comparison {
+            mismatches: 3,
+            ..check.unread
+        },
+        markers: Comparison {
+            mismatches: 1,
+            ..check.markers
+        },
+        failed: 2,
+        ..check
+    };
+    let v = verdict(&Report {
+        user_streams: Some(streams(wrong)),
+        ..healthy()
+    });
+    assert!(!v.ok);
+    assert_eq!(
+        v.problems,
+        vec![
+            "3 unread counts that differ from the messages of others the user saw".to_string(),
+            "1 read markers not moved as asked (the read echo, or last_read_seq and unread_count after it)".to_string(),
+            "2 (user, conversation) pairs whose unread count and marker could not be checked".to_string(),
+        ]
     );
 }

@@ -41,7 +41,8 @@ pub struct Run {
     /// The server processes (one per node) whose CPU the windows sample, when they run
     /// on this host.
     pub server_pids: Vec<u32>,
-    /// Per user, per layer: the socket task's handle.
+    /// Per user, per socket (one per layer, or its one user stream): the socket
+    /// task's handle. See [`Run::sockets_of`].
     pub sockets: Vec<Mutex<Option<crate::ws::SocketHandle>>>,
     pub message_filler: String,
     /// The TLS configuration and HTTP client every part of the run uses.
@@ -109,7 +110,7 @@ impl Run {
         let filler =
             "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
                 .repeat(config.message_bytes / 70 + 1);
-        let sockets = (0..plan.users() * plan.layers())
+        let sockets = (0..plan.users() * config.sockets_per_user())
             .map(|_| Mutex::new(None))
             .collect();
         let auth_gate = Semaphore::new(config.auth_concurrency);
@@ -231,6 +232,12 @@ impl Run {
                 let usage = testkit::procfs::usage(pid).ok()?;
                 Some((user + usage.user_seconds, kernel + usage.system_seconds))
             })
+    }
+
+    /// The socket tasks of `user`: one per conversation (by layer), or its user stream.
+    pub fn sockets_of(&self, user: usize) -> &[Mutex<Option<crate::ws::SocketHandle>>] {
+        let per_user = self.config.sockets_per_user();
+        &self.sockets[user * per_user..(user + 1) * per_user]
     }
 
     /// The node user `user`'s sockets connect to.

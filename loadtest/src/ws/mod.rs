@@ -1,32 +1,40 @@
-//! One simulated user's WebSocket in one conversation (its seat), as a tokio task: it
-//! connects (from a chosen loopback source address when the run spreads sockets over
-//! several; over TLS when the node is https://), waits for its own `joined` event, then chats at the rate the driver sets
-//! (Poisson arrivals, a `typing` event before some messages) and measures what comes
-//! back:
+//! One simulated user's WebSocket as a tokio task: a conversation socket
+//! (`/api/chat/ws/{id}`, one seat: the user in one conversation) or, with
+//! `--user-stream`, the user stream (`/api/chat/ws`, a seat in every conversation of
+//! the user). It connects (from a chosen loopback source address when the run spreads
+//! sockets over several; over TLS when the node is https://), waits for its own
+//! `joined` event in each conversation it carries, then chats at the rate the driver
+//! sets (Poisson arrivals, a `typing` event before some messages; a user stream sends
+//! the user's whole rate, each message to one of its conversations at random) and
+//! measures what comes back:
 //!
 //! - its own copy of a message is the acknowledgement, matched by the `client_id` every
 //!   send carries: ack latency = now - send time;
 //! - another member's message is a delivery: delivery latency = now - the send time
 //!   written in the message's tag (one process, one clock);
-//! - every stream event's `seq` is checked against the seat's last one, across
-//!   reconnects: each position once, in order (see `stream`);
+//! - every stream event's `seq` is checked against its seat's last one, across
+//!   reconnects: each position once, in order, per conversation (see `stream`);
 //! - duplicates, per-sender reordering, `error` events and unexpected closes are
 //!   counted.
 //!
-//! Every connection after the seat's first `joined` event resumes with
-//! `since=<last seq seen>`: the events replayed before the new `joined` are counted as
-//! resumed. A reconnect or close first stops sending and waits for the
-//! acknowledgements of the messages in flight; whatever is still unanswered when a
-//! connection ends (closed, dropped, or answered "may not have been saved") is written
-//! again with the same `client_id` once a connection is live, so the sender learns the
-//! fate of everything it sent and nothing is stored twice. An unexpected close is
-//! counted and followed by a reconnect after a short back-off.
+//! Every connection after a seat's first `joined` event resumes that seat's
+//! conversation from its last seq seen (`since=` on a conversation socket, the
+//! `resume` event on a user stream, see `ready`): the events replayed before the new
+//! `joined` are counted as resumed. A reconnect or close first stops sending and waits
+//! for the acknowledgements of the messages in flight; whatever is still unanswered
+//! when a connection ends (closed, dropped, or answered "may not have been saved") is
+//! written again with the same `client_id` once a connection is live, so the sender
+//! learns the fate of everything it sent and nothing is stored twice. An unexpected
+//! close is counted and followed by a reconnect after a short back-off.
 //!
 //! Layout: this file owns the task (spawn, connect, back-off and reconnect loop);
-//! `seat` what the task keeps across connections; `stream` the pure check of stream
-//! positions; `session` one connection's life (the select loop, quiescing and closing),
-//! with `session::send` for what goes out and `session::receive` for what comes in.
+//! `seat` what the task keeps per conversation across connections; `stream` the pure
+//! check of stream positions; `ready` the user stream's opening (`ready`, then
+//! `resume`); `session` one connection's life (the select loop, quiescing and
+//! closing), with `session::send` for what goes out and `session::receive` for what
+//! comes in.
 
+mod ready;
 mod seat;
 mod session;
 mod stream;
@@ -45,6 +53,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::state::{Counters, Node, Run};
 use seat::Seat;
+pub use seat::SeatView;
 use session::Session;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,15 +64,26 @@ const TYPING_LEAD: Duration = Duration::from_millis(300);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Which socket: the user, the conversation and the user's seat in it.
+/// Which socket: the user, and the conversations it carries.
 #[derive(Clone, Debug)]
 pub struct SocketSpec {
     pub user: usize,
-    pub conv: usize,
-    pub slot: usize,
-    pub conv_id: String,
     pub user_id: String,
     pub token: String,
+    /// The user stream (`/api/chat/ws`, every seat of the user) rather than a
+    /// conversation socket (`/api/chat/ws/{id}`, exactly one seat).
+    pub user_stream: bool,
+    pub seats: Vec<SeatSpec>,
+}
+
+/// The user's seat in one conversation the socket carries.
+#[derive(Clone, Debug)]
+pub struct SeatSpec {
+    /// Global conversation index.
+    pub conv: usize,
+    /// The user's slot among the conversation's members.
+    pub slot: usize,
+    pub conv_id: String,
 }
 
 /// What the owner of a socket task can ask of it.
@@ -75,6 +95,16 @@ pub enum Command {
     Close {
         done: Option<oneshot::Sender<()>>,
         final_close: bool,
+    },
+    /// What each seat has seen of its conversation so far, in the socket's seat order.
+    View(oneshot::Sender<Vec<SeatView>>),
+    /// Move the user's read marker in seat `seat`'s conversation to `seq` (a `read`
+    /// event); the reply is the marker the server's `read` event then names. Dropped
+    /// unanswered when the socket is not connected or the connection ends first.
+    Read {
+        seat: usize,
+        seq: u64,
+        echoed: oneshot::Sender<u64>,
     },
 }
 
@@ -112,9 +142,11 @@ async fn socket_main(
     commands: mpsc::Receiver<Command>,
     first: oneshot::Sender<ConnectOutcome>,
 ) {
-    let mut seat = Seat::new();
-    connections(&run, &spec, commands, first, &mut seat).await;
-    seat.abandon(&run);
+    let mut seats: Vec<Seat> = spec.seats.iter().map(Seat::new).collect();
+    connections(&run, &spec, commands, first, &mut seats).await;
+    for seat in &mut seats {
+        seat.abandon(&run);
+    }
 }
 
 /// Connects, runs sessions and reconnects until the seat is closed for good.
@@ -123,13 +155,13 @@ async fn connections(
     spec: &SocketSpec,
     mut commands: mpsc::Receiver<Command>,
     first: oneshot::Sender<ConnectOutcome>,
-    seat: &mut Seat,
+    seats: &mut [Seat],
 ) {
     let mut reply = Some(first);
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = Instant::now();
-        match connect(run, spec, seat.since()).await {
+        match connect(run, spec, seats).await {
             Err(error) => {
                 run.counters
                     .connect_failures
@@ -145,7 +177,7 @@ async fn connections(
             }
             Ok(ws) => {
                 run.counters.connects.fetch_add(1, Ordering::Relaxed);
-                let session = Session::new(run, spec, ws, reply.take(), started, seat);
+                let session = Session::new(run, spec, ws, reply.take(), started, seats);
                 match session.run(&mut commands).await {
                     End::Reconnect(next) => {
                         run.counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -167,9 +199,20 @@ async fn connections(
             }
         }
         // Back off before the next attempt, but obey commands meanwhile.
-        let wait = tokio::select! {
-            command = commands.recv() => command,
-            () = tokio::time::sleep(backoff) => None,
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        let wait = loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::View(reply)) => {
+                        let _ = reply.send(seat::views(seats));
+                    }
+                    // Not connected: the marker cannot be moved (the reply is dropped).
+                    Some(Command::Read { .. }) => {}
+                    other => break other,
+                },
+                () = &mut sleep => break None,
+            }
         };
         backoff = (backoff * 2).min(BACKOFF_MAX);
         match wait {
@@ -189,19 +232,36 @@ async fn connections(
                 }
             }
             None if commands.is_closed() => return,
-            None => {}
+            None | Some(Command::View(_) | Command::Read { .. }) => {}
         }
     }
 }
 
 /// TCP connect (bound to a source address when the run spreads sockets), the TLS
-/// handshake for a wss:// node, and upgrade, resuming the stream after `since` when given.
-async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws, String> {
+/// handshake for a wss:// node, and upgrade: a conversation socket resuming its seat's
+/// stream after `since` once it has a position; a user stream started with the
+/// positions of every seat that has one.
+async fn connect(run: &Run, spec: &SocketSpec, seats: &[Seat]) -> Result<Ws, String> {
+    let node = run.node_of(spec.user);
+    if spec.user_stream {
+        let target = Target {
+            node,
+            conv_id: None,
+            token: &spec.token,
+            since: None,
+            recv_buffer: None,
+        };
+        let ws = open(run, &target).await?;
+        return ready::start(run, ws, seats).await;
+    }
+    let seat = seats
+        .first()
+        .ok_or("a conversation socket without its seat")?;
     let target = Target {
-        node: run.node_of(spec.user),
-        conv_id: &spec.conv_id,
+        node,
+        conv_id: Some(&seat.conv_id),
         token: &spec.token,
-        since,
+        since: seat.since(),
         recv_buffer: None,
     };
     open(run, &target).await
@@ -210,7 +270,8 @@ async fn connect(run: &Run, spec: &SocketSpec, since: Option<u64>) -> Result<Ws,
 /// Where a socket goes, and how.
 pub struct Target<'a> {
     pub node: &'a Node,
-    pub conv_id: &'a str,
+    /// The conversation of a conversation socket; none: the user stream.
+    pub conv_id: Option<&'a str>,
     pub token: &'a str,
     /// Resume the stream after this position.
     pub since: Option<u64>,
@@ -243,10 +304,13 @@ pub async fn open(run: &Run, target: &Target<'_>) -> Result<Ws, String> {
         .map_err(|_| "tcp connect: timed out".to_string())?
         .map_err(|e| format!("tcp connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
-    let mut url = format!(
-        "{}/api/chat/ws/{}?token={}",
-        node.ws_url, target.conv_id, target.token
-    );
+    let mut url = match target.conv_id {
+        Some(conv_id) => format!(
+            "{}/api/chat/ws/{conv_id}?token={}",
+            node.ws_url, target.token
+        ),
+        None => format!("{}/api/chat/ws?token={}", node.ws_url, target.token),
+    };
     if let Some(since) = target.since {
         url.push_str(&format!("&since={since}"));
     }

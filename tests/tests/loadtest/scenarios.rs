@@ -1,7 +1,8 @@
 //! The harness's scenarios, briefly, against a node it starts itself: a big room (30
-//! members above a lowered presence-list limit, a join storm and a reconnect storm)
-//! and hostile clients beside normal users. Correctness and the presence of each check
-//! only, never timing: those numbers belong in BENCHMARKS.md.
+//! members above a lowered presence-list limit, a join storm and a reconnect storm),
+//! hostile clients beside normal users, and user streams (one socket per user for five
+//! conversations, with the read markers checked at the end). Correctness and the
+//! presence of each check only, never timing: those numbers belong in BENCHMARKS.md.
 
 use loadtest::{Config, Report};
 use tests::prelude::*;
@@ -129,6 +130,78 @@ async fn harness_hostile_clients_beside_normal_users() {
         );
         ensure!(
             text.contains(" Normal users beside them: lost = 0"),
+            "{text}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}");
+    }
+}
+
+/// 20 users, each in five conversations over one user stream, reconnecting now and
+/// then: every conversation's positions once and in order across the resumes, every
+/// delivery made once, every acknowledged message in history, and at the end every
+/// unread count equals the messages of others its user saw, and every read marker
+/// moves to the last position seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_user_streams_with_markers() {
+    let result = async {
+        let (report, text) = local_run(&[
+            "--user-stream",
+            "--conversations-per-user",
+            "5",
+            "--users",
+            "20",
+            "--group-size",
+            "5",
+            "--run-time",
+            "3s",
+            "--message-rate",
+            "2",
+            "--think-time",
+            "1",
+        ])
+        .await?;
+        ensure!(
+            report.verdict.ok,
+            "verdict: {:?}\n{text}",
+            report.verdict.problems
+        );
+        let w = &report.workload;
+        ensure!(
+            w.socket_kind == "user stream" && w.sockets_per_user == 1 && w.sockets == 20,
+            "{text}"
+        );
+        ensure!(report.persistence.lost == 0, "{text}");
+        let t = &report.correctness.tally;
+        ensure!(t.acked > 0 && t.delivered_expected > 0, "{text}");
+        ensure!(t.missing == 0 && t.unacked == 0, "{text}");
+        let c = &report.correctness;
+        ensure!(
+            c.duplicate_deliveries == 0 && c.reordered == 0 && c.misrouted == 0,
+            "{text}"
+        );
+        let st = &report.streams;
+        ensure!(
+            st.gaps == 0 && st.duplicates == 0 && st.unplaced == 0,
+            "{text}"
+        );
+        ensure!(report.sockets.reconnects > 0, "no stream resumed\n{text}");
+        let streams = report.user_streams.as_ref().context("no user streams")?;
+        let check = streams.check.as_ref().context("markers not checked")?;
+        ensure!(check.pairs == 100 && check.failed == 0, "{text}");
+        ensure!(
+            check.unread.checked > 0 && check.unread.mismatches == 0,
+            "{text}"
+        );
+        ensure!(
+            check.markers.checked > 0 && check.markers.mismatches == 0,
+            "{text}"
+        );
+        ensure!(
+            text.contains(" === USER STREAMS: 20 users, one socket each carrying 5 conversations"),
             "{text}"
         );
         anyhow::Ok(())

@@ -1,8 +1,12 @@
 //! One connection's life: the select loop over commands, control changes, frames,
 //! the send timer, the resends and the deadlines; quiescing (no new sends, wait for
-//! the acknowledgements in flight), closing, and how the session ends. The connected
-//! interval it records must be closed on every non-final end, never left open. It
-//! never gives up on a send: what is unanswered when it ends stays with the seat.
+//! the acknowledgements in flight), closing, and how the session ends. A connection
+//! carries one seat (a conversation socket) or several (a user stream), each with its
+//! own replay and `joined` event; it is live, and sends, once every seat has joined.
+//! The connected interval it records for each joined seat must be closed on every
+//! non-final end, never left open. It never gives up on a send: what is unanswered
+//! when it ends stays with the seat. It also answers the end-of-run marker check's
+//! commands (each seat's view; a `read` and the server's echo of it).
 
 mod receive;
 mod send;
@@ -11,18 +15,20 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::seat::Seat;
+use super::seat::{self, Seat};
 use super::{short, Command, ConnectOutcome, End, SocketSpec, Ws, CLOSE_TIMEOUT};
 use crate::state::{lock, Control, Run};
 
 enum Mode {
-    /// Connected (maybe still waiting for the own `joined` event).
+    /// Connected (maybe still waiting for the own `joined` events).
     Live,
     /// Not sending; waiting for the acknowledgements in flight.
     Quiescing(After),
@@ -57,28 +63,38 @@ impl After {
     }
 }
 
-/// What the send timer fires next.
+/// What the send timer fires next, and in which seat's conversation.
 #[derive(Clone, Copy)]
 enum Next {
-    Typing { message_at: Instant },
-    Message,
+    Typing { seat: usize, message_at: Instant },
+    Message { seat: usize },
+}
+
+/// One seat on this connection.
+#[derive(Clone, Copy, Default)]
+struct Link {
+    /// The connection resumed the seat's stream (from its position then): what comes
+    /// before its own `joined` event is the replay.
+    resumed: bool,
+    /// The replay began with a `resync`: positions before it were skipped.
+    resynced: bool,
+    joined: bool,
 }
 
 pub(super) struct Session<'a> {
     run: &'a Run,
     spec: &'a SocketSpec,
     ws: Ws,
-    seat: &'a mut Seat,
+    seats: &'a mut [Seat],
+    /// `links[i]`: seat `i` on this connection.
+    links: Vec<Link>,
     reply: Option<oneshot::Sender<ConnectOutcome>>,
     started: Instant,
-    /// The connection was opened with `since` (the seat's position then): what comes
-    /// before its own `joined` event is the replay.
-    resumed: bool,
-    /// The replay began with a `resync`: positions before it were skipped.
-    resynced: bool,
-    joined: bool,
     control: Control,
     next: Option<Next>,
+    rng: SmallRng,
+    /// `read` events sent and not yet echoed: (seat, who waits for the echo).
+    reads: Vec<(usize, oneshot::Sender<u64>)>,
 }
 
 impl<'a> Session<'a> {
@@ -88,21 +104,46 @@ impl<'a> Session<'a> {
         ws: Ws,
         reply: Option<oneshot::Sender<ConnectOutcome>>,
         started: Instant,
-        seat: &'a mut Seat,
+        seats: &'a mut [Seat],
     ) -> Self {
+        let links = seats
+            .iter()
+            .map(|seat| Link {
+                resumed: seat.since().is_some(),
+                ..Link::default()
+            })
+            .collect();
         Session {
             run,
             spec,
             ws,
-            resumed: seat.since().is_some(),
-            seat,
+            seats,
+            links,
             reply,
             started,
-            resynced: false,
-            joined: false,
             control: *run.control.borrow(),
             next: None,
+            rng: SmallRng::from_rng(&mut rand::rng()),
+            reads: Vec::new(),
         }
+    }
+
+    /// Every seat has its own `joined` event: the connection may send.
+    fn live(&self) -> bool {
+        self.links.iter().all(|l| l.joined)
+    }
+
+    fn any_joined(&self) -> bool {
+        self.links.iter().any(|l| l.joined)
+    }
+
+    /// Sends of joined seats still unanswered (those of a seat not joined on this
+    /// connection cannot be answered on it).
+    fn awaiting(&self) -> bool {
+        self.seats
+            .iter()
+            .zip(&self.links)
+            .any(|(seat, link)| link.joined && seat.awaiting())
     }
 
     pub(super) async fn run(mut self, commands: &mut mpsc::Receiver<Command>) -> End {
@@ -117,7 +158,7 @@ impl<'a> Session<'a> {
 
         loop {
             // (Re)arm the send timer when sending is possible and nothing is scheduled.
-            let may_send = self.joined
+            let may_send = self.live()
                 && matches!(mode, Mode::Live)
                 && self.control.sending
                 && self.control.rate_per_user > 0.0;
@@ -127,16 +168,20 @@ impl<'a> Session<'a> {
                 let at = self.schedule();
                 send_timer.as_mut().reset(at);
             }
-            // Resends go out as soon as the connection is live, and while quiescing:
-            // they finish what was in flight.
-            if self.joined && !matches!(mode, Mode::Closing(_)) && self.seat.resend_due() {
-                if let Err(e) = self.resend().await {
-                    return self.dropped(format!("write: {}", short(&e)));
+            // Resends go out as soon as their seat is live, and while quiescing: they
+            // finish what was in flight.
+            if !matches!(mode, Mode::Closing(_)) {
+                for i in 0..self.seats.len() {
+                    if self.links[i].joined && self.seats[i].resend_due() {
+                        if let Err(e) = self.resend(i).await {
+                            return self.dropped(format!("write: {}", short(&e)));
+                        }
+                    }
                 }
             }
             // A quiescing socket with nothing in flight closes now.
             if let Mode::Quiescing(_) = mode {
-                if !self.seat.awaiting() {
+                if !self.awaiting() {
                     mode = self.begin_close(mode).await;
                     deadline.as_mut().reset(Instant::now() + CLOSE_TIMEOUT);
                     deadline_armed = true;
@@ -150,8 +195,18 @@ impl<'a> Session<'a> {
                         Some(Command::Reconnect(reply)) => After::Reconnect(reply),
                         Some(Command::Close { done, final_close }) => After::Close { done, final_close },
                         None => After::Close { done: None, final_close: true },
+                        Some(Command::View(reply)) => {
+                            let _ = reply.send(seat::views(self.seats));
+                            continue;
+                        }
+                        Some(Command::Read { seat, seq, echoed }) => {
+                            if let Err(e) = self.read(seat, seq, echoed).await {
+                                return self.dropped(format!("write: {}", short(&e)));
+                            }
+                            continue;
+                        }
                     };
-                    if self.joined {
+                    if self.any_joined() {
                         mode = Mode::Quiescing(after);
                         deadline.as_mut().reset(Instant::now() + self.run.config.drain_timeout());
                     } else {
@@ -178,7 +233,7 @@ impl<'a> Session<'a> {
                                     return self.dropped(ended);
                                 }
                             }
-                            if self.joined && deadline_armed && matches!(mode, Mode::Live) {
+                            if self.live() && deadline_armed && matches!(mode, Mode::Live) {
                                 deadline_armed = false;
                             }
                         }
@@ -217,7 +272,7 @@ impl<'a> Session<'a> {
                 () = &mut deadline, if deadline_armed => {
                     match mode {
                         Mode::Live => {
-                            // No own `joined` event in time.
+                            // No own `joined` event in time (in some conversation).
                             self.run.counters.join_timeouts.fetch_add(1, Ordering::Relaxed);
                             return self.dropped("no joined event".to_string());
                         }
@@ -243,8 +298,8 @@ impl<'a> Session<'a> {
                 final_close: false,
             },
         };
-        if self.joined && !after.is_final() {
-            self.end_interval();
+        if !after.is_final() {
+            self.end_intervals();
         }
         // A failure to send shows up as the end of the stream, which ends the close.
         let _ = timeout(
@@ -258,20 +313,47 @@ impl<'a> Session<'a> {
         Mode::Closing(after)
     }
 
-    fn end_interval(&mut self) {
+    /// Closes the connected interval of every seat joined on this connection.
+    fn end_intervals(&mut self) {
         let now = self.run.now_us();
-        let mut state = lock(&self.run.convs[self.spec.conv].state);
-        if let Some(last) = state.live[self.spec.slot].last_mut() {
-            if last.to_us == u64::MAX {
-                last.to_us = now;
+        for (seat, link) in self.seats.iter().zip(&self.links) {
+            if !link.joined {
+                continue;
+            }
+            let mut state = lock(&self.run.convs[seat.conv].state);
+            if let Some(last) = state.live[seat.slot].last_mut() {
+                if last.to_us == u64::MAX {
+                    last.to_us = now;
+                }
             }
         }
     }
 
+    /// Sends `read` for seat `seat`'s conversation; `echoed` hears the marker the
+    /// server names back.
+    async fn read(
+        &mut self,
+        seat: usize,
+        seq: u64,
+        echoed: oneshot::Sender<u64>,
+    ) -> Result<(), String> {
+        let Some(conv_id) = self.seats.get(seat).map(|s| s.conv_id.as_str()) else {
+            return Ok(());
+        };
+        let frame = if self.spec.user_stream {
+            format!(r#"{{"type":"read","conversation_id":"{conv_id}","seq":{seq}}}"#)
+        } else {
+            format!(r#"{{"type":"read","seq":{seq}}}"#)
+        };
+        self.reads.push((seat, echoed));
+        self.ws
+            .send(Message::text(frame))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn dropped(mut self, reason: String) -> End {
-        if self.joined {
-            self.end_interval();
-        }
+        self.end_intervals();
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(ConnectOutcome {
                 ok: false,

@@ -1,9 +1,12 @@
 //! What a session receives: parsing the server's frames (borrowing from the frame
-//! where it can) and accounting for them: acknowledgements (matched by `client_id`),
-//! deliveries, duplicates, reordering, refusals, the answer that asks for a resend,
-//! the own `joined` event, and the position of every stream event (replayed or live)
-//! against the seat's stream. It only reads and records; it never writes to the
-//! socket (resends are queued on the seat).
+//! where it can), routing each conversation event to its seat (on a user stream by
+//! its `conversation_id`; a conversation socket has one seat) and accounting for
+//! them: acknowledgements (matched by `client_id`), deliveries, duplicates,
+//! reordering, refusals, the answer that asks for a resend, each seat's own `joined`
+//! event, the position of every stream event (replayed or live) against its seat's
+//! stream, the messages of others each seat saw (for the unread counts), and the
+//! server's `read` echoes the marker check waits for. It only reads and records; it
+//! never writes to the socket (resends are queued on the seat).
 //!
 //! Replayed events count for exactly-once and ordering like live ones, but their
 //! latency (and that of any answer to a resent message) is not recorded: it measures
@@ -14,6 +17,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Deserialize;
 
+use super::send::parse_reference;
 use super::Session;
 use crate::state::{client_number, lock, parse_tag, Counters, Interval, Tag};
 use crate::ws::stream::Seen;
@@ -48,12 +52,19 @@ struct Incoming<'a> {
     reference: Option<Text<'a>>,
     #[serde(default, borrow)]
     client_id: Option<Text<'a>>,
-    /// The stream position of a persisted event, or where the stream stood at a join.
+    /// Which conversation the event is of: how a user stream's events find their seat.
+    #[serde(default, borrow)]
+    conversation_id: Option<Text<'a>>,
+    /// The stream position of a persisted event, where the stream stood at a join, or
+    /// a `read` event's marker.
     #[serde(default)]
     seq: Option<u64>,
     /// A `resync`'s first replayed position.
     #[serde(default)]
     from_seq: Option<u64>,
+    /// A message replayed after it was deleted (empty, and not unread).
+    #[serde(default)]
+    is_deleted: bool,
 }
 
 impl Session<'_> {
@@ -64,139 +75,213 @@ impl Session<'_> {
             Counters::bump(&run.counters.errors, "unparsable frame from the server");
             return None;
         };
-        match event.kind.as_str() {
-            "message" => self.on_message(&event),
+        let kind = event.kind.as_str();
+        if kind == "error" {
+            return self.on_error(&event);
+        }
+        let Some(seat) = self.route(&event) else {
+            // Not of a conversation this socket carries (a user stream's `pong` or
+            // inbox news, or an event naming no conversation of its seats).
+            if kind == "message" {
+                run.counters.misrouted.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        };
+        match kind {
+            "message" => self.on_message(seat, &event),
             "edit" | "delete" | "reaction" => {
-                self.observe(event.seq, false);
+                self.observe(seat, event.seq, false);
             }
             "resync" => {
                 run.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                self.resynced = true;
+                self.links[seat].resynced = true;
+                let s = &mut self.seats[seat];
                 match event.from_seq {
-                    Some(from) => self.seat.stream.resync(from),
+                    Some(from) => {
+                        // Positions before `from` are history's, not this stream's.
+                        if s.since().is_none_or(|at| from > at + 1) {
+                            s.skipped = true;
+                        }
+                        s.stream.resync(from);
+                    }
                     None => {
                         run.counters.unplaced.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            "error" => {
-                let detail = event.detail.as_ref().map_or("(no detail)", Text::as_str);
-                Counters::bump(&run.counters.errors, detail);
-                if let Some(number) = event
-                    .reference
-                    .as_ref()
-                    .and_then(|r| r.as_str().parse().ok())
-                {
-                    if detail == MAY_NOT_BE_SAVED {
-                        self.seat.resend_one(number);
-                    } else {
-                        self.on_refused(number);
-                    }
-                }
-                if !self.joined
-                    && (detail == "Invalid token" || detail == "Not a member of this conversation")
-                {
-                    return Some(format!("refused: {detail}"));
-                }
-            }
-            "system" => {
-                let c = &run.counters;
-                c.system_received.fetch_add(1, Ordering::Relaxed);
-                // What a storm's bytes are made of (a look at the text is enough).
-                if text.contains(r#""active_users""#) {
-                    c.listed_frames.fetch_add(1, Ordering::Relaxed);
-                    c.listed_bytes
-                        .fetch_add(text.len() as u64, Ordering::Relaxed);
-                } else if text.contains(r#""joined_count""#) {
-                    c.summary_frames.fetch_add(1, Ordering::Relaxed);
-                }
-                let own =
-                    event.sender_id.as_ref().map(Text::as_str) == Some(self.spec.user_id.as_str());
-                let joined = event
-                    .content
-                    .as_ref()
-                    .is_some_and(|c| c.as_str().ends_with("joined the conversation"));
-                if own && joined && !self.joined {
-                    self.on_joined(event.seq);
-                }
-            }
+            "system" => self.on_system(seat, &event, text),
             "typing" => {
                 run.counters.typing_received.fetch_add(1, Ordering::Relaxed);
             }
+            "read" => self.on_read(seat, event.seq),
             _ => {}
         }
         None
     }
 
-    /// Whether what arrives now is the replay of a resumed connection.
-    fn replaying(&self) -> bool {
-        self.resumed && !self.joined
+    /// The seat an event belongs to: a conversation socket's only one, or on a user
+    /// stream the one of the conversation it names.
+    fn route(&self, event: &Incoming<'_>) -> Option<usize> {
+        if !self.spec.user_stream {
+            return Some(0);
+        }
+        let conv_id = event.conversation_id.as_ref()?.as_str();
+        self.seats.iter().position(|s| s.conv_id == conv_id)
     }
 
-    /// Places a stream event's position; `true` when it is an echo (see [`Seen::Echo`]),
-    /// which is not part of the stream.
-    fn observe(&mut self, seq: Option<u64>, may_echo: bool) -> bool {
-        if self.replaying() {
+    fn on_error(&mut self, event: &Incoming<'_>) -> Option<String> {
+        let detail = event.detail.as_ref().map_or("(no detail)", Text::as_str);
+        Counters::bump(&self.run.counters.errors, detail);
+        let named = event
+            .reference
+            .as_ref()
+            .and_then(|r| parse_reference(r.as_str()))
+            .filter(|&(seat, _)| seat < self.seats.len());
+        if let Some((seat, number)) = named {
+            if detail == MAY_NOT_BE_SAVED {
+                self.seats[seat].resend_one(number);
+            } else {
+                self.on_refused(seat, number);
+            }
+        }
+        // A user stream answers a send to a conversation it does not carry with this
+        // too, and stays open: only a conversation socket is refused by it.
+        let refused = detail == "Invalid token"
+            || (!self.spec.user_stream && detail == "Not a member of this conversation");
+        if !self.live() && refused {
+            return Some(format!("refused: {detail}"));
+        }
+        None
+    }
+
+    fn on_system(&mut self, seat: usize, event: &Incoming<'_>, text: &str) {
+        let c = &self.run.counters;
+        c.system_received.fetch_add(1, Ordering::Relaxed);
+        // What a storm's bytes are made of (a look at the text is enough).
+        if text.contains(r#""active_users""#) {
+            c.listed_frames.fetch_add(1, Ordering::Relaxed);
+            c.listed_bytes
+                .fetch_add(text.len() as u64, Ordering::Relaxed);
+        } else if text.contains(r#""joined_count""#) {
+            c.summary_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        let own = event.sender_id.as_ref().map(Text::as_str) == Some(self.spec.user_id.as_str());
+        let joined = event
+            .content
+            .as_ref()
+            .is_some_and(|c| c.as_str().ends_with("joined the conversation"));
+        if own && joined && !self.links[seat].joined {
+            self.on_joined(seat, event.seq);
+        }
+    }
+
+    /// The server's `read`: the user's marker in the seat's conversation is now `seq`.
+    fn on_read(&mut self, seat: usize, seq: Option<u64>) {
+        let Some(seq) = seq else {
+            return;
+        };
+        let (echoed, waiting) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|(s, _)| *s == seat);
+        self.reads = waiting;
+        for (_, reply) in echoed {
+            let _ = reply.send(seq);
+        }
+    }
+
+    /// Whether what arrives now in the seat's conversation is the replay of a resumed
+    /// connection.
+    fn replaying(&self, seat: usize) -> bool {
+        let link = &self.links[seat];
+        link.resumed && !link.joined
+    }
+
+    /// Places a stream event's position in the seat's stream and counts what that
+    /// says (an echo, see [`Seen::Echo`], is not part of the stream).
+    fn observe(&mut self, seat: usize, seq: Option<u64>, may_echo: bool) -> Seen {
+        if self.replaying(seat) {
             self.run.counters.resumed.fetch_add(1, Ordering::Relaxed);
         }
-        let seen = seq.map_or(Seen::Unplaced, |seq| self.seat.stream.event(seq, may_echo));
-        self.count(seen)
+        let seen = seq.map_or(Seen::Unplaced, |seq| {
+            self.seats[seat].stream.event(seq, may_echo)
+        });
+        self.count(seat, seen);
+        seen
     }
 
-    /// Counts what the stream check found; `true` for an echo.
-    fn count(&self, seen: Seen) -> bool {
+    /// Counts what the stream check found.
+    fn count(&mut self, seat: usize, seen: Seen) {
         let counters = &self.run.counters;
         match seen {
-            Seen::Next => {}
-            Seen::Echo => return true,
+            Seen::Next | Seen::Echo => {}
             Seen::Duplicate => {
                 counters.stream_duplicates.fetch_add(1, Ordering::Relaxed);
             }
             Seen::Gap(missing) => {
                 counters.stream_gaps.fetch_add(missing, Ordering::Relaxed);
+                self.seats[seat].skipped = true;
             }
             Seen::Unplaced => {
                 counters.unplaced.fetch_add(1, Ordering::Relaxed);
             }
         }
-        false
     }
 
-    fn on_joined(&mut self, seq: Option<u64>) {
-        self.joined = true;
-        if self.seat.since().is_none() {
+    fn on_joined(&mut self, seat: usize, seq: Option<u64>) {
+        self.links[seat].joined = true;
+        let s = &mut self.seats[seat];
+        if s.since().is_none() {
             self.run
                 .counters
                 .first_joins
                 .fetch_add(1, Ordering::Relaxed);
+            // Joined after the stream began: what came before was never seen here.
+            if seq != Some(0) {
+                s.skipped = true;
+            }
         }
-        let seen = seq.map_or(Seen::Unplaced, |seq| self.seat.stream.joined(seq));
-        self.count(seen);
+        let seen = seq.map_or(Seen::Unplaced, |seq| s.stream.joined(seq));
+        self.count(seat, seen);
         let now = self.run.now_us();
         {
-            let mut state = lock(&self.run.convs[self.spec.conv].state);
-            let live = &mut state.live[self.spec.slot];
+            let s = &self.seats[seat];
+            let link = self.links[seat];
+            let mut state = lock(&self.run.convs[s.conv].state);
+            let live = &mut state.live[s.slot];
             match live.last_mut() {
                 // The replay brought everything since the seat's last close: it never
                 // left, and had to receive what was said meanwhile.
-                Some(last) if self.resumed && !self.resynced => last.to_us = u64::MAX,
+                Some(last) if link.resumed && !link.resynced => last.to_us = u64::MAX,
                 _ => live.push(Interval {
                     from_us: now,
                     to_us: u64::MAX,
                 }),
             }
         }
-        self.seat.resend_unanswered();
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(ConnectOutcome {
-                ok: true,
-                elapsed: self.started.elapsed(),
-                error: None,
-            });
+        self.seats[seat].resend_unanswered();
+        if self.live() {
+            if let Some(reply) = self.reply.take() {
+                let _ = reply.send(ConnectOutcome {
+                    ok: true,
+                    elapsed: self.started.elapsed(),
+                    error: None,
+                });
+            }
         }
     }
 
-    fn on_message(&mut self, event: &Incoming<'_>) {
+    fn on_message(&mut self, seat: usize, event: &Incoming<'_>) {
+        let seen = self.place_message(seat, event);
+        // What the server counts as unread while the marker is at 0.
+        let other = event.sender_id.as_ref().map(Text::as_str) != Some(self.spec.user_id.as_str());
+        if other && !event.is_deleted && matches!(seen, Seen::Next | Seen::Gap(_)) {
+            self.seats[seat].others_seen += 1;
+        }
+    }
+
+    /// Accounts for a message in the seat's conversation; returns where it fell in
+    /// the stream.
+    fn place_message(&mut self, seat: usize, event: &Incoming<'_>) -> Seen {
         let run = self.run;
         let counters = &run.counters;
         let tag = event
@@ -205,73 +290,81 @@ impl Session<'_> {
             .and_then(|c| parse_tag(c.as_str()))
             .filter(|tag| tag.run == run.run_tag);
         let Some(tag) = tag else {
-            self.observe(event.seq, false);
             counters.foreign.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.observe(seat, event.seq, false);
         };
-        if tag.conv != self.spec.conv {
-            self.observe(event.seq, false);
+        let (conv, slot) = (self.seats[seat].conv, self.seats[seat].slot);
+        if tag.conv != conv {
             counters.misrouted.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.observe(seat, event.seq, false);
         }
-        if tag.slot == self.spec.slot {
+        if tag.slot == slot {
             let client_id = event.client_id.as_ref().map(Text::as_str);
-            self.on_own(&tag, client_id, event.seq);
+            self.on_own(seat, &tag, client_id, event.seq)
         } else {
-            self.observe(event.seq, false);
-            self.on_delivery(&tag);
+            let seen = self.observe(seat, event.seq, false);
+            self.on_delivery(seat, &tag);
+            seen
         }
     }
 
-    /// This seat's own message came back: the acknowledgement, or for a resent one
+    /// The seat's own message came back: the acknowledgement, or for a resent one
     /// maybe the server's repeat of the original.
-    fn on_own(&mut self, tag: &Tag<'_>, client_id: Option<&str>, seq: Option<u64>) {
+    fn on_own(
+        &mut self,
+        seat: usize,
+        tag: &Tag<'_>,
+        client_id: Option<&str>,
+        seq: Option<u64>,
+    ) -> Seen {
         let run = self.run;
         let counters = &run.counters;
         if client_id.and_then(|id| client_number(id, &run.run_tag)) != Some(tag.seq) {
-            self.observe(seq, false);
             Counters::bump(&counters.errors, "own message without its client_id");
             counters.misrouted.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.observe(seat, seq, false);
         }
-        let mut state = lock(&run.convs[self.spec.conv].state);
+        let conv = self.seats[seat].conv;
+        let mut state = lock(&run.convs[conv].state);
         let Some(rec) = state.records[tag.slot].get_mut(tag.seq) else {
             drop(state);
-            self.observe(seq, false);
             counters.misrouted.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.observe(seat, seq, false);
         };
         rec.answers += 1;
         // Each resend may add one answer: the original repeated, if it was stored.
         let allowed = rec.resends + 1;
-        if self.observe(seq, rec.resends > 0 && rec.answers <= allowed) {
+        let seen = self.observe(seat, seq, rec.resends > 0 && rec.answers <= allowed);
+        if seen == Seen::Echo {
             counters.repeats.fetch_add(1, Ordering::Relaxed);
         }
         if rec.ack_us != 0 {
             if rec.answers > allowed {
                 counters.duplicate_acks.fetch_add(1, Ordering::Relaxed);
             }
-            return;
+            return seen;
         }
         let now = run.now_us();
         rec.ack_us = now.max(1);
-        let timed = rec.resends == 0 && !self.replaying();
+        let timed = rec.resends == 0 && !self.replaying(seat);
         let phase = rec.phase;
         drop(state);
         counters.acked.fetch_add(1, Ordering::Relaxed);
-        self.seat.settle(run, tag.seq);
+        self.seats[seat].settle(run, tag.seq);
         if timed {
             run.latencies
-                .ack(self.spec.conv, phase, now.saturating_sub(tag.sent_us));
+                .ack(conv, phase, now.saturating_sub(tag.sent_us));
         }
+        seen
     }
 
     /// Another member's message arrived.
-    fn on_delivery(&mut self, tag: &Tag<'_>) {
+    fn on_delivery(&mut self, seat: usize, tag: &Tag<'_>) {
         let run = self.run;
         let counters = &run.counters;
+        let (conv, slot) = (self.seats[seat].conv, self.seats[seat].slot);
         let first = {
-            let mut state = lock(&run.convs[self.spec.conv].state);
+            let mut state = lock(&run.convs[conv].state);
             let Some(rec) = state
                 .records
                 .get_mut(tag.slot)
@@ -281,7 +374,7 @@ impl Session<'_> {
                 return;
             };
             rec.delivered
-                .mark(self.spec.slot)
+                .mark(slot)
                 .then_some((rec.phase, rec.resends > 0))
         };
         let Some((phase, resent)) = first else {
@@ -294,13 +387,13 @@ impl Session<'_> {
         if resent {
             return;
         }
-        if !self.replaying() {
+        if !self.replaying(seat) {
             let latency = run.now_us().saturating_sub(tag.sent_us);
             // Keyed by the receiver: one big room must not funnel every delivery
             // through one histogram's lock.
             run.latencies.delivery(self.spec.user, phase, latency);
         }
-        let last = self.seat.order.entry(tag.slot).or_insert(0);
+        let last = self.seats[seat].order.entry(tag.slot).or_insert(0);
         if tag.seq < *last {
             counters.reordered.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -308,12 +401,13 @@ impl Session<'_> {
         }
     }
 
-    /// The server refused message `number` of this seat.
-    fn on_refused(&mut self, number: usize) {
+    /// The server refused message `number` of seat `seat`.
+    fn on_refused(&mut self, seat: usize, number: usize) {
         let run = self.run;
+        let (conv, slot) = (self.seats[seat].conv, self.seats[seat].slot);
         let refused = {
-            let mut state = lock(&run.convs[self.spec.conv].state);
-            match state.records[self.spec.slot].get_mut(number) {
+            let mut state = lock(&run.convs[conv].state);
+            match state.records[slot].get_mut(number) {
                 Some(rec) if rec.ack_us == 0 && !rec.failed => {
                     rec.failed = true;
                     true
@@ -323,7 +417,7 @@ impl Session<'_> {
         };
         if refused {
             run.counters.failed.fetch_add(1, Ordering::Relaxed);
-            self.seat.settle(run, number);
+            self.seats[seat].settle(run, number);
         }
     }
 }
@@ -351,6 +445,13 @@ mod tests {
         let text = r#"{"type":"resync","from_seq":1001}"#;
         let event: Incoming<'_> = serde_json::from_str(text).expect("parses");
         assert_eq!((event.seq, event.from_seq), (None, Some(1001)));
+        let text = r#"{"type":"read","conversation_id":"c","seq":7}"#;
+        let event: Incoming<'_> = serde_json::from_str(text).expect("parses");
+        assert_eq!(event.conversation_id.as_ref().map(Text::as_str), Some("c"));
+        assert_eq!(event.seq, Some(7));
+        let text = r#"{"type":"message","content":"","seq":3,"is_deleted":true}"#;
+        let event: Incoming<'_> = serde_json::from_str(text).expect("parses");
+        assert!(event.is_deleted);
         let text = r#"{"type":"message","content":"say \"hi\""}"#;
         let event: Incoming<'_> = serde_json::from_str(text).expect("parses");
         assert_eq!(event.content.as_ref().map(Text::as_str), Some("say \"hi\""));
