@@ -1,6 +1,9 @@
 """Server memory per idle WebSocket connection.
 
 Usage: python3 benches/idle_connections.py BASE_URL CONNECTIONS SERVER_PID
+The server must let one user hold them all and create the conversations:
+start it with WS_MAX_PER_USER=0 MAX_NEW_CONVERSATIONS=0 (otherwise it closes every
+socket past the 32nd, and the script says so instead of printing a figure).
 Opens CONNECTIONS WebSockets (50 per conversation) against a running server and
 prints the growth of the server's resident memory, before vs after, in one run, and
 the growth of the kernel's slab memory (sockets, their inodes and file structures),
@@ -63,6 +66,10 @@ async def main(base, count, pid):
     slab_before = slab_kib()
     connections = [await websockets.connect(uris[i % len(uris)], max_queue=None) for i in range(count)]
     await asyncio.sleep(2)
+    closed = sum(1 for c in connections if c.close_code is not None)
+    if closed:
+        raise SystemExit(f"{closed} of {count} connections were closed by the server "
+                         "(start it with WS_MAX_PER_USER=0 MAX_NEW_CONVERSATIONS=0)")
     after = rss_kib(pid)
     slab_after = slab_kib()
     per = (after - before) * 1024 / count

@@ -34,19 +34,23 @@ pub enum Carried {
         position: Seq,
         resume: Resume,
     },
-    /// A user stream: the user's conversations with the positions read with the
-    /// memberships (joined when the client starts the stream), and the `ready` event.
-    Stream {
-        memberships: Vec<(ConversationId, Seq)>,
-        ready: Bytes,
-    },
+    /// A user stream (boxed: the admission lives as long as the connection's task, and
+    /// every conversation socket would pay for the larger variant).
+    Stream(Box<StreamAdmission>),
+}
+
+/// A user stream's admission: the user's conversations with the positions read with
+/// the memberships (joined when the client starts the stream), and the `ready` event.
+pub struct StreamAdmission {
+    pub memberships: Vec<(ConversationId, Seq)>,
+    pub ready: Bytes,
 }
 
 impl Admitted {
     pub fn scope(&self) -> Scope {
         match &self.carried {
             Carried::Conversation { conversation, .. } => Scope::Conversation(*conversation),
-            Carried::Stream { .. } => Scope::User,
+            Carried::Stream(_) => Scope::User,
         }
     }
 }

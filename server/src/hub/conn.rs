@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+#[cfg(test)]
+use super::admit::StreamAdmission;
 use super::admit::{Admitted, Carried, Resume};
 use crate::config::Outbound;
 use crate::ids::{ConversationId, UserId};
@@ -61,10 +63,17 @@ impl std::fmt::Display for Scope {
     }
 }
 
-/// The conversations a connection carries, each with its place in the stream.
+/// The conversations a connection carries, each with its place in the stream. What
+/// only a user stream needs stays in its variant: every idle conversation socket pays
+/// for the fields of `Conn`.
 enum Subs {
     One(ConversationId, Phase),
-    Many(HashMap<ConversationId, Phase>),
+    Many {
+        subs: HashMap<ConversationId, Phase>,
+        /// Resolves once the replay started last is done: a user stream replays its
+        /// conversations one after another, not all at once.
+        replay_turn: Option<futures_channel::oneshot::Receiver<()>>,
+    },
 }
 
 /// Where a connection stands in a conversation's stream.
@@ -84,7 +93,6 @@ pub struct Conn {
     pub id: u64,
     pub user: UserId,
     pub username: Arc<str>,
-    pub scope: Scope,
     limits: Outbound,
     queue: RefCell<VecDeque<Bytes>>,
     /// Since when the queue has been over the soft bound, if it is.
@@ -101,9 +109,6 @@ pub struct Conn {
     /// Unix time (seconds) at which the socket's token expires.
     expires_at: Cell<u64>,
     subs: RefCell<Subs>,
-    /// Resolves once the replay started last is done: a user stream replays its
-    /// conversations one after another, not all at once.
-    replay_turn: RefCell<Option<futures_channel::oneshot::Receiver<()>>>,
 }
 
 /// How long a queued close frame may wait for a client that does not read before the
@@ -135,7 +140,6 @@ impl Conn {
             id,
             user: admitted.user,
             username: Arc::clone(&admitted.username),
-            scope: admitted.scope(),
             limits,
             queue: RefCell::new(VecDeque::new()),
             behind_since: Cell::new(None),
@@ -154,9 +158,19 @@ impl Conn {
                     resume,
                     ..
                 } => Subs::One(*conversation, Phase::Joining(resume.clone())),
-                Carried::Stream { .. } => Subs::Many(HashMap::new()),
+                Carried::Stream(_) => Subs::Many {
+                    subs: HashMap::new(),
+                    replay_turn: None,
+                },
             }),
-            replay_turn: RefCell::new(None),
+        }
+    }
+
+    /// What the connection carries.
+    pub fn scope(&self) -> Scope {
+        match &*self.subs.borrow() {
+            Subs::One(c, _) => Scope::Conversation(*c),
+            Subs::Many { .. } => Scope::User,
         }
     }
 
@@ -170,7 +184,7 @@ impl Conn {
         match &mut *self.subs.borrow_mut() {
             Subs::One(c, phase) if *c == conversation => Some(f(phase)),
             Subs::One(..) => None,
-            Subs::Many(subs) => subs.get_mut(&conversation).map(f),
+            Subs::Many { subs, .. } => subs.get_mut(&conversation).map(f),
         }
     }
 
@@ -183,7 +197,7 @@ impl Conn {
     pub fn conversations(&self) -> Vec<ConversationId> {
         match &*self.subs.borrow() {
             Subs::One(c, _) => vec![*c],
-            Subs::Many(subs) => subs.keys().copied().collect(),
+            Subs::Many { subs, .. } => subs.keys().copied().collect(),
         }
     }
 
@@ -191,7 +205,7 @@ impl Conn {
     pub fn carried(&self) -> usize {
         match &*self.subs.borrow() {
             Subs::One(..) => 1,
-            Subs::Many(subs) => subs.len(),
+            Subs::Many { subs, .. } => subs.len(),
         }
     }
 
@@ -200,7 +214,7 @@ impl Conn {
     /// conversation socket).
     pub fn subscribe(&self, conversation: ConversationId, resume: Resume) -> bool {
         match &mut *self.subs.borrow_mut() {
-            Subs::Many(subs) if !subs.contains_key(&conversation) => {
+            Subs::Many { subs, .. } if !subs.contains_key(&conversation) => {
                 subs.insert(conversation, Phase::Joining(resume));
                 true
             }
@@ -212,7 +226,7 @@ impl Conn {
     /// dropped). False when it did not carry it.
     pub fn unsubscribe(&self, conversation: ConversationId) -> bool {
         match &mut *self.subs.borrow_mut() {
-            Subs::Many(subs) => subs.remove(&conversation).is_some(),
+            Subs::Many { subs, .. } => subs.remove(&conversation).is_some(),
             Subs::One(..) => false,
         }
     }
@@ -275,8 +289,8 @@ impl Conn {
         }
     }
 
-    /// Waits for the replay started before this one to finish; the returned sender
-    /// tells the next one, when dropped, that this one is done.
+    /// Waits for the replay started before this one to finish (on a user stream); the
+    /// returned sender tells the next one, when dropped, that this one is done.
     pub fn replay_turn(
         &self,
     ) -> (
@@ -284,7 +298,11 @@ impl Conn {
         futures_channel::oneshot::Sender<()>,
     ) {
         let (done, turn) = futures_channel::oneshot::channel();
-        let previous = self.replay_turn.borrow_mut().replace(turn);
+        let previous = match &mut *self.subs.borrow_mut() {
+            Subs::Many { replay_turn, .. } => replay_turn.replace(turn),
+            // A conversation socket replays once: nothing to wait for.
+            Subs::One(..) => None,
+        };
         let wait = async move {
             if let Some(previous) = previous {
                 // Resolves, sent or dropped, once the replay before is done.
@@ -617,10 +635,10 @@ mod tests {
             username: "u".into(),
             expires_at: u64::MAX,
             checked_at: Instant::now(),
-            carried: Carried::Stream {
+            carried: Carried::Stream(Box::new(StreamAdmission {
                 memberships: Vec::new(),
                 ready: Bytes::new(),
-            },
+            })),
         };
         let limits = Outbound {
             soft: 1000,

@@ -35,7 +35,7 @@ use bytes::Bytes;
 
 use crate::ids::{ConversationId, Seq, UserId};
 use crate::metrics::ShardMetrics;
-pub use admit::{Admitted, Carried, Refused, Resume};
+pub use admit::{Admitted, Carried, Refused, Resume, StreamAdmission};
 use home::Homes;
 pub use registry::Registry;
 

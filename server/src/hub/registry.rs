@@ -104,13 +104,13 @@ impl Registry {
                 };
                 self.to_home(&conn, *conversation, None, join);
             }
-            Carried::Stream { ready, .. } => {
+            Carried::Stream(stream) => {
                 st.streams
                     .entry(conn.user)
                     .or_default()
                     .push(Rc::clone(&conn));
                 drop(st);
-                conn.push(ready.clone());
+                conn.push(stream.ready.clone());
             }
         }
         conn
@@ -186,7 +186,7 @@ impl Registry {
         for &conversation in &conversations {
             Self::forget(&mut st, conversation, conn.id);
         }
-        if conn.scope == Scope::User {
+        if conn.scope() == Scope::User {
             if let Some(list) = st.streams.get_mut(&conn.user) {
                 list.retain(|c| c.id != conn.id);
                 if list.is_empty() {
@@ -248,7 +248,7 @@ impl Registry {
             // A user stream's first event is taken by its reader before it gets here.
             ClientEvent::Resume { .. } => return Err(Refused::LateResume),
             event => {
-                let conversation = match (conn.scope, target) {
+                let conversation = match (conn.scope(), target) {
                     (Scope::Conversation(own), _) => own,
                     (Scope::User, Target::Absent) => return Err(Refused::NoConversation),
                     (Scope::User, Target::Conversation(c)) if conn.carries(c) => c,
@@ -367,7 +367,7 @@ impl Registry {
             .cloned()
             .collect();
         for c in affected {
-            match c.scope {
+            match c.scope() {
                 Scope::Conversation(_) => c.close(Close::NotAMember),
                 Scope::User => {
                     if c.unsubscribe(conversation) {
@@ -452,7 +452,7 @@ impl Registry {
                 return conn.go_live(conversation);
             }
             Some(Resume::Since(since)) if since > position => {
-                let detail = match conn.scope {
+                let detail = match conn.scope() {
                     Scope::Conversation(_) => {
                         format!("Invalid since: the conversation is at {position}")
                     }

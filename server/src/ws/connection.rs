@@ -65,8 +65,8 @@ pub async fn run(
         // A user stream carries nothing until the client's first event starts it.
         let mut pending = match admitted.carried {
             // Boxed: every idle conversation socket's task holds this field.
-            Carried::Stream { memberships, .. } => Some(Box::new(Pending {
-                memberships,
+            Carried::Stream(stream) => Some(Box::new(Pending {
+                memberships: stream.memberships,
                 checked_at: admitted.checked_at,
             })),
             Carried::Conversation { .. } => None,
@@ -226,8 +226,16 @@ async fn read_loop(
             (Opcode::Text | Opcode::Binary, None) if frame.fin => {
                 // On the heap while it runs: inline, the submission's state would be
                 // part of every idle connection's task.
-                let message = on_message(shard, conn, frame.opcode, frame.payload, pending);
-                let refusal = Box::pin(message).await;
+                // Built inside `Box::pin`, never bound to a local: a local would keep
+                // its room in every idle connection's task, moved or not.
+                let refusal = Box::pin(on_message(
+                    shard,
+                    conn,
+                    frame.opcode,
+                    frame.payload,
+                    pending,
+                ))
+                .await;
                 flood.note(conn, refusal, config.ws_flood_limit);
             }
             (Opcode::Text | Opcode::Binary, None) => {
@@ -247,8 +255,8 @@ async fn read_loop(
                         conn.close(Close::InvalidUtf8);
                         return ReadEnd::Refused;
                     }
-                    let message = on_message(shard, conn, opcode, &mut fragments, pending);
-                    let refusal = Box::pin(message).await;
+                    let refusal =
+                        Box::pin(on_message(shard, conn, opcode, &mut fragments, pending)).await;
                     flood.note(conn, refusal, config.ws_flood_limit);
                     // A finished message keeps nothing: idle connections hold no buffer.
                     fragments = Vec::new();

@@ -29,7 +29,7 @@ use hyper::{Request, Response};
 
 use crate::context::ShardContext;
 use crate::error::ApiError;
-use crate::hub::{Admitted, Carried, Resume};
+use crate::hub::{Admitted, Carried, Resume, StreamAdmission};
 use crate::ids::{ConversationId, Seq, UserId};
 use crate::limits::Slot;
 use crate::metrics::Upgrade;
@@ -237,10 +237,10 @@ async fn admit_stream(shard: &ShardContext, token: Option<String>) -> Result<Adm
                 .map(|s| ListCursor::after(&s.conversation).to_string()),
             positions: memberships.iter().copied().collect(),
         };
-        Ok(Carried::Stream {
+        Ok(Carried::Stream(Box::new(StreamAdmission {
             memberships,
             ready: framed(&ready),
-        })
+        })))
     })
     .await
 }
