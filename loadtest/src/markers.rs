@@ -26,6 +26,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::console::{say, thousands};
 use crate::state::{lock, Account, Run};
+use crate::verify::get_retried;
 use crate::ws::{Command, SeatView};
 
 /// Users checked at once.
@@ -358,38 +359,17 @@ async fn list(
 /// One page of the list and its `X-Next-Cursor`, retried on a transport error or a
 /// 5xx.
 async fn page(run: &Run, url: &str, token: &str) -> Result<(Vec<Item>, Option<String>), String> {
-    let mut last_error = String::new();
-    for attempt in 0..4u32 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-        }
-        let response = match run.clients.http.get(url).bearer_auth(token).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                last_error = format!("request failed: {e}");
-                continue;
-            }
-        };
-        let status = response.status();
-        if !status.is_success() {
-            last_error = format!("the list answered {status}");
-            if status.is_server_error() {
-                continue;
-            }
-            return Err(last_error);
-        }
-        let next = response
-            .headers()
-            .get("x-next-cursor")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let items = response
-            .json::<Vec<Item>>()
-            .await
-            .map_err(|e| format!("unexpected list body: {e}"))?;
-        return Ok((items, next));
-    }
-    Err(last_error)
+    let response = get_retried(&run.clients.http, url, token, "the list").await?;
+    let next = response
+        .headers()
+        .get("x-next-cursor")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let items = response
+        .json::<Vec<Item>>()
+        .await
+        .map_err(|e| format!("unexpected list body: {e}"))?;
+    Ok((items, next))
 }
 
 #[cfg(test)]

@@ -205,6 +205,22 @@ async fn fetch(
     url: &str,
     token: &str,
 ) -> Result<Vec<HistoryMessage>, String> {
+    get_retried(client, url, token, "history")
+        .await?
+        .json::<Vec<HistoryMessage>>()
+        .await
+        .map_err(|e| format!("unexpected history body: {e}"))
+}
+
+/// A successful answer to `GET url` as `token`'s user, tried again (up to 4 times, with
+/// a growing pause) on a transport error or a 5xx; any other status is the error, named
+/// after `what` was asked for. The checks after a run read the server with it.
+pub(crate) async fn get_retried(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    what: &str,
+) -> Result<reqwest::Response, String> {
     let mut last_error = String::new();
     for attempt in 0..4u32 {
         if attempt > 0 {
@@ -218,17 +234,13 @@ async fn fetch(
             }
         };
         let status = response.status();
-        if !status.is_success() {
-            last_error = format!("history answered {status}");
-            if status.is_server_error() {
-                continue;
-            }
-            return Err(last_error);
+        if status.is_success() {
+            return Ok(response);
         }
-        return response
-            .json::<Vec<HistoryMessage>>()
-            .await
-            .map_err(|e| format!("unexpected history body: {e}"));
+        last_error = format!("{what} answered {status}");
+        if !status.is_server_error() {
+            break;
+        }
     }
     Err(last_error)
 }

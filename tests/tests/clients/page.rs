@@ -169,6 +169,13 @@ const click = (el) => { el.click(); return true; };
 const online = () => [...document.querySelectorAll('[data-testid="online-user"]')].map((li) => li.textContent);
 const reaction = (content, emoji) => messages(content)[0].querySelector(`[data-testid="reaction"][data-emoji="${emoji}"]`);
 const picker = (content, emoji) => messages(content)[0].querySelector(`[data-testid="reaction-add"][data-emoji="${emoji}"]`);
+const item = (title) => [...document.querySelectorAll('[data-testid="conversation-item"]')].find((b) => b.textContent === title);
+const badge = (title) => {
+  const b = item(title);
+  if (!b) return null;
+  const shown = b.parentElement.querySelector('[data-testid="unread-badge"]');
+  return shown.hidden ? '' : shown.textContent;
+};
 "#;
 
 fn script(expression: &str) -> String {
@@ -289,15 +296,18 @@ async fn list_in_pages(srv: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The badge of the conversation named `title` in the list: its text, or `""` when
-/// hidden (nothing unread).
-fn badge(title: &str) -> String {
-    format!(
-        "(() => {{ const b = [...document.querySelectorAll('[data-testid=\"conversation-item\"]')].find((b) => b.textContent === {}); \
-         if (!b) return null; const badge = b.parentElement.querySelector('[data-testid=\"unread-badge\"]'); \
-         return badge.hidden ? '' : badge.textContent; }})()",
-        lit(title)
+/// Creates a conversation named `title` with `with` (a username) from the page's form.
+async fn create(page: &mut Page, title: &str, with: &str) -> anyhow::Result<()> {
+    run(
+        page,
+        &format!(
+            "fill('new-name', {}) && fill('new-participants', {}) && click($('new-create'))",
+            lit(title),
+            lit(with)
+        ),
     )
+    .await?;
+    Ok(())
 }
 
 /// Unread badges over the user stream, with no reload and no polling: a conversation
@@ -320,21 +330,13 @@ async fn unread_badges(srv: &TestServer) -> anyhow::Result<()> {
     connected(&mut laptop, "B's laptop").await?;
 
     let title = "Badges";
-    run(
-        a,
-        &format!(
-            "fill('new-name', {}) && fill('new-participants', {}) && click($('new-create'))",
-            lit(title),
-            lit(&bob)
-        ),
-    )
-    .await?;
+    create(a, title, &bob).await?;
     connected(a, "A").await?;
     for (page, who) in [(&mut phone, "phone"), (&mut laptop, "laptop")] {
         until(
             page,
             &format!("the new conversation on B's {who}"),
-            &format!("{} === ''", badge(title)),
+            &format!("badge({}) === ''", lit(title)),
         )
         .await?;
     }
@@ -346,26 +348,22 @@ async fn unread_badges(srv: &TestServer) -> anyhow::Result<()> {
         until(
             page,
             &format!("two unread on B's {who}"),
-            &format!("{} === '2'", badge(title)),
+            &format!("badge({}) === '2'", lit(title)),
         )
         .await?;
     }
-    let item = format!(
-        "[...document.querySelectorAll('[data-testid=\"conversation-item\"]')].find((b) => b.textContent === {})",
-        lit(title)
-    );
-    run(&mut phone, &format!("click({item})")).await?;
+    run(&mut phone, &format!("click(item({}))", lit(title))).await?;
     until_shown(&mut phone, "B's phone", "two").await?;
     until(
         &mut phone,
         "the phone's badge to clear",
-        &format!("{} === ''", badge(title)),
+        &format!("badge({}) === ''", lit(title)),
     )
     .await?;
     until(
         &mut laptop,
         "the laptop's badge to clear",
-        &format!("{} === ''", badge(title)),
+        &format!("badge({}) === ''", lit(title)),
     )
     .await?;
     // Read on the server too: a fresh list says so.
@@ -416,15 +414,7 @@ async fn two_users(srv: &TestServer) -> anyhow::Result<()> {
     register(a, &alice).await?;
     register(&mut b, &bob).await?;
     let title = "Page test";
-    run(
-        a,
-        &format!(
-            "fill('new-name', {}) && fill('new-participants', {}) && click($('new-create'))",
-            lit(title),
-            lit(&bob)
-        ),
-    )
-    .await?;
+    create(a, title, &bob).await?;
     until(
         a,
         "A's room",
@@ -440,16 +430,8 @@ async fn two_users(srv: &TestServer) -> anyhow::Result<()> {
 
     // B finds it in the list and opens it.
     run(&mut b, "click($('conversations-refresh'))").await?;
-    let item = format!(
-        "[...document.querySelectorAll('[data-testid=\"conversation-item\"]')].find((b) => b.textContent === {})",
-        lit(title)
-    );
-    until(
-        &mut b,
-        "the conversation in B's list",
-        &format!("!!({item})"),
-    )
-    .await?;
+    let item = format!("item({})", lit(title));
+    until(&mut b, "the conversation in B's list", &format!("!!{item}")).await?;
     run(&mut b, &format!("click({item})")).await?;
     connected(&mut b, "B").await?;
 
