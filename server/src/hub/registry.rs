@@ -122,11 +122,10 @@ impl Registry {
     pub fn start(
         &self,
         conn: &Conn,
-        positions: Vec<(ConversationId, Seq)>,
+        positions: &HashMap<ConversationId, Seq>,
         memberships: Vec<(ConversationId, Seq)>,
         checked_at: Instant,
     ) {
-        let positions: HashMap<ConversationId, Seq> = positions.into_iter().collect();
         for (conversation, position) in memberships {
             let resume = positions
                 .get(&conversation)

@@ -5,6 +5,7 @@
 //! per-thread parse buffers.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
@@ -62,7 +63,7 @@ pub enum ClientEvent {
     /// A user stream's first event: where the client's copy of each listed
     /// conversation's stream ends (ids that are not conversations are left out).
     Resume {
-        positions: Vec<(ConversationId, Seq)>,
+        positions: HashMap<ConversationId, Seq>,
     },
 }
 
@@ -273,23 +274,23 @@ fn position(value: &BorrowedValue) -> Option<Seq> {
 
 /// `positions` of a `resume`: absent or null is none; keys that are not conversation
 /// ids are left out (like conversations the user is not in).
-fn positions(value: Fields) -> Result<Vec<(ConversationId, Seq)>, ProtocolError> {
+fn positions(value: Fields) -> Result<HashMap<ConversationId, Seq>, ProtocolError> {
     let Some(listed) = value.get("positions").filter(|v| !v.is_null()) else {
-        return Ok(Vec::new());
+        return Ok(HashMap::new());
     };
     let listed = listed.as_object().ok_or(ProtocolError::BadPositions)?;
     if listed.len() > POSITIONS_MAX {
         return Err(ProtocolError::BadPositions);
     }
     // Of an id given twice, the last counts, as for any field.
-    let mut out = std::collections::HashMap::with_capacity(listed.len());
+    let mut out = HashMap::with_capacity(listed.len());
     for (id, seq) in listed.iter() {
         let seq = position(seq).ok_or(ProtocolError::BadPositions)?;
         if let Ok(id) = id.parse() {
             out.insert(id, seq);
         }
     }
-    Ok(out.into_iter().collect())
+    Ok(out)
 }
 
 fn message_id(value: Fields) -> Result<MessageId, ProtocolError> {
@@ -581,12 +582,14 @@ mod tests {
         assert_eq!(
             resume.event,
             Ok(ClientEvent::Resume {
-                positions: vec![(c, Seq(7))]
+                positions: HashMap::from([(c, Seq(7))])
             })
         );
         assert_eq!(
             parse_str(r#"{"type":"resume"}"#).event,
-            Ok(ClientEvent::Resume { positions: vec![] })
+            Ok(ClientEvent::Resume {
+                positions: HashMap::new()
+            })
         );
         assert_eq!(
             parse_str(&format!(r#"{{"type":"resume","positions":{{"{c}":"7"}}}}"#)).event,

@@ -11,6 +11,7 @@
 //! it waits briefly for the client's close before ending TCP, so clients see a clean
 //! close rather than a reset (a condemned or vanished peer gets no such wait).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -342,12 +343,12 @@ async fn on_message(
         let event = match (parsed.event, pending.take()) {
             (Ok(ClientEvent::Resume { positions }), Some(start)) => {
                 let registry = &shard.hub.registry;
-                registry.start(conn, positions, start.memberships, start.checked_at);
+                registry.start(conn, &positions, start.memberships, start.checked_at);
                 return None;
             }
             (event, Some(start)) => {
                 let registry = &shard.hub.registry;
-                registry.start(conn, Vec::new(), start.memberships, start.checked_at);
+                registry.start(conn, &HashMap::new(), start.memberships, start.checked_at);
                 event
             }
             (event, None) => event,

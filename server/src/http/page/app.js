@@ -485,11 +485,10 @@
     if (state.current && id === state.current.id) {
       handleEvent(event);
       if (event.type === "message" && event.sender_id !== state.userId) markReadSoon();
-    } else if (event.type === "message" && id && !event.is_deleted && event.sender_id !== state.userId) {
-      state.unread.set(id, (state.unread.get(id) || 0) + 1);
-      toTop(id);
-      renderConversations();
     } else if (event.type === "message" && id) {
+      if (!event.is_deleted && event.sender_id !== state.userId) {
+        state.unread.set(id, (state.unread.get(id) || 0) + 1);
+      }
       toTop(id);
       renderConversations();
     }
