@@ -125,6 +125,15 @@ pub enum ShardMsg {
         user: UserId,
         at: Instant,
     },
+    /// To the conversation's home: it was deleted at `at` (committed): it forgets the
+    /// conversation and tells every shard (`Gone`).
+    Deleted {
+        conversation: ConversationId,
+        at: Instant,
+    },
+    /// From the home to every shard: the conversation was deleted; its sockets close
+    /// and user streams drop it.
+    Gone { conversation: ConversationId },
     /// From the home to a shard: close `user`'s sockets in the conversation (only
     /// `conn` when given) with 1008, before anything posted after this.
     Revoked {
@@ -169,6 +178,8 @@ pub enum Remote {
     Frame { to: Audience, frame: Bytes },
     /// `user` was removed from the conversation.
     Revoke { user: UserId },
+    /// The conversation was deleted.
+    Deleted,
     /// Events of the conversation may have been missed (a subscription just started
     /// or came back, a node could not publish): read the stream back from the store.
     Resync,

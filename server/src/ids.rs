@@ -111,6 +111,53 @@ impl MessageIdGen {
     }
 }
 
+/// A participant's role in a conversation: what they may do beyond taking part.
+/// A conversation has at most one owner; a direct conversation has none (its two
+/// people are members, and either may do what an owner does to the conversation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Changes roles and deletes the conversation, besides what an admin does.
+    Owner,
+    /// Renames and archives the conversation, removes members, deletes any message.
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// As the wire and both stores spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Member => "member",
+        }
+    }
+
+    /// Whether the role moderates: renames, archives, removes members, deletes messages.
+    pub const fn moderates(self) -> bool {
+        matches!(self, Self::Owner | Self::Admin)
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "owner" => Ok(Self::Owner),
+            "admin" => Ok(Self::Admin),
+            "member" => Ok(Self::Member),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Formats a timestamp the way the API promises: UTC, microseconds, `Z` suffix.
 pub fn format_timestamp(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -129,6 +176,22 @@ pub mod timestamp {
 
     pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_timestamp(at))
+    }
+
+    /// A time that may be absent: null on the wire.
+    pub mod option {
+        use chrono::{DateTime, Utc};
+        use serde::Serializer;
+
+        pub fn serialize<S: Serializer>(
+            at: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => super::serialize(at, s),
+                None => s.serialize_none(),
+            }
+        }
     }
 }
 

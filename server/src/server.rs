@@ -96,6 +96,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         config,
     });
+    // What a deletion interrupted by a stop left to purge.
+    app.db.detach(crate::store::purge);
 
     if let Some(addr) = app.config.metrics_listen {
         let bound = crate::http::scrape::spawn(Arc::clone(&app), addr, store_runtime.handle())

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::ids::{timestamp, Seq};
+use crate::ids::{timestamp, Role, Seq};
 use crate::store::{ConversationRecord, ConversationSummary, Preview};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -25,6 +25,14 @@ pub struct ConversationOut {
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: DateTime<Utc>,
+    /// When it was archived (read-only since: history readable, nothing new); null
+    /// when it is not.
+    #[serde(with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub archived_at: Option<DateTime<Utc>>,
+    /// The one direct conversation of its two people: it gains no members and has no
+    /// roles.
+    pub is_direct: bool,
     /// Present on the single-conversation endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub participant_ids: Option<Vec<String>>,
@@ -39,6 +47,8 @@ impl ConversationOut {
             is_group: c.is_group,
             created_at: c.created_at,
             updated_at: c.updated_at,
+            archived_at: c.archived_at,
+            is_direct: c.direct,
             participant_ids: participants,
         }
     }
@@ -61,6 +71,8 @@ pub struct ConversationItem {
     pub unread_count: u32,
     /// The newest message that is not deleted, if any.
     pub last_message: Option<PreviewOut>,
+    /// The caller's role in it.
+    pub role: Role,
 }
 
 impl From<&ConversationSummary> for ConversationItem {
@@ -71,6 +83,7 @@ impl From<&ConversationSummary> for ConversationItem {
             last_read_seq: s.last_read_seq,
             unread_count: s.unread_count,
             last_message: s.last_message.as_ref().map(PreviewOut::from),
+            role: s.role,
         }
     }
 }

@@ -67,6 +67,7 @@ pub fn encode(origin: NodeId, msg: &Remote) -> Vec<u8> {
             out.push(b'V');
             out.extend_from_slice(user.0.as_bytes());
         }
+        Remote::Deleted => out.push(b'D'),
         Remote::Resync => out.push(b'R'),
     }
     out
@@ -110,9 +111,10 @@ pub fn decode_added(payload: &[u8]) -> Option<(NodeId, ConversationId, Vec<UserI
     Some((origin, conversation, users, frame))
 }
 
-/// Whether a payload is a removal (`Remote::Revoke`).
+/// Whether a payload is a removal (`Remote::Revoke`) or a deletion (`Remote::Deleted`):
+/// what must reach the other nodes even after an outage.
 pub fn is_removal(payload: &[u8]) -> bool {
-    payload.get(16) == Some(&b'V')
+    matches!(payload.get(16), Some(b'V' | b'D'))
 }
 
 /// The publisher and its message, or `None` for a payload this version cannot read.
@@ -141,6 +143,7 @@ pub fn decode(payload: &[u8]) -> Option<(NodeId, Remote)> {
             user: UserId(uuid_at(rest, 0)?),
         },
         b'R' if rest.is_empty() => Remote::Resync,
+        b'D' if rest.is_empty() => Remote::Deleted,
         _ => return None,
     };
     Some((origin, msg))

@@ -1,5 +1,6 @@
-//! Conversations, their participants and their history. Every route checks
-//! membership: outsiders get 403, unknown ids 404.
+//! Conversations and their history: create (a direct conversation once per pair),
+//! list, get, change, archive, delete. Every route checks membership through `access`:
+//! outsiders get 403, unknown ids 404; what a role may do is `Access`'s to say.
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -9,16 +10,16 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::dto::{
-    ConversationItem, ConversationListQuery, ConversationOut, ErrorBody, HistoryQuery, MessageOut,
-    NewConversation, NewParticipant,
+    ConversationItem, ConversationListQuery, ConversationOut, ConversationPatch, ErrorBody,
+    HistoryQuery, MessageOut, NewConversation,
 };
 use super::reply::{empty, json, Reply};
 use super::request;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
-use crate::ids::{now_micros, ConversationId, MessageId, UserId};
+use crate::ids::{now_micros, ConversationId, MessageId, Role, UserId};
 use crate::protocol::{conversation_event, ConversationAction};
-use crate::store::{ConversationRecord, ListCursor, ListPage, Page, Store};
+use crate::store::{self, ConversationChange, ConversationRecord, ListCursor, ListPage, Page, Store};
 use crate::text::{
     ConversationName, Description, TextError, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS,
 };
@@ -30,12 +31,49 @@ const HISTORY_MAX: u32 = 100;
 const LIST_DEFAULT: u32 = 100;
 const LIST_MAX: u32 = 500;
 
-fn not_found() -> ApiError {
+pub(super) fn not_found() -> ApiError {
     ApiError::NotFound("Conversation not found".into())
 }
 
 fn user_not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("User {id} not found"))
+}
+
+/// A participant's hold on a conversation: the conversation and their role in it.
+pub(super) struct Access {
+    pub conversation: ConversationRecord,
+    pub role: Role,
+}
+
+impl Access {
+    /// Renames, describes, archives: owners and admins, or either person of a direct
+    /// conversation.
+    fn moderates(&self) -> bool {
+        self.role.moderates() || self.conversation.direct
+    }
+
+    /// Deletes the conversation: the owner, or either person of a direct one.
+    fn owns(&self) -> bool {
+        self.role == Role::Owner || self.conversation.direct
+    }
+}
+
+/// The conversation and the caller's role, if it exists and the caller is in it: one
+/// read.
+pub(super) async fn access(
+    shard: &ShardContext,
+    me: UserId,
+    id: &str,
+) -> Result<Access, ApiError> {
+    let id: ConversationId = id.parse().map_err(|_| not_found())?;
+    let (conversation, role) = shard
+        .app
+        .db
+        .call(move |s| async move { s.membership(id, me).await })
+        .await?
+        .ok_or_else(not_found)?;
+    let role = role.ok_or(ApiError::Forbidden("Not a member of this conversation"))?;
+    Ok(Access { conversation, role })
 }
 
 /// The conversation, if it exists and the caller is in it.
@@ -44,28 +82,10 @@ pub(super) async fn member_of(
     me: UserId,
     id: &str,
 ) -> Result<ConversationRecord, ApiError> {
-    let id: ConversationId = id.parse().map_err(|_| not_found())?;
-    let (conversation, member) = shard
-        .app
-        .db
-        .call(move |s| async move {
-            let c = s.conversation(id).await?;
-            let member = if c.is_some() {
-                s.is_member(id, me).await?
-            } else {
-                false
-            };
-            Ok((c, member))
-        })
-        .await?;
-    let conversation = conversation.ok_or_else(not_found)?;
-    if !member {
-        return Err(ApiError::Forbidden("Not a member of this conversation"));
-    }
-    Ok(conversation)
+    Ok(access(shard, me, id).await?.conversation)
 }
 
-async fn with_participants(shard: &ShardContext, c: &ConversationRecord) -> Reply {
+pub(super) async fn with_participants(shard: &ShardContext, c: &ConversationRecord) -> Reply {
     let id = c.id;
     let ids = shard
         .app
@@ -119,7 +139,15 @@ pub async fn create(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         created_by: me,
         created_at: now,
         updated_at: now,
+        archived_at: None,
+        direct: false,
     };
+    // Not a group, with exactly one other person: that pair's one conversation.
+    if let [_, other] = participants[..] {
+        if !new.is_group {
+            return create_direct(shard, conversation, other).await;
+        }
+    }
     let record = conversation.clone();
     let members = participants.clone();
     let missing = shard
@@ -150,6 +178,47 @@ pub async fn create(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         StatusCode::CREATED,
         &ConversationOut::new(&conversation, Some(ids)),
     ))
+}
+
+/// The direct conversation of the caller and `other`: created (201), or the one they
+/// have (200), with whichever of the two had left it back in.
+async fn create_direct(
+    shard: &ShardContext,
+    conversation: ConversationRecord,
+    other: UserId,
+) -> Reply {
+    let me = conversation.created_by;
+    let quota = &shard.app.limits.new_conversations;
+    let record = conversation.clone();
+    let made = shard
+        .app
+        .db
+        .call(move |s| async move {
+            if !s.missing_users(&[other]).await?.is_empty() {
+                return Ok(None);
+            }
+            s.create_direct(&record, other).await.map(Some)
+        })
+        .await;
+    let made = match made {
+        Ok(Some(made)) if made.created => made,
+        // Nothing was created: the attempt does not count against the quota.
+        other_outcome => {
+            quota.give_back(&me);
+            other_outcome?.ok_or_else(|| user_not_found(&other.to_string()))?
+        }
+    };
+    let pair = vec![me, other];
+    let (status, announced) = if made.created {
+        (StatusCode::CREATED, pair.clone())
+    } else {
+        (StatusCode::OK, made.rejoined)
+    };
+    if !announced.is_empty() {
+        announce_added(shard, &made.conversation, announced);
+    }
+    let ids = pair.iter().map(ToString::to_string).collect();
+    Ok(json(status, &ConversationOut::new(&made.conversation, Some(ids))))
 }
 
 /// A new conversation's name and description under `text`'s rules, or a 422 naming
@@ -271,18 +340,26 @@ pub async fn list(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let more = list.len() > limit as usize;
     list.truncate(limit as usize);
     let out: Vec<ConversationItem> = list.iter().map(ConversationItem::from).collect();
-    let mut response = json(StatusCode::OK, &out);
-    if let Some(last) = list.last().filter(|_| more) {
-        let cursor = ListCursor::after(&last.conversation).to_string();
-        if let Ok(value) = http::HeaderValue::from_str(&cursor) {
-            response.headers_mut().insert(NEXT_CURSOR, value);
-        }
-    }
-    Ok(response)
+    let cursor = list
+        .last()
+        .filter(|_| more)
+        .map(|last| ListCursor::after(&last.conversation).to_string());
+    Ok(next_cursor(json(StatusCode::OK, &out), cursor))
 }
 
 /// The response header that carries the next page's cursor.
 const NEXT_CURSOR: http::HeaderName = http::HeaderName::from_static("x-next-cursor");
+
+/// `response` with the next page's cursor, when there is one.
+pub(super) fn next_cursor(
+    mut response: http::Response<super::reply::Body>,
+    cursor: Option<String>,
+) -> http::Response<super::reply::Body> {
+    if let Some(value) = cursor.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(NEXT_CURSOR, value);
+    }
+    response
+}
 
 /// One conversation with its participants.
 #[utoipa::path(
@@ -306,131 +383,117 @@ pub async fn get(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> 
     with_participants(shard, &conversation).await
 }
 
-/// Add a user to a conversation; members only.
-#[utoipa::path(
-    post,
-    path = "/api/chat/conversations/{id}/participants",
-    tag = "conversations",
-    security(("bearer" = [])),
-    params(("id" = String, Path, format = Uuid, description = "Conversation id")),
-    request_body = NewParticipant,
-    responses(
-        (status = 200, description = "The conversation, with `participant_ids`", body = ConversationOut),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The caller is not a participant", body = ErrorBody),
-        (status = 404, description = "No such conversation or user", body = ErrorBody),
-        (status = 408, description = "The request did not arrive within `--request-timeout`", body = ErrorBody),
-        (status = 413, description = "Request body too large", body = ErrorBody),
-        (status = 422, description = "Malformed body, or the conversation has `--max-participants` participants already", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
-    )
-)]
-pub async fn add_participant(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
-    let me = request::bearer(shard, &req)?;
-    let body = request::body(shard, req).await?;
-    let new: NewParticipant = request::json(&body)?;
-    let conversation = member_of(shard, me, id).await?;
-    let user: UserId = new
-        .user_id
-        .parse()
-        .map_err(|_| user_not_found(&new.user_id))?;
-    let conversation_id = conversation.id;
-    let max = shard.app.config.max_participants;
-    let added = shard
-        .app
-        .db
-        .call(move |s| async move {
-            if s.user_by_id(user).await?.is_none() {
-                return Ok(Added::NoSuchUser);
-            }
-            if s.is_member(conversation_id, user).await? {
-                return Ok(Added::Already);
-            }
-            // The list is bounded by the cap, so counting it costs at most one cap's
-            // worth of ids.
-            if s.participants(conversation_id).await?.len() >= max {
-                return Ok(Added::Full);
-            }
-            s.add_participant(conversation_id, user).await?;
-            Ok(Added::Done)
-        })
-        .await?;
-    match added {
-        Added::Done => announce_added(shard, &conversation, vec![user]),
-        Added::Already => {}
-        Added::NoSuchUser => return Err(user_not_found(&new.user_id)),
-        Added::Full => {
-            return Err(ApiError::field(
-                "body",
-                "user_id",
-                "too_long",
-                format!("The conversation has the most participants allowed ({max})"),
-            ))
-        }
-    }
-    with_participants(shard, &conversation).await
-}
-
 /// Tells the user streams of `users` that they are in the conversation now.
-fn announce_added(shard: &ShardContext, conversation: &ConversationRecord, users: Vec<UserId>) {
+pub(super) fn announce_added(
+    shard: &ShardContext,
+    conversation: &ConversationRecord,
+    users: Vec<UserId>,
+) {
     let out = ConversationOut::new(conversation, None);
     let frame = conversation_event(ConversationAction::Added, &out);
     shard.hub.added(conversation.id, users, frame);
 }
 
-/// What became of adding a participant.
-enum Added {
-    Done,
-    Already,
-    NoSuchUser,
-    Full,
-}
-
-/// Remove a participant: a member may remove themself, only the creator may remove others.
+/// Rename, describe anew, archive or unarchive; owners and admins (either person of a
+/// direct conversation).
 #[utoipa::path(
-    delete,
-    path = "/api/chat/conversations/{id}/participants/{user_id}",
+    patch,
+    path = "/api/chat/conversations/{id}",
+    operation_id = "update_conversation",
     tag = "conversations",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, format = Uuid, description = "Conversation id"),
-        ("user_id" = String, Path, format = Uuid, description = "The participant to remove"),
-    ),
+    params(("id" = String, Path, format = Uuid, description = "Conversation id")),
+    request_body = ConversationPatch,
     responses(
-        (status = 204, description = "Removed"),
+        (status = 200, description = "The conversation as it is now (without `participant_ids`); its sockets hear `conversation` `updated` when anything changed", body = ConversationOut),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "Not a participant, or removing someone else without being the creator", body = ErrorBody),
-        (status = 404, description = "No such conversation, or the user is not a participant", body = ErrorBody),
+        (status = 403, description = "The caller is not a participant, or not an owner or admin", body = ErrorBody),
+        (status = 404, description = "No such conversation", body = ErrorBody),
+        (status = 408, description = "The request did not arrive within `--request-timeout`", body = ErrorBody),
+        (status = 413, description = "Request body too large", body = ErrorBody),
+        (status = 422, description = "Malformed body or unknown field; name or description too long or holding control characters or NUL", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
-pub async fn remove_participant(
-    shard: &Rc<ShardContext>,
-    req: Request<Incoming>,
-    id: &str,
-    user: &str,
-) -> Reply {
+pub async fn update(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
-    let conversation = member_of(shard, me, id).await?;
-    let user: UserId = user.parse().map_err(|_| user_not_found(user))?;
-    if user != me && conversation.created_by != me {
+    let body = request::body(shard, req).await?;
+    let patch: ConversationPatch = request::json(&body)?;
+    let (name, description) = texts(
+        patch.name.clone().flatten(),
+        patch.description.clone().flatten(),
+    )?;
+    let change = ConversationChange {
+        name: patch.name.map(|_| name),
+        description: patch.description.map(|_| description),
+        archived: patch.archived,
+    };
+    let caller = access(shard, me, id).await?;
+    if !caller.moderates() {
         return Err(ApiError::Forbidden(
-            "Only the creator can remove other participants",
+            "Only owners and admins can change the conversation",
         ));
     }
-    let conversation_id = conversation.id;
-    let removed = shard
+    let before = caller.conversation;
+    if change == ConversationChange::default() {
+        return Ok(json(StatusCode::OK, &ConversationOut::new(&before, None)));
+    }
+    let conversation_id = before.id;
+    let now = shard
         .app
         .db
-        .call(move |s| async move { s.remove_participant(conversation_id, user).await })
-        .await?;
-    if !removed {
-        return Err(ApiError::NotFound(format!(
-            "User {user} is not a participant"
-        )));
+        .call(move |s| async move {
+            s.update_conversation(conversation_id, &change, now_micros())
+                .await
+        })
+        .await?
+        .ok_or_else(not_found)?;
+    let out = ConversationOut::new(&now, None);
+    let changed = (&now.name, &now.description, now.archived_at)
+        != (&before.name, &before.description, before.archived_at);
+    if changed {
+        let frame = conversation_event(ConversationAction::Updated, &out);
+        shard.hub.tell(conversation_id, frame);
     }
-    // Committed: their open sockets in the conversation lose access now, on every shard.
-    shard.hub.revoke(conversation_id, user);
+    Ok(json(StatusCode::OK, &out))
+}
+
+/// Delete a conversation for everyone; the owner only (either person of a direct
+/// conversation).
+#[utoipa::path(
+    delete,
+    path = "/api/chat/conversations/{id}",
+    operation_id = "delete_conversation",
+    tag = "conversations",
+    security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "Conversation id")),
+    responses(
+        (status = 204, description = "Deleted: its conversation sockets close with 1008 `Conversation deleted`, user streams hear `conversation` `deleted`; its history is purged in the background"),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 403, description = "The caller is not a participant, or not the owner", body = ErrorBody),
+        (status = 404, description = "No such conversation", body = ErrorBody),
+        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+    )
+)]
+pub async fn delete(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
+    let me = request::bearer(shard, &req)?;
+    let caller = access(shard, me, id).await?;
+    if !caller.owns() {
+        return Err(ApiError::Forbidden(
+            "Only the owner can delete the conversation",
+        ));
+    }
+    let conversation_id = caller.conversation.id;
+    let deleted = shard
+        .app
+        .db
+        .call(move |s| async move { s.delete_conversation(conversation_id).await })
+        .await?;
+    if !deleted {
+        return Err(not_found());
+    }
+    shard.hub.deleted(conversation_id);
+    shard.app.db.detach(store::purge);
     Ok(empty(StatusCode::NO_CONTENT))
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::ToSchema;
 
-use crate::ids::{timestamp, Seq};
+use crate::ids::{timestamp, Role, Seq};
 use crate::store::{MessageRecord, UserRecord};
 pub use crate::views::{ConversationItem, ConversationOut, PreviewOut};
 
@@ -97,6 +97,81 @@ pub struct NewConversation {
 pub struct NewParticipant {
     #[schema(value_type = String, format = Uuid)]
     pub user_id: String,
+}
+
+/// Body of `PATCH /api/chat/conversations/{id}`: each field given is set (`null`
+/// clears the name or description), each one left out stays as it is.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationPatch {
+    /// One line: no control characters, no NUL.
+    #[schema(
+        value_type = Option<String>,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*$"
+    )]
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    /// Tabs and line breaks are the only control characters allowed; no NUL.
+    #[schema(
+        value_type = Option<String>,
+        max_length = 2000,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+    )]
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<Option<String>>,
+    /// `true` archives (read-only: history stays readable, nothing new is taken),
+    /// `false` unarchives.
+    #[serde(default)]
+    pub archived: Option<bool>,
+}
+
+/// A field that was given, `null` included (`Some(None)`), as opposed to left out
+/// (`None`, from `default`).
+fn present<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(de).map(Some)
+}
+
+/// Body of `PATCH /api/chat/conversations/{id}/participants/{user_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RoleChange {
+    pub role: Role,
+}
+
+/// A participant's role, as the `role` event says it too.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub conversation_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub user_id: String,
+    pub role: Role,
+}
+
+/// A participant as the member list shows them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParticipantOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub user_id: String,
+    pub username: String,
+    pub role: Role,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub joined_at: DateTime<Utc>,
+}
+
+/// Query of `GET /api/chat/conversations/{id}/participants`, described only (see
+/// `HistoryQuery`).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ParticipantListQuery {
+    /// How many participants at most.
+    #[param(minimum = 1, maximum = 500, default = 100)]
+    pub limit: Option<u32>,
+    /// Where the page starts: the `X-Next-Cursor` of the page before (a user id); the
+    /// first page when absent.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod dto;
 mod markers;
 mod origins;
+mod participants;
 mod page;
 mod presence;
 mod reply;
@@ -150,10 +151,20 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>, found: Found<'_
         (Endpoint::Users, _) => auth::lookup(shard, req).await,
         (Endpoint::Conversations, Method::POST) => conversations::create(shard, req).await,
         (Endpoint::Conversations, _) => conversations::list(shard, req).await,
+        (Endpoint::Conversation, Method::PATCH) => {
+            conversations::update(shard, req, value(0)).await
+        }
+        (Endpoint::Conversation, Method::DELETE) => {
+            conversations::delete(shard, req, value(0)).await
+        }
         (Endpoint::Conversation, _) => conversations::get(shard, req, value(0)).await,
-        (Endpoint::Participants, _) => conversations::add_participant(shard, req, value(0)).await,
+        (Endpoint::Participants, Method::POST) => participants::add(shard, req, value(0)).await,
+        (Endpoint::Participants, _) => participants::list(shard, req, value(0)).await,
+        (Endpoint::Participant, Method::PATCH) => {
+            participants::set_role(shard, req, value(0), value(1)).await
+        }
         (Endpoint::Participant, _) => {
-            conversations::remove_participant(shard, req, value(0), value(1)).await
+            participants::remove(shard, req, value(0), value(1)).await
         }
         (Endpoint::Messages, _) => conversations::history(shard, req, value(0)).await,
         (Endpoint::Presence, _) => presence::presence(shard, req, value(0)).await,

@@ -74,19 +74,19 @@ pub static ROUTES: &[Route] = &[
     route(
         Endpoint::Conversation,
         "/api/chat/conversations/{id}",
-        GET,
+        &[Method::GET, Method::PATCH, Method::DELETE],
         true,
     ),
     route(
         Endpoint::Participants,
         "/api/chat/conversations/{id}/participants",
-        POST,
+        &[Method::GET, Method::POST],
         true,
     ),
     route(
         Endpoint::Participant,
         "/api/chat/conversations/{id}/participants/{user_id}",
-        &[Method::DELETE],
+        &[Method::PATCH, Method::DELETE],
         true,
     ),
     route(

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::app::App;
-use crate::bus::{Remote, ShardMsg};
+use crate::bus::{Audience, Remote, ShardMsg};
 use bytes::Bytes;
 
 use crate::ids::{ConversationId, Seq, UserId};
@@ -77,6 +77,7 @@ impl Hub {
                 user,
                 conn,
             } => self.registry.revoked(conversation, user, conn),
+            ShardMsg::Gone { conversation } => self.registry.gone(conversation),
             ShardMsg::Joined {
                 conn,
                 conversation,
@@ -98,6 +99,7 @@ impl Hub {
                 user,
                 at,
             } => self.homes.revoke(conversation, user, at),
+            ShardMsg::Deleted { conversation, at } => self.homes.deleted(conversation, at),
             ShardMsg::Committed {
                 conversation,
                 actor,
@@ -148,6 +150,41 @@ impl Hub {
                 conversation,
                 user,
                 seq,
+            },
+        );
+    }
+
+    /// Sends `frame` (not a stream event: a change of the conversation, a role) to
+    /// every socket in the conversation, on every node.
+    pub fn tell(&self, conversation: ConversationId, frame: Bytes) {
+        if let Some(cluster) = &self.app.cluster {
+            cluster.publish(
+                conversation,
+                &Remote::Frame {
+                    to: Audience::All,
+                    frame: frame.clone(),
+                },
+            );
+        }
+        self.app.bus.broadcast(|| ShardMsg::Deliver {
+            conversation,
+            frame: frame.clone(),
+            to: Audience::All,
+        });
+    }
+
+    /// Tells the conversation's home, on every node, that it was deleted: its sockets
+    /// are closed, user streams drop it. Call after the deletion is committed.
+    pub fn deleted(&self, conversation: ConversationId) {
+        if let Some(cluster) = &self.app.cluster {
+            cluster.publish(conversation, &Remote::Deleted);
+        }
+        let home = self.app.bus.home_of(conversation);
+        self.app.bus.post(
+            home,
+            ShardMsg::Deleted {
+                conversation,
+                at: Instant::now(),
             },
         );
     }

@@ -371,7 +371,28 @@ impl Registry {
                 Scope::User => {
                     if c.unsubscribe(conversation) {
                         Self::forget(&mut self.local.borrow_mut(), conversation, c.id);
-                        c.push(removed_frame(conversation));
+                        c.push(gone_frame(ConversationAction::Removed, conversation));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The conversation was deleted: its sockets here close, user streams drop it and
+    /// are told.
+    pub(super) fn gone(&self, conversation: ConversationId) {
+        let affected = self
+            .local
+            .borrow_mut()
+            .by_conversation
+            .remove(&conversation)
+            .unwrap_or_default();
+        for c in affected {
+            match c.scope() {
+                Scope::Conversation(_) => c.close(Close::ConversationDeleted),
+                Scope::User => {
+                    if c.unsubscribe(conversation) {
+                        c.push(gone_frame(ConversationAction::Deleted, conversation));
                     }
                 }
             }
@@ -494,12 +515,13 @@ impl Registry {
 }
 
 /// A user stream's news that it no longer carries the conversation.
-fn removed_frame(conversation: ConversationId) -> Bytes {
+/// The `conversation` event of a conversation a user stream no longer carries.
+fn gone_frame(action: ConversationAction, conversation: ConversationId) -> Bytes {
     #[derive(serde::Serialize)]
     struct Gone {
         id: ConversationId,
     }
-    conversation_event(ConversationAction::Removed, &Gone { id: conversation })
+    conversation_event(action, &Gone { id: conversation })
 }
 
 fn error_frame(detail: &str) -> Bytes {

@@ -19,6 +19,8 @@ pub enum Close {
     InvalidToken,
     /// The user is not (or no longer) a participant; also for unknown conversations.
     NotAMember,
+    /// The conversation was deleted: it is gone for everyone.
+    ConversationDeleted,
     /// The token the socket was opened (or last refreshed) with has expired.
     TokenExpired,
     /// The store could not be asked at admission.
@@ -49,7 +51,7 @@ pub enum Close {
 
 impl Close {
     /// Every close, in the order of the documentation's table.
-    pub const ALL: [Close; 16] = [
+    pub const ALL: [Close; 17] = [
         Self::Normal,
         Self::ShuttingDown,
         Self::IdleTimeout,
@@ -58,6 +60,7 @@ impl Close {
         Self::InvalidUtf8,
         Self::InvalidToken,
         Self::NotAMember,
+        Self::ConversationDeleted,
         Self::TokenExpired,
         Self::FragmentTimeout,
         Self::TooManyFragments,
@@ -79,6 +82,7 @@ impl Close {
             }
             Self::InvalidToken | Self::TokenExpired => "log in again, then reconnect",
             Self::NotAMember => "do not reconnect: access was refused or revoked",
+            Self::ConversationDeleted => "do not reconnect: the conversation is gone",
             Self::TooBig => "reconnect and send smaller messages",
             Self::FragmentTimeout | Self::TooManyFragments => {
                 "reconnect; send each message whole or its fragments promptly"
@@ -97,6 +101,7 @@ impl Close {
             Self::InvalidUtf8 => 1007,
             Self::InvalidToken
             | Self::NotAMember
+            | Self::ConversationDeleted
             | Self::TokenExpired
             | Self::FragmentTimeout
             | Self::TooManyFragments
@@ -113,6 +118,7 @@ impl Close {
             Self::Normal => "",
             Self::InvalidToken => "Invalid token",
             Self::NotAMember => "Not a member of this conversation",
+            Self::ConversationDeleted => "Conversation deleted",
             Self::TokenExpired => "Token expired",
             Self::Unavailable => "Service unavailable, please retry",
             Self::ShuttingDown => "Server shutting down",

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::frame;
-use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
 
 /// A user's status in a `presence` event, as the client sets it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -132,8 +132,9 @@ pub enum ServerEvent<'a> {
     },
 }
 
-/// What happened to one of the user's conversations, for their user streams:
-/// `{"type":"conversation","action","conversation"}`.
+/// What happened to a conversation: `{"type":"conversation","action","conversation"}`.
+/// `added`, `removed` and `deleted` reach the user's streams; `updated` reaches every
+/// socket in the conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConversationAction {
@@ -141,10 +142,34 @@ pub enum ConversationAction {
     Added,
     /// The user was removed from it (or left): nothing more of it arrives.
     Removed,
+    /// Renamed, described anew, archived or unarchived.
+    Updated,
+    /// Deleted, for everyone: nothing more of it arrives.
+    Deleted,
+}
+
+/// The `role` event: `user`'s role in the conversation is now `role`, to every socket
+/// in it.
+pub fn role_event(conversation: ConversationId, user: UserId, role: Role) -> Bytes {
+    #[derive(Serialize)]
+    struct Event {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        conversation_id: ConversationId,
+        user_id: UserId,
+        role: Role,
+    }
+    framed(&Event {
+        kind: "role",
+        conversation_id: conversation,
+        user_id: user,
+        role,
+    })
 }
 
 /// The `conversation` event of `action`, with the conversation as `conversation`
-/// serialises (the whole conversation when added, its id when removed).
+/// serialises (the whole conversation when added or updated, its id when removed or
+/// deleted).
 pub fn conversation_event(action: ConversationAction, conversation: &impl Serialize) -> Bytes {
     #[derive(Serialize)]
     struct Event<'a, C> {

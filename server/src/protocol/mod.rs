@@ -20,7 +20,8 @@ pub mod frame;
 
 pub use close::{close_echo, Close};
 pub use event::{
-    conversation_event, framed, Active, ConversationAction, Membership, Presence, ServerEvent,
+    conversation_event, framed, role_event, Active, ConversationAction, Membership, Presence,
+    ServerEvent,
 };
 
 /// Longest reaction emoji, in characters (flags and skin tones are several code points).

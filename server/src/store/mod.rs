@@ -16,10 +16,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use model::{
-    ChangeOutcome, ConversationRecord, ConversationSummary, ListCursor, ListPage, MessageRecord,
-    NewMessage, Original, Page, Preview, Reaction, ReactionOutcome, ReadOutcome, Store, StoreError,
-    Stored, StreamEvent, StreamKind, UserRecord, PREVIEW_CHARS, REACTIONS_PER_PAGE,
-    UNREAD_COUNT_MAX,
+    ChangeOutcome, ConversationChange, ConversationRecord, ConversationSummary, Direct,
+    ListCursor, ListPage, MessageRecord, NewMessage, Original, Page, Participant, Preview,
+    Reaction, ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent,
+    StreamKind, UserRecord, PREVIEW_CHARS, REACTIONS_PER_PAGE, UNREAD_COUNT_MAX,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -50,6 +50,21 @@ pub async fn open(
     }
 }
 
+/// Purges what deleted conversations left, a bounded chunk per call, until nothing is
+/// left or the store fails (the next deletion, or the next start, goes on from there).
+pub async fn purge(store: Arc<dyn Store>) {
+    loop {
+        match store.purge_deleted().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "purge of deleted conversations paused");
+                return;
+            }
+        }
+    }
+}
+
 /// The shards' handle on the store: runs store work on the store runtime and hands
 /// the result back to whichever runtime awaits it.
 #[derive(Clone)]
@@ -71,6 +86,17 @@ impl Db {
             runtime,
             failures,
         }
+    }
+
+    /// Runs `f` against the store on the store runtime, in the background: for work
+    /// no request waits for (the purge of deleted conversations).
+    pub fn detach<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        self.runtime.spawn(async move { f(store).await });
     }
 
     /// Runs `f` against the store on the store runtime.

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
 use crate::text::{ClientId, Content};
 
 /// Why a store call failed. Only `Conflict` is caused by the caller; the rest mean the
@@ -42,6 +42,45 @@ pub struct ConversationRecord {
     pub created_by: UserId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Read-only since then: history stays readable, the stream takes nothing new.
+    pub archived_at: Option<DateTime<Utc>>,
+    /// The one conversation of its two participants (see `Store::create_direct`).
+    pub direct: bool,
+}
+
+/// What a change of a conversation sets; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConversationChange {
+    pub name: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+    pub archived: Option<bool>,
+}
+
+/// A participant as the conversation's member list shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Participant {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// What became of creating a direct conversation: the pair's one conversation, whether
+/// this call created it, and which of the two were participants again (one who had
+/// left it is back).
+#[derive(Clone, Debug)]
+pub struct Direct {
+    pub conversation: ConversationRecord,
+    pub created: bool,
+    pub rejoined: Vec<UserId>,
+}
+
+/// What became of a removal: the role the user had, and who owns the conversation now
+/// when it was its owner who left (nobody, if no one is left).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub role: Role,
+    pub new_owner: Option<UserId>,
 }
 
 /// A message as history shows it.
@@ -136,6 +175,8 @@ pub enum Stored {
     Duplicate(Original),
     /// Its conversation no longer exists; nothing stored.
     Gone,
+    /// Its conversation is archived; nothing stored.
+    ReadOnly,
 }
 
 /// What became of an edit or delete.
@@ -145,8 +186,11 @@ pub enum ChangeOutcome {
     Done(Seq),
     /// No live message with that id in that conversation.
     NotFound,
-    /// The message belongs to someone else.
+    /// The message belongs to someone else (and, for a delete, the actor does not
+    /// moderate the conversation).
     NotSender,
+    /// The conversation is archived.
+    ReadOnly,
 }
 
 /// What became of a reaction toggle; either change takes a position.
@@ -155,6 +199,8 @@ pub enum ReactionOutcome {
     Added(Seq),
     Removed(Seq),
     NotFound,
+    /// The conversation is archived.
+    ReadOnly,
 }
 
 /// Which page of history: the newest `limit` messages before `before`, or, with
@@ -230,6 +276,8 @@ pub struct ConversationSummary {
     pub last_read_seq: Seq,
     pub unread_count: u32,
     pub last_message: Option<Preview>,
+    /// The member's role in it.
+    pub role: Role,
 }
 
 /// The start of a conversation's newest live message (`PREVIEW_CHARS` characters).
@@ -340,6 +388,13 @@ impl StreamKind {
     }
 }
 
+/// The pair of a direct conversation as its unique key: the smaller id first, so
+/// either of the two creating it finds the same one.
+pub(super) fn direct_key(a: UserId, b: UserId) -> String {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("{low}:{high}")
+}
+
 /// `ids` without repeats, each at its first place.
 pub(super) fn distinct(ids: &[UserId]) -> Vec<UserId> {
     let mut seen = HashSet::new();
@@ -357,12 +412,58 @@ pub trait Store: Send + Sync + 'static {
     /// The ids among `ids` that belong to no user.
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
 
-    /// Creates the conversation with its participants (the creator included by the caller).
+    /// Creates the conversation with its participants (the creator included by the
+    /// caller, first: it becomes the owner).
     async fn create_conversation(
         &self,
         conversation: &ConversationRecord,
         participants: &[UserId],
     ) -> Result<(), StoreError>;
+    /// Creates the direct conversation of `conversation.created_by` and `other`, both
+    /// members, or, when the pair has one already (on any node), answers it with both
+    /// of them participants again.
+    async fn create_direct(
+        &self,
+        conversation: &ConversationRecord,
+        other: UserId,
+    ) -> Result<Direct, StoreError>;
+    /// The conversation and the user's role in it (`None`: not a participant); `None`
+    /// when there is no such conversation.
+    async fn membership(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError>;
+    /// Applies the change; the conversation as it is now, `None` when there is none.
+    async fn update_conversation(
+        &self,
+        id: ConversationId,
+        change: &ConversationChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Deletes the conversation for everyone at once: its participants go, it reads
+    /// as absent and its stream takes nothing more; whether there was one. Its
+    /// history stays until `purge_deleted` removes it.
+    async fn delete_conversation(&self, id: ConversationId) -> Result<bool, StoreError>;
+    /// Removes one bounded chunk of what deleted conversations left (messages with
+    /// their changes and reactions, then the rows themselves); whether more is left.
+    async fn purge_deleted(&self) -> Result<bool, StoreError>;
+    /// A page of the participants in user id order: at most `limit` after `after`.
+    async fn participant_page(
+        &self,
+        id: ConversationId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<Participant>, StoreError>;
+    /// Gives `user` the role; making them owner makes the owner an admin, in the
+    /// same transaction. Answers every role that changed, `None` when `user` is not a
+    /// participant.
+    async fn set_role(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError>;
     /// A page of the user's conversations, most recently active (`updated_at`) first,
     /// ties by id, descending (see `ListPage`), each with the user's read marker,
     /// unread count and the newest live message.
@@ -407,12 +508,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Seq>, StoreError>;
     /// Adding an existing participant is a no-op.
     async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError>;
-    /// Returns whether the user was a participant.
+    /// `None` when the user was not a participant. An owner's leaving hands the
+    /// conversation, in the same transaction, to its longest-standing admin, or else
+    /// its longest-standing member.
     async fn remove_participant(
         &self,
         id: ConversationId,
         user: UserId,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<Removed>, StoreError>;
 
     /// A page of live messages in stream order (see `Page`). `None` when `before` or
     /// `after` names no message of this conversation (deleted ones still anchor).
@@ -438,7 +541,8 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<ChangeOutcome, StoreError>;
     /// The row stays (its position and `client_id` with it), its content and that of
-    /// its edits are erased; history no longer shows it.
+    /// its edits are erased; history no longer shows it. Its sender may delete it,
+    /// and so may the conversation's owners and admins.
     async fn delete_message(
         &self,
         conversation: ConversationId,

@@ -17,10 +17,11 @@ use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::dto::{
-    ConversationItem, ConversationOut, Credentials, ErrorBody, Liveness, MessageOut,
-    NewConversation, NewParticipant, PresenceOut, PresentUser, PreviewOut, ReactionOut, Readiness,
-    Token, UserOut, UserSummary,
+    ConversationItem, ConversationOut, ConversationPatch, Credentials, ErrorBody, Liveness,
+    MessageOut, NewConversation, NewParticipant, ParticipantOut, PresenceOut, PresentUser,
+    PreviewOut, ReactionOut, Readiness, RoleChange, RoleOut, Token, UserOut, UserSummary,
 };
+use crate::ids::Role;
 use crate::http::markers::{ReadMarker, ReadMarkerOut};
 use crate::protocol::{Close, CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
 use crate::text::CLIENT_ID_MAX_CHARS;
@@ -47,8 +48,12 @@ pub const STREAM_PATH: &str = "/api/chat/ws";
         crate::http::conversations::create,
         crate::http::conversations::list,
         crate::http::conversations::get,
-        crate::http::conversations::add_participant,
-        crate::http::conversations::remove_participant,
+        crate::http::conversations::update,
+        crate::http::conversations::delete,
+        crate::http::participants::list,
+        crate::http::participants::add,
+        crate::http::participants::remove,
+        crate::http::participants::set_role,
         crate::http::conversations::history,
         crate::http::presence::presence,
         crate::http::markers::mark,
@@ -61,6 +66,11 @@ pub const STREAM_PATH: &str = "/api/chat/ws";
         Token,
         NewConversation,
         NewParticipant,
+        ConversationPatch,
+        ParticipantOut,
+        RoleChange,
+        RoleOut,
+        Role,
         ConversationOut,
         ConversationItem,
         PreviewOut,

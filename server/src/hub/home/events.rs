@@ -31,6 +31,9 @@ type Change = (Seq, MessageId, DateTime<Utc>, StreamKind);
 /// commit may have happened, and resending is safe.
 const MAY_NOT_BE_SAVED: &str = "Message may not have been saved; resend with the same client_id";
 
+/// What an actor hears when the conversation is archived: read-only, nothing new.
+const ARCHIVED: &str = "Conversation is archived";
+
 impl Homes {
     pub(super) fn event(
         self: &Rc<Self>,
@@ -94,7 +97,10 @@ impl Homes {
                     actor,
                     move |s| async move { s.delete_message(conversation, message_id, user, at).await },
                     move |outcome| {
-                        let seq = changed(outcome, "You can only delete your own messages")?;
+                        let seq = changed(
+                            outcome,
+                            "Only owners and admins can delete others' messages",
+                        )?;
                         Ok((seq, message_id, at, StreamKind::Delete))
                     },
                     "Message could not be deleted, please retry",
@@ -115,6 +121,7 @@ impl Homes {
                             ReactionOutcome::Added(seq) => (seq, true),
                             ReactionOutcome::Removed(seq) => (seq, false),
                             ReactionOutcome::NotFound => return Err("Message not found"),
+                            ReactionOutcome::ReadOnly => return Err(ARCHIVED),
                         };
                         // Reaction events carry no time; this one is never shown.
                         let kind = StreamKind::Reaction { emoji, added };
@@ -318,6 +325,7 @@ impl Homes {
                 );
             }
             Ok(Stored::Gone) => self.reply_error(&actor, "Conversation not found"),
+            Ok(Stored::ReadOnly) => self.reply_error(&actor, ARCHIVED),
             Err(e) => {
                 tracing::warn!(error = %e, %conversation, "message not committed");
                 let detail = if client_id.is_some() {
@@ -338,5 +346,6 @@ fn changed(outcome: ChangeOutcome, not_sender: &'static str) -> Result<Seq, &'st
         ChangeOutcome::Done(seq) => Ok(seq),
         ChangeOutcome::NotFound => Err("Message not found"),
         ChangeOutcome::NotSender => Err(not_sender),
+        ChangeOutcome::ReadOnly => Err(ARCHIVED),
     }
 }

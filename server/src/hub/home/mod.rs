@@ -83,11 +83,13 @@ impl Home {
     }
 }
 
-/// The home's conversations, its recent removals, and the ids it gives messages.
+/// The home's conversations, its recent removals and deletions, and the ids it gives
+/// messages.
 #[derive(Default)]
 struct State {
     live: HashMap<ConversationId, Home>,
     revoked: HashMap<(ConversationId, UserId), Instant>,
+    deleted: HashMap<ConversationId, Instant>,
     ids: MessageIdGen,
 }
 
@@ -98,11 +100,18 @@ impl State {
         self.revoked.insert((conversation, user), at);
     }
 
-    /// Whether `user` was removed from the conversation at or after `checked_at`.
+    fn remember_deletion(&mut self, conversation: ConversationId, at: Instant) {
+        self.deleted
+            .retain(|_, t| at.saturating_duration_since(*t) < REVOCATION_MEMORY);
+        self.deleted.insert(conversation, at);
+    }
+
+    /// Whether `user` was removed from the conversation, or it was deleted, at or
+    /// after `checked_at`.
     fn was_revoked(&self, conversation: ConversationId, user: UserId, checked_at: Instant) -> bool {
-        self.revoked
-            .get(&(conversation, user))
-            .is_some_and(|at| checked_at <= *at)
+        let after = |at: &Instant| checked_at <= *at;
+        self.revoked.get(&(conversation, user)).is_some_and(after)
+            || self.deleted.get(&conversation).is_some_and(after)
     }
 }
 
@@ -265,6 +274,23 @@ impl Homes {
         };
         self.announce(conversation, change, None);
         self.settle(conversation);
+    }
+
+    /// The conversation was deleted: forget it, and have every shard close its
+    /// sockets and drop it from user streams (before anything it still had in flight
+    /// could be delivered: nothing is, once it is forgotten).
+    pub(in crate::hub) fn deleted(self: &Rc<Self>, conversation: ConversationId, at: Instant) {
+        let held = {
+            let mut st = self.state.borrow_mut();
+            st.remember_deletion(conversation, at);
+            st.live.remove(&conversation).is_some()
+        };
+        if held {
+            if let Some(cluster) = &self.app.cluster {
+                cluster.unsubscribe(conversation);
+            }
+        }
+        self.app.bus.broadcast(|| ShardMsg::Gone { conversation });
     }
 
     /// The `system` event of a user joining (with the position they join at; `joiner`

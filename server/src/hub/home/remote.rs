@@ -24,6 +24,7 @@ impl Homes {
             }
             Remote::Frame { to, frame } => self.deliver_local(conversation, frame, to),
             Remote::Revoke { user } => self.revoke(conversation, user, Instant::now()),
+            Remote::Deleted => self.deleted(conversation, Instant::now()),
             Remote::Resync => {
                 if let Some(home) = self.state.borrow_mut().live.get_mut(&conversation) {
                     home.stream.doubt();

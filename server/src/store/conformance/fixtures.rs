@@ -52,6 +52,8 @@ pub(crate) fn conversation(
         created_by: creator,
         created_at: at,
         updated_at: at,
+        archived_at: None,
+        direct: false,
     }
 }
 

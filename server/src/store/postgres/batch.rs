@@ -28,13 +28,16 @@ const CLIENT_ID_KEY: &str = "messages_client_id_key";
 /// conversation's messages (1, 2, ...). Answers each conversation's position before the
 /// batch.
 ///
+/// An archived (or deleted) conversation is not locked, so its messages are not
+/// stored; why is asked after (`READ_ONLY`), only when a batch has such messages.
+///
 /// The conversations' rows are locked in id order (`locked`) before they are bumped:
 /// batches from several nodes share conversations, and two batches that locked the
 /// same rows in different orders (the planner picks the join) would deadlock, which
 /// PostgreSQL breaks only after `deadlock_timeout`.
 const INSERT: &str = "\
     WITH locked AS (
-        SELECT id FROM conversations WHERE id = ANY($7::uuid[])
+        SELECT id FROM conversations WHERE id = ANY($7::uuid[]) AND archived_at IS NULL
         ORDER BY id FOR NO KEY UPDATE
     ), bumped AS (
         UPDATE conversations AS c
@@ -53,6 +56,12 @@ const INSERT: &str = "\
         JOIN bumped AS b ON b.id = t.conversation_id
     )
     SELECT id, base FROM bumped";
+
+/// Which of the batch's conversations that stored nothing are archived (the rest are
+/// gone).
+const READ_ONLY: &str =
+    "SELECT id FROM conversations \
+     WHERE id = ANY($1::uuid[]) AND archived_at IS NOT NULL AND deleted_at IS NULL";
 
 /// The path after a repeat, on the batch's first six columns (`$6`: the client ids):
 /// each `client_id` is looked up first (an index probe per message), repeats are
@@ -85,7 +94,8 @@ const INSERT_CHECKED: &str = "\
         SELECT conversation_id, count(*) AS n, max(created_at) AS at
         FROM fresh GROUP BY conversation_id
     ), locked AS (
-        SELECT id FROM conversations WHERE id IN (SELECT conversation_id FROM counts)
+        SELECT id FROM conversations
+        WHERE id IN (SELECT conversation_id FROM counts) AND archived_at IS NULL
         ORDER BY id FOR NO KEY UPDATE
     ), bumped AS (
         UPDATE conversations AS c
@@ -171,22 +181,21 @@ impl<'a> Columns<'a> {
             &self.client_ids,
         ];
         let stmt = client.prepare_cached(INSERT).await?;
-        match client.query(&stmt, &params).await {
+        let outcomes = match client.query(&stmt, &params).await {
             Ok(rows) => {
                 let mut base = std::collections::HashMap::with_capacity(rows.len());
                 for row in &rows {
                     base.insert(row.try_get::<_, Uuid>(0)?, row.try_get::<_, i64>(1)?);
                 }
-                Ok(self
-                    .conversations
+                self.conversations
                     .iter()
                     .zip(&self.places)
                     .map(|(c, k)| match base.get(c) {
                         Some(base) => Stored::New(Seq::from_db(base + k)),
-                        // No counter to take a position from: the conversation is gone.
+                        // No counter to take a position from: gone, or archived.
                         None => Stored::Gone,
                     })
-                    .collect())
+                    .collect()
             }
             Err(e) if is_repeat(&e) => {
                 let stmt = client.prepare_cached(INSERT_CHECKED).await?;
@@ -219,10 +228,43 @@ impl<'a> Columns<'a> {
                         *slot = outcome;
                     }
                 }
-                Ok(outcomes)
+                outcomes
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        self.read_only(client, outcomes).await
+    }
+
+    /// Tells archived conversations from gone ones among the messages that stored
+    /// nothing: one read, and only when there are such messages.
+    async fn read_only(
+        &self,
+        client: &Object,
+        mut outcomes: Vec<Stored>,
+    ) -> Result<Vec<Stored>, tokio_postgres::Error> {
+        let refused: Vec<Uuid> = self
+            .conversations
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Stored::Gone))
+            .map(|(c, _)| *c)
+            .collect();
+        if refused.is_empty() {
+            return Ok(outcomes);
         }
+        let stmt = client.prepare_cached(READ_ONLY).await?;
+        let archived: std::collections::HashSet<Uuid> = client
+            .query(&stmt, &[&refused])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for (c, o) in self.conversations.iter().zip(outcomes.iter_mut()) {
+            if matches!(o, Stored::Gone) && archived.contains(c) {
+                *o = Stored::ReadOnly;
+            }
+        }
+        Ok(outcomes)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use tokio_postgres::Row;
 
-use super::queries::conversation_row;
+use super::queries::{conversation_row, role_column};
 use super::PostgresStore;
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
@@ -24,20 +24,23 @@ use crate::store::model::{
 const SUMMARIES: &str = "\
     WITH page AS (
         SELECT c.id, c.name, c.description, c.is_group, c.created_by, c.created_at,
-               c.updated_at, c.last_seq, p.last_read_seq
+               c.updated_at, c.archived_at, c.direct_key IS NOT NULL AS direct, c.last_seq,
+               p.last_read_seq, p.role
         FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id
         WHERE p.user_id = $1
           AND ($2::timestamptz IS NULL OR (c.updated_at, c.id) < ($2, $3::uuid))
         ORDER BY c.updated_at DESC, c.id DESC LIMIT $4
     )
     SELECT page.id, page.name, page.description, page.is_group, page.created_by,
-           page.created_at, page.updated_at, page.last_seq, page.last_read_seq,
+           page.created_at, page.updated_at, page.archived_at, page.direct, page.last_seq,
+           page.last_read_seq,
            (SELECT count(*) FROM (
                 SELECT 1 FROM messages AS m
                 WHERE m.conversation_id = page.id AND m.seq > page.last_read_seq
                   AND m.sender_id <> $1 AND m.deleted_at IS NULL
                 ORDER BY m.seq LIMIT $5) AS unread),
-           l.id, l.seq, l.sender_id, u.username, left(l.content, $6), l.created_at
+           l.id, l.seq, l.sender_id, u.username, left(l.content, $6), l.created_at,
+           page.role
     FROM page
     LEFT JOIN LATERAL (
         SELECT m.id, m.seq, m.sender_id, m.content, m.created_at FROM messages AS m
@@ -61,23 +64,24 @@ const MARK_READ: &str = "\
            (SELECT last_read_seq FROM participants WHERE conversation_id = $1 AND user_id = $2)";
 
 fn summary_row(row: &Row) -> Result<ConversationSummary, tokio_postgres::Error> {
-    let last_message = match row.try_get::<_, Option<uuid::Uuid>>(10)? {
+    let last_message = match row.try_get::<_, Option<uuid::Uuid>>(12)? {
         None => None,
         Some(id) => Some(Preview {
             id: MessageId(id),
-            seq: Seq::from_db(row.try_get(11)?),
-            sender_id: UserId(row.try_get(12)?),
-            sender_username: row.try_get(13)?,
-            content: row.try_get(14)?,
-            created_at: row.try_get(15)?,
+            seq: Seq::from_db(row.try_get(13)?),
+            sender_id: UserId(row.try_get(14)?),
+            sender_username: row.try_get(15)?,
+            content: row.try_get(16)?,
+            created_at: row.try_get(17)?,
         }),
     };
     Ok(ConversationSummary {
         conversation: conversation_row(row)?,
-        last_seq: Seq::from_db(row.try_get(7)?),
-        last_read_seq: Seq::from_db(row.try_get(8)?),
-        unread_count: u32::try_from(row.try_get::<_, i64>(9)?).unwrap_or(UNREAD_COUNT_MAX),
+        last_seq: Seq::from_db(row.try_get(9)?),
+        last_read_seq: Seq::from_db(row.try_get(10)?),
+        unread_count: u32::try_from(row.try_get::<_, i64>(11)?).unwrap_or(UNREAD_COUNT_MAX),
         last_message,
+        role: role_column(row, 18)?,
     })
 }
 

@@ -12,11 +12,12 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{batch, PostgresStore};
-use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
 use crate::store::model::{
-    attach_reactions, distinct, ChangeOutcome, ConversationRecord, ConversationSummary, ListPage,
-    MessageRecord, NewMessage, Page, ReactionOutcome, ReadOutcome, Store, StoreError, Stored,
-    StreamEvent, StreamKind, UserRecord, REACTIONS_PER_PAGE,
+    attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
+    ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
+    ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent, StreamKind,
+    UserRecord, REACTIONS_PER_PAGE,
 };
 use crate::text::Content;
 
@@ -30,8 +31,16 @@ fn user_row(row: &Row) -> Result<UserRecord, tokio_postgres::Error> {
     })
 }
 
-/// Reads the columns `id, name, description, is_group, created_by, created_at,
-/// updated_at`.
+/// A conversation's columns in `conversation_row` order.
+macro_rules! conversation_columns {
+    () => {
+        "id, name, description, is_group, created_by, created_at, updated_at, archived_at, \
+         direct_key IS NOT NULL"
+    };
+}
+pub(super) use conversation_columns;
+
+/// Reads the columns of `conversation_columns!()`.
 pub(super) fn conversation_row(row: &Row) -> Result<ConversationRecord, tokio_postgres::Error> {
     Ok(ConversationRecord {
         id: ConversationId(row.try_get(0)?),
@@ -41,7 +50,17 @@ pub(super) fn conversation_row(row: &Row) -> Result<ConversationRecord, tokio_po
         created_by: UserId(row.try_get(4)?),
         created_at: row.try_get(5)?,
         updated_at: row.try_get(6)?,
+        archived_at: row.try_get(7)?,
+        direct: row.try_get(8)?,
     })
+}
+
+/// Reads a `role` column; a value this build does not know reads as a member's.
+pub(super) fn role_column(row: &Row, at: usize) -> Result<Role, tokio_postgres::Error> {
+    Ok(row
+        .try_get::<_, &str>(at)?
+        .parse()
+        .unwrap_or(Role::Member))
 }
 
 /// Reads a row of `HISTORY_NEWEST` or `HISTORY_OLDEST`, of `conversation`.
@@ -63,15 +82,25 @@ fn message_row(
     })
 }
 
-/// Reads the single-row answer of an edit or delete: no row means no live message.
+/// Reads the single-row answer of an edit or delete, `(archived, allowed, position)`:
+/// no row means no conversation, no `allowed` no live message.
 fn change_outcome(row: Option<Row>) -> Result<ChangeOutcome, tokio_postgres::Error> {
-    Ok(match row {
-        None => ChangeOutcome::NotFound,
-        Some(row) => match row.try_get::<_, Option<i64>>(1)? {
-            Some(seq) if row.try_get::<_, bool>(0)? => ChangeOutcome::Done(Seq::from_db(seq)),
-            _ => ChangeOutcome::NotSender,
+    let Some(row) = row else {
+        return Ok(ChangeOutcome::NotFound);
+    };
+    if row.try_get::<_, bool>(0)? {
+        return Ok(ChangeOutcome::ReadOnly);
+    }
+    Ok(
+        match (
+            row.try_get::<_, Option<bool>>(1)?,
+            row.try_get::<_, Option<i64>>(2)?,
+        ) {
+            (None, _) => ChangeOutcome::NotFound,
+            (Some(true), Some(seq)) => ChangeOutcome::Done(Seq::from_db(seq)),
+            (Some(_), _) => ChangeOutcome::NotSender,
         },
-    })
+    )
 }
 
 /// Reads a row of `STREAM`; `None` for a change kind this build does not know.
@@ -96,19 +125,40 @@ fn stream_row(row: &Row) -> Result<Option<StreamEvent>, tokio_postgres::Error> {
     }))
 }
 
-/// Locks the live target, applies the change only for its sender (keeping the content
-/// as first broadcast), takes the next position and logs the change at it. Answers
-/// whether the actor is the sender, and the position (no row: no such live message).
-const EDIT_MESSAGE: &str = "\
-    WITH target AS (
-        SELECT id, sender_id FROM messages
-        WHERE conversation_id = $1::uuid AND id = $2::uuid AND deleted_at IS NULL
-        FOR UPDATE
-    ), changed AS (
+/// The conversation (is it archived?) and the live target of an edit or delete, locked
+/// with the conversation's row, so an archiving waits for the change or the change
+/// finds the conversation archived.
+/// `allowed`: the actor is the sender, or (`$moderators` true) an owner or admin of
+/// the conversation.
+macro_rules! change_target {
+    ($moderators:literal) => {
+        concat!(
+            "WITH conv AS (
+                SELECT archived_at IS NOT NULL AS archived FROM conversations WHERE id = $1::uuid
+            ), target AS (
+                SELECT m.id, (m.sender_id = $3::uuid OR (", $moderators, " AND EXISTS (
+                    SELECT 1 FROM participants AS p
+                    WHERE p.conversation_id = $1::uuid AND p.user_id = $3::uuid
+                      AND p.role IN ('owner', 'admin')))) AS allowed
+                FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+                WHERE m.conversation_id = $1::uuid AND m.id = $2::uuid AND m.deleted_at IS NULL
+                  AND c.archived_at IS NULL
+                FOR UPDATE OF m FOR NO KEY UPDATE OF c
+            )"
+        )
+    };
+}
+
+/// Applies an edit for its sender only (keeping the content as first broadcast), takes
+/// the next position and logs the change at it. Answers `(archived, allowed,
+/// position)`; no `allowed`: no such live message.
+const EDIT_MESSAGE: &str = concat!(
+    change_target!("false"),
+    ", changed AS (
         UPDATE messages AS m
         SET content = $4::text, original_content = COALESCE(m.original_content, m.content),
             is_edited = true, updated_at = $5::timestamptz
-        FROM target AS t WHERE m.id = t.id AND t.sender_id = $3::uuid
+        FROM target AS t WHERE m.id = t.id AND t.allowed
         RETURNING m.id
     ), bumped AS (
         UPDATE conversations SET last_seq = last_seq + 1
@@ -120,20 +170,20 @@ const EDIT_MESSAGE: &str = "\
         SELECT $1::uuid, last_seq, 'edit', $2::uuid, $3::uuid, $4::text, $5::timestamptz
         FROM bumped
     )
-    SELECT t.sender_id = $3::uuid, (SELECT last_seq FROM bumped) FROM target AS t";
+    SELECT conv.archived, t.allowed, (SELECT last_seq FROM bumped)
+    FROM conv LEFT JOIN target AS t ON true"
+);
 
-/// As `EDIT_MESSAGE`, for a delete: the row stays (it holds its position and its
-/// `client_id`), its content and that of its edits are erased.
-const DELETE_MESSAGE: &str = "\
-    WITH target AS (
-        SELECT id, sender_id FROM messages
-        WHERE conversation_id = $1::uuid AND id = $2::uuid AND deleted_at IS NULL
-        FOR UPDATE
-    ), changed AS (
+/// As `EDIT_MESSAGE`, for a delete, which moderators may make too: the row stays (it
+/// holds its position and its `client_id`), its content and that of its edits are
+/// erased.
+const DELETE_MESSAGE: &str = concat!(
+    change_target!("true"),
+    ", changed AS (
         UPDATE messages AS m
         SET deleted_at = $4::timestamptz, updated_at = $4::timestamptz,
             content = '', original_content = NULL
-        FROM target AS t WHERE m.id = t.id AND t.sender_id = $3::uuid
+        FROM target AS t WHERE m.id = t.id AND t.allowed
         RETURNING m.id
     ), erased AS (
         UPDATE message_changes SET content = NULL
@@ -146,15 +196,22 @@ const DELETE_MESSAGE: &str = "\
         INSERT INTO message_changes (conversation_id, seq, kind, message_id, user_id, created_at)
         SELECT $1::uuid, last_seq, 'delete', $2::uuid, $3::uuid, $4::timestamptz FROM bumped
     )
-    SELECT t.sender_id = $3::uuid, (SELECT last_seq FROM bumped) FROM target AS t";
+    SELECT conv.archived, t.allowed, (SELECT last_seq FROM bumped)
+    FROM conv LEFT JOIN target AS t ON true"
+);
 
 /// Removes the reaction if present, adds it otherwise, takes the next position and
-/// logs which, in one statement. Answers `(live, removed, position)`; a live target
-/// without a position lost a race with the same toggle.
+/// logs which, in one statement, unless the conversation is archived (its row is
+/// locked, as for an edit). Answers `(live, removed, position, archived)`; a live
+/// target without a position lost a race with the same toggle.
 const TOGGLE_REACTION: &str = "\
-    WITH target AS (
-        SELECT id FROM messages
-        WHERE conversation_id = $1::uuid AND id = $2::uuid AND deleted_at IS NULL
+    WITH conv AS (
+        SELECT archived_at IS NOT NULL AS archived FROM conversations WHERE id = $1::uuid
+    ), target AS (
+        SELECT m.id FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+        WHERE m.conversation_id = $1::uuid AND m.id = $2::uuid AND m.deleted_at IS NULL
+          AND c.archived_at IS NULL
+        FOR NO KEY UPDATE OF c
     ), removed AS (
         DELETE FROM reactions AS r USING target AS t
         WHERE r.message_id = t.id AND r.user_id = $3::uuid AND r.emoji = $4::text
@@ -180,7 +237,7 @@ const TOGGLE_REACTION: &str = "\
         FROM bumped
     )
     SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM removed),
-           (SELECT last_seq FROM bumped)";
+           (SELECT last_seq FROM bumped), COALESCE((SELECT archived FROM conv), false)";
 
 /// A conversation's events in `($2, $3]`, messages as first broadcast. The content of
 /// a message deleted by now, and of its edits, never leaves the database: the column
@@ -209,9 +266,10 @@ const CREATE_CONVERSATION: &str = "\
             (id, name, description, is_group, created_by, created_at, updated_at)
         VALUES ($1::uuid, $2::text, $3::text, $4::bool, $5::uuid, $6::timestamptz, $7::timestamptz)
     )
-    INSERT INTO participants (conversation_id, user_id, joined_at)
-    SELECT $1::uuid, u, $6::timestamptz FROM UNNEST($8::uuid[]) AS u
-    ON CONFLICT DO NOTHING";
+    INSERT INTO participants (conversation_id, user_id, joined_at, role)
+    SELECT $1::uuid, u, $6::timestamptz, CASE WHEN u = $5::uuid THEN 'owner' ELSE 'member' END
+    FROM UNNEST($8::uuid[]) AS u
+    ON CONFLICT (conversation_id, user_id) DO NOTHING";
 
 /// The columns of a history page, in `message_row` order.
 macro_rules! history_page {
@@ -348,6 +406,57 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn create_direct(
+        &self,
+        conversation: &ConversationRecord,
+        other: UserId,
+    ) -> Result<Direct, StoreError> {
+        self.direct(conversation, other).await
+    }
+
+    async fn membership(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError> {
+        self.member_role(id, user).await
+    }
+
+    async fn update_conversation(
+        &self,
+        id: ConversationId,
+        change: &ConversationChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.change(id, change, at).await
+    }
+
+    async fn delete_conversation(&self, id: ConversationId) -> Result<bool, StoreError> {
+        self.delete(id).await
+    }
+
+    async fn purge_deleted(&self) -> Result<bool, StoreError> {
+        self.purge().await
+    }
+
+    async fn participant_page(
+        &self,
+        id: ConversationId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<Participant>, StoreError> {
+        self.members(id, after, limit).await
+    }
+
+    async fn set_role(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
+        self.assign(id, user, role).await
+    }
+
     async fn conversations_of(
         &self,
         user: UserId,
@@ -388,8 +497,11 @@ impl Store for PostgresStore {
         self.run(async |client| {
             let stmt = client
                 .prepare_cached(
-                    "SELECT id, name, description, is_group, created_by, created_at, updated_at \
-                     FROM conversations WHERE id = $1",
+                    concat!(
+                        "SELECT ",
+                        conversation_columns!(),
+                        " FROM conversations WHERE id = $1 AND deleted_at IS NULL"
+                    ),
                 )
                 .await?;
             client
@@ -437,7 +549,7 @@ impl Store for PostgresStore {
             let stmt = client
                 .prepare_cached(
                     "INSERT INTO participants (conversation_id, user_id, joined_at) \
-                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                     VALUES ($1, $2, $3) ON CONFLICT (conversation_id, user_id) DO NOTHING",
                 )
                 .await?;
             client
@@ -452,16 +564,8 @@ impl Store for PostgresStore {
         &self,
         id: ConversationId,
         user: UserId,
-    ) -> Result<bool, StoreError> {
-        self.run(async |client| {
-            let stmt = client
-                .prepare_cached(
-                    "DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2",
-                )
-                .await?;
-            Ok(client.execute(&stmt, &[&id.0, &user.0]).await? > 0)
-        })
-        .await
+    ) -> Result<Option<Removed>, StoreError> {
+        self.leave(id, user).await
     }
 
     async fn member_position(
@@ -624,14 +728,16 @@ impl Store for PostgresStore {
             let live: bool = row.try_get(0)?;
             let removed: bool = row.try_get(1)?;
             let seq: Option<i64> = row.try_get(2)?;
-            Ok((live, removed, seq.map(Seq::from_db)))
+            let archived: bool = row.try_get(3)?;
+            Ok((archived, live, removed, seq.map(Seq::from_db)))
         })
         .await
         .and_then(|answer| match answer {
-            (false, _, _) => Ok(ReactionOutcome::NotFound),
-            (true, true, Some(seq)) => Ok(ReactionOutcome::Removed(seq)),
-            (true, false, Some(seq)) => Ok(ReactionOutcome::Added(seq)),
-            (true, _, None) => Err(StoreError::Conflict(
+            (true, ..) => Ok(ReactionOutcome::ReadOnly),
+            (false, false, _, _) => Ok(ReactionOutcome::NotFound),
+            (false, true, true, Some(seq)) => Ok(ReactionOutcome::Removed(seq)),
+            (false, true, false, Some(seq)) => Ok(ReactionOutcome::Added(seq)),
+            (false, true, _, None) => Err(StoreError::Conflict(
                 "the same reaction changed concurrently",
             )),
         })

@@ -21,14 +21,25 @@ struct Counter {
     newest: DateTime<Utc>,
 }
 
+/// A conversation as a batch finds it.
+enum Target {
+    Open(Counter),
+    /// Archived (or deleted): nothing is stored.
+    ReadOnly,
+    Gone,
+}
+
 /// The batch inside the caller's transaction: each conversation's counter is read once
 /// and written once; each message is one insert at the next position, unless the
 /// partial unique index refuses its `client_id` (a repeat, answered with the original,
 /// taking no position). One statement per message: repeats are rare, so they are not
 /// looked up before.
 pub(super) fn insert(tx: &Connection, batch: &[NewMessage]) -> rusqlite::Result<Vec<Stored>> {
-    let mut counters: BTreeMap<ConversationId, Option<Counter>> = BTreeMap::new();
-    let mut read = tx.prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?;
+    let mut counters: BTreeMap<ConversationId, Target> = BTreeMap::new();
+    let mut read = tx.prepare_cached(
+        "SELECT last_seq, archived_at IS NOT NULL, deleted_at IS NOT NULL \
+         FROM conversations WHERE id = ?1",
+    )?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO messages \
          (id, conversation_id, sender_id, content, created_at, updated_at, seq, client_id) \
@@ -39,18 +50,32 @@ pub(super) fn insert(tx: &Connection, batch: &[NewMessage]) -> rusqlite::Result<
         let counter = match counters.entry(m.conversation_id) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(
-                read.query_row([Key(m.conversation_id.0)], |row| row.get(0))
+                match read
+                    .query_row([Key(m.conversation_id.0)], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
                     .optional()?
-                    .map(|last| Counter {
+                {
+                    None | Some((_, _, true)) => Target::Gone,
+                    Some((_, true, false)) => Target::ReadOnly,
+                    Some((last, false, false)) => Target::Open(Counter {
                         last,
                         newest: m.created_at,
                     }),
+                },
             ),
         };
-        let Some(counter) = counter else {
+        let counter = match counter {
+            Target::Open(counter) => counter,
+            Target::ReadOnly => {
+                outcomes.push(Stored::ReadOnly);
+                continue;
+            }
             // No counter to take a position from: the conversation is gone.
-            outcomes.push(Stored::Gone);
-            continue;
+            Target::Gone => {
+                outcomes.push(Stored::Gone);
+                continue;
+            }
         };
         let seq = counter.last + 1;
         let inserted = insert.execute(params![
@@ -76,7 +101,7 @@ pub(super) fn insert(tx: &Connection, batch: &[NewMessage]) -> rusqlite::Result<
         "UPDATE conversations SET last_seq = ?2, updated_at = max(updated_at, ?3) WHERE id = ?1",
     )?;
     for (conversation, counter) in &counters {
-        if let Some(c) = counter {
+        if let Target::Open(c) = counter {
             bump.execute(params![Key(conversation.0), c.last, Micros(c.newest)])?;
         }
     }

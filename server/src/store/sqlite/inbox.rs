@@ -10,7 +10,7 @@
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::columns::{Key, Micros};
-use super::queries::conversation_row;
+use super::queries::{conversation_row, role_column};
 use super::SqliteStore;
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
@@ -26,7 +26,8 @@ use crate::store::model::{
 const SUMMARIES: &str = "\
     WITH page AS (
         SELECT c.id, c.name, c.description, c.is_group, c.created_by, c.created_at,
-               c.updated_at, c.last_seq, p.last_read_seq
+               c.updated_at, c.archived_at, c.direct_key IS NOT NULL AS direct, c.last_seq,
+               p.last_read_seq, p.role
         FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id
         WHERE p.user_id = ?1 AND (c.updated_at, c.id) < (?2, ?3)
         ORDER BY c.updated_at DESC, c.id DESC LIMIT ?4
@@ -38,13 +39,15 @@ const SUMMARIES: &str = "\
         FROM page
     )
     SELECT page.id, page.name, page.description, page.is_group, page.created_by,
-           page.created_at, page.updated_at, page.last_seq, page.last_read_seq,
+           page.created_at, page.updated_at, page.archived_at, page.direct, page.last_seq,
+           page.last_read_seq,
            (SELECT count(*) FROM (
                 SELECT 1 FROM messages AS m
                 WHERE m.conversation_id = page.id AND m.seq > page.last_read_seq
                   AND m.sender_id <> ?1 AND m.deleted_at IS NULL
                 ORDER BY m.seq LIMIT ?5)),
-           l.id, l.seq, l.sender_id, u.username, substr(l.content, 1, ?6), l.created_at
+           l.id, l.seq, l.sender_id, u.username, substr(l.content, 1, ?6), l.created_at,
+           page.role
     FROM page
     JOIN newest ON newest.conversation_id = page.id
     LEFT JOIN messages AS l ON l.id = newest.message_id
@@ -52,23 +55,24 @@ const SUMMARIES: &str = "\
     ORDER BY page.updated_at DESC, page.id DESC";
 
 fn summary_row(row: &Row<'_>) -> rusqlite::Result<ConversationSummary> {
-    let last_message = match row.get::<_, Option<Key>>(10)? {
+    let last_message = match row.get::<_, Option<Key>>(12)? {
         None => None,
         Some(id) => Some(Preview {
             id: MessageId(id.0),
-            seq: Seq::from_db(row.get(11)?),
-            sender_id: UserId(row.get::<_, Key>(12)?.0),
-            sender_username: row.get(13)?,
-            content: row.get(14)?,
-            created_at: row.get::<_, Micros>(15)?.0,
+            seq: Seq::from_db(row.get(13)?),
+            sender_id: UserId(row.get::<_, Key>(14)?.0),
+            sender_username: row.get(15)?,
+            content: row.get(16)?,
+            created_at: row.get::<_, Micros>(17)?.0,
         }),
     };
     Ok(ConversationSummary {
         conversation: conversation_row(row)?,
-        last_seq: Seq::from_db(row.get(7)?),
-        last_read_seq: Seq::from_db(row.get(8)?),
-        unread_count: row.get(9)?,
+        last_seq: Seq::from_db(row.get(9)?),
+        last_read_seq: Seq::from_db(row.get(10)?),
+        unread_count: row.get(11)?,
         last_message,
+        role: role_column(row, 18)?,
     })
 }
 

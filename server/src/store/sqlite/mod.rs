@@ -14,6 +14,7 @@
 mod batch;
 mod columns;
 mod inbox;
+mod manage;
 mod queries;
 #[cfg(test)]
 mod tests;

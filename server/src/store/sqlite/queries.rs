@@ -11,11 +11,12 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
-use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
 use crate::store::model::{
-    attach_reactions, distinct, ChangeOutcome, ConversationRecord, ConversationSummary, ListPage,
-    MessageRecord, NewMessage, Page, ReactionOutcome, ReadOutcome, Store, StoreError, Stored,
-    StreamEvent, StreamKind, UserRecord, REACTIONS_PER_PAGE,
+    attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
+    ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
+    ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent, StreamKind,
+    UserRecord, REACTIONS_PER_PAGE,
 };
 use crate::text::Content;
 
@@ -33,8 +34,16 @@ fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     })
 }
 
-/// Reads the columns `id, name, description, is_group, created_by, created_at,
-/// updated_at`.
+/// A conversation's columns in `conversation_row` order.
+macro_rules! conversation_columns {
+    () => {
+        "id, name, description, is_group, created_by, created_at, updated_at, archived_at, \
+         direct_key IS NOT NULL"
+    };
+}
+pub(super) use conversation_columns;
+
+/// Reads the columns of `conversation_columns!()`.
 pub(super) fn conversation_row(row: &Row<'_>) -> rusqlite::Result<ConversationRecord> {
     Ok(ConversationRecord {
         id: ConversationId(row.get::<_, Key>(0)?.0),
@@ -44,7 +53,14 @@ pub(super) fn conversation_row(row: &Row<'_>) -> rusqlite::Result<ConversationRe
         created_by: UserId(row.get::<_, Key>(4)?.0),
         created_at: row.get::<_, Micros>(5)?.0,
         updated_at: row.get::<_, Micros>(6)?.0,
+        archived_at: row.get::<_, Option<Micros>>(7)?.map(|m| m.0),
+        direct: row.get(8)?,
     })
+}
+
+/// Reads a `role` column; a value this build does not know reads as a member's.
+pub(super) fn role_column(row: &Row<'_>, at: usize) -> rusqlite::Result<Role> {
+    Ok(row.get::<_, String>(at)?.parse().unwrap_or(Role::Member))
 }
 
 /// Reads a row of a history page (`m.id, m.sender_id, u.username, m.content,
@@ -150,17 +166,38 @@ fn log_change(
     Ok(seq)
 }
 
-/// Decides an edit or delete from the target's sender, then applies `change` and logs
-/// it as `kind` if allowed.
+/// Whether the conversation takes no new events (archived); `None`: there is none.
+fn archived(tx: &Connection, conversation: ConversationId) -> rusqlite::Result<Option<bool>> {
+    tx.prepare_cached("SELECT archived_at IS NOT NULL FROM conversations WHERE id = ?1")?
+        .query_row([Key(conversation.0)], |row| row.get(0))
+        .optional()
+}
+
+/// Whether `user` is an owner or admin of the conversation.
+fn moderates(tx: &Connection, conversation: ConversationId, user: UserId) -> rusqlite::Result<bool> {
+    tx.prepare_cached(
+        "SELECT 1 FROM participants \
+         WHERE conversation_id = ?1 AND user_id = ?2 AND role IN ('owner', 'admin')",
+    )?
+    .exists(params![Key(conversation.0), Key(user.0)])
+}
+
+/// Decides an edit or delete from the conversation's state and the target's sender (a
+/// delete: or the actor moderating, with `moderators`), then applies `change` and
+/// logs it as `kind` if allowed.
 fn change_message(
     conn: &mut Connection,
-    conversation: ConversationId,
-    message: MessageId,
-    actor: UserId,
+    (conversation, message, actor): (ConversationId, MessageId, UserId),
     (kind, at): (StreamKind, DateTime<Utc>),
+    moderators: bool,
     change: impl FnOnce(&Connection) -> rusqlite::Result<usize>,
 ) -> rusqlite::Result<ChangeOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    match archived(&tx, conversation)? {
+        None => return Ok(ChangeOutcome::NotFound),
+        Some(true) => return Ok(ChangeOutcome::ReadOnly),
+        Some(false) => {}
+    }
     let sender: Option<Key> = tx
         .prepare_cached(
             "SELECT sender_id FROM messages \
@@ -172,7 +209,11 @@ fn change_message(
         .optional()?;
     let outcome = match sender {
         None => ChangeOutcome::NotFound,
-        Some(Key(sender)) if sender != actor.0 => ChangeOutcome::NotSender,
+        Some(Key(sender))
+            if sender != actor.0 && !(moderators && moderates(&tx, conversation, actor)?) =>
+        {
+            ChangeOutcome::NotSender
+        }
         Some(_) => {
             change(&tx)?;
             ChangeOutcome::Done(log_change(&tx, conversation, message, actor, &kind, at)?)
@@ -283,16 +324,77 @@ impl Store for SqliteStore {
             ])?;
             {
                 let mut add = tx.prepare_cached(
-                    "INSERT INTO participants (conversation_id, user_id, joined_at) \
-                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    "INSERT INTO participants (conversation_id, user_id, joined_at, role) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 )?;
                 for user in participants {
-                    add.execute(params![Key(c.id.0), Key(user.0), Micros(c.created_at)])?;
+                    let role = if user == c.created_by {
+                        Role::Owner
+                    } else {
+                        Role::Member
+                    };
+                    add.execute(params![
+                        Key(c.id.0),
+                        Key(user.0),
+                        Micros(c.created_at),
+                        role.as_str()
+                    ])?;
                 }
             }
             tx.commit()
         })
         .await
+    }
+
+    async fn create_direct(
+        &self,
+        conversation: &ConversationRecord,
+        other: UserId,
+    ) -> Result<Direct, StoreError> {
+        self.direct(conversation, other).await
+    }
+
+    async fn membership(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError> {
+        self.member_role(id, user).await
+    }
+
+    async fn update_conversation(
+        &self,
+        id: ConversationId,
+        change: &ConversationChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.change(id, change, at).await
+    }
+
+    async fn delete_conversation(&self, id: ConversationId) -> Result<bool, StoreError> {
+        self.delete(id).await
+    }
+
+    async fn purge_deleted(&self) -> Result<bool, StoreError> {
+        self.purge().await
+    }
+
+    async fn participant_page(
+        &self,
+        id: ConversationId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<Participant>, StoreError> {
+        self.members(id, after, limit).await
+    }
+
+    async fn set_role(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
+        self.assign(id, user, role).await
     }
 
     async fn conversations_of(
@@ -333,10 +435,11 @@ impl Store for SqliteStore {
         id: ConversationId,
     ) -> Result<Option<ConversationRecord>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, name, description, is_group, created_by, created_at, updated_at \
-                 FROM conversations WHERE id = ?1",
-            )?
+            conn.prepare_cached(concat!(
+                "SELECT ",
+                conversation_columns!(),
+                " FROM conversations WHERE id = ?1 AND deleted_at IS NULL"
+            ))?
             .query_row([Key(id.0)], conversation_row)
             .optional()
         })
@@ -399,16 +502,8 @@ impl Store for SqliteStore {
         &self,
         id: ConversationId,
         user: UserId,
-    ) -> Result<bool, StoreError> {
-        self.write(move |conn| {
-            let removed = conn
-                .prepare_cached(
-                    "DELETE FROM participants WHERE conversation_id = ?1 AND user_id = ?2",
-                )?
-                .execute(params![Key(id.0), Key(user.0)])?;
-            Ok(removed > 0)
-        })
-        .await
+    ) -> Result<Option<Removed>, StoreError> {
+        self.leave(id, user).await
     }
 
     async fn history(
@@ -503,7 +598,8 @@ impl Store for SqliteStore {
             let kind = StreamKind::Edit {
                 content: content.clone(),
             };
-            change_message(conn, conversation, message, editor, (kind, at), |tx| {
+            let target = (conversation, message, editor);
+            change_message(conn, target, (kind, at), false, |tx| {
                 // The content as first broadcast is kept for replays of the stream.
                 tx.prepare_cached(
                     "UPDATE messages SET content = ?2, is_edited = 1, updated_at = ?3, \
@@ -524,7 +620,7 @@ impl Store for SqliteStore {
     ) -> Result<ChangeOutcome, StoreError> {
         self.write(move |conn| {
             let kind = (StreamKind::Delete, at);
-            change_message(conn, conversation, message, deleter, kind, |tx| {
+            change_message(conn, (conversation, message, deleter), kind, true, |tx| {
                 // The row stays (it holds its position and its client_id); its
                 // content and that of its edits are erased.
                 tx.prepare_cached(
@@ -552,6 +648,9 @@ impl Store for SqliteStore {
         let emoji = emoji.to_owned();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if archived(&tx, conversation)? == Some(true) {
+                return Ok(ReactionOutcome::ReadOnly);
+            }
             let live = tx
                 .prepare_cached(
                     "SELECT 1 FROM messages \

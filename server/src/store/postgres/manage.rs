@@ -1,0 +1,356 @@
+//! What managing a conversation needs from PostgreSQL: direct conversations, roles,
+//! the member list, changes, deletion and the purge of what a deletion leaves.
+//!
+//! Like `queries`, it reaches the database only through `PostgresStore::run`, and each
+//! operation is one statement: the one-owner constraint is checked at commit, so a
+//! hand-over demotes and promotes in the same statement.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::queries::{conversation_columns, conversation_row, role_column};
+use super::PostgresStore;
+use crate::ids::{ConversationId, Role, UserId};
+use crate::store::model::{
+    direct_key, ConversationChange, ConversationRecord, Direct, Participant, Removed, StoreError,
+};
+
+/// How many messages of a deleted conversation one purge step removes.
+const PURGE_CHUNK: i64 = 2000;
+
+/// Inserts the pair's conversation unless the pair has one, and makes both of them
+/// participants of whichever it is. A conversation another transaction created and
+/// committed while this one waited on the key is not visible to this statement: the
+/// answer then has neither a created id nor a row, and the caller asks again.
+const CREATE_DIRECT: &str = concat!(
+    "WITH created AS (
+        INSERT INTO conversations
+            (id, name, description, is_group, created_by, created_at, updated_at, direct_key)
+        VALUES ($1::uuid, $2::text, $3::text, false, $4::uuid, $5::timestamptz,
+                $5::timestamptz, $6::text)
+        ON CONFLICT (direct_key) WHERE direct_key IS NOT NULL DO NOTHING
+        RETURNING id
+    ), existing AS (
+        SELECT ",
+    conversation_columns!(),
+    " FROM conversations WHERE direct_key = $6::text AND deleted_at IS NULL
+    ), pair AS (
+        SELECT id FROM created UNION ALL SELECT id FROM existing
+    ), joined AS (
+        INSERT INTO participants (conversation_id, user_id, joined_at)
+        SELECT pair.id, u, $5::timestamptz FROM pair, UNNEST(ARRAY[$4::uuid, $7::uuid]) AS u
+        ON CONFLICT (conversation_id, user_id) DO NOTHING
+        RETURNING user_id
+    )
+    SELECT e.*, (SELECT id FROM created) IS NOT NULL, ARRAY(SELECT user_id FROM joined)
+    FROM (SELECT 1) AS one LEFT JOIN existing AS e ON true"
+);
+
+const MEMBERSHIP: &str = concat!(
+    "SELECT ",
+    conversation_columns!(),
+    ", p.role FROM conversations AS c
+    LEFT JOIN participants AS p ON p.conversation_id = c.id AND p.user_id = $2
+    WHERE c.id = $1 AND c.deleted_at IS NULL"
+);
+
+/// `$2`/`$4`: whether to set the name / description to `$3`/`$5`; `$6`: archive
+/// (true), unarchive (false) or leave as is (null); `$7`: the time of an archiving.
+/// Taking the conversation's row lock, an archiving waits for a batch committing into
+/// it, and a later batch finds it archived.
+const UPDATE: &str = concat!(
+    "UPDATE conversations SET
+        name = CASE WHEN $2::bool THEN $3::text ELSE name END,
+        description = CASE WHEN $4::bool THEN $5::text ELSE description END,
+        archived_at = CASE WHEN $6::bool IS NULL THEN archived_at
+                           WHEN $6::bool THEN COALESCE(archived_at, $7::timestamptz)
+                           ELSE NULL END
+    WHERE id = $1 AND deleted_at IS NULL
+    RETURNING ",
+    conversation_columns!()
+);
+
+/// Gone for everyone: no participants, no pair key (the two may start afresh), read
+/// as absent, archived so a batch already on its way stores nothing.
+const DELETE: &str = "\
+    WITH marked AS (
+        UPDATE conversations
+        SET deleted_at = $2, archived_at = COALESCE(archived_at, $2), direct_key = NULL
+        WHERE id = $1 AND deleted_at IS NULL
+        RETURNING id
+    ), left_it AS (
+        DELETE FROM participants WHERE conversation_id IN (SELECT id FROM marked)
+    )
+    SELECT count(*) FROM marked";
+
+/// One chunk of the oldest deletion: its messages (their changes and reactions go with
+/// them), or once none are left, the conversation's row. Answers whether a deleted
+/// conversation was found.
+const PURGE: &str = "\
+    WITH doomed AS (
+        SELECT id FROM conversations WHERE deleted_at IS NOT NULL
+        ORDER BY deleted_at LIMIT 1
+    ), chunk AS (
+        SELECT m.id FROM messages AS m JOIN doomed AS d ON m.conversation_id = d.id
+        LIMIT $1
+    ), gone AS (
+        DELETE FROM messages WHERE id IN (SELECT id FROM chunk)
+    ), removed AS (
+        DELETE FROM conversations
+        WHERE id IN (SELECT id FROM doomed) AND NOT EXISTS (SELECT 1 FROM chunk)
+    )
+    SELECT EXISTS (SELECT 1 FROM doomed)";
+
+/// Rows: the target (role null), then each role that changed. No row: the target is
+/// not a participant. Making someone owner makes the owner an admin.
+const SET_ROLE: &str = "\
+    WITH target AS (
+        SELECT user_id FROM participants
+        WHERE conversation_id = $1 AND user_id = $2
+        FOR UPDATE
+    ), demoted AS (
+        UPDATE participants SET role = 'admin'
+        WHERE conversation_id = $1 AND role = 'owner' AND user_id <> $2 AND $3::text = 'owner'
+          AND EXISTS (SELECT 1 FROM target)
+        RETURNING user_id, role
+    ), promoted AS (
+        UPDATE participants AS p SET role = $3::text
+        FROM target AS t
+        WHERE p.conversation_id = $1 AND p.user_id = t.user_id AND p.role <> $3::text
+        RETURNING p.user_id, p.role
+    )
+    SELECT user_id, NULL::text FROM target
+    UNION ALL SELECT user_id, role FROM demoted
+    UNION ALL SELECT user_id, role FROM promoted";
+
+/// Removes the participant; when it was the owner, the longest-standing admin (else
+/// member) becomes owner. Answers the role it had (null: not a participant) and the
+/// new owner.
+const REMOVE: &str = "\
+    WITH gone AS (
+        DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2
+        RETURNING role
+    ), heir AS (
+        SELECT user_id FROM participants
+        WHERE conversation_id = $1 AND user_id <> $2
+          AND (SELECT role FROM gone) = 'owner'
+        ORDER BY role = 'admin' DESC, joined_at, user_id
+        LIMIT 1
+    ), crowned AS (
+        UPDATE participants AS p SET role = 'owner'
+        FROM heir AS h WHERE p.conversation_id = $1 AND p.user_id = h.user_id
+        RETURNING p.user_id
+    )
+    SELECT (SELECT role FROM gone), (SELECT user_id FROM crowned)";
+
+const PARTICIPANT_PAGE: &str = "\
+    SELECT p.user_id, u.username, p.role, p.joined_at
+    FROM participants AS p JOIN users AS u ON u.id = p.user_id
+    WHERE p.conversation_id = $1 AND ($2::uuid IS NULL OR p.user_id > $2)
+    ORDER BY p.user_id LIMIT $3";
+
+impl PostgresStore {
+    pub(super) async fn direct(
+        &self,
+        c: &ConversationRecord,
+        other: UserId,
+    ) -> Result<Direct, StoreError> {
+        let key = direct_key(c.created_by, other);
+        // A second look sees what a concurrent creation committed while this one
+        // waited on the key.
+        for _ in 0..3 {
+            let answer = self
+                .run(async |client| {
+                    let stmt = client.prepare_cached(CREATE_DIRECT).await?;
+                    let row = client
+                        .query_one(
+                            &stmt,
+                            &[
+                                &c.id.0,
+                                &c.name,
+                                &c.description,
+                                &c.created_by.0,
+                                &c.created_at,
+                                &key,
+                                &other.0,
+                            ],
+                        )
+                        .await?;
+                    let created: bool = row.try_get(9)?;
+                    let joined: Vec<Uuid> = row.try_get(10)?;
+                    let existing = match row.try_get::<_, Option<Uuid>>(0)? {
+                        Some(_) => Some(conversation_row(&row)?),
+                        None => None,
+                    };
+                    Ok((created, joined, existing))
+                })
+                .await?;
+            match answer {
+                (true, _, _) => {
+                    return Ok(Direct {
+                        conversation: ConversationRecord {
+                            direct: true,
+                            is_group: false,
+                            ..c.clone()
+                        },
+                        created: true,
+                        rejoined: Vec::new(),
+                    })
+                }
+                (false, joined, Some(conversation)) => {
+                    return Ok(Direct {
+                        conversation,
+                        created: false,
+                        rejoined: joined.into_iter().map(UserId).collect(),
+                    })
+                }
+                (false, _, None) => continue,
+            }
+        }
+        Err(StoreError::Conflict("direct conversation created concurrently"))
+    }
+
+    pub(super) async fn member_role(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError> {
+        self.run(async |client| {
+            let stmt = client.prepare_cached(MEMBERSHIP).await?;
+            match client.query_opt(&stmt, &[&id.0, &user.0]).await? {
+                None => Ok(None),
+                Some(row) => {
+                    let role = match row.try_get::<_, Option<&str>>(9)? {
+                        None => None,
+                        Some(_) => Some(role_column(&row, 9)?),
+                    };
+                    Ok(Some((conversation_row(&row)?, role)))
+                }
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn change(
+        &self,
+        id: ConversationId,
+        change: &ConversationChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let (set_name, name) = (change.name.is_some(), change.name.clone().flatten());
+        let (set_description, description) = (
+            change.description.is_some(),
+            change.description.clone().flatten(),
+        );
+        self.run(async |client| {
+            let stmt = client.prepare_cached(UPDATE).await?;
+            client
+                .query_opt(
+                    &stmt,
+                    &[
+                        &id.0,
+                        &set_name,
+                        &name,
+                        &set_description,
+                        &description,
+                        &change.archived,
+                        &at,
+                    ],
+                )
+                .await?
+                .as_ref()
+                .map(conversation_row)
+                .transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn delete(&self, id: ConversationId) -> Result<bool, StoreError> {
+        let now = crate::ids::now_micros();
+        self.run(async |client| {
+            let stmt = client.prepare_cached(DELETE).await?;
+            let row = client.query_one(&stmt, &[&id.0, &now]).await?;
+            Ok(row.try_get::<_, i64>(0)? > 0)
+        })
+        .await
+    }
+
+    pub(super) async fn purge(&self) -> Result<bool, StoreError> {
+        self.run(async |client| {
+            let stmt = client.prepare_cached(PURGE).await?;
+            client.query_one(&stmt, &[&PURGE_CHUNK]).await?.try_get(0)
+        })
+        .await
+    }
+
+    pub(super) async fn members(
+        &self,
+        id: ConversationId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<Participant>, StoreError> {
+        let after = after.map(|u| u.0);
+        let limit = i64::from(limit);
+        self.run(async |client| {
+            let stmt = client.prepare_cached(PARTICIPANT_PAGE).await?;
+            client
+                .query(&stmt, &[&id.0, &after, &limit])
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Participant {
+                        user_id: UserId(row.try_get(0)?),
+                        username: row.try_get(1)?,
+                        role: role_column(row, 2)?,
+                        joined_at: row.try_get(3)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn assign(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
+        self.run(async |client| {
+            let stmt = client.prepare_cached(SET_ROLE).await?;
+            let rows = client
+                .query(&stmt, &[&id.0, &user.0, &role.as_str()])
+                .await?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let mut changed = Vec::new();
+            for row in &rows {
+                if row.try_get::<_, Option<&str>>(1)?.is_some() {
+                    changed.push((UserId(row.try_get(0)?), role_column(row, 1)?));
+                }
+            }
+            Ok(Some(changed))
+        })
+        .await
+    }
+
+    pub(super) async fn leave(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Removed>, StoreError> {
+        self.run(async |client| {
+            let stmt = client.prepare_cached(REMOVE).await?;
+            let row = client.query_one(&stmt, &[&id.0, &user.0]).await?;
+            if row.try_get::<_, Option<&str>>(0)?.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(Removed {
+                role: role_column(&row, 0)?,
+                new_owner: row.try_get::<_, Option<Uuid>>(1)?.map(UserId),
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,330 @@
+//! What managing a conversation needs from SQLite: direct conversations, roles, the
+//! member list, changes, deletion and the purge of what a deletion leaves.
+//!
+//! Like `queries`, it touches connections only through `SqliteStore::read` and
+//! `SqliteStore::write`; every operation of more than one statement runs in one
+//! `IMMEDIATE` transaction (the writer connection is one, so they are serial).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::columns::{Key, Micros};
+use super::queries::{conversation_columns, conversation_row, role_column};
+use super::SqliteStore;
+use crate::ids::{ConversationId, Role, UserId};
+use crate::store::model::{
+    direct_key, ConversationChange, ConversationRecord, Direct, Participant, Removed, StoreError,
+};
+
+/// How many messages of a deleted conversation one purge step removes.
+const PURGE_CHUNK: i64 = 2000;
+
+/// The live conversation with that id.
+fn live_conversation(
+    tx: &Connection,
+    id: ConversationId,
+) -> rusqlite::Result<Option<ConversationRecord>> {
+    tx.prepare_cached(concat!(
+        "SELECT ",
+        conversation_columns!(),
+        " FROM conversations WHERE id = ?1 AND deleted_at IS NULL"
+    ))?
+    .query_row([Key(id.0)], conversation_row)
+    .optional()
+}
+
+impl SqliteStore {
+    pub(super) async fn direct(
+        &self,
+        c: &ConversationRecord,
+        other: UserId,
+    ) -> Result<Direct, StoreError> {
+        let c = c.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let key = direct_key(c.created_by, other);
+            let existing = tx
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    conversation_columns!(),
+                    " FROM conversations WHERE direct_key = ?1 AND deleted_at IS NULL"
+                ))?
+                .query_row([&key], conversation_row)
+                .optional()?;
+            let (conversation, created) = match existing {
+                Some(existing) => (existing, false),
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO conversations (id, name, description, is_group, created_by, \
+                         created_at, updated_at, direct_key) \
+                         VALUES (?1, ?2, ?3, 0, ?4, ?5, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        Key(c.id.0),
+                        c.name,
+                        c.description,
+                        Key(c.created_by.0),
+                        Micros(c.created_at),
+                        key
+                    ])?;
+                    let created = ConversationRecord {
+                        direct: true,
+                        is_group: false,
+                        ..c.clone()
+                    };
+                    (created, true)
+                }
+            };
+            let mut rejoined = Vec::new();
+            {
+                let mut add = tx.prepare_cached(
+                    "INSERT INTO participants (conversation_id, user_id, joined_at) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?;
+                for user in [c.created_by, other] {
+                    let added = add.execute(params![
+                        Key(conversation.id.0),
+                        Key(user.0),
+                        Micros(c.created_at)
+                    ])?;
+                    if added > 0 && !created {
+                        rejoined.push(user);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(Direct {
+                conversation,
+                created,
+                rejoined,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn member_role(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(concat!(
+                "SELECT ",
+                conversation_columns!(),
+                ", p.role FROM conversations AS c \
+                 LEFT JOIN participants AS p ON p.conversation_id = c.id AND p.user_id = ?2 \
+                 WHERE c.id = ?1 AND c.deleted_at IS NULL"
+            ))?
+            .query_row(params![Key(id.0), Key(user.0)], |row| {
+                let role = match row.get::<_, Option<String>>(9)? {
+                    None => None,
+                    Some(_) => Some(role_column(row, 9)?),
+                };
+                Ok((conversation_row(row)?, role))
+            })
+            .optional()
+        })
+        .await
+    }
+
+    pub(super) async fn change(
+        &self,
+        id: ConversationId,
+        change: &ConversationChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let change = change.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(name) = &change.name {
+                tx.prepare_cached("UPDATE conversations SET name = ?2 WHERE id = ?1")?
+                    .execute(params![Key(id.0), name])?;
+            }
+            if let Some(description) = &change.description {
+                tx.prepare_cached("UPDATE conversations SET description = ?2 WHERE id = ?1")?
+                    .execute(params![Key(id.0), description])?;
+            }
+            match change.archived {
+                Some(true) => tx
+                    .prepare_cached(
+                        "UPDATE conversations SET archived_at = coalesce(archived_at, ?2) \
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![Key(id.0), Micros(at)])?,
+                Some(false) => tx
+                    .prepare_cached("UPDATE conversations SET archived_at = NULL WHERE id = ?1")?
+                    .execute([Key(id.0)])?,
+                None => 0,
+            };
+            let now = live_conversation(&tx, id)?;
+            tx.commit()?;
+            Ok(now)
+        })
+        .await
+    }
+
+    pub(super) async fn delete(&self, id: ConversationId) -> Result<bool, StoreError> {
+        let now = Micros(crate::ids::now_micros());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Gone for everyone: no pair key (the two may start afresh), archived so
+            // nothing more is stored, no participants.
+            let marked = tx
+                .prepare_cached(
+                    "UPDATE conversations SET deleted_at = ?2, \
+                     archived_at = coalesce(archived_at, ?2), direct_key = NULL \
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                )?
+                .execute(params![Key(id.0), now])?;
+            if marked > 0 {
+                tx.prepare_cached("DELETE FROM participants WHERE conversation_id = ?1")?
+                    .execute([Key(id.0)])?;
+            }
+            tx.commit()?;
+            Ok(marked > 0)
+        })
+        .await
+    }
+
+    pub(super) async fn purge(&self) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let doomed: Option<Key> = tx
+                .prepare_cached(
+                    "SELECT id FROM conversations WHERE deleted_at IS NOT NULL \
+                     ORDER BY deleted_at LIMIT 1",
+                )?
+                .query_row([], |row| row.get(0))
+                .optional()?;
+            let Some(doomed) = doomed else {
+                return Ok(false);
+            };
+            // Their changes and reactions go with the messages.
+            let gone = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE id IN \
+                     (SELECT id FROM messages WHERE conversation_id = ?1 LIMIT ?2)",
+                )?
+                .execute(params![Key(doomed.0), PURGE_CHUNK])?;
+            if gone == 0 {
+                tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
+                    .execute([Key(doomed.0)])?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn members(
+        &self,
+        id: ConversationId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<Participant>, StoreError> {
+        // Without a cursor the page starts below every real id.
+        let after = after.map_or(uuid::Uuid::nil(), |u| u.0);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT p.user_id, u.username, p.role, p.joined_at \
+                 FROM participants AS p JOIN users AS u ON u.id = p.user_id \
+                 WHERE p.conversation_id = ?1 AND p.user_id > ?2 \
+                 ORDER BY p.user_id LIMIT ?3",
+            )?
+            .query_map(params![Key(id.0), Key(after), limit], |row| {
+                Ok(Participant {
+                    user_id: UserId(row.get::<_, Key>(0)?.0),
+                    username: row.get(1)?,
+                    role: role_column(row, 2)?,
+                    joined_at: row.get::<_, Micros>(3)?.0,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn assign(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<String> = tx
+                .prepare_cached(
+                    "SELECT role FROM participants WHERE conversation_id = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![Key(id.0), Key(user.0)], |row| row.get(0))
+                .optional()?;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let mut changed = Vec::new();
+            if current != role.as_str() {
+                // The owner steps down first: one owner at every moment.
+                if role == Role::Owner {
+                    let demoted: Vec<Key> = tx
+                        .prepare_cached(
+                            "UPDATE participants SET role = 'admin' \
+                             WHERE conversation_id = ?1 AND role = 'owner' RETURNING user_id",
+                        )?
+                        .query_map([Key(id.0)], |row| row.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    changed.extend(demoted.into_iter().map(|k| (UserId(k.0), Role::Admin)));
+                }
+                tx.prepare_cached(
+                    "UPDATE participants SET role = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
+                )?
+                .execute(params![Key(id.0), Key(user.0), role.as_str()])?;
+                changed.push((user, role));
+            }
+            tx.commit()?;
+            Ok(Some(changed))
+        })
+        .await
+    }
+
+    pub(super) async fn leave(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Removed>, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let role: Option<String> = tx
+                .prepare_cached(
+                    "DELETE FROM participants WHERE conversation_id = ?1 AND user_id = ?2 \
+                     RETURNING role",
+                )?
+                .query_row(params![Key(id.0), Key(user.0)], |row| row.get(0))
+                .optional()?;
+            let Some(role) = role else {
+                return Ok(None);
+            };
+            let role: Role = role.parse().unwrap_or(Role::Member);
+            let mut new_owner = None;
+            if role == Role::Owner {
+                let heir: Option<Key> = tx
+                    .prepare_cached(
+                        "SELECT user_id FROM participants WHERE conversation_id = ?1 \
+                         ORDER BY role = 'admin' DESC, joined_at, user_id LIMIT 1",
+                    )?
+                    .query_row([Key(id.0)], |row| row.get(0))
+                    .optional()?;
+                if let Some(heir) = heir {
+                    tx.prepare_cached(
+                        "UPDATE participants SET role = 'owner' \
+                         WHERE conversation_id = ?1 AND user_id = ?2",
+                    )?
+                    .execute(params![Key(id.0), heir])?;
+                    new_owner = Some(UserId(heir.0));
+                }
+            }
+            tx.commit()?;
+            Ok(Some(Removed { role, new_owner }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,42 @@
+-- Conversation management: roles, archiving and direct conversations.
+--
+-- A conversation has at most one owner (the index below says so); a direct
+-- conversation has none: either of its two people may rename, archive or delete it.
+-- The creator owns what exists already; where the creator has left, the
+-- longest-standing participant does.
+
+ALTER TABLE participants ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
+    CHECK (role IN ('owner', 'admin', 'member'));
+
+UPDATE participants SET role = 'owner'
+WHERE user_id = (SELECT created_by FROM conversations WHERE id = participants.conversation_id);
+
+UPDATE participants SET role = 'owner'
+WHERE NOT EXISTS (
+        SELECT 1 FROM participants AS o
+        WHERE o.conversation_id = participants.conversation_id AND o.role = 'owner'
+    )
+  AND user_id = (
+        SELECT q.user_id FROM participants AS q
+        WHERE q.conversation_id = participants.conversation_id
+        ORDER BY q.joined_at, q.user_id LIMIT 1
+    );
+
+-- One owner (a hand-over demotes first, then promotes, in one transaction).
+CREATE UNIQUE INDEX participants_one_owner ON participants (conversation_id)
+    WHERE role = 'owner';
+
+-- Read-only since then: history stays readable, the stream takes no new event.
+ALTER TABLE conversations ADD COLUMN archived_at INTEGER;
+
+-- The pair of a direct conversation, "<smaller user id>:<larger user id>": the unique
+-- index makes it the one conversation of that pair. Conversations created before
+-- this migration have none, whatever their shape.
+ALTER TABLE conversations ADD COLUMN direct_key TEXT;
+CREATE UNIQUE INDEX conversations_direct_key ON conversations (direct_key)
+    WHERE direct_key IS NOT NULL;
+
+-- Deleted: gone for everyone at once (no participants, no new events); the history is
+-- purged after, a bounded chunk at a time, then the row.
+ALTER TABLE conversations ADD COLUMN deleted_at INTEGER;
+CREATE INDEX conversations_deleted_idx ON conversations (deleted_at) WHERE deleted_at IS NOT NULL;
