@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool};
+use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool, Revocations, TokenError, Verified};
 use crate::bus::Bus;
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -23,6 +23,8 @@ pub struct App {
     pub db: Db,
     pub writer: WriterHandle,
     pub jwt: JwtKeys,
+    /// The tokens that no longer count (ended sessions), shared with the cluster.
+    pub revocations: Arc<Revocations>,
     pub passwords: PasswordPool,
     pub logins: LoginThrottle,
     /// Each user's WebSocket event budget, shared by every shard.
@@ -64,6 +66,17 @@ impl Limits {
 }
 
 impl App {
+    /// The access token's claims, if it is valid and still counts (its session has
+    /// not ended, its account is not gone).
+    pub fn authenticate(&self, token: &str) -> Result<Verified, TokenError> {
+        let verified = self.jwt.verify(token)?;
+        if self.revocations.admits(&verified) {
+            Ok(verified)
+        } else {
+            Err(TokenError)
+        }
+    }
+
     /// What `/metrics` answers: the counted series and those read now.
     pub fn scrape(&self) -> String {
         self.metrics.render(Sample {

@@ -155,6 +155,9 @@ pub enum ShardMsg {
         user: UserId,
         seq: Seq,
     },
+    /// To every shard: some of `user`'s tokens no longer count (see `Revocations`);
+    /// their sockets whose token does not close with 1008 `Session ended`.
+    TokensRevoked { user: UserId },
     /// From the cluster (other nodes, through Redis) to the conversation's home.
     Remote {
         conversation: ConversationId,

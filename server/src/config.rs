@@ -95,9 +95,15 @@ pub struct Config {
     #[arg(long, env = "BEHIND_PROXY")]
     pub behind_proxy: bool,
 
-    /// Lifetime of access tokens, in minutes.
-    #[arg(long, env = "ACCESS_TOKEN_EXPIRE_MINUTES", default_value_t = 1440)]
+    /// Lifetime of access tokens, in minutes. Short, because a client renews them with
+    /// its refresh token; tokens of an ended session stop working at once anyway.
+    #[arg(long, env = "ACCESS_TOKEN_EXPIRE_MINUTES", default_value_t = 15)]
     pub token_ttl_minutes: u64,
+
+    /// Days a session lasts without being used: its refresh token stops working
+    /// then (each refresh starts the period again).
+    #[arg(long, env = "REFRESH_TOKEN_EXPIRE_DAYS", default_value_t = 30)]
+    pub refresh_ttl_days: u64,
 
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -366,6 +372,10 @@ impl Config {
         Duration::from_secs(self.token_ttl_minutes.saturating_mul(60))
     }
 
+    pub fn refresh_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_ttl_days.saturating_mul(24 * 3600))
+    }
+
     pub fn writer_max_delay(&self) -> Duration {
         Duration::from_micros(self.writer_max_delay_us)
     }
@@ -394,7 +404,8 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8000");
         assert_eq!(c.io_driver, IoDriver::Auto);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
-        assert_eq!(c.token_ttl(), Duration::from_secs(24 * 3600));
+        assert_eq!(c.token_ttl(), Duration::from_secs(15 * 60));
+        assert_eq!(c.refresh_ttl(), Duration::from_secs(30 * 24 * 3600));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.ws_max_message_bytes, 64 << 10);
         assert_eq!(c.ws_ping_interval, Duration::from_secs(25));

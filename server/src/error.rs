@@ -40,6 +40,9 @@ pub enum ApiError {
     InvalidToken,
     #[error("Incorrect username or password")]
     BadCredentials,
+    /// A 401 that says more (a refresh token that no longer works, say).
+    #[error("{0}")]
+    Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("{0}")]
@@ -84,9 +87,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::NotAuthenticated | Self::InvalidToken | Self::BadCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::NotAuthenticated
+            | Self::InvalidToken
+            | Self::BadCredentials
+            | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

@@ -53,6 +53,11 @@ id_type!(
     /// A chat message; time-ordered (UUIDv7).
     MessageId
 );
+id_type!(
+    /// A login: one device's session, which its refresh tokens renew and which ends
+    /// with a logout (then every access token issued for it stops working).
+    SessionId
+);
 
 /// A position in a conversation's stream. Every persisted event of a conversation
 /// (message, edit, delete, reaction) takes the next one: 1, 2, 3, ... with no gaps.

@@ -12,7 +12,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::app::{App, Limits};
-use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool};
+use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool, Revocations, EVERY_TOKEN};
 use crate::bus::{Bus, ShardMsg};
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -66,10 +66,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         store_runtime.handle(),
     );
     let bus = Arc::new(Bus::new(shards));
+    let revocations = Arc::new(Revocations::new(config.token_ttl()));
+    learn_revocations(&store, &store_runtime, &revocations, config.token_ttl())?;
     let cluster = match &config.redis_url {
         Some(url) => Some(
-            Cluster::start(&config, url, Arc::clone(&bus), store_runtime.handle())
-                .context("--redis-url")?,
+            Cluster::start(
+                &config,
+                url,
+                Arc::clone(&bus),
+                Arc::clone(&revocations),
+                store_runtime.handle(),
+            )
+            .context("--redis-url")?,
         ),
         None => None,
     };
@@ -81,6 +89,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ),
         writer,
         jwt: JwtKeys::new(&secret, config.token_ttl()),
+        revocations,
         passwords: PasswordPool::new(config.hash_threads, config.hash_queue)
             .context("password pool")?,
         budgets: Budgets::new(config.ws_rate_per_second, config.ws_rate_burst),
@@ -149,6 +158,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// What `--production` refuses to start with.
+/// Reads from the store which tokens stopped counting lately (sessions that ended
+/// within an access token's lifetime, every user's time before which tokens without
+/// a session are refused), so a node that starts refuses them as the others do.
+fn learn_revocations(
+    store: &Arc<dyn store::Store>,
+    runtime: &tokio::runtime::Runtime,
+    revocations: &Revocations,
+    access_ttl: std::time::Duration,
+) -> anyhow::Result<()> {
+    let since = crate::ids::now_micros()
+        - chrono::Duration::from_std(access_ttl).unwrap_or(chrono::Duration::MAX)
+        - chrono::Duration::seconds(5);
+    let ended = runtime
+        .block_on(store.ended_tokens(since))
+        .context("reading ended sessions")?;
+    let secs = |at: chrono::DateTime<chrono::Utc>| u64::try_from(at.timestamp()).unwrap_or(0);
+    for (session, _, at) in &ended.sessions {
+        revocations.end(&[*session], secs(*at));
+    }
+    for (user, before) in &ended.users {
+        let before = if *before >= store::account::account_gone() {
+            EVERY_TOKEN
+        } else {
+            secs(*before)
+        };
+        revocations.refuse_before(*user, before);
+    }
+    Ok(())
+}
+
 fn refuse_unsafe_production(config: &Config) -> anyhow::Result<()> {
     if !config.production {
         return Ok(());

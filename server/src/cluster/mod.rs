@@ -35,10 +35,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Revocations;
 use crate::bus::{Bus, Remote, Roster};
 use crate::config::Config;
 use crate::ids::{ConversationId, UserId};
 pub use messages::{Announcement, Change};
+pub use wire::Revoked;
 use messages::{Health, Outbound, PresenceOp, Subscription};
 use presence::Presence;
 use rate::Budget;
@@ -68,6 +70,7 @@ impl Cluster {
         config: &Config,
         url: &str,
         bus: Arc<Bus>,
+        revocations: Arc<Revocations>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, ClusterError> {
         let client = redis::Client::open(url)?;
@@ -91,6 +94,7 @@ impl Cluster {
             keys,
             ttl: config.node_ttl,
             bus,
+            revocations,
             health,
             outbound,
             list_limit: config.presence_list_limit,
@@ -161,6 +165,13 @@ impl Cluster {
     /// conversation (`frame`: its `conversation` event).
     pub fn added(&self, conversation: ConversationId, users: &[UserId], frame: &[u8]) {
         let payload = wire::encode_added(self.ctx.node, conversation, users, frame);
+        let _ = self.ctx.outbound.send(Outbound::Inbox(payload));
+    }
+
+    /// Tells every other node that some of a user's tokens no longer count (kept
+    /// through an outage until Redis answers).
+    pub fn revoked(&self, revoked: &wire::Revoked) {
+        let payload = wire::encode_revoked(self.ctx.node, revoked);
         let _ = self.ctx.outbound.send(Outbound::Inbox(payload));
     }
 

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 
 use super::messages::{Health, Outbound, Subscription};
 use super::presence::Presence;
-use super::wire::{self, NodeId};
+use super::wire::{self, Inbox, NodeId};
+use crate::auth::Revocations;
 use crate::bus::{Bus, Remote, ShardMsg};
 use crate::ids::{ConversationId, UserId};
 
@@ -40,6 +41,8 @@ pub(super) struct Context {
     pub keys: Arc<Presence>,
     pub ttl: Duration,
     pub bus: Arc<Bus>,
+    /// The tokens that no longer count, which other nodes' revocations update.
+    pub revocations: Arc<Revocations>,
     pub health: Arc<Health>,
     pub outbound: mpsc::UnboundedSender<Outbound>,
     /// Within this many users a conversation's announcements carry the list.
@@ -121,7 +124,7 @@ pub(super) async fn publish(
         }
         let mut pipe = redis::pipe();
         let mut sent = Vec::new();
-        let mut inbox = false;
+        let mut inbox = Vec::new();
         let mut flushes = Vec::new();
         for item in batch.drain(..) {
             match item {
@@ -135,14 +138,14 @@ pub(super) async fn publish(
                 Outbound::Inbox(payload) => {
                     pipe.cmd("PUBLISH")
                         .arg(ctx.keys.inbox())
-                        .arg(payload)
+                        .arg(&payload)
                         .ignore();
-                    inbox = true;
+                    inbox.push(payload);
                 }
                 Outbound::Flush(done) => flushes.push(done),
             }
         }
-        if !sent.is_empty() || inbox {
+        if !sent.is_empty() || !inbox.is_empty() {
             match pipe.query_async::<()>(&mut conn).await {
                 Ok(()) => lost.resend(&ctx, &mut conn).await,
                 Err(e) => {
@@ -156,12 +159,14 @@ pub(super) async fn publish(
                                 payload,
                             } => sent.push((conversation, payload)),
                             Outbound::Flush(done) => flushes.push(done),
-                            // News of additions is not kept through an outage.
-                            Outbound::Inbox(_) => {}
+                            Outbound::Inbox(payload) => inbox.push(payload),
                         }
                     }
                     for (conversation, payload) in sent {
                         lost.add(conversation, payload);
+                    }
+                    for payload in inbox {
+                        lost.add_inbox(payload);
                     }
                 }
             }
@@ -179,11 +184,21 @@ pub(super) async fn publish(
 struct Lost {
     conversations: HashSet<ConversationId>,
     removals: Vec<(ConversationId, Vec<u8>)>,
+    /// Ended sessions (inbox payloads): no token of one may go on working anywhere.
+    revocations: Vec<Vec<u8>>,
 }
 
 impl Lost {
     fn is_empty(&self) -> bool {
-        self.conversations.is_empty() && self.removals.is_empty()
+        self.conversations.is_empty() && self.removals.is_empty() && self.revocations.is_empty()
+    }
+
+    /// An inbox payload that did not go out: kept when it is a revocation (news of an
+    /// addition is not kept; the conversation list shows it).
+    fn add_inbox(&mut self, payload: Vec<u8>) {
+        if wire::is_revocation(&payload) {
+            self.revocations.push(payload);
+        }
     }
 
     fn add(&mut self, conversation: ConversationId, payload: Vec<u8>) {
@@ -206,9 +221,16 @@ impl Lost {
         for (conversation, payload) in &self.removals {
             ctx.publish_into(&mut pipe, *conversation, payload);
         }
+        for payload in &self.revocations {
+            pipe.cmd("PUBLISH")
+                .arg(ctx.keys.inbox())
+                .arg(payload)
+                .ignore();
+        }
         if pipe.query_async::<()>(conn).await.is_ok() {
             self.conversations.clear();
             self.removals.clear();
+            self.revocations.clear();
         }
     }
 }
@@ -300,15 +322,31 @@ fn apply(wanted: &mut HashSet<ConversationId>, cmd: Subscription) {
 fn dispatch(ctx: &Context, channel: &[u8], payload: &[u8]) {
     let Some(conversation) = ctx.keys.conversation_of(channel) else {
         if channel == ctx.keys.inbox().as_bytes() {
-            match wire::decode_added(payload) {
-                Some((origin, _, _, _)) if origin == ctx.node => {}
-                Some((_, conversation, users, frame)) => {
+            match wire::decode_inbox(payload) {
+                Some((origin, _)) if origin == ctx.node => {}
+                Some((
+                    _,
+                    Inbox::Added {
+                        conversation,
+                        users,
+                        frame,
+                    },
+                )) => {
                     let users: Arc<[UserId]> = users.into();
                     ctx.bus.broadcast(|| ShardMsg::Added {
                         conversation,
                         users: Arc::clone(&users),
                         frame: frame.clone(),
                     });
+                }
+                Some((_, Inbox::Revoked(r))) => {
+                    // Recorded before any shard is told, as on the node that ended it.
+                    ctx.revocations.end(&r.sessions, r.at);
+                    if let Some(before) = r.refuse_before {
+                        ctx.revocations.refuse_before(r.user, before);
+                    }
+                    ctx.bus
+                        .broadcast(|| ShardMsg::TokensRevoked { user: r.user });
                 }
                 None => tracing::warn!("unreadable inbox message ignored"),
             }

@@ -7,9 +7,12 @@
 //! from the store. Frames travel as the WebSocket frames the publisher already
 //! encoded, so an event is encoded once in the whole cluster.
 //!
-//! The inbox channel carries one kind (`A`): users added to a conversation (the
-//! conversation, 16 bytes, the number of users, 4 bytes big-endian, the users, 16
-//! bytes each, then the `conversation` frame for their user streams).
+//! The inbox channel, which every node hears, carries two kinds: `A` users added to a
+//! conversation (the conversation, 16 bytes, the number of users, 4 bytes big-endian,
+//! the users, 16 bytes each, then the `conversation` frame for their user streams),
+//! and `T` a revocation (the user, 16 bytes, when, 8 bytes, the time before which its
+//! tokens without a session are refused, 8 bytes, 0 for none, the number of ended
+//! sessions, 4 bytes, then the sessions, 16 bytes each).
 //!
 //! This module only encodes and decodes; it never talks to Redis.
 
@@ -17,7 +20,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::bus::{Audience, Remote};
-use crate::ids::{ConversationId, Seq, UserId};
+use crate::ids::{ConversationId, Seq, SessionId, UserId};
 
 /// A node of the cluster: random per process start, so a restarted node is a new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,23 +95,95 @@ pub fn encode_added(
     out
 }
 
-/// What an inbox payload says: the publisher, the conversation, the users and the
-/// frame; `None` for a payload this version cannot read.
-pub fn decode_added(payload: &[u8]) -> Option<(NodeId, ConversationId, Vec<UserId>, Bytes)> {
-    let origin = NodeId(uuid_at(payload, 0)?);
-    if *payload.get(16)? != b'A' {
-        return None;
+/// What the inbox channel says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbox {
+    /// Users added to a conversation, with the frame for their user streams.
+    Added {
+        conversation: ConversationId,
+        users: Vec<UserId>,
+        frame: Bytes,
+    },
+    /// Some of a user's tokens no longer count.
+    Revoked(Revoked),
+}
+
+/// A revocation: sessions of `user` that ended at `at` (Unix seconds), and, when
+/// given, the time before which the user's tokens without a session are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub user: UserId,
+    pub at: u64,
+    pub refuse_before: Option<u64>,
+    pub sessions: Vec<SessionId>,
+}
+
+/// A revocation, for the inbox channel.
+pub fn encode_revoked(origin: NodeId, r: &Revoked) -> Vec<u8> {
+    let mut out = Vec::with_capacity(57 + 16 * r.sessions.len());
+    out.extend_from_slice(origin.0.as_bytes());
+    out.push(b'T');
+    out.extend_from_slice(r.user.0.as_bytes());
+    out.extend_from_slice(&r.at.to_be_bytes());
+    // 0 says none: no token is issued before 1970.
+    out.extend_from_slice(&r.refuse_before.unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&u32::try_from(r.sessions.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for s in &r.sessions {
+        out.extend_from_slice(s.0.as_bytes());
     }
-    let conversation = ConversationId(uuid_at(payload, 17)?);
-    let count = u32::from_be_bytes(payload.get(33..37)?.try_into().ok()?) as usize;
-    let frame_at = count.checked_mul(16)?.checked_add(37)?;
-    let users = payload
-        .get(37..frame_at)?
-        .chunks_exact(16)
-        .filter_map(|b| Some(UserId(Uuid::from_bytes(b.try_into().ok()?))))
-        .collect();
-    let frame = Bytes::copy_from_slice(payload.get(frame_at..)?);
-    Some((origin, conversation, users, frame))
+    out
+}
+
+/// Whether an inbox payload is a revocation (kept through an outage).
+pub fn is_revocation(payload: &[u8]) -> bool {
+    payload.get(16) == Some(&b'T')
+}
+
+/// The publisher and what an inbox payload says; `None` for one this version cannot
+/// read.
+pub fn decode_inbox(payload: &[u8]) -> Option<(NodeId, Inbox)> {
+    let origin = NodeId(uuid_at(payload, 0)?);
+    let u64_at = |at: usize| Some(u64::from_be_bytes(payload.get(at..at + 8)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_be_bytes(payload.get(at..at + 4)?.try_into().ok()?));
+    let inbox = match *payload.get(16)? {
+        b'A' => {
+            let conversation = ConversationId(uuid_at(payload, 17)?);
+            let count = u32_at(33)? as usize;
+            let frame_at = count.checked_mul(16)?.checked_add(37)?;
+            let users = payload
+                .get(37..frame_at)?
+                .chunks_exact(16)
+                .filter_map(|b| Some(UserId(Uuid::from_bytes(b.try_into().ok()?))))
+                .collect();
+            let frame = Bytes::copy_from_slice(payload.get(frame_at..)?);
+            Inbox::Added {
+                conversation,
+                users,
+                frame,
+            }
+        }
+        b'T' => {
+            let user = UserId(uuid_at(payload, 17)?);
+            let (at, before) = (u64_at(33)?, u64_at(41)?);
+            let count = u32_at(49)? as usize;
+            let end = count.checked_mul(16)?.checked_add(53)?;
+            if payload.len() != end {
+                return None;
+            }
+            let sessions = payload[53..end]
+                .chunks_exact(16)
+                .filter_map(|b| Some(SessionId(Uuid::from_bytes(b.try_into().ok()?))))
+                .collect();
+            Inbox::Revoked(Revoked {
+                user,
+                at,
+                refuse_before: (before > 0).then_some(before),
+                sessions,
+            })
+        }
+        _ => return None,
+    };
+    Some((origin, inbox))
 }
 
 /// Whether a payload is a removal (`Remote::Revoke`) or a deletion (`Remote::Deleted`):
@@ -211,15 +286,47 @@ mod tests {
         let (origin, conversation) = (NodeId::random(), ConversationId::random());
         let users = vec![UserId::random(), UserId::random()];
         let payload = encode_added(origin, conversation, &users, b"frame");
-        let (o, c, u, f) = decode_added(&payload).expect("decodes");
+        let (o, inbox) = decode_inbox(&payload).expect("decodes");
+        assert_eq!(o, origin);
         assert_eq!(
-            (o, c, u, &f[..]),
-            (origin, conversation, users, &b"frame"[..])
+            inbox,
+            Inbox::Added {
+                conversation,
+                users,
+                frame: Bytes::from_static(b"frame")
+            }
         );
-        assert!(decode_added(&payload[..40]).is_none(), "users cut short");
+        assert!(decode_inbox(&payload[..40]).is_none(), "users cut short");
         assert!(
             decode(&payload).is_none(),
             "not a conversation channel's message"
+        );
+    }
+
+    #[test]
+    fn revocations_survive_the_trip() {
+        let origin = NodeId::random();
+        let r = Revoked {
+            user: UserId::random(),
+            at: 1_770_000_000,
+            refuse_before: Some(1_770_000_001),
+            sessions: vec![SessionId::random(), SessionId::random()],
+        };
+        let payload = encode_revoked(origin, &r);
+        assert!(is_revocation(&payload));
+        assert_eq!(
+            decode_inbox(&payload),
+            Some((origin, Inbox::Revoked(r.clone())))
+        );
+        assert!(decode_inbox(&payload[..payload.len() - 1]).is_none());
+        let none = Revoked {
+            refuse_before: None,
+            sessions: Vec::new(),
+            ..r
+        };
+        assert_eq!(
+            decode_inbox(&encode_revoked(origin, &none)),
+            Some((origin, Inbox::Revoked(none)))
         );
     }
 

@@ -10,6 +10,7 @@ use hyper::Request;
 use super::dto::{Credentials, ErrorBody, Token, UserOut, UserSummary};
 use super::reply::{json, Reply};
 use super::request;
+use super::sessions;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, UserId};
@@ -136,6 +137,7 @@ fn credentials(creds: Credentials) -> Result<(Username, Password), ApiError> {
 )]
 pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let address = request::client_address(&req, &shard.app.config.trusted_proxies);
+    let agent = sessions::user_agent(&req);
     let body = request::body(shard, req).await?;
     let (username, password) = credentials(request::json(&body)?)?;
     let throttle = &shard.app.logins;
@@ -164,19 +166,8 @@ pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         }
     };
     throttle.succeeded(address, &username);
-    let access_token = shard
-        .app
-        .jwt
-        .issue(user.id)
-        .map_err(|_| ApiError::InvalidToken)?;
-    Ok(json(
-        StatusCode::OK,
-        &Token {
-            access_token,
-            token_type: "bearer",
-            user_id: user.id.to_string(),
-        },
-    ))
+    let token = sessions::open(shard, agent, user.id).await?;
+    Ok(json(StatusCode::OK, &token))
 }
 
 /// The authenticated user.

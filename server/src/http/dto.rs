@@ -56,6 +56,8 @@ pub struct UserSummary {
     pub username: String,
 }
 
+/// What a login or a refresh answers: an access token for the API and the sockets,
+/// and the refresh token that renews it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Token {
     pub access_token: String,
@@ -64,6 +66,26 @@ pub struct Token {
     pub token_type: &'static str,
     #[schema(value_type = String, format = Uuid)]
     pub user_id: String,
+    /// Seconds the access token lives (`ACCESS_TOKEN_EXPIRE_MINUTES`).
+    pub expires_in: u64,
+    /// Renews the session once (`POST /api/auth/refresh`): each use answers a new
+    /// one; using one twice ends the session.
+    pub refresh_token: String,
+    /// Seconds the refresh token works if not used (`REFRESH_TOKEN_EXPIRE_DAYS`).
+    pub refresh_expires_in: u64,
+}
+
+/// Body of `POST /api/auth/refresh`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// What a logout everywhere ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoggedOut {
+    /// How many sessions (other than the caller's) ended.
+    pub ended_sessions: usize,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

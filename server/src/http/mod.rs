@@ -13,6 +13,7 @@ mod participants;
 mod page;
 mod presence;
 mod reply;
+mod sessions;
 /// Public for the fuzz targets (`fuzz/`): what the server parses of a request itself.
 pub mod request;
 pub mod routes;
@@ -147,6 +148,9 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>, found: Found<'_
     match (route.endpoint, method) {
         (Endpoint::Register, _) => auth::register(shard, req).await,
         (Endpoint::Login, _) => auth::login(shard, req).await,
+        (Endpoint::Refresh, _) => sessions::refresh(shard, req).await,
+        (Endpoint::Logout, _) => sessions::logout(shard, req).await,
+        (Endpoint::LogoutAll, _) => sessions::logout_all(shard, req).await,
         (Endpoint::Me, _) => auth::me(shard, req).await,
         (Endpoint::Users, _) => auth::lookup(shard, req).await,
         (Endpoint::Conversations, Method::POST) => conversations::create(shard, req).await,

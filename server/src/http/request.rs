@@ -11,6 +11,7 @@ use hyper::Request;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::auth::Verified;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::UserId;
@@ -241,6 +242,12 @@ pub fn percent_decode(s: &str) -> String {
 
 /// The authenticated caller, from `Authorization: Bearer <jwt>`.
 pub fn bearer(shard: &ShardContext, req: &Request<Incoming>) -> Result<UserId, ApiError> {
+    caller(shard, req).map(|t| t.user)
+}
+
+/// The caller's token as verified (whose, which session), from `Authorization:
+/// Bearer <jwt>`: valid, and still counting.
+pub fn caller(shard: &ShardContext, req: &Request<Incoming>) -> Result<Verified, ApiError> {
     let header = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -255,9 +262,7 @@ pub fn bearer(shard: &ShardContext, req: &Request<Incoming>) -> Result<UserId, A
     }
     shard
         .app
-        .jwt
-        .verify(token.trim())
-        .map(|t| t.user)
+        .authenticate(token.trim())
         .map_err(|_| ApiError::InvalidToken)
 }
 

@@ -9,6 +9,9 @@ use http::Method;
 pub enum Endpoint {
     Register,
     Login,
+    Refresh,
+    Logout,
+    LogoutAll,
     Me,
     Users,
     Conversations,
@@ -63,6 +66,9 @@ const POST: &[Method] = &[Method::POST];
 pub static ROUTES: &[Route] = &[
     route(Endpoint::Register, "/api/auth/register", POST, true),
     route(Endpoint::Login, "/api/auth/login", POST, true),
+    route(Endpoint::Refresh, "/api/auth/refresh", POST, true),
+    route(Endpoint::Logout, "/api/auth/logout", POST, true),
+    route(Endpoint::LogoutAll, "/api/auth/logout-all", POST, true),
     route(Endpoint::Me, "/api/auth/me", GET, true),
     route(Endpoint::Users, "/api/users", GET, true),
     route(

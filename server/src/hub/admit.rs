@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conn::Scope;
-use crate::ids::{ConversationId, Seq, UserId};
+use crate::ids::{ConversationId, SessionId, Seq, UserId};
 
 /// Who may carry what, until when, and since when we know it: what admission (in
 /// `ws`) hands the registry.
@@ -19,6 +19,10 @@ pub struct Admitted {
     pub username: Arc<str>,
     /// When the token expires (Unix seconds); the socket is closed then.
     pub expires_at: u64,
+    /// The token's session and issue time: the socket closes when they stop counting
+    /// (see `Revocations`).
+    pub session: Option<SessionId>,
+    pub issued_at: u64,
     /// Taken before membership was read: a removal committed after this instant may
     /// not have been seen, so the home checks it against its recent removals.
     pub checked_at: Instant,

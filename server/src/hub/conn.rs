@@ -30,8 +30,9 @@ use bytes::Bytes;
 #[cfg(test)]
 use super::admit::StreamAdmission;
 use super::admit::{Admitted, Carried, Resume};
+use crate::auth::Verified;
 use crate::config::Outbound;
-use crate::ids::{ConversationId, UserId};
+use crate::ids::{ConversationId, SessionId, UserId};
 use crate::protocol::frame::PING_FRAME;
 use crate::protocol::Close;
 
@@ -108,6 +109,9 @@ pub struct Conn {
     closing_since: Cell<Instant>,
     /// Unix time (seconds) at which the socket's token expires.
     expires_at: Cell<u64>,
+    /// The token's session, and when it was issued (Unix seconds).
+    session: Cell<Option<SessionId>>,
+    issued_at: Cell<u64>,
     subs: RefCell<Subs>,
 }
 
@@ -152,6 +156,8 @@ impl Conn {
             last_ping: Cell::new(now.checked_sub(ping_phase).unwrap_or(now)),
             closing_since: Cell::new(now),
             expires_at: Cell::new(admitted.expires_at),
+            session: Cell::new(admitted.session),
+            issued_at: Cell::new(admitted.issued_at),
             subs: RefCell::new(match &admitted.carried {
                 Carried::Conversation {
                     conversation,
@@ -389,9 +395,21 @@ impl Conn {
         self.last_seen.set(Instant::now());
     }
 
-    /// The token now lives until `expires_at` (Unix seconds).
-    pub fn extend(&self, expires_at: u64) {
-        self.expires_at.set(expires_at);
+    /// The socket now lives on `token` (a refresh, in-band).
+    pub fn extend(&self, token: &Verified) {
+        self.expires_at.set(token.expires_at);
+        self.session.set(token.session);
+        self.issued_at.set(token.issued_at);
+    }
+
+    /// The token the socket lives on, as verified.
+    pub fn token(&self) -> Verified {
+        Verified {
+            user: self.user,
+            session: self.session.get(),
+            issued_at: self.issued_at.get(),
+            expires_at: self.expires_at.get(),
+        }
     }
 
     /// One beat of the shard's heartbeat: closes a connection that has been silent
@@ -485,6 +503,8 @@ mod tests {
             user: UserId::random(),
             username: "u".into(),
             expires_at: u64::MAX,
+            session: None,
+            issued_at: 0,
             checked_at: Instant::now(),
             carried: Carried::Conversation {
                 conversation: CONV,
@@ -596,10 +616,16 @@ mod tests {
         };
         let now = Instant::now();
         let c = conn(1000);
-        c.extend(100);
+        let until = |expires_at| Verified {
+            user: c.user,
+            session: None,
+            issued_at: 0,
+            expires_at,
+        };
+        c.extend(&until(100));
         c.beat(&beat, now, 99);
         assert!(c.is_open());
-        c.extend(200);
+        c.extend(&until(200));
         c.beat(&beat, now, 150);
         assert!(c.is_open());
         c.beat(&beat, now, 200);
@@ -634,6 +660,8 @@ mod tests {
             user: UserId::random(),
             username: "u".into(),
             expires_at: u64::MAX,
+            session: None,
+            issued_at: 0,
             checked_at: Instant::now(),
             carried: Carried::Stream(Box::new(StreamAdmission {
                 memberships: Vec::new(),

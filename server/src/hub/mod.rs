@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use crate::app::App;
 use crate::bus::{Audience, Remote, ShardMsg};
+use crate::cluster::Revoked;
 use bytes::Bytes;
 
 use crate::ids::{ConversationId, Seq, UserId};
@@ -78,6 +79,7 @@ impl Hub {
                 conn,
             } => self.registry.revoked(conversation, user, conn),
             ShardMsg::Gone { conversation } => self.registry.gone(conversation),
+            ShardMsg::TokensRevoked { user } => self.registry.tokens_revoked(user),
             ShardMsg::Joined {
                 conn,
                 conversation,
@@ -171,6 +173,23 @@ impl Hub {
             frame: frame.clone(),
             to: Audience::All,
         });
+    }
+
+    /// Some of a user's tokens no longer count (see `Revoked`): recorded here first,
+    /// then every shard closes the sockets that live on one, and every other node
+    /// does the same. Call after the store has recorded it.
+    pub fn tokens_revoked(&self, revoked: Revoked) {
+        let user = revoked.user;
+        self.app.revocations.end(&revoked.sessions, revoked.at);
+        if let Some(before) = revoked.refuse_before {
+            self.app.revocations.refuse_before(user, before);
+        }
+        self.app
+            .bus
+            .broadcast(|| ShardMsg::TokensRevoked { user });
+        if let Some(cluster) = &self.app.cluster {
+            cluster.revoked(&revoked);
+        }
     }
 
     /// Tells the conversation's home, on every node, that it was deleted: its sockets

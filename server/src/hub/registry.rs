@@ -83,6 +83,11 @@ impl Registry {
         ));
         st.conns.insert(conn.id, Rc::clone(&conn));
         self.metrics.websockets_open.inc();
+        // The session may have ended while admission read the store: the revocation
+        // was recorded before any shard was told, so this look cannot miss it.
+        if !self.app.revocations.admits(&conn.token()) {
+            conn.close(Close::SessionEnded);
+        }
         st.users
             .entry(conn.user)
             .or_insert_with(|| UserSlot { conns: 0, lease: 0 })
@@ -224,13 +229,12 @@ impl Registry {
             ClientEvent::Auth { token } => {
                 let token = self
                     .app
-                    .jwt
-                    .verify(&token)
+                    .authenticate(&token)
                     .map_err(|_| Refused::InvalidToken)?;
                 if token.user != conn.user {
                     return Err(Refused::OtherUser);
                 }
-                conn.extend(token.expires_at);
+                conn.extend(&token);
                 let expires_at = i64::try_from(token.expires_at)
                     .ok()
                     .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
@@ -375,6 +379,22 @@ impl Registry {
                     }
                 }
             }
+        }
+    }
+
+    /// Some of `user`'s tokens no longer count: the user's sockets here that live on
+    /// one of them close.
+    pub(super) fn tokens_revoked(&self, user: UserId) {
+        let ended: Vec<Rc<Conn>> = self
+            .local
+            .borrow()
+            .conns
+            .values()
+            .filter(|c| c.user == user && !self.app.revocations.admits(&c.token()))
+            .cloned()
+            .collect();
+        for c in ended {
+            c.close(Close::SessionEnded);
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Close {
     ConversationDeleted,
     /// The token the socket was opened (or last refreshed) with has expired.
     TokenExpired,
+    /// The session the socket's token belongs to ended (a logout, a logout
+    /// everywhere, a password change, a reused refresh token, a deleted account).
+    SessionEnded,
     /// The store could not be asked at admission.
     Unavailable,
     /// The server is stopping.
@@ -51,7 +54,7 @@ pub enum Close {
 
 impl Close {
     /// Every close, in the order of the documentation's table.
-    pub const ALL: [Close; 17] = [
+    pub const ALL: [Close; 18] = [
         Self::Normal,
         Self::ShuttingDown,
         Self::IdleTimeout,
@@ -62,6 +65,7 @@ impl Close {
         Self::NotAMember,
         Self::ConversationDeleted,
         Self::TokenExpired,
+        Self::SessionEnded,
         Self::FragmentTimeout,
         Self::TooManyFragments,
         Self::TooManySockets,
@@ -80,7 +84,9 @@ impl Close {
             Self::ProtocolError | Self::BadFragmentation | Self::InvalidUtf8 => {
                 "fix the client; reconnecting repeats the failure"
             }
-            Self::InvalidToken | Self::TokenExpired => "log in again, then reconnect",
+            Self::InvalidToken | Self::TokenExpired | Self::SessionEnded => {
+                "log in again, then reconnect"
+            }
             Self::NotAMember => "do not reconnect: access was refused or revoked",
             Self::ConversationDeleted => "do not reconnect: the conversation is gone",
             Self::TooBig => "reconnect and send smaller messages",
@@ -103,6 +109,7 @@ impl Close {
             | Self::NotAMember
             | Self::ConversationDeleted
             | Self::TokenExpired
+            | Self::SessionEnded
             | Self::FragmentTimeout
             | Self::TooManyFragments
             | Self::TooManySockets
@@ -120,6 +127,7 @@ impl Close {
             Self::NotAMember => "Not a member of this conversation",
             Self::ConversationDeleted => "Conversation deleted",
             Self::TokenExpired => "Token expired",
+            Self::SessionEnded => "Session ended",
             Self::Unavailable => "Service unavailable, please retry",
             Self::ShuttingDown => "Server shutting down",
             Self::IdleTimeout => "Idle timeout",

@@ -5,6 +5,7 @@
 //! on a shard: shards reach it through `Db::call`, which hands the work over and awaits
 //! the answer without blocking.
 
+pub mod account;
 #[cfg(test)]
 mod conformance;
 mod model;

@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
+use super::account::{DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal};
+use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
 use crate::text::{ClientId, Content};
 
 /// Why a store call failed. Only `Conflict` is caused by the caller; the rest mean the
@@ -445,8 +446,10 @@ pub trait Store: Send + Sync + 'static {
     /// as absent and its stream takes nothing more; whether there was one. Its
     /// history stays until `purge_deleted` removes it.
     async fn delete_conversation(&self, id: ConversationId) -> Result<bool, StoreError>;
-    /// Removes one bounded chunk of what deleted conversations left (messages with
-    /// their changes and reactions, then the rows themselves); whether more is left.
+    /// Removes one bounded chunk of what deletions left: a deleted conversation's
+    /// messages (with their changes and reactions, then its row), or the messages of
+    /// an account deleted with `erase` (erased as a delete erases them); whether more
+    /// is left.
     async fn purge_deleted(&self) -> Result<bool, StoreError>;
     /// A page of the participants in user id order: at most `limit` after `after`.
     async fn participant_page(
@@ -568,6 +571,65 @@ pub trait Store: Send + Sync + 'static {
         after: Seq,
         upto: Seq,
     ) -> Result<Vec<StreamEvent>, StoreError>;
+
+    /// Stores a new session; past `keep` live sessions of the user, the oldest end.
+    /// Answers the sessions it ended. The user's rows of sessions that ended (or
+    /// expired) before `forget_before` go.
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        keep: u32,
+        forget_before: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Moves a live session on from `generation` to the next, with a new expiry; an
+    /// older generation ends it (see `Renewal`).
+    async fn renew_session(
+        &self,
+        id: SessionId,
+        generation: u64,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Renewal, StoreError>;
+    /// Ends the user's live sessions that `which` names; answers which it ended.
+    async fn end_sessions(
+        &self,
+        user: UserId,
+        which: Ending,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Tokens of the user without a session, issued before `at`, no longer count.
+    async fn set_tokens_not_before(&self, user: UserId, at: DateTime<Utc>)
+        -> Result<(), StoreError>;
+    /// The sessions that ended since `since`, and every user's `tokens_not_before`.
+    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError>;
+    /// Replaces the user's password hash.
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError>;
+    /// Deletes the account at `at`: its sessions end and no token of it counts again,
+    /// it leaves every conversation (an owner's hands over, as on leaving), and its
+    /// row stays under a name no one can register, without a password, so its
+    /// messages keep a sender; with `erase`, the purge erases them. `None` when there
+    /// is no such (live) account.
+    async fn delete_account(
+        &self,
+        user: UserId,
+        erase: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DeletedAccount>, StoreError>;
+    /// A page of the user's conversations for the export, in id order after `after`.
+    async fn export_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Membership>, StoreError>;
+    /// A page of the user's own live messages, in any conversation, in id (time)
+    /// order after `after`.
+    async fn export_messages(
+        &self,
+        user: UserId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
 
     /// Cheap round trip for readiness.
     async fn ping(&self) -> Result<(), StoreError>;

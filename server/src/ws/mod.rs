@@ -152,7 +152,7 @@ where
     Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
 {
     let token = token
-        .and_then(|t| shard.app.jwt.verify(&t).ok())
+        .and_then(|t| shard.app.authenticate(&t).ok())
         .ok_or(Close::InvalidToken)?;
     let user = token.user;
     let checked_at = Instant::now();
@@ -171,6 +171,8 @@ where
             user,
             username: username.into(),
             expires_at: token.expires_at,
+            session: token.session,
+            issued_at: token.issued_at,
             checked_at,
             carried: carry(found)?,
         }),

@@ -19,7 +19,8 @@ use utoipa::{Modify, OpenApi};
 use crate::http::dto::{
     ConversationItem, ConversationOut, ConversationPatch, Credentials, ErrorBody, Liveness,
     MessageOut, NewConversation, NewParticipant, ParticipantOut, PresenceOut, PresentUser,
-    PreviewOut, ReactionOut, Readiness, RoleChange, RoleOut, Token, UserOut, UserSummary,
+    PreviewOut, ReactionOut, Readiness, RefreshRequest, LoggedOut, RoleChange, RoleOut, Token,
+    UserOut, UserSummary,
 };
 use crate::ids::Role;
 use crate::http::markers::{ReadMarker, ReadMarkerOut};
@@ -43,6 +44,9 @@ pub const STREAM_PATH: &str = "/api/chat/ws";
     paths(
         crate::http::auth::register,
         crate::http::auth::login,
+        crate::http::sessions::refresh,
+        crate::http::sessions::logout,
+        crate::http::sessions::logout_all,
         crate::http::auth::me,
         crate::http::auth::lookup,
         crate::http::conversations::create,
@@ -64,6 +68,8 @@ pub const STREAM_PATH: &str = "/api/chat/ws";
         UserOut,
         UserSummary,
         Token,
+        RefreshRequest,
+        LoggedOut,
         NewConversation,
         NewParticipant,
         ConversationPatch,

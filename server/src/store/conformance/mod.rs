@@ -8,6 +8,7 @@ mod fixtures;
 
 mod inbox;
 mod manage;
+mod sessions;
 mod streams;
 
 use super::model::{
@@ -55,6 +56,7 @@ pub(crate) async fn run(store: &dyn Store) {
     streams::run(store).await;
     inbox::run(store).await;
     manage::run(store).await;
+    sessions::run(store).await;
 }
 
 async fn users(store: &dyn Store) {

@@ -16,6 +16,7 @@ mod batch;
 mod inbox;
 mod manage;
 mod queries;
+mod sessions;
 #[cfg(test)]
 mod tests;
 

@@ -12,7 +12,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{batch, PostgresStore};
-use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
+use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
+use crate::store::account::{EndedTokens, Ending, NewSession, Renewal};
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
     ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
@@ -324,7 +325,7 @@ impl Store for PostgresStore {
         self.run(async |client| {
             let stmt = client
                 .prepare_cached(
-                    "SELECT id, username, password_hash, created_at FROM users WHERE username = $1",
+                    "SELECT id, username, password_hash, created_at FROM users WHERE username = $1 AND deleted_at IS NULL",
                 )
                 .await?;
             client
@@ -341,7 +342,7 @@ impl Store for PostgresStore {
         self.run(async |client| {
             let stmt = client
                 .prepare_cached(
-                    "SELECT id, username, password_hash, created_at FROM users WHERE id = $1",
+                    "SELECT id, username, password_hash, created_at FROM users WHERE id = $1 AND deleted_at IS NULL",
                 )
                 .await?;
             client
@@ -363,7 +364,7 @@ impl Store for PostgresStore {
             let stmt = client
                 .prepare_cached(
                     "SELECT u.id FROM UNNEST($1::uuid[]) WITH ORDINALITY AS u (id, n) \
-                     WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = u.id) \
+                     WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = u.id AND deleted_at IS NULL) \
                      ORDER BY u.n",
                 )
                 .await?;
@@ -761,6 +762,50 @@ impl Store for PostgresStore {
             Ok(events)
         })
         .await
+    }
+
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        keep: u32,
+        forget_before: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.new_session(session, keep, forget_before).await
+    }
+
+    async fn renew_session(
+        &self,
+        id: SessionId,
+        generation: u64,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Renewal, StoreError> {
+        self.renew(id, generation, now, expires_at).await
+    }
+
+    async fn end_sessions(
+        &self,
+        user: UserId,
+        which: Ending,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.end(user, which, at).await
+    }
+
+    async fn set_tokens_not_before(
+        &self,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.not_before(user, at).await
+    }
+
+    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
+        self.ended(since).await
+    }
+
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        self.password(user, hash).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -16,6 +16,7 @@ mod columns;
 mod inbox;
 mod manage;
 mod queries;
+mod sessions;
 #[cfg(test)]
 mod tests;
 

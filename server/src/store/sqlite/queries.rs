@@ -11,7 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
-use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
+use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
+use crate::store::account::{EndedTokens, Ending, NewSession, Renewal};
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
     ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
@@ -265,7 +266,7 @@ impl Store for SqliteStore {
         let username = username.to_owned();
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT id, username, password_hash, created_at FROM users WHERE username = ?1",
+                "SELECT id, username, password_hash, created_at FROM users WHERE username = ?1 AND deleted_at IS NULL",
             )?
             .query_row([username], user_row)
             .optional()
@@ -276,7 +277,7 @@ impl Store for SqliteStore {
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT id, username, password_hash, created_at FROM users WHERE id = ?1",
+                "SELECT id, username, password_hash, created_at FROM users WHERE id = ?1 AND deleted_at IS NULL",
             )?
             .query_row([Key(id.0)], user_row)
             .optional()
@@ -287,7 +288,7 @@ impl Store for SqliteStore {
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
         let ids = ids.to_vec();
         self.read(move |conn| {
-            let mut exists = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+            let mut exists = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")?;
             let mut missing = Vec::new();
             for id in distinct(&ids) {
                 if !exists.exists([Key(id.0)])? {
@@ -708,6 +709,50 @@ impl Store for SqliteStore {
             Ok(events)
         })
         .await
+    }
+
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        keep: u32,
+        forget_before: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.new_session(session, keep, forget_before).await
+    }
+
+    async fn renew_session(
+        &self,
+        id: SessionId,
+        generation: u64,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Renewal, StoreError> {
+        self.renew(id, generation, now, expires_at).await
+    }
+
+    async fn end_sessions(
+        &self,
+        user: UserId,
+        which: Ending,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.end(user, which, at).await
+    }
+
+    async fn set_tokens_not_before(
+        &self,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.not_before(user, at).await
+    }
+
+    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
+        self.ended(since).await
+    }
+
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        self.password(user, hash).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,37 @@
+-- Sessions: one per login (a device). Access tokens name their session (`sid`) and
+-- stop working when it ends; refresh tokens name it and its generation, which each
+-- refresh moves on by one, so a refresh token used twice (an older generation) is
+-- recognised and ends the session. Rows are kept a while after they end, so every
+-- node that starts can learn which recent sessions ended.
+
+CREATE TABLE sessions (
+    id           uuid        PRIMARY KEY,
+    user_id      uuid        NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    generation   bigint      NOT NULL DEFAULT 0,
+    created_at   timestamptz NOT NULL,
+    last_used_at timestamptz NOT NULL,
+    -- When its refresh token stops working if not used (each refresh moves it on).
+    expires_at   timestamptz NOT NULL,
+    ended_at     timestamptz,
+    user_agent   text
+);
+
+CREATE INDEX sessions_user_id_idx ON sessions (user_id, created_at);
+CREATE INDEX sessions_ended_at_idx ON sessions (ended_at) WHERE ended_at IS NOT NULL;
+
+-- Tokens without a session (signed with the key elsewhere, as the original
+-- application did) issued before this time are refused: a password change or a
+-- logout everywhere ends them too. A deleted account's row keeps it far in the future.
+ALTER TABLE users ADD COLUMN tokens_not_before timestamptz;
+CREATE INDEX users_tokens_not_before_idx ON users (tokens_not_before)
+    WHERE tokens_not_before IS NOT NULL;
+
+-- Deleted accounts: the row stays (their messages keep a sender) under a name no one
+-- can register, with no password; `erase_pending` asks the purge to erase their
+-- messages, a bounded chunk at a time.
+ALTER TABLE users ADD COLUMN deleted_at timestamptz;
+ALTER TABLE users ADD COLUMN erase_pending boolean NOT NULL DEFAULT false;
+CREATE INDEX users_erase_pending_idx ON users (id) WHERE erase_pending;
+
+-- A user's own messages, for the export of their data and for erasing them.
+CREATE INDEX messages_sender_id_idx ON messages (sender_id, id);
