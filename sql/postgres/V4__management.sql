@@ -43,3 +43,8 @@ CREATE UNIQUE INDEX conversations_direct_key ON conversations (direct_key)
 -- purged after, a bounded chunk at a time, then the row.
 ALTER TABLE conversations ADD COLUMN deleted_at timestamptz;
 CREATE INDEX conversations_deleted_idx ON conversations (deleted_at) WHERE deleted_at IS NOT NULL;
+
+-- A message's changes by message: the purge of a deleted conversation removes its
+-- messages with their changes, and a delete erases the content of its message's
+-- edits; without this each of those reads every change of every conversation.
+CREATE INDEX message_changes_message_id_idx ON message_changes (message_id);
