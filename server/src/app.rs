@@ -49,6 +49,8 @@ pub struct Limits {
     pub registrations: Quota<IpAddr>,
     /// Conversations created per user (`--max-new-conversations`).
     pub new_conversations: Quota<UserId>,
+    /// User searches by prefix per user (`--user-search-per-minute`).
+    pub user_searches: Quota<UserId>,
 }
 
 impl Limits {
@@ -60,6 +62,10 @@ impl Limits {
             new_conversations: Quota::new(
                 config.max_new_conversations,
                 config.new_conversation_window,
+            ),
+            user_searches: Quota::new(
+                config.user_search_per_minute,
+                std::time::Duration::from_secs(60),
             ),
         }
     }

@@ -28,6 +28,15 @@ pub enum IoDriver {
 }
 
 /// How log lines are written to stderr.
+/// What becomes of a deleted account's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeletedMessages {
+    /// They stay, from a sender named `deleted user <id>`.
+    Keep,
+    /// They are erased, as a delete erases a message (in the background).
+    Erase,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// One human-readable line per event.
@@ -160,6 +169,16 @@ pub struct Config {
     /// or adding beyond it: 422.
     #[arg(long, env = "MAX_PARTICIPANTS", default_value_t = 10_000)]
     pub max_participants: usize,
+
+    /// What becomes of a deleted account's messages: `keep` (from a deleted user) or
+    /// `erase`.
+    #[arg(long, env = "DELETED_ACCOUNT_MESSAGES", value_enum, default_value_t = DeletedMessages::Keep)]
+    pub deleted_account_messages: DeletedMessages,
+
+    /// User searches by name prefix one user may make per minute; beyond it 429 with
+    /// `Retry-After`. 0: no limit.
+    #[arg(long, env = "USER_SEARCH_PER_MINUTE", default_value_t = 60)]
+    pub user_search_per_minute: u32,
 
     /// Threads hashing passwords (argon2id), off the shards.
     #[arg(long, env = "HASH_THREADS", default_value_t = 2)]
@@ -433,6 +452,8 @@ mod tests {
         assert_eq!(c.max_new_conversations, 100);
         assert_eq!(c.new_conversation_window, Duration::from_secs(3600));
         assert_eq!(c.max_participants, 10_000);
+        assert_eq!(c.deleted_account_messages, DeletedMessages::Keep);
+        assert_eq!(c.user_search_per_minute, 60);
         assert_eq!(c.ws_fragment_timeout, Duration::from_secs(10));
         assert_eq!(c.ws_max_fragments, 64);
     }

@@ -8,6 +8,14 @@ use std::fmt;
 /// Longest message content, in characters.
 pub const CONTENT_MAX_CHARS: usize = 5000;
 
+/// The longest username, in characters.
+pub const USERNAME_MAX_CHARS: usize = 32;
+
+/// Whether a username may hold `c`.
+pub fn is_username_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
 /// A username: 3-32 characters of `[A-Za-z0-9_.-]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Username(String);
@@ -16,13 +24,12 @@ impl Username {
     /// The refusal is the 422 message.
     pub fn parse(name: String) -> Result<Self, &'static str> {
         // Bytes first: a megabyte of name is refused without counting its characters.
-        if name.len() > 4 * 32 || !(3..=32).contains(&name.chars().count()) {
+        if name.len() > 4 * USERNAME_MAX_CHARS
+            || !(3..=USERNAME_MAX_CHARS).contains(&name.chars().count())
+        {
             return Err("Username must be 3-32 characters");
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
+        if !name.chars().all(is_username_char) {
             return Err("Username may contain only letters, digits, '_', '.' and '-'");
         }
         Ok(Self(name))

@@ -28,10 +28,16 @@ CREATE INDEX users_tokens_not_before_idx ON users (tokens_not_before)
 
 -- Deleted accounts: the row stays (their messages keep a sender) under a name no one
 -- can register, with no password; `erase_pending` asks the purge to erase their
--- messages, a bounded chunk at a time.
+-- messages, a bounded chunk at a time, `erase_after` the last one it erased.
 ALTER TABLE users ADD COLUMN deleted_at INTEGER;
 ALTER TABLE users ADD COLUMN erase_pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN erase_after TEXT;
 CREATE INDEX users_erase_pending_idx ON users (id) WHERE erase_pending;
 
 -- A user's own messages, for the export of their data and for erasing them.
 CREATE INDEX messages_sender_id_idx ON messages (sender_id, id);
+
+-- Finding people by the start of their name, whatever its case: a prefix is a range
+-- of the index.
+CREATE INDEX users_username_prefix_idx ON users (lower(username), username)
+    WHERE deleted_at IS NULL;

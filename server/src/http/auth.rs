@@ -7,7 +7,7 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::dto::{Credentials, ErrorBody, Token, UserOut, UserSummary};
+use super::dto::{Credentials, ErrorBody, Token, UserOut, UserQuery, UserSummary};
 use super::reply::{json, Reply};
 use super::request;
 use super::sessions;
@@ -16,7 +16,7 @@ use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, UserId};
 use crate::limits;
 use crate::store::{StoreError, UserRecord};
-use crate::text::{Password, Username};
+use crate::text::{self, Password, Username};
 
 /// Create an account.
 #[utoipa::path(
@@ -201,16 +201,22 @@ pub async fn me(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     operation_id = "find_users",
     tag = "users",
     security(("bearer" = [])),
-    params(("username" = String, Query, description = "Exact username to look up")),
+    params(UserQuery),
     responses(
-        (status = 200, description = "The matching user, or an empty list", body = Vec<UserSummary>),
+        (status = 200, description = "With `username`: the matching user, or an empty list. With `q`: at most `limit` users whose name starts with it, whatever the case, in name order", body = Vec<UserSummary>,
+            headers(("X-Next-Cursor" = String, description = "With `q`, when more users may follow: pass it as `cursor` for the next page"))),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 422, description = "`username` missing", body = ErrorBody),
+        (status = 422, description = "Neither `username` nor `q`; `q` empty or over 32 characters; `limit` not an integer from 1 to 100", body = ErrorBody),
+        (status = 429, description = "The caller searched `--user-search-per-minute` times this minute; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the caller may search again"))),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
     )
 )]
 pub async fn lookup(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
-    request::bearer(shard, &req)?;
+    let me = request::bearer(shard, &req)?;
+    if let Some(q) = request::query_param(&req, "q") {
+        return search(shard, &req, me, q).await;
+    }
     let name = request::query_param(&req, "username")
         .ok_or_else(|| ApiError::field("query", "username", "missing", "Field required"))?;
     // A name outside the rules belongs to no one: the answer needs no store.
@@ -230,4 +236,56 @@ pub async fn lookup(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         })
         .collect();
     Ok(json(StatusCode::OK, &found))
+}
+
+/// Users whose name starts with `q`, whatever the case, a page at a time; each
+/// search spends one of the caller's `--user-search-per-minute`.
+async fn search(shard: &ShardContext, req: &Request<Incoming>, me: UserId, q: String) -> Reply {
+    const SEARCH_DEFAULT: u32 = 20;
+    const SEARCH_MAX: u32 = 100;
+    let prefix = q.trim().to_lowercase();
+    if prefix.is_empty() || prefix.chars().count() > text::USERNAME_MAX_CHARS {
+        return Err(ApiError::field(
+            "query",
+            "q",
+            "string_too_long",
+            format!("q must hold 1 to {} characters", text::USERNAME_MAX_CHARS),
+        ));
+    }
+    let limit = request::limit(req, SEARCH_DEFAULT, SEARCH_MAX)?;
+    let after = request::query_param(req, "cursor");
+    shard
+        .app
+        .limits
+        .user_searches
+        .take(me)
+        .map_err(|wait| ApiError::RateLimited {
+            detail: "Too many searches, retry later",
+            retry_after: wait.as_secs(),
+        })?;
+    // No name holds characters outside the rules: such a prefix matches no one.
+    if !prefix.chars().all(text::is_username_char) {
+        return Ok(json(StatusCode::OK, &Vec::<UserSummary>::new()));
+    }
+    let mut found = shard
+        .app
+        .db
+        .call(move |s| async move {
+            s.users_by_prefix(&prefix, after.as_deref(), limit + 1).await
+        })
+        .await?;
+    let more = found.len() > limit as usize;
+    found.truncate(limit as usize);
+    let cursor = found.last().filter(|_| more).map(|(_, name)| name.clone());
+    let out: Vec<UserSummary> = found
+        .into_iter()
+        .map(|(id, username)| UserSummary {
+            id: id.to_string(),
+            username,
+        })
+        .collect();
+    Ok(super::conversations::next_cursor(
+        json(StatusCode::OK, &out),
+        cursor,
+    ))
 }

@@ -75,6 +75,70 @@ pub struct Token {
     pub refresh_expires_in: u64,
 }
 
+/// Body of `PATCH /api/auth/me`: a new password, with the current one.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PasswordChange {
+    pub current_password: String,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
+    pub new_password: String,
+}
+
+/// Body of `DELETE /api/auth/me`: the password, once more.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AccountDeletion {
+    pub password: String,
+}
+
+/// A conversation in the export of a user's data.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportedConversation {
+    #[serde(flatten)]
+    pub conversation: ConversationOut,
+    pub role: Role,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A page of the export of the caller's data: the profile, then their conversations,
+/// then their own messages, each in id order. Pass `next_cursor` as `cursor` until it
+/// is absent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportPage {
+    pub user: UserOut,
+    pub conversations: Vec<ExportedConversation>,
+    pub messages: Vec<MessageOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /api/auth/me/export`, described only (see `HistoryQuery`).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// The `next_cursor` of the page before; the first page when absent.
+    #[param(pattern = "^[cm]:[0-9a-f-]{36}$")]
+    pub cursor: Option<String>,
+}
+
+/// Query of `GET /api/users`, described only (see `HistoryQuery`): `username` or `q`.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UserQuery {
+    /// An exact username.
+    pub username: Option<String>,
+    /// The start of usernames, whatever the case (1 to 32 characters); the answer is
+    /// a page, with `X-Next-Cursor` when more may follow.
+    #[param(min_length = 1, max_length = 32)]
+    pub q: Option<String>,
+    /// With `q`: how many users at most.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    pub limit: Option<u32>,
+    /// With `q`: the `X-Next-Cursor` of the page before.
+    pub cursor: Option<String>,
+}
+
 /// Body of `POST /api/auth/refresh`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {

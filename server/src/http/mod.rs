@@ -3,6 +3,7 @@
 //! as JSON. Handlers never block the shard: store work goes through `Db::call`,
 //! password hashing through the password pool.
 
+mod account;
 mod auth;
 mod conversations;
 pub mod docs;
@@ -151,7 +152,10 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>, found: Found<'_
         (Endpoint::Refresh, _) => sessions::refresh(shard, req).await,
         (Endpoint::Logout, _) => sessions::logout(shard, req).await,
         (Endpoint::LogoutAll, _) => sessions::logout_all(shard, req).await,
+        (Endpoint::Me, Method::PATCH) => account::change_password(shard, req).await,
+        (Endpoint::Me, Method::DELETE) => account::delete(shard, req).await,
         (Endpoint::Me, _) => auth::me(shard, req).await,
+        (Endpoint::Export, _) => account::export(shard, req).await,
         (Endpoint::Users, _) => auth::lookup(shard, req).await,
         (Endpoint::Conversations, Method::POST) => conversations::create(shard, req).await,
         (Endpoint::Conversations, _) => conversations::list(shard, req).await,

@@ -13,6 +13,7 @@ pub enum Endpoint {
     Logout,
     LogoutAll,
     Me,
+    Export,
     Users,
     Conversations,
     Conversation,
@@ -69,7 +70,13 @@ pub static ROUTES: &[Route] = &[
     route(Endpoint::Refresh, "/api/auth/refresh", POST, true),
     route(Endpoint::Logout, "/api/auth/logout", POST, true),
     route(Endpoint::LogoutAll, "/api/auth/logout-all", POST, true),
-    route(Endpoint::Me, "/api/auth/me", GET, true),
+    route(
+        Endpoint::Me,
+        "/api/auth/me",
+        &[Method::GET, Method::PATCH, Method::DELETE],
+        true,
+    ),
+    route(Endpoint::Export, "/api/auth/me/export", GET, true),
     route(Endpoint::Users, "/api/users", GET, true),
     route(
         Endpoint::Conversations,

@@ -410,6 +410,15 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// Live users whose name starts with `prefix` whatever the case (`prefix` given
+    /// in lower case), ordered by their lowered name then name, after the user named
+    /// `after`; at most `limit`.
+    async fn users_by_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>, StoreError>;
     /// The ids among `ids` that belong to no user.
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
 

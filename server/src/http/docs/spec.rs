@@ -17,6 +17,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::dto::{
+    AccountDeletion, ExportPage, ExportedConversation, PasswordChange,
     ConversationItem, ConversationOut, ConversationPatch, Credentials, ErrorBody, Liveness,
     MessageOut, NewConversation, NewParticipant, ParticipantOut, PresenceOut, PresentUser,
     PreviewOut, ReactionOut, Readiness, RefreshRequest, LoggedOut, RoleChange, RoleOut, Token,
@@ -48,6 +49,9 @@ pub const STREAM_PATH: &str = "/api/chat/ws";
         crate::http::sessions::logout,
         crate::http::sessions::logout_all,
         crate::http::auth::me,
+        crate::http::account::change_password,
+        crate::http::account::delete,
+        crate::http::account::export,
         crate::http::auth::lookup,
         crate::http::conversations::create,
         crate::http::conversations::list,
@@ -70,6 +74,10 @@ pub const STREAM_PATH: &str = "/api/chat/ws";
         Token,
         RefreshRequest,
         LoggedOut,
+        PasswordChange,
+        AccountDeletion,
+        ExportPage,
+        ExportedConversation,
         NewConversation,
         NewParticipant,
         ConversationPatch,
@@ -478,6 +486,7 @@ mod tests {
         let public = [
             "/api/auth/register",
             "/api/auth/login",
+            "/api/auth/refresh",
             "/health",
             "/ready",
             WS_PATH,

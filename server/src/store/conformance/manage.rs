@@ -15,7 +15,7 @@ pub(super) async fn run(store: &dyn Store) {
     deleted_is_gone_then_purged(store).await;
 }
 
-async fn role(store: &dyn Store, id: ConversationId, user: UserId) -> Option<Role> {
+pub(super) async fn role(store: &dyn Store, id: ConversationId, user: UserId) -> Option<Role> {
     store
         .membership(id, user)
         .await

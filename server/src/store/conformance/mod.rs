@@ -6,6 +6,7 @@
 
 mod fixtures;
 
+mod accounts;
 mod inbox;
 mod manage;
 mod sessions;
@@ -57,6 +58,7 @@ pub(crate) async fn run(store: &dyn Store) {
     inbox::run(store).await;
     manage::run(store).await;
     sessions::run(store).await;
+    accounts::run(store).await;
 }
 
 async fn users(store: &dyn Store) {

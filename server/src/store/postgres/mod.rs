@@ -12,6 +12,7 @@
 //! and error mapping); `queries` holds the statements and the row mapping, `batch` the
 //! message batch.
 
+mod accounts;
 mod batch;
 mod inbox;
 mod manage;

@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use super::{batch, PostgresStore};
 use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
-use crate::store::account::{EndedTokens, Ending, NewSession, Renewal};
+use crate::store::account::{
+    DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal,
+};
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
     ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
@@ -355,6 +357,15 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn users_by_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>, StoreError> {
+        self.by_prefix(prefix, after, limit).await
+    }
+
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -437,7 +448,7 @@ impl Store for PostgresStore {
     }
 
     async fn purge_deleted(&self) -> Result<bool, StoreError> {
-        self.purge().await
+        Ok(self.purge().await? || self.erase().await?)
     }
 
     async fn participant_page(
@@ -806,6 +817,33 @@ impl Store for PostgresStore {
 
     async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
         self.password(user, hash).await
+    }
+
+    async fn delete_account(
+        &self,
+        user: UserId,
+        erase: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DeletedAccount>, StoreError> {
+        self.delete_user(user, erase, at).await
+    }
+
+    async fn export_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Membership>, StoreError> {
+        self.memberships_page(user, after, limit).await
+    }
+
+    async fn export_messages(
+        &self,
+        user: UserId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.own_messages(user, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

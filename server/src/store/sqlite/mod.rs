@@ -11,6 +11,7 @@
 //! and the reader pool, error mapping); `queries` holds the statements and the row
 //! mapping, `batch` the message batch.
 
+mod accounts;
 mod batch;
 mod columns;
 mod inbox;

@@ -12,7 +12,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
 use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
-use crate::store::account::{EndedTokens, Ending, NewSession, Renewal};
+use crate::store::account::{
+    DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal,
+};
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
     ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
@@ -285,6 +287,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn users_by_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>, StoreError> {
+        self.by_prefix(prefix, after, limit).await
+    }
+
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
         let ids = ids.to_vec();
         self.read(move |conn| {
@@ -377,7 +388,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_deleted(&self) -> Result<bool, StoreError> {
-        self.purge().await
+        Ok(self.purge().await? || self.erase().await?)
     }
 
     async fn participant_page(
@@ -753,6 +764,33 @@ impl Store for SqliteStore {
 
     async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
         self.password(user, hash).await
+    }
+
+    async fn delete_account(
+        &self,
+        user: UserId,
+        erase: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DeletedAccount>, StoreError> {
+        self.delete_user(user, erase, at).await
+    }
+
+    async fn export_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Membership>, StoreError> {
+        self.memberships_page(user, after, limit).await
+    }
+
+    async fn export_messages(
+        &self,
+        user: UserId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.own_messages(user, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,215 @@
+//! What accounts need from SQLite: deleting one (its sessions, its memberships, its
+//! row kept as a nameless sender), erasing a deleted account's messages a chunk at a
+//! time, and the export of a user's data, a page at a time.
+//!
+//! Like `queries`, it touches connections only through `SqliteStore::read` and
+//! `SqliteStore::write`; an operation of several statements runs in one `IMMEDIATE`
+//! transaction.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+use super::columns::{Key, Micros};
+use super::queries::{conversation_columns, conversation_row, role_column};
+use super::SqliteStore;
+use crate::ids::{ConversationId, MessageId, Role, Seq, SessionId, UserId};
+use crate::store::account::{account_gone, DeletedAccount, Membership};
+use crate::store::model::{MessageRecord, StoreError};
+
+/// How many messages of a deleted account one purge step erases.
+const ERASE_CHUNK: i64 = 2000;
+
+impl SqliteStore {
+    pub(super) async fn by_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>, StoreError> {
+        // A prefix is the range `[prefix, prefix + "~")`: `~` sorts after every
+        // character a username may hold.
+        let (start, end) = (prefix.to_owned(), format!("{prefix}~"));
+        let after = after.map(str::to_owned);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, username FROM users \
+                 WHERE deleted_at IS NULL AND lower(username) >= ?1 AND lower(username) < ?2 \
+                   AND (?3 IS NULL OR (lower(username), username) > (lower(?3), ?3)) \
+                 ORDER BY lower(username), username LIMIT ?4",
+            )?
+            .query_map(params![start, end, after, limit], |row| {
+                Ok((UserId(row.get::<_, Key>(0)?.0), row.get(1)?))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn delete_user(
+        &self,
+        user: UserId,
+        erase: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DeletedAccount>, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // A name registration refuses (it holds a space), unique by the id.
+            let marked = tx
+                .prepare_cached(
+                    "UPDATE users SET deleted_at = ?2, \
+                     username = 'deleted user ' || replace(id, '-', ''), password_hash = '', \
+                     tokens_not_before = ?3, erase_pending = ?4 \
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                )?
+                .execute(params![Key(user.0), Micros(at), Micros(account_gone()), erase])?;
+            if marked == 0 {
+                return Ok(None);
+            }
+            let sessions = tx
+                .prepare_cached(
+                    "UPDATE sessions SET ended_at = ?2 \
+                     WHERE user_id = ?1 AND ended_at IS NULL RETURNING id",
+                )?
+                .query_map(params![Key(user.0), Micros(at)], |row| {
+                    Ok(SessionId(row.get::<_, Key>(0)?.0))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let memberships: Vec<(Key, String)> = tx
+                .prepare_cached(
+                    "DELETE FROM participants WHERE user_id = ?1 RETURNING conversation_id, role",
+                )?
+                .query_map([Key(user.0)], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut left = Vec::with_capacity(memberships.len());
+            for (Key(conversation), role) in memberships {
+                let mut heir = None;
+                if role == Role::Owner.as_str() {
+                    heir = tx
+                        .prepare_cached(
+                            "SELECT user_id FROM participants WHERE conversation_id = ?1 \
+                             ORDER BY role = 'admin' DESC, joined_at, user_id LIMIT 1",
+                        )?
+                        .query_row([Key(conversation)], |row| row.get::<_, Key>(0))
+                        .optional()?
+                        .map(|k| k.0);
+                    if let Some(heir) = heir {
+                        tx.prepare_cached(
+                            "UPDATE participants SET role = 'owner' \
+                             WHERE conversation_id = ?1 AND user_id = ?2",
+                        )?
+                        .execute(params![Key(conversation), Key(heir)])?;
+                    }
+                }
+                left.push((ConversationId(conversation), heir.map(UserId)));
+            }
+            tx.commit()?;
+            Ok(Some(DeletedAccount { left, sessions }))
+        })
+        .await
+    }
+
+    pub(super) async fn erase(&self) -> Result<bool, StoreError> {
+        let now = Micros(crate::ids::now_micros());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let pending: Option<(Key, Option<Key>)> = tx
+                .prepare_cached("SELECT id, erase_after FROM users WHERE erase_pending LIMIT 1")?
+                .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((user, after)) = pending else {
+                return Ok(false);
+            };
+            let after = after.unwrap_or(Key(uuid::Uuid::nil()));
+            let chunk: Vec<Key> = tx
+                .prepare_cached(
+                    "SELECT id FROM messages WHERE sender_id = ?1 AND id > ?2 \
+                     ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![user, after, ERASE_CHUNK], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            {
+                let mut message = tx.prepare_cached(
+                    "UPDATE messages SET deleted_at = ?2, updated_at = ?2, content = '', \
+                     original_content = NULL WHERE id = ?1 AND deleted_at IS NULL",
+                )?;
+                let mut edits = tx.prepare_cached(
+                    "UPDATE message_changes SET content = NULL \
+                     WHERE message_id = ?1 AND content IS NOT NULL",
+                )?;
+                for id in &chunk {
+                    message.execute(params![id, now])?;
+                    edits.execute([id])?;
+                }
+            }
+            tx.prepare_cached(
+                "UPDATE users SET erase_after = ?2, erase_pending = ?3 WHERE id = ?1",
+            )?
+            .execute(params![user, chunk.last(), !chunk.is_empty()])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn memberships_page(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Membership>, StoreError> {
+        let after = after.map_or(uuid::Uuid::nil(), |c| c.0);
+        self.read(move |conn| {
+            conn.prepare_cached(concat!(
+                "SELECT ",
+                conversation_columns!(),
+                ", p.role, p.joined_at \
+                 FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
+                 WHERE p.user_id = ?1 AND p.conversation_id > ?2 \
+                 ORDER BY p.conversation_id LIMIT ?3"
+            ))?
+            .query_map(params![Key(user.0), Key(after), limit], |row| {
+                Ok(Membership {
+                    conversation: conversation_row(row)?,
+                    role: role_column(row, 9)?,
+                    joined_at: row.get::<_, Micros>(10)?.0,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn own_messages(
+        &self,
+        user: UserId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let after = after.map_or(uuid::Uuid::nil(), |m| m.0);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT m.id, m.conversation_id, m.seq, m.content, m.is_edited, m.created_at, \
+                        m.updated_at, u.username \
+                 FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
+                 WHERE m.sender_id = ?1 AND m.deleted_at IS NULL AND m.id > ?2 \
+                 ORDER BY m.id LIMIT ?3",
+            )?
+            .query_map(params![Key(user.0), Key(after), limit], |row| {
+                Ok(MessageRecord {
+                    id: MessageId(row.get::<_, Key>(0)?.0),
+                    conversation_id: ConversationId(row.get::<_, Key>(1)?.0),
+                    seq: Seq::from_db(row.get(2)?),
+                    sender_id: user,
+                    content: row.get(3)?,
+                    is_edited: row.get(4)?,
+                    created_at: row.get::<_, Micros>(5)?.0,
+                    updated_at: row.get::<_, Micros>(6)?.0,
+                    sender_username: row.get(7)?,
+                    reactions: Vec::new(),
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+}
