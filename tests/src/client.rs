@@ -283,6 +283,16 @@ impl Api {
         self.request(Method::DELETE, path, token, None).await
     }
 
+    /// A PATCH with a JSON body.
+    pub async fn patch(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> anyhow::Result<Reply> {
+        self.request(Method::PATCH, path, token, Some(body)).await
+    }
+
     // ---- auth ----
 
     pub async fn register(&self, username: &str, password: &str) -> anyhow::Result<Reply> {
@@ -430,6 +440,60 @@ impl Api {
         self.delete(
             &format!("/api/chat/conversations/{id}/participants/{user_id}"),
             Some(&who.token),
+        )
+        .await
+    }
+
+    /// `PATCH /api/chat/conversations/{id}` with `body` (`name`, `description`,
+    /// `archived`) as `who`.
+    pub async fn update_conversation(
+        &self,
+        who: &Session,
+        id: &str,
+        body: &Value,
+    ) -> anyhow::Result<Reply> {
+        self.patch(
+            &format!("/api/chat/conversations/{id}"),
+            Some(&who.token),
+            body,
+        )
+        .await
+    }
+
+    /// `DELETE /api/chat/conversations/{id}` as `who`.
+    pub async fn delete_conversation(&self, who: &Session, id: &str) -> anyhow::Result<Reply> {
+        self.delete(&format!("/api/chat/conversations/{id}"), Some(&who.token))
+            .await
+    }
+
+    /// `GET .../participants` (the member list with roles) with a raw query string
+    /// (without `?`, may be empty), as `who`.
+    pub async fn participant_page(
+        &self,
+        who: &Session,
+        id: &str,
+        query: &str,
+    ) -> anyhow::Result<Reply> {
+        let path = if query.is_empty() {
+            format!("/api/chat/conversations/{id}/participants")
+        } else {
+            format!("/api/chat/conversations/{id}/participants?{query}")
+        };
+        self.get(&path, Some(&who.token)).await
+    }
+
+    /// `PATCH .../participants/{user_id}` with `{"role": role}` as `who`.
+    pub async fn set_role(
+        &self,
+        who: &Session,
+        id: &str,
+        user_id: &str,
+        role: &str,
+    ) -> anyhow::Result<Reply> {
+        self.patch(
+            &format!("/api/chat/conversations/{id}/participants/{user_id}"),
+            Some(&who.token),
+            &json!({"role": role}),
         )
         .await
     }

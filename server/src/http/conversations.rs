@@ -19,7 +19,9 @@ use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
 use crate::ids::{now_micros, ConversationId, MessageId, Role, UserId};
 use crate::protocol::{conversation_event, ConversationAction};
-use crate::store::{self, ConversationChange, ConversationRecord, ListCursor, ListPage, Page, Store};
+use crate::store::{
+    self, ConversationChange, ConversationRecord, Guarded, ListCursor, ListPage, Page, Store,
+};
 use crate::text::{
     ConversationName, Description, TextError, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS,
 };
@@ -74,6 +76,20 @@ pub(super) async fn access(
         .ok_or_else(not_found)?;
     let role = role.ok_or(ApiError::Forbidden("Not a member of this conversation"))?;
     Ok(Access { conversation, role })
+}
+
+/// What a guarded change answers: done, a 403 with `refused` (the caller's role no
+/// longer allows it: it changed after `access` read it), or `missing`.
+pub(super) fn guarded<T>(
+    outcome: Guarded<T>,
+    refused: &'static str,
+    missing: impl FnOnce() -> ApiError,
+) -> Result<T, ApiError> {
+    match outcome {
+        Guarded::Done(done) => Ok(done),
+        Guarded::Refused => Err(ApiError::Forbidden(refused)),
+        Guarded::Missing => Err(missing()),
+    }
 }
 
 /// The conversation, if it exists and the caller is in it.
@@ -428,11 +444,10 @@ pub async fn update(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) 
         description: patch.description.map(|_| description),
         archived: patch.archived,
     };
+    const NOT_A_MODERATOR: &str = "Only owners and admins can change the conversation";
     let caller = access(shard, me, id).await?;
     if !caller.moderates() {
-        return Err(ApiError::Forbidden(
-            "Only owners and admins can change the conversation",
-        ));
+        return Err(ApiError::Forbidden(NOT_A_MODERATOR));
     }
     let before = caller.conversation;
     if change == ConversationChange::default() {
@@ -443,11 +458,11 @@ pub async fn update(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) 
         .app
         .db
         .call(move |s| async move {
-            s.update_conversation(conversation_id, &change, now_micros())
+            s.update_conversation(conversation_id, me, &change, now_micros())
                 .await
         })
-        .await?
-        .ok_or_else(not_found)?;
+        .await?;
+    let now = guarded(now, NOT_A_MODERATOR, not_found)?;
     let out = ConversationOut::new(&now, None);
     let changed = (&now.name, &now.description, now.archived_at)
         != (&before.name, &before.description, before.archived_at);
@@ -477,21 +492,18 @@ pub async fn update(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) 
 )]
 pub async fn delete(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> Reply {
     let me = request::bearer(shard, &req)?;
+    const NOT_THE_OWNER: &str = "Only the owner can delete the conversation";
     let caller = access(shard, me, id).await?;
     if !caller.owns() {
-        return Err(ApiError::Forbidden(
-            "Only the owner can delete the conversation",
-        ));
+        return Err(ApiError::Forbidden(NOT_THE_OWNER));
     }
     let conversation_id = caller.conversation.id;
     let deleted = shard
         .app
         .db
-        .call(move |s| async move { s.delete_conversation(conversation_id).await })
+        .call(move |s| async move { s.delete_conversation(conversation_id, me).await })
         .await?;
-    if !deleted {
-        return Err(not_found());
-    }
+    guarded(deleted, NOT_THE_OWNER, not_found)?;
     shard.hub.deleted(conversation_id);
     shard.app.db.detach(store::purge);
     Ok(empty(StatusCode::NO_CONTENT))

@@ -8,7 +8,9 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::conversations::{access, announce_added, next_cursor, with_participants, Access};
+use super::conversations::{
+    access, announce_added, guarded, next_cursor, not_found, with_participants, Access,
+};
 use super::dto::{
     ConversationOut, ErrorBody, NewParticipant, ParticipantListQuery, ParticipantOut, RoleChange,
     RoleOut,
@@ -19,6 +21,7 @@ use crate::context::ShardContext;
 use crate::error::ApiError;
 use crate::ids::{ConversationId, Role, UserId};
 use crate::protocol::role_event;
+use crate::store::Guarded;
 
 const LIST_DEFAULT: u32 = 100;
 const LIST_MAX: u32 = 500;
@@ -26,6 +29,8 @@ const LIST_MAX: u32 = 500;
 fn user_not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("User {id} not found"))
 }
+
+const NOT_ALLOWED_TO_REMOVE: &str = "Only owners and admins can remove other participants";
 
 fn not_a_participant(user: UserId) -> ApiError {
     ApiError::NotFound(format!("User {user} is not a participant"))
@@ -122,13 +127,13 @@ pub async fn add(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> 
         .user_id
         .parse()
         .map_err(|_| user_not_found(&new.user_id))?;
+    const DIRECT: &str = "A direct conversation cannot gain members";
+    const ARCHIVED: &str = "Conversation is archived";
     if conversation.direct {
-        return Err(ApiError::Forbidden(
-            "A direct conversation cannot gain members",
-        ));
+        return Err(ApiError::Forbidden(DIRECT));
     }
     if conversation.archived_at.is_some() {
-        return Err(ApiError::Conflict("Conversation is archived"));
+        return Err(ApiError::Conflict(ARCHIVED));
     }
     let conversation_id = conversation.id;
     let max = shard.app.config.max_participants;
@@ -147,13 +152,19 @@ pub async fn add(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> 
             if s.participants(conversation_id).await?.len() >= max {
                 return Ok(Added::Full);
             }
-            s.add_participant(conversation_id, user).await?;
-            Ok(Added::Done)
+            Ok(match s.add_participant(conversation_id, user).await? {
+                Guarded::Done(()) => Added::Done,
+                // Archived since `access` read it (a direct one never gains anyone).
+                Guarded::Refused => Added::Archived,
+                Guarded::Missing => Added::Gone,
+            })
         })
         .await?;
     match added {
         Added::Done => announce_added(shard, &conversation, vec![user]),
         Added::Already => {}
+        Added::Archived => return Err(ApiError::Conflict(ARCHIVED)),
+        Added::Gone => return Err(not_found()),
         Added::NoSuchUser => return Err(user_not_found(&new.user_id)),
         Added::Full => {
             return Err(ApiError::field(
@@ -173,6 +184,8 @@ enum Added {
     Already,
     NoSuchUser,
     Full,
+    Archived,
+    Gone,
 }
 
 /// Remove a participant. Anyone may leave; the owner removes anyone, an admin removes
@@ -212,9 +225,7 @@ pub async fn remove(
             ));
         }
         if !caller.role.moderates() {
-            return Err(ApiError::Forbidden(
-                "Only owners and admins can remove other participants",
-            ));
+            return Err(ApiError::Forbidden(NOT_ALLOWED_TO_REMOVE));
         }
         if caller.role == Role::Admin {
             let theirs = shard
@@ -232,9 +243,10 @@ pub async fn remove(
     let removed = shard
         .app
         .db
-        .call(move |s| async move { s.remove_participant(conversation, user).await })
-        .await?
-        .ok_or_else(|| not_a_participant(user))?;
+        .call(move |s| async move { s.remove_participant(conversation, me, user).await })
+        .await?;
+    // Refused only when the caller's role changed since `access` read it.
+    let removed = guarded(removed, NOT_ALLOWED_TO_REMOVE, || not_a_participant(user))?;
     // Committed: their open sockets in the conversation lose access now, on every shard.
     shard.hub.revoke(conversation, user);
     if let Some(owner) = removed.new_owner {
@@ -282,8 +294,9 @@ pub async fn set_role(
     if caller.conversation.direct {
         return Err(ApiError::Forbidden("A direct conversation has no roles"));
     }
+    const NOT_THE_OWNER: &str = "Only the owner can change roles";
     if caller.role != Role::Owner {
-        return Err(ApiError::Forbidden("Only the owner can change roles"));
+        return Err(ApiError::Forbidden(NOT_THE_OWNER));
     }
     if user == me && change.role != Role::Owner {
         return Err(ApiError::Conflict(
@@ -295,9 +308,9 @@ pub async fn set_role(
     let changed = shard
         .app
         .db
-        .call(move |s| async move { s.set_role(conversation, user, role).await })
-        .await?
-        .ok_or_else(|| not_a_participant(user))?;
+        .call(move |s| async move { s.set_role(conversation, me, user, role).await })
+        .await?;
+    let changed = guarded(changed, NOT_THE_OWNER, || not_a_participant(user))?;
     tell_roles(shard, conversation, &changed);
     Ok(json(
         StatusCode::OK,

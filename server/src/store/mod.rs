@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use model::{
-    ChangeOutcome, ConversationChange, ConversationRecord, ConversationSummary, Direct,
+    ChangeOutcome, ConversationChange, ConversationRecord, ConversationSummary, Direct, Guarded,
     ListCursor, ListPage, MessageRecord, NewMessage, Original, Page, Participant, Preview,
     Reaction, ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent,
     StreamKind, UserRecord, PREVIEW_CHARS, REACTIONS_PER_PAGE, UNREAD_COUNT_MAX,

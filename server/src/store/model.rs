@@ -76,6 +76,18 @@ pub struct Direct {
     pub rejoined: Vec<UserId>,
 }
 
+/// What became of a change that only some participants may make, checked at the
+/// moment of the write (so a role changed a moment before counts, and of two changes
+/// racing, the second sees what the first did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guarded<T> {
+    Done(T),
+    /// The actor may not (any more), or the conversation's state forbids it.
+    Refused,
+    /// No such conversation, or the participant it names is not one.
+    Missing,
+}
+
 /// What became of a removal: the role the user had, and who owns the conversation now
 /// when it was its owner who left (nobody, if no one is left).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -444,17 +456,25 @@ pub trait Store: Send + Sync + 'static {
         id: ConversationId,
         user: UserId,
     ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError>;
-    /// Applies the change; the conversation as it is now, `None` when there is none.
+    /// Applies the change if `actor` moderates the conversation (an owner or admin,
+    /// either person of a direct one) at the moment of the write; the conversation
+    /// as it is now.
     async fn update_conversation(
         &self,
         id: ConversationId,
+        actor: UserId,
         change: &ConversationChange,
         at: DateTime<Utc>,
-    ) -> Result<Option<ConversationRecord>, StoreError>;
-    /// Deletes the conversation for everyone at once: its participants go, it reads
-    /// as absent and its stream takes nothing more; whether there was one. Its
-    /// history stays until `purge_deleted` removes it.
-    async fn delete_conversation(&self, id: ConversationId) -> Result<bool, StoreError>;
+    ) -> Result<Guarded<ConversationRecord>, StoreError>;
+    /// Deletes the conversation for everyone at once, if `actor` owns it (or is in it,
+    /// a direct one) at the moment of the write: its participants go, it reads as
+    /// absent and its stream takes nothing more. Its history stays until
+    /// `purge_deleted` removes it.
+    async fn delete_conversation(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+    ) -> Result<Guarded<()>, StoreError>;
     /// Removes one bounded chunk of what deletions left: a deleted conversation's
     /// messages (with their changes and reactions, then its row), or the messages of
     /// an account deleted with `erase` (erased as a delete erases them); whether more
@@ -467,15 +487,16 @@ pub trait Store: Send + Sync + 'static {
         after: Option<UserId>,
         limit: u32,
     ) -> Result<Vec<Participant>, StoreError>;
-    /// Gives `user` the role; making them owner makes the owner an admin, in the
-    /// same transaction. Answers every role that changed, `None` when `user` is not a
-    /// participant.
+    /// Gives `user` the role if `actor` owns the conversation at the moment of the
+    /// write; making them owner makes the owner an admin, in the same transaction.
+    /// Answers every role that changed; `Missing` when `user` is not a participant.
     async fn set_role(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
         role: Role,
-    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError>;
+    ) -> Result<Guarded<Vec<(UserId, Role)>>, StoreError>;
     /// A page of the user's conversations, most recently active (`updated_at`) first,
     /// ties by id, descending (see `ListPage`), each with the user's read marker,
     /// unread count and the newest live message.
@@ -518,16 +539,24 @@ pub trait Store: Send + Sync + 'static {
         id: ConversationId,
         user: UserId,
     ) -> Result<Option<Seq>, StoreError>;
-    /// Adding an existing participant is a no-op.
-    async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError>;
-    /// `None` when the user was not a participant. An owner's leaving hands the
-    /// conversation, in the same transaction, to its longest-standing admin, or else
-    /// its longest-standing member.
-    async fn remove_participant(
+    /// Adds the user unless the conversation is archived, direct or gone at the
+    /// moment of the write (`Refused`); adding an existing participant is a no-op.
+    async fn add_participant(
         &self,
         id: ConversationId,
         user: UserId,
-    ) -> Result<Option<Removed>, StoreError>;
+    ) -> Result<Guarded<()>, StoreError>;
+    /// Removes `user` if `actor` may at the moment of the write: anyone may leave;
+    /// the owner removes anyone, an admin removes members. `Missing` when the user
+    /// is not a participant. An owner's leaving hands the conversation, in the same
+    /// transaction, to its longest-standing admin, or else its longest-standing
+    /// member.
+    async fn remove_participant(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+        user: UserId,
+    ) -> Result<Guarded<Removed>, StoreError>;
 
     /// A page of live messages in stream order (see `Page`). `None` when `before` or
     /// `after` names no message of this conversation (deleted ones still anchor).

@@ -17,6 +17,8 @@ mod history;
 mod limits;
 mod login_throttle;
 mod logs;
+mod manage;
 mod metrics;
 mod openapi_fuzz;
 mod origins;
+mod sessions;

@@ -8,6 +8,7 @@ use tests::realtime::{collect_messages, events_until, group, is_joined, is_left,
 use tests::ws::ws_url;
 
 mod deleted;
+mod manage;
 mod user_stream;
 
 async fn with_cluster<F>(opts: ClusterOptions, scenario: F)

@@ -14,6 +14,7 @@ mod deleted;
 mod durability;
 mod events;
 mod limits;
+mod manage;
 mod persistence;
 mod refusals;
 mod shards;

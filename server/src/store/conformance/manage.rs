@@ -4,8 +4,8 @@
 use super::fixtures::{content, messages, pair, user, Pair};
 use crate::ids::{now_micros, ConversationId, Role, Seq, UserId};
 use crate::store::model::{
-    ChangeOutcome, ConversationChange, ConversationRecord, Page, ReactionOutcome, Removed, Store,
-    Stored,
+    ChangeOutcome, ConversationChange, ConversationRecord, Guarded, Page, ReactionOutcome, Removed,
+    Store, Stored,
 };
 
 pub(super) async fn run(store: &dyn Store) {
@@ -33,10 +33,13 @@ async fn roles_and_hand_over(store: &dyn Store) {
     } = pair(store, "ro", Some("roles")).await;
     let carol = user("ro_carol");
     store.create_user(&carol).await.expect("carol");
-    store
-        .add_participant(chat.id, carol.id)
-        .await
-        .expect("add");
+    assert_eq!(
+        store
+            .add_participant(chat.id, carol.id)
+            .await
+            .expect("add"),
+        Guarded::Done(())
+    );
     assert_eq!(role(store, chat.id, alice.id).await, Some(Role::Owner));
     assert_eq!(role(store, chat.id, bob.id).await, Some(Role::Member));
     let outsider = user("ro_dave");
@@ -54,11 +57,19 @@ async fn roles_and_hand_over(store: &dyn Store) {
             .expect("delete"),
         ChangeOutcome::NotSender
     );
+    // Only the owner changes roles.
+    assert_eq!(
+        store
+            .set_role(chat.id, bob.id, bob.id, Role::Admin)
+            .await
+            .expect("set role"),
+        Guarded::Refused
+    );
     let changed = store
-        .set_role(chat.id, bob.id, Role::Admin)
+        .set_role(chat.id, alice.id, bob.id, Role::Admin)
         .await
         .expect("set role");
-    assert_eq!(changed, Some(vec![(bob.id, Role::Admin)]));
+    assert_eq!(changed, Guarded::Done(vec![(bob.id, Role::Admin)]));
     assert!(matches!(
         store
             .delete_message(chat.id, sent[0].id, bob.id, at)
@@ -76,32 +87,57 @@ async fn roles_and_hand_over(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .set_role(chat.id, outsider.id, Role::Admin)
+            .set_role(chat.id, alice.id, outsider.id, Role::Admin)
             .await
             .expect("set role"),
-        None
+        Guarded::Missing
+    );
+    // An admin removes members but not the owner.
+    assert_eq!(
+        store
+            .remove_participant(chat.id, bob.id, alice.id)
+            .await
+            .expect("remove"),
+        Guarded::Refused
     );
 
     // Handing over: one owner at every moment.
-    let changed = store
-        .set_role(chat.id, carol.id, Role::Owner)
+    let Guarded::Done(changed) = store
+        .set_role(chat.id, alice.id, carol.id, Role::Owner)
         .await
         .expect("hand over")
-        .expect("carol is in");
+    else {
+        panic!("carol is in and alice owns it");
+    };
     assert!(changed.contains(&(carol.id, Role::Owner)), "{changed:?}");
     assert!(changed.contains(&(alice.id, Role::Admin)), "{changed:?}");
     assert_eq!(role(store, chat.id, alice.id).await, Some(Role::Admin));
+    // Handed over, alice no longer changes roles nor deletes the conversation.
+    assert_eq!(
+        store
+            .set_role(chat.id, alice.id, bob.id, Role::Owner)
+            .await
+            .expect("set role"),
+        Guarded::Refused
+    );
+    assert_eq!(
+        store
+            .delete_conversation(chat.id, alice.id)
+            .await
+            .expect("delete"),
+        Guarded::Refused
+    );
 
     // The owner leaves: the longest-standing admin takes over (alice and bob joined
     // at once, so the smaller id).
     let removed = store
-        .remove_participant(chat.id, carol.id)
+        .remove_participant(chat.id, carol.id, carol.id)
         .await
         .expect("leave");
     let heir = alice.id.min(bob.id);
     assert_eq!(
         removed,
-        Some(Removed {
+        Guarded::Done(Removed {
             role: Role::Owner,
             new_owner: Some(heir)
         })
@@ -158,7 +194,7 @@ async fn direct_conversations(store: &dyn Store) {
     assert_eq!(role(store, first.conversation.id, alice.id).await, Some(Role::Member));
     // One who left is back when either starts it again.
     store
-        .remove_participant(first.conversation.id, bob.id)
+        .remove_participant(first.conversation.id, bob.id, bob.id)
         .await
         .expect("leave");
     let back = store
@@ -183,15 +219,37 @@ async fn archived_takes_nothing_new(store: &dyn Store) {
         name: Some(Some("Old".into())),
         ..ConversationChange::default()
     };
-    let now = store
-        .update_conversation(chat.id, &archive, now_micros())
+    assert!(
+        matches!(
+            store
+                .update_conversation(chat.id, bob.id, &archive, now_micros())
+                .await
+                .expect("update"),
+            Guarded::Refused
+        ),
+        "a member does not archive"
+    );
+    let Guarded::Done(now) = store
+        .update_conversation(chat.id, alice.id, &archive, now_micros())
         .await
         .expect("update")
-        .expect("exists");
+    else {
+        panic!("the owner archives");
+    };
     assert!(now.archived_at.is_some());
     assert_eq!(now.name.as_deref(), Some("Old"));
     assert_eq!(now.description, chat.description, "left as it was");
 
+    let late = super::fixtures::user("ar_late");
+    store.create_user(&late).await.expect("user");
+    assert_eq!(
+        store
+            .add_participant(chat.id, late.id)
+            .await
+            .expect("add"),
+        Guarded::Refused,
+        "an archived conversation gains no one"
+    );
     let more = messages(chat.id, &[alice.id], now_micros(), 1);
     assert_eq!(
         store.insert_messages(&more).await.expect("insert"),
@@ -234,11 +292,13 @@ async fn archived_takes_nothing_new(store: &dyn Store) {
         description: Some(None),
         ..ConversationChange::default()
     };
-    let now = store
-        .update_conversation(chat.id, &unarchive, now_micros())
+    let Guarded::Done(now) = store
+        .update_conversation(chat.id, alice.id, &unarchive, now_micros())
         .await
         .expect("update")
-        .expect("exists");
+    else {
+        panic!("the owner unarchives");
+    };
     assert!(now.archived_at.is_none());
     assert_eq!(now.description, None, "null clears it");
     assert!(matches!(
@@ -256,8 +316,25 @@ async fn deleted_is_gone_then_purged(store: &dyn Store) {
     } = pair(store, "dl", Some("doomed")).await;
     let sent = messages(chat.id, &[alice.id, bob.id], start, 5);
     store.insert_messages(&sent).await.expect("insert");
-    assert!(store.delete_conversation(chat.id).await.expect("delete"));
-    assert!(!store.delete_conversation(chat.id).await.expect("again"));
+    assert_eq!(
+        store.delete_conversation(chat.id, bob.id).await.expect("delete"),
+        Guarded::Refused
+    );
+    assert_eq!(
+        store
+            .delete_conversation(chat.id, alice.id)
+            .await
+            .expect("delete"),
+        Guarded::Done(())
+    );
+    assert_eq!(
+        store
+            .delete_conversation(chat.id, alice.id)
+            .await
+            .expect("again"),
+        Guarded::Refused,
+        "gone: nobody is in it any more"
+    );
     assert!(store.conversation(chat.id).await.expect("read").is_none());
     assert!(store
         .membership(chat.id, alice.id)

@@ -13,7 +13,7 @@ mod sessions;
 mod streams;
 
 use super::model::{
-    ChangeOutcome, ConversationSummary, ListCursor, ListPage, Page, ReactionOutcome, Store,
+    ChangeOutcome, Guarded, ConversationSummary, ListCursor, ListPage, Page, ReactionOutcome, Store,
     StoreError, Stored,
 };
 use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
@@ -225,10 +225,13 @@ async fn conversations_and_membership(store: &dyn Store) {
         .is_member(direct.id, carol.id)
         .await
         .expect("is_member"));
-    store
-        .add_participant(direct.id, carol.id)
-        .await
-        .expect("add carol");
+    assert_eq!(
+        store
+            .add_participant(direct.id, carol.id)
+            .await
+            .expect("add carol"),
+        Guarded::Done(())
+    );
     assert!(store
         .is_member(direct.id, carol.id)
         .await
@@ -247,16 +250,20 @@ async fn conversations_and_membership(store: &dyn Store) {
         2
     );
 
-    assert!(store
-        .remove_participant(direct.id, carol.id)
-        .await
-        .expect("remove")
-        .is_some());
-    assert!(store
-        .remove_participant(direct.id, carol.id)
-        .await
-        .expect("remove again")
-        .is_none());
+    assert!(matches!(
+        store
+            .remove_participant(direct.id, carol.id, carol.id)
+            .await
+            .expect("leave"),
+        Guarded::Done(_)
+    ));
+    assert_eq!(
+        store
+            .remove_participant(direct.id, carol.id, carol.id)
+            .await
+            .expect("leave again"),
+        Guarded::Missing
+    );
     assert!(!store
         .is_member(direct.id, carol.id)
         .await

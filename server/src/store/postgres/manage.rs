@@ -12,7 +12,8 @@ use super::queries::{conversation_columns, conversation_row, role_column};
 use super::PostgresStore;
 use crate::ids::{ConversationId, Role, UserId};
 use crate::store::model::{
-    direct_key, ConversationChange, ConversationRecord, Direct, Participant, Removed, StoreError,
+    direct_key, ConversationChange, ConversationRecord, Direct, Guarded, Participant, Removed,
+    StoreError,
 };
 
 /// How many messages of a deleted conversation one purge step removes.
@@ -55,33 +56,53 @@ const MEMBERSHIP: &str = concat!(
 );
 
 /// `$2`/`$4`: whether to set the name / description to `$3`/`$5`; `$6`: archive
-/// (true), unarchive (false) or leave as is (null); `$7`: the time of an archiving.
-/// Taking the conversation's row lock, an archiving waits for a batch committing into
-/// it, and a later batch finds it archived.
+/// (true), unarchive (false) or leave as is (null); `$7`: the time of an archiving;
+/// `$8`: the actor, who must moderate (their row is locked, so a demotion racing the
+/// change goes first or waits). Taking the conversation's row lock, an archiving
+/// waits for a batch committing into it, and a later batch finds it archived.
+/// Answers whether the actor may, and the conversation as changed.
 const UPDATE: &str = concat!(
-    "UPDATE conversations SET
-        name = CASE WHEN $2::bool THEN $3::text ELSE name END,
-        description = CASE WHEN $4::bool THEN $5::text ELSE description END,
-        archived_at = CASE WHEN $6::bool IS NULL THEN archived_at
-                           WHEN $6::bool THEN COALESCE(archived_at, $7::timestamptz)
-                           ELSE NULL END
-    WHERE id = $1 AND deleted_at IS NULL
-    RETURNING ",
-    conversation_columns!()
+    "WITH actor AS (
+        SELECT p.user_id FROM participants AS p
+        JOIN conversations AS c ON c.id = p.conversation_id
+        WHERE p.conversation_id = $1 AND p.user_id = $8
+          AND (p.role IN ('owner', 'admin') OR c.direct_key IS NOT NULL)
+        FOR SHARE OF p
+    ), changed AS (
+        UPDATE conversations SET
+            name = CASE WHEN $2::bool THEN $3::text ELSE name END,
+            description = CASE WHEN $4::bool THEN $5::text ELSE description END,
+            archived_at = CASE WHEN $6::bool IS NULL THEN archived_at
+                               WHEN $6::bool THEN COALESCE(archived_at, $7::timestamptz)
+                               ELSE NULL END
+        WHERE id = $1 AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM actor)
+        RETURNING ",
+    conversation_columns!(),
+    ")
+    SELECT changed.*, EXISTS (SELECT 1 FROM actor)
+    FROM (SELECT 1) AS one LEFT JOIN changed ON true"
 );
 
 /// Gone for everyone: no participants, no pair key (the two may start afresh), read
-/// as absent, archived so a batch already on its way stores nothing.
+/// as absent, archived so a batch already on its way stores nothing; if `$3` owns it
+/// (or is in it, a direct one), their row locked against a hand-over racing this.
+/// Answers whether the actor may, and whether it was deleted.
 const DELETE: &str = "\
-    WITH marked AS (
+    WITH actor AS (
+        SELECT p.user_id FROM participants AS p
+        JOIN conversations AS c ON c.id = p.conversation_id
+        WHERE p.conversation_id = $1 AND p.user_id = $3
+          AND (p.role = 'owner' OR c.direct_key IS NOT NULL)
+        FOR UPDATE OF p
+    ), marked AS (
         UPDATE conversations
         SET deleted_at = $2, archived_at = COALESCE(archived_at, $2), direct_key = NULL
-        WHERE id = $1 AND deleted_at IS NULL
+        WHERE id = $1 AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM actor)
         RETURNING id
     ), left_it AS (
         DELETE FROM participants WHERE conversation_id IN (SELECT id FROM marked)
     )
-    SELECT count(*) FROM marked";
+    SELECT EXISTS (SELECT 1 FROM actor), EXISTS (SELECT 1 FROM marked)";
 
 /// One chunk of the oldest deletion: its messages (their changes and reactions go with
 /// them), or once none are left, the conversation's row. Answers whether a deleted
@@ -101,12 +122,18 @@ const PURGE: &str = "\
     )
     SELECT EXISTS (SELECT 1 FROM doomed)";
 
-/// Rows: the target (role null), then each role that changed. No row: the target is
-/// not a participant. Making someone owner makes the owner an admin.
+/// If `$4` owns the conversation (their row locked: of two hand-overs racing, the
+/// second finds them an admin): rows `('a')` for the actor, `('t')` for the target,
+/// then `('c', user, role)` for each role that changed. Making someone owner makes
+/// the owner an admin.
 const SET_ROLE: &str = "\
-    WITH target AS (
+    WITH actor AS (
         SELECT user_id FROM participants
-        WHERE conversation_id = $1 AND user_id = $2
+        WHERE conversation_id = $1 AND user_id = $4 AND role = 'owner'
+        FOR UPDATE
+    ), target AS (
+        SELECT user_id FROM participants
+        WHERE conversation_id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM actor)
         FOR UPDATE
     ), demoted AS (
         UPDATE participants SET role = 'admin'
@@ -119,16 +146,30 @@ const SET_ROLE: &str = "\
         WHERE p.conversation_id = $1 AND p.user_id = t.user_id AND p.role <> $3::text
         RETURNING p.user_id, p.role
     )
-    SELECT user_id, NULL::text FROM target
-    UNION ALL SELECT user_id, role FROM demoted
-    UNION ALL SELECT user_id, role FROM promoted";
+    SELECT 'a', user_id, NULL::text FROM actor
+    UNION ALL SELECT 't', user_id, NULL FROM target
+    UNION ALL SELECT 'c', user_id, role FROM demoted
+    UNION ALL SELECT 'c', user_id, role FROM promoted";
 
-/// Removes the participant; when it was the owner, the longest-standing admin (else
-/// member) becomes owner. Answers the role it had (null: not a participant) and the
-/// new owner.
+/// Removes the participant `$2` if `$3` may: themself, or as the owner, or as an
+/// admin a member (both rows locked, so a role change racing this goes first or
+/// waits); when it was the owner, the longest-standing admin (else member) becomes
+/// owner. Answers the role it had (null: not removed), the new owner, whether the
+/// actor may, whether the target is a participant.
 const REMOVE: &str = "\
-    WITH gone AS (
-        DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2
+    WITH actor AS (
+        SELECT role FROM participants WHERE conversation_id = $1 AND user_id = $3
+        FOR SHARE
+    ), target AS (
+        SELECT role FROM participants WHERE conversation_id = $1 AND user_id = $2
+        FOR UPDATE
+    ), allowed AS (
+        SELECT 1 FROM target
+        WHERE $2 = $3 OR (SELECT role FROM actor) = 'owner'
+           OR ((SELECT role FROM actor) = 'admin' AND target.role = 'member')
+    ), gone AS (
+        DELETE FROM participants
+        WHERE conversation_id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM allowed)
         RETURNING role
     ), heir AS (
         SELECT user_id FROM participants
@@ -141,7 +182,23 @@ const REMOVE: &str = "\
         FROM heir AS h WHERE p.conversation_id = $1 AND p.user_id = h.user_id
         RETURNING p.user_id
     )
-    SELECT (SELECT role FROM gone), (SELECT user_id FROM crowned)";
+    SELECT (SELECT role FROM gone), (SELECT user_id FROM crowned),
+           EXISTS (SELECT 1 FROM allowed), EXISTS (SELECT 1 FROM target)";
+
+/// Adds the participant unless the conversation is archived or direct, its row
+/// share-locked so an archiving racing this goes first or waits. Answers whether it
+/// takes members (null: no such conversation).
+const ADD: &str = "\
+    WITH c AS (
+        SELECT id, archived_at IS NULL AND direct_key IS NULL AS open FROM conversations
+        WHERE id = $1 AND deleted_at IS NULL
+        FOR SHARE
+    ), added AS (
+        INSERT INTO participants (conversation_id, user_id, joined_at)
+        SELECT id, $2, $3 FROM c WHERE open
+        ON CONFLICT (conversation_id, user_id) DO NOTHING
+    )
+    SELECT (SELECT open FROM c)";
 
 const PARTICIPANT_PAGE: &str = "\
     SELECT p.user_id, u.username, p.role, p.joined_at
@@ -234,9 +291,10 @@ impl PostgresStore {
     pub(super) async fn change(
         &self,
         id: ConversationId,
+        actor: UserId,
         change: &ConversationChange,
         at: DateTime<Utc>,
-    ) -> Result<Option<ConversationRecord>, StoreError> {
+    ) -> Result<Guarded<ConversationRecord>, StoreError> {
         let (set_name, name) = (change.name.is_some(), change.name.clone().flatten());
         let (set_description, description) = (
             change.description.is_some(),
@@ -244,8 +302,8 @@ impl PostgresStore {
         );
         self.run(async |client| {
             let stmt = client.prepare_cached(UPDATE).await?;
-            client
-                .query_opt(
+            let row = client
+                .query_one(
                     &stmt,
                     &[
                         &id.0,
@@ -255,22 +313,33 @@ impl PostgresStore {
                         &description,
                         &change.archived,
                         &at,
+                        &actor.0,
                     ],
                 )
-                .await?
-                .as_ref()
-                .map(conversation_row)
-                .transpose()
+                .await?;
+            Ok(match (row.try_get::<_, bool>(9)?, row.try_get::<_, Option<Uuid>>(0)?) {
+                (false, _) => Guarded::Refused,
+                (true, None) => Guarded::Missing,
+                (true, Some(_)) => Guarded::Done(conversation_row(&row)?),
+            })
         })
         .await
     }
 
-    pub(super) async fn delete(&self, id: ConversationId) -> Result<bool, StoreError> {
+    pub(super) async fn delete(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
         let now = crate::ids::now_micros();
         self.run(async |client| {
             let stmt = client.prepare_cached(DELETE).await?;
-            let row = client.query_one(&stmt, &[&id.0, &now]).await?;
-            Ok(row.try_get::<_, i64>(0)? > 0)
+            let row = client.query_one(&stmt, &[&id.0, &now, &actor.0]).await?;
+            Ok(match (row.try_get::<_, bool>(0)?, row.try_get::<_, bool>(1)?) {
+                (false, _) => Guarded::Refused,
+                (true, false) => Guarded::Missing,
+                (true, true) => Guarded::Done(()),
+            })
         })
         .await
     }
@@ -313,24 +382,28 @@ impl PostgresStore {
     pub(super) async fn assign(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
         role: Role,
-    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
+    ) -> Result<Guarded<Vec<(UserId, Role)>>, StoreError> {
         self.run(async |client| {
             let stmt = client.prepare_cached(SET_ROLE).await?;
             let rows = client
-                .query(&stmt, &[&id.0, &user.0, &role.as_str()])
+                .query(&stmt, &[&id.0, &user.0, &role.as_str(), &actor.0])
                 .await?;
-            if rows.is_empty() {
-                return Ok(None);
-            }
-            let mut changed = Vec::new();
+            let (mut owner, mut target, mut changed) = (false, false, Vec::new());
             for row in &rows {
-                if row.try_get::<_, Option<&str>>(1)?.is_some() {
-                    changed.push((UserId(row.try_get(0)?), role_column(row, 1)?));
+                match row.try_get::<_, &str>(0)? {
+                    "a" => owner = true,
+                    "t" => target = true,
+                    _ => changed.push((UserId(row.try_get(1)?), role_column(row, 2)?)),
                 }
             }
-            Ok(Some(changed))
+            Ok(match (owner, target) {
+                (false, _) => Guarded::Refused,
+                (true, false) => Guarded::Missing,
+                (true, true) => Guarded::Done(changed),
+            })
         })
         .await
     }
@@ -338,18 +411,41 @@ impl PostgresStore {
     pub(super) async fn leave(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
-    ) -> Result<Option<Removed>, StoreError> {
+    ) -> Result<Guarded<Removed>, StoreError> {
         self.run(async |client| {
             let stmt = client.prepare_cached(REMOVE).await?;
-            let row = client.query_one(&stmt, &[&id.0, &user.0]).await?;
-            if row.try_get::<_, Option<&str>>(0)?.is_none() {
-                return Ok(None);
+            let row = client.query_one(&stmt, &[&id.0, &user.0, &actor.0]).await?;
+            if row.try_get::<_, Option<&str>>(0)?.is_some() {
+                return Ok(Guarded::Done(Removed {
+                    role: role_column(&row, 0)?,
+                    new_owner: row.try_get::<_, Option<Uuid>>(1)?.map(UserId),
+                }));
             }
-            Ok(Some(Removed {
-                role: role_column(&row, 0)?,
-                new_owner: row.try_get::<_, Option<Uuid>>(1)?.map(UserId),
-            }))
+            Ok(match (row.try_get::<_, bool>(2)?, row.try_get::<_, bool>(3)?) {
+                (_, false) => Guarded::Missing,
+                _ => Guarded::Refused,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn join(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
+        self.run(async |client| {
+            let stmt = client.prepare_cached(ADD).await?;
+            let row = client
+                .query_one(&stmt, &[&id.0, &user.0, &crate::ids::now_micros()])
+                .await?;
+            Ok(match row.try_get::<_, Option<bool>>(0)? {
+                None => Guarded::Missing,
+                Some(false) => Guarded::Refused,
+                Some(true) => Guarded::Done(()),
+            })
         })
         .await
     }

@@ -195,6 +195,10 @@ fn pg_error(e: &tokio_postgres::Error, connection_closed: bool) -> StoreError {
             _ => "id",
         });
     }
+    // The one-owner constraint, checked at commit: another change of roles came first.
+    if *code == SqlState::EXCLUSION_VIOLATION {
+        return StoreError::Conflict("another change of roles came first; retry");
+    }
     // Classes 08 (connection), 53 (resources), 57 (operator intervention, e.g. a
     // shutdown or failover) and 58 (system) are the server being unwell, not the
     // statement being wrong.

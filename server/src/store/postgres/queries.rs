@@ -18,7 +18,7 @@ use crate::store::account::{
 };
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
-    ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
+    ConversationSummary, Direct, Guarded, ListPage, MessageRecord, NewMessage, Page, Participant,
     ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent, StreamKind,
     UserRecord, REACTIONS_PER_PAGE,
 };
@@ -437,14 +437,19 @@ impl Store for PostgresStore {
     async fn update_conversation(
         &self,
         id: ConversationId,
+        actor: UserId,
         change: &ConversationChange,
         at: DateTime<Utc>,
-    ) -> Result<Option<ConversationRecord>, StoreError> {
-        self.change(id, change, at).await
+    ) -> Result<Guarded<ConversationRecord>, StoreError> {
+        self.change(id, actor, change, at).await
     }
 
-    async fn delete_conversation(&self, id: ConversationId) -> Result<bool, StoreError> {
-        self.delete(id).await
+    async fn delete_conversation(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
+        self.delete(id, actor).await
     }
 
     async fn purge_deleted(&self) -> Result<bool, StoreError> {
@@ -463,10 +468,11 @@ impl Store for PostgresStore {
     async fn set_role(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
         role: Role,
-    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
-        self.assign(id, user, role).await
+    ) -> Result<Guarded<Vec<(UserId, Role)>>, StoreError> {
+        self.assign(id, actor, user, role).await
     }
 
     async fn conversations_of(
@@ -556,28 +562,21 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError> {
-        self.run(async |client| {
-            let stmt = client
-                .prepare_cached(
-                    "INSERT INTO participants (conversation_id, user_id, joined_at) \
-                     VALUES ($1, $2, $3) ON CONFLICT (conversation_id, user_id) DO NOTHING",
-                )
-                .await?;
-            client
-                .execute(&stmt, &[&id.0, &user.0, &crate::ids::now_micros()])
-                .await?;
-            Ok(())
-        })
-        .await
+    async fn add_participant(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
+        self.join(id, user).await
     }
 
     async fn remove_participant(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
-    ) -> Result<Option<Removed>, StoreError> {
-        self.leave(id, user).await
+    ) -> Result<Guarded<Removed>, StoreError> {
+        self.leave(id, actor, user).await
     }
 
     async fn member_position(

@@ -13,11 +13,33 @@ use super::queries::{conversation_columns, conversation_row, role_column};
 use super::SqliteStore;
 use crate::ids::{ConversationId, Role, UserId};
 use crate::store::model::{
-    direct_key, ConversationChange, ConversationRecord, Direct, Participant, Removed, StoreError,
+    direct_key, ConversationChange, ConversationRecord, Direct, Guarded, Participant, Removed,
+    StoreError,
 };
 
 /// How many messages of a deleted conversation one purge step removes.
 const PURGE_CHUNK: i64 = 2000;
+
+/// The actor's role in the conversation, and whether it is direct, inside the
+/// caller's transaction (which the single writer makes the moment of the write).
+fn standing(
+    tx: &Connection,
+    id: ConversationId,
+    actor: UserId,
+) -> rusqlite::Result<Option<(Role, bool)>> {
+    tx.prepare_cached(
+        "SELECT p.role, c.direct_key IS NOT NULL FROM participants AS p \
+         JOIN conversations AS c ON c.id = p.conversation_id \
+         WHERE p.conversation_id = ?1 AND p.user_id = ?2 AND c.deleted_at IS NULL",
+    )?
+    .query_row(params![Key(id.0), Key(actor.0)], |row| {
+        Ok((
+            row.get::<_, String>(0)?.parse().unwrap_or(Role::Member),
+            row.get(1)?,
+        ))
+    })
+    .optional()
+}
 
 /// The live conversation with that id.
 fn live_conversation(
@@ -130,12 +152,17 @@ impl SqliteStore {
     pub(super) async fn change(
         &self,
         id: ConversationId,
+        actor: UserId,
         change: &ConversationChange,
         at: DateTime<Utc>,
-    ) -> Result<Option<ConversationRecord>, StoreError> {
+    ) -> Result<Guarded<ConversationRecord>, StoreError> {
         let change = change.clone();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            match standing(&tx, id, actor)? {
+                Some((role, direct)) if role.moderates() || direct => {}
+                _ => return Ok(Guarded::Refused),
+            }
             if let Some(name) = &change.name {
                 tx.prepare_cached("UPDATE conversations SET name = ?2 WHERE id = ?1")?
                     .execute(params![Key(id.0), name])?;
@@ -158,15 +185,23 @@ impl SqliteStore {
             };
             let now = live_conversation(&tx, id)?;
             tx.commit()?;
-            Ok(now)
+            Ok(now.map_or(Guarded::Missing, Guarded::Done))
         })
         .await
     }
 
-    pub(super) async fn delete(&self, id: ConversationId) -> Result<bool, StoreError> {
+    pub(super) async fn delete(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
         let now = Micros(crate::ids::now_micros());
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            match standing(&tx, id, actor)? {
+                Some((Role::Owner, _)) | Some((_, true)) => {}
+                _ => return Ok(Guarded::Refused),
+            }
             // Gone for everyone: no pair key (the two may start afresh), archived so
             // nothing more is stored, no participants.
             let marked = tx
@@ -181,7 +216,44 @@ impl SqliteStore {
                     .execute([Key(id.0)])?;
             }
             tx.commit()?;
-            Ok(marked > 0)
+            Ok(if marked > 0 {
+                Guarded::Done(())
+            } else {
+                Guarded::Missing
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn join(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
+        let now = Micros(crate::ids::now_micros());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let open: Option<bool> = tx
+                .prepare_cached(
+                    "SELECT archived_at IS NULL AND direct_key IS NULL FROM conversations \
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                )?
+                .query_row([Key(id.0)], |row| row.get(0))
+                .optional()?;
+            let outcome = match open {
+                None => Guarded::Missing,
+                Some(false) => Guarded::Refused,
+                Some(true) => {
+                    tx.prepare_cached(
+                        "INSERT INTO participants (conversation_id, user_id, joined_at) \
+                         VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![Key(id.0), Key(user.0), now])?;
+                    Guarded::Done(())
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
         })
         .await
     }
@@ -247,11 +319,15 @@ impl SqliteStore {
     pub(super) async fn assign(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
         role: Role,
-    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
+    ) -> Result<Guarded<Vec<(UserId, Role)>>, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !matches!(standing(&tx, id, actor)?, Some((Role::Owner, _))) {
+                return Ok(Guarded::Refused);
+            }
             let current: Option<String> = tx
                 .prepare_cached(
                     "SELECT role FROM participants WHERE conversation_id = ?1 AND user_id = ?2",
@@ -259,7 +335,7 @@ impl SqliteStore {
                 .query_row(params![Key(id.0), Key(user.0)], |row| row.get(0))
                 .optional()?;
             let Some(current) = current else {
-                return Ok(None);
+                return Ok(Guarded::Missing);
             };
             let mut changed = Vec::new();
             if current != role.as_str() {
@@ -281,7 +357,7 @@ impl SqliteStore {
                 changed.push((user, role));
             }
             tx.commit()?;
-            Ok(Some(changed))
+            Ok(Guarded::Done(changed))
         })
         .await
     }
@@ -289,10 +365,21 @@ impl SqliteStore {
     pub(super) async fn leave(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
-    ) -> Result<Option<Removed>, StoreError> {
+    ) -> Result<Guarded<Removed>, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some((theirs, _)) = standing(&tx, id, user)? else {
+                return Ok(Guarded::Missing);
+            };
+            let mine = standing(&tx, id, actor)?.map(|(role, _)| role);
+            let allowed = user == actor
+                || mine == Some(Role::Owner)
+                || (mine == Some(Role::Admin) && theirs == Role::Member);
+            if !allowed {
+                return Ok(Guarded::Refused);
+            }
             let role: Option<String> = tx
                 .prepare_cached(
                     "DELETE FROM participants WHERE conversation_id = ?1 AND user_id = ?2 \
@@ -301,7 +388,7 @@ impl SqliteStore {
                 .query_row(params![Key(id.0), Key(user.0)], |row| row.get(0))
                 .optional()?;
             let Some(role) = role else {
-                return Ok(None);
+                return Ok(Guarded::Missing);
             };
             let role: Role = role.parse().unwrap_or(Role::Member);
             let mut new_owner = None;
@@ -323,7 +410,7 @@ impl SqliteStore {
                 }
             }
             tx.commit()?;
-            Ok(Some(Removed { role, new_owner }))
+            Ok(Guarded::Done(Removed { role, new_owner }))
         })
         .await
     }

@@ -17,15 +17,11 @@ use crate::store::account::{
 };
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
-    ConversationSummary, Direct, ListPage, MessageRecord, NewMessage, Page, Participant,
+    ConversationSummary, Direct, Guarded, ListPage, MessageRecord, NewMessage, Page, Participant,
     ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent, StreamKind,
     UserRecord, REACTIONS_PER_PAGE,
 };
 use crate::text::Content;
-
-fn now_micros() -> Micros {
-    Micros(crate::ids::now_micros())
-}
 
 /// Reads the columns `id, username, password_hash, created_at`.
 fn user_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
@@ -377,14 +373,19 @@ impl Store for SqliteStore {
     async fn update_conversation(
         &self,
         id: ConversationId,
+        actor: UserId,
         change: &ConversationChange,
         at: DateTime<Utc>,
-    ) -> Result<Option<ConversationRecord>, StoreError> {
-        self.change(id, change, at).await
+    ) -> Result<Guarded<ConversationRecord>, StoreError> {
+        self.change(id, actor, change, at).await
     }
 
-    async fn delete_conversation(&self, id: ConversationId) -> Result<bool, StoreError> {
-        self.delete(id).await
+    async fn delete_conversation(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
+        self.delete(id, actor).await
     }
 
     async fn purge_deleted(&self) -> Result<bool, StoreError> {
@@ -403,10 +404,11 @@ impl Store for SqliteStore {
     async fn set_role(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
         role: Role,
-    ) -> Result<Option<Vec<(UserId, Role)>>, StoreError> {
-        self.assign(id, user, role).await
+    ) -> Result<Guarded<Vec<(UserId, Role)>>, StoreError> {
+        self.assign(id, actor, user, role).await
     }
 
     async fn conversations_of(
@@ -498,24 +500,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_participant(&self, id: ConversationId, user: UserId) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO participants (conversation_id, user_id, joined_at) \
-                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![Key(id.0), Key(user.0), now_micros()])?;
-            Ok(())
-        })
-        .await
+    async fn add_participant(
+        &self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Guarded<()>, StoreError> {
+        self.join(id, user).await
     }
 
     async fn remove_participant(
         &self,
         id: ConversationId,
+        actor: UserId,
         user: UserId,
-    ) -> Result<Option<Removed>, StoreError> {
-        self.leave(id, user).await
+    ) -> Result<Guarded<Removed>, StoreError> {
+        self.leave(id, actor, user).await
     }
 
     async fn history(
