@@ -60,6 +60,8 @@ impl Fixture {
                 created_by: senders[0],
                 created_at: at,
                 updated_at: at,
+                archived_at: None,
+                direct: false,
             };
             store
                 .create_conversation(&conversation, &senders)

@@ -7,7 +7,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool, Revocations, TokenError, Verified};
+use crate::auth::{
+    Budgets, JwtKeys, LoginThrottle, PasswordPool, Revocations, TokenError, Verified,
+};
 use crate::bus::Bus;
 use crate::cluster::Cluster;
 use crate::config::Config;

@@ -119,7 +119,19 @@ impl MessageIdGen {
 /// A participant's role in a conversation: what they may do beyond taking part.
 /// A conversation has at most one owner; a direct conversation has none (its two
 /// people are members, and either may do what an owner does to the conversation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Changes roles and deletes the conversation, besides what an admin does.

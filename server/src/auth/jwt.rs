@@ -106,8 +106,12 @@ impl JwtKeys {
             exp: iat + self.ttl.as_secs(),
             sid: Some(session.to_string()),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.access.encoding)
-            .map_err(|_| TokenError)
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.access.encoding,
+        )
+        .map_err(|_| TokenError)
     }
 
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
@@ -135,8 +139,12 @@ impl JwtKeys {
             exp: expires_at,
             iat: jsonwebtoken::get_current_timestamp(),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.refresh.encoding)
-            .map_err(|_| TokenError)
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.refresh.encoding,
+        )
+        .map_err(|_| TokenError)
     }
 
     pub fn verify_refresh(&self, token: &str) -> Result<Refresh, TokenError> {
@@ -226,7 +234,10 @@ mod tests {
         let now = jsonwebtoken::get_current_timestamp();
         let refresh = k.issue_refresh(r, now + 60).expect("issue");
         assert_eq!(k.verify_refresh(&refresh).expect("verify"), r);
-        assert!(k.verify(&refresh).is_err(), "a refresh token is no access token");
+        assert!(
+            k.verify(&refresh).is_err(),
+            "a refresh token is no access token"
+        );
         let access = k.issue(r.user, r.session).expect("issue");
         assert!(k.verify_refresh(&access).is_err(), "nor the other way");
     }

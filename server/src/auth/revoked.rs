@@ -71,7 +71,10 @@ impl Revocations {
         }
         let until = at.saturating_add(self.access_ttl);
         let now = jsonwebtoken::get_current_timestamp();
-        let mut ended = self.sessions.write().unwrap_or_else(PoisonError::into_inner);
+        let mut ended = self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         // What no token can need any more goes, so the map holds at most one access
         // token lifetime's worth of endings.
         ended.retain(|_, until| *until > now);

@@ -40,11 +40,11 @@ use crate::bus::{Bus, Remote, Roster};
 use crate::config::Config;
 use crate::ids::{ConversationId, UserId};
 pub use messages::{Announcement, Change};
-pub use wire::Revoked;
 use messages::{Health, Outbound, PresenceOp, Subscription};
 use presence::Presence;
 use rate::Budget;
 use wire::NodeId;
+pub use wire::Revoked;
 
 /// This node's handle on the cluster; shared by every shard.
 pub struct Cluster {

@@ -127,7 +127,11 @@ pub fn encode_revoked(origin: NodeId, r: &Revoked) -> Vec<u8> {
     out.extend_from_slice(&r.at.to_be_bytes());
     // 0 says none: no token is issued before 1970.
     out.extend_from_slice(&r.refuse_before.unwrap_or(0).to_be_bytes());
-    out.extend_from_slice(&u32::try_from(r.sessions.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(r.sessions.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     for s in &r.sessions {
         out.extend_from_slice(s.0.as_bytes());
     }
@@ -143,8 +147,16 @@ pub fn is_revocation(payload: &[u8]) -> bool {
 /// read.
 pub fn decode_inbox(payload: &[u8]) -> Option<(NodeId, Inbox)> {
     let origin = NodeId(uuid_at(payload, 0)?);
-    let u64_at = |at: usize| Some(u64::from_be_bytes(payload.get(at..at + 8)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_be_bytes(payload.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| {
+        Some(u64::from_be_bytes(
+            payload.get(at..at + 8)?.try_into().ok()?,
+        ))
+    };
+    let u32_at = |at: usize| {
+        Some(u32::from_be_bytes(
+            payload.get(at..at + 4)?.try_into().ok()?,
+        ))
+    };
     let inbox = match *payload.get(16)? {
         b'A' => {
             let conversation = ConversationId(uuid_at(payload, 17)?);

@@ -132,7 +132,9 @@ pub async fn delete(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let address = request::client_address(&req, &shard.app.config.trusted_proxies);
     let body = request::body(shard, req).await?;
     let asked: AccountDeletion = request::json(&body)?;
-    let user = with_password(shard, address, me.user, asked.password).await?.id;
+    let user = with_password(shard, address, me.user, asked.password)
+        .await?
+        .id;
     let erase = shard.app.config.deleted_account_messages == DeletedMessages::Erase;
     let now = now_micros();
     let deleted = shard

@@ -271,7 +271,8 @@ async fn search(shard: &ShardContext, req: &Request<Incoming>, me: UserId, q: St
         .app
         .db
         .call(move |s| async move {
-            s.users_by_prefix(&prefix, after.as_deref(), limit + 1).await
+            s.users_by_prefix(&prefix, after.as_deref(), limit + 1)
+                .await
         })
         .await?;
     let more = found.len() > limit as usize;

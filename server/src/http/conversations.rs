@@ -62,11 +62,7 @@ impl Access {
 
 /// The conversation and the caller's role, if it exists and the caller is in it: one
 /// read.
-pub(super) async fn access(
-    shard: &ShardContext,
-    me: UserId,
-    id: &str,
-) -> Result<Access, ApiError> {
+pub(super) async fn access(shard: &ShardContext, me: UserId, id: &str) -> Result<Access, ApiError> {
     let id: ConversationId = id.parse().map_err(|_| not_found())?;
     let (conversation, role) = shard
         .app
@@ -79,7 +75,8 @@ pub(super) async fn access(
 }
 
 /// What a guarded change answers: done, a 403 with `refused` (the caller's role no
-/// longer allows it: it changed after `access` read it), or `missing`.
+/// longer allows it: it changed after `access` read it), `missing` (the participant
+/// it names), or 404 for a conversation deleted meanwhile.
 pub(super) fn guarded<T>(
     outcome: Guarded<T>,
     refused: &'static str,
@@ -89,6 +86,7 @@ pub(super) fn guarded<T>(
         Guarded::Done(done) => Ok(done),
         Guarded::Refused => Err(ApiError::Forbidden(refused)),
         Guarded::Missing => Err(missing()),
+        Guarded::Gone => Err(not_found()),
     }
 }
 
@@ -234,7 +232,10 @@ async fn create_direct(
         announce_added(shard, &made.conversation, announced);
     }
     let ids = pair.iter().map(ToString::to_string).collect();
-    Ok(json(status, &ConversationOut::new(&made.conversation, Some(ids))))
+    Ok(json(
+        status,
+        &ConversationOut::new(&made.conversation, Some(ids)),
+    ))
 }
 
 /// A new conversation's name and description under `text`'s rules, or a 422 naming

@@ -10,15 +10,15 @@ pub mod docs;
 pub mod dto;
 mod markers;
 mod origins;
-mod participants;
 mod page;
+mod participants;
 mod presence;
 mod reply;
-mod sessions;
 /// Public for the fuzz targets (`fuzz/`): what the server parses of a request itself.
 pub mod request;
 pub mod routes;
 pub mod scrape;
+mod sessions;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -171,9 +171,7 @@ async fn route(shard: &Rc<ShardContext>, req: Request<Incoming>, found: Found<'_
         (Endpoint::Participant, Method::PATCH) => {
             participants::set_role(shard, req, value(0), value(1)).await
         }
-        (Endpoint::Participant, _) => {
-            participants::remove(shard, req, value(0), value(1)).await
-        }
+        (Endpoint::Participant, _) => participants::remove(shard, req, value(0), value(1)).await,
         (Endpoint::Messages, _) => conversations::history(shard, req, value(0)).await,
         (Endpoint::Presence, _) => presence::presence(shard, req, value(0)).await,
         (Endpoint::ReadMarker, _) => markers::mark(shard, req, value(0)).await,

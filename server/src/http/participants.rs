@@ -39,7 +39,9 @@ fn not_a_participant(user: UserId) -> ApiError {
 /// Tells every socket in the conversation, on every node, of each role that changed.
 fn tell_roles(shard: &ShardContext, conversation: ConversationId, changed: &[(UserId, Role)]) {
     for &(user, role) in changed {
-        shard.hub.tell(conversation, role_event(conversation, user, role));
+        shard
+            .hub
+            .tell(conversation, role_event(conversation, user, role));
     }
 }
 
@@ -156,7 +158,7 @@ pub async fn add(shard: &Rc<ShardContext>, req: Request<Incoming>, id: &str) -> 
                 Guarded::Done(()) => Added::Done,
                 // Archived since `access` read it (a direct one never gains anyone).
                 Guarded::Refused => Added::Archived,
-                Guarded::Missing => Added::Gone,
+                Guarded::Missing | Guarded::Gone => Added::Gone,
             })
         })
         .await?;

@@ -95,7 +95,10 @@ pub(super) async fn open(
     let evicted = shard
         .app
         .db
-        .call(move |s| async move { s.create_session(&new, SESSIONS_PER_USER, forget_before).await })
+        .call(move |s| async move {
+            s.create_session(&new, SESSIONS_PER_USER, forget_before)
+                .await
+        })
         .await?;
     ended(shard, user, evicted, None);
     tokens(

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conn::Scope;
-use crate::ids::{ConversationId, SessionId, Seq, UserId};
+use crate::ids::{ConversationId, Seq, SessionId, UserId};
 
 /// Who may carry what, until when, and since when we know it: what admission (in
 /// `ws`) hands the registry.

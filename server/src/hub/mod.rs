@@ -184,9 +184,7 @@ impl Hub {
         if let Some(before) = revoked.refuse_before {
             self.app.revocations.refuse_before(user, before);
         }
-        self.app
-            .bus
-            .broadcast(|| ShardMsg::TokensRevoked { user });
+        self.app.bus.broadcast(|| ShardMsg::TokensRevoked { user });
         if let Some(cluster) = &self.app.cluster {
             cluster.revoked(&revoked);
         }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::account::{DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal};
-use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
+use crate::ids::{ConversationId, MessageId, Role, Seq, SessionId, UserId};
 use crate::text::{ClientId, Content};
 
 /// Why a store call failed. Only `Conflict` is caused by the caller; the rest mean the
@@ -84,8 +84,10 @@ pub enum Guarded<T> {
     Done(T),
     /// The actor may not (any more), or the conversation's state forbids it.
     Refused,
-    /// No such conversation, or the participant it names is not one.
+    /// The participant it names is not one.
     Missing,
+    /// No such conversation (any more).
+    Gone,
 }
 
 /// What became of a removal: the role the user had, and who owns the conversation now
@@ -458,7 +460,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError>;
     /// Applies the change if `actor` moderates the conversation (an owner or admin,
     /// either person of a direct one) at the moment of the write; the conversation
-    /// as it is now.
+    /// as it is now. (`Guarded::Missing` is not an answer of the conversation-wide
+    /// changes: they name no participant.)
     async fn update_conversation(
         &self,
         id: ConversationId,
@@ -636,8 +639,11 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<Vec<SessionId>, StoreError>;
     /// Tokens of the user without a session, issued before `at`, no longer count.
-    async fn set_tokens_not_before(&self, user: UserId, at: DateTime<Utc>)
-        -> Result<(), StoreError>;
+    async fn set_tokens_not_before(
+        &self,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// The sessions that ended since `since`, and every user's `tokens_not_before`.
     async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError>;
     /// Replaces the user's password hash.

@@ -4,8 +4,8 @@
 
 use reqwest::Method;
 use tests::client::encode_query;
-use tests::realtime::kind;
 use tests::prelude::*;
+use tests::realtime::kind;
 
 /// A fresh login of `who`: `(access token, refresh token)`.
 async fn login(api: &Api, who: &Session) -> anyhow::Result<(String, String)> {
@@ -297,7 +297,10 @@ async fn export(srv: &TestServer) -> anyhow::Result<()> {
             .map(|c| c["role"].clone())
     };
     ensure!(role_of(&mine) == Some(json!("owner")), "{conversations:?}");
-    ensure!(role_of(&theirs) == Some(json!("member")), "{conversations:?}");
+    ensure!(
+        role_of(&theirs) == Some(json!("member")),
+        "{conversations:?}"
+    );
     ensure!(
         messages.len() == 1 && messages[0]["content"] == "exported",
         "{messages:?}"

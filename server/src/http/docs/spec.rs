@@ -17,14 +17,13 @@ use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::dto::{
-    AccountDeletion, ExportPage, ExportedConversation, PasswordChange,
-    ConversationItem, ConversationOut, ConversationPatch, Credentials, ErrorBody, Liveness,
-    MessageOut, NewConversation, NewParticipant, ParticipantOut, PresenceOut, PresentUser,
-    PreviewOut, ReactionOut, Readiness, RefreshRequest, LoggedOut, RoleChange, RoleOut, Token,
-    UserOut, UserSummary,
+    AccountDeletion, ConversationItem, ConversationOut, ConversationPatch, Credentials, ErrorBody,
+    ExportPage, ExportedConversation, Liveness, LoggedOut, MessageOut, NewConversation,
+    NewParticipant, ParticipantOut, PasswordChange, PresenceOut, PresentUser, PreviewOut,
+    ReactionOut, Readiness, RefreshRequest, RoleChange, RoleOut, Token, UserOut, UserSummary,
 };
-use crate::ids::Role;
 use crate::http::markers::{ReadMarker, ReadMarkerOut};
+use crate::ids::Role;
 use crate::protocol::{Close, CONTENT_MAX_CHARS, EMOJI_MAX_CHARS, REF_MAX_CHARS};
 use crate::text::CLIENT_ID_MAX_CHARS;
 

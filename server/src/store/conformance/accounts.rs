@@ -31,7 +31,10 @@ async fn prefix_search(store: &dyn Store) {
             .map(|(_, name)| name)
             .collect::<Vec<_>>()
     };
-    assert_eq!(found("pf_an", None, 10).await, ["pf_an.x", "pf_Anna", "pf_anne"]);
+    assert_eq!(
+        found("pf_an", None, 10).await,
+        ["pf_an.x", "pf_Anna", "pf_anne"]
+    );
     assert_eq!(found("pf_an", Some("pf_Anna"), 10).await, ["pf_anne"]);
     assert_eq!(found("pf_an", None, 1).await, ["pf_an.x"]);
     assert!(found("pf_z", None, 10).await.is_empty());

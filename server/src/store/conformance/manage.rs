@@ -34,10 +34,7 @@ async fn roles_and_hand_over(store: &dyn Store) {
     let carol = user("ro_carol");
     store.create_user(&carol).await.expect("carol");
     assert_eq!(
-        store
-            .add_participant(chat.id, carol.id)
-            .await
-            .expect("add"),
+        store.add_participant(chat.id, carol.id).await.expect("add"),
         Guarded::Done(())
     );
     assert_eq!(role(store, chat.id, alice.id).await, Some(Role::Owner));
@@ -191,7 +188,10 @@ async fn direct_conversations(store: &dyn Store) {
     assert_eq!(again.conversation.id, first.conversation.id);
     assert!(again.conversation.direct);
     assert!(again.rejoined.is_empty());
-    assert_eq!(role(store, first.conversation.id, alice.id).await, Some(Role::Member));
+    assert_eq!(
+        role(store, first.conversation.id, alice.id).await,
+        Some(Role::Member)
+    );
     // One who left is back when either starts it again.
     store
         .remove_participant(first.conversation.id, bob.id, bob.id)
@@ -243,10 +243,7 @@ async fn archived_takes_nothing_new(store: &dyn Store) {
     let late = super::fixtures::user("ar_late");
     store.create_user(&late).await.expect("user");
     assert_eq!(
-        store
-            .add_participant(chat.id, late.id)
-            .await
-            .expect("add"),
+        store.add_participant(chat.id, late.id).await.expect("add"),
         Guarded::Refused,
         "an archived conversation gains no one"
     );
@@ -317,7 +314,10 @@ async fn deleted_is_gone_then_purged(store: &dyn Store) {
     let sent = messages(chat.id, &[alice.id, bob.id], start, 5);
     store.insert_messages(&sent).await.expect("insert");
     assert_eq!(
-        store.delete_conversation(chat.id, bob.id).await.expect("delete"),
+        store
+            .delete_conversation(chat.id, bob.id)
+            .await
+            .expect("delete"),
         Guarded::Refused
     );
     assert_eq!(
@@ -332,8 +332,21 @@ async fn deleted_is_gone_then_purged(store: &dyn Store) {
             .delete_conversation(chat.id, alice.id)
             .await
             .expect("again"),
-        Guarded::Refused,
-        "gone: nobody is in it any more"
+        Guarded::Gone
+    );
+    assert_eq!(
+        store
+            .set_role(chat.id, alice.id, bob.id, Role::Owner)
+            .await
+            .expect("set role"),
+        Guarded::Gone
+    );
+    assert_eq!(
+        store
+            .remove_participant(chat.id, alice.id, alice.id)
+            .await
+            .expect("leave"),
+        Guarded::Gone
     );
     assert!(store.conversation(chat.id).await.expect("read").is_none());
     assert!(store

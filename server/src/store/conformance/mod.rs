@@ -13,8 +13,8 @@ mod sessions;
 mod streams;
 
 use super::model::{
-    ChangeOutcome, Guarded, ConversationSummary, ListCursor, ListPage, Page, ReactionOutcome, Store,
-    StoreError, Stored,
+    ChangeOutcome, ConversationSummary, Guarded, ListCursor, ListPage, Page, ReactionOutcome,
+    Store, StoreError, Stored,
 };
 use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
 

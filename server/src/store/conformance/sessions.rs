@@ -36,14 +36,20 @@ async fn renewal_rotates_and_reuse_ends(store: &dyn Store) {
     assert!(evicted.is_empty());
     let (now, later) = (now_micros(), now_micros() + Duration::days(30));
     assert_eq!(
-        store.renew_session(s.id, 0, now, later).await.expect("renew"),
+        store
+            .renew_session(s.id, 0, now, later)
+            .await
+            .expect("renew"),
         Renewal::Renewed {
             user: alice.id,
             generation: 1
         }
     );
     assert_eq!(
-        store.renew_session(s.id, 1, now, later).await.expect("renew"),
+        store
+            .renew_session(s.id, 1, now, later)
+            .await
+            .expect("renew"),
         Renewal::Renewed {
             user: alice.id,
             generation: 2
@@ -51,11 +57,17 @@ async fn renewal_rotates_and_reuse_ends(store: &dyn Store) {
     );
     // Generation 1 again: someone kept a copy. The session ends.
     assert_eq!(
-        store.renew_session(s.id, 1, now, later).await.expect("reuse"),
+        store
+            .renew_session(s.id, 1, now, later)
+            .await
+            .expect("reuse"),
         Renewal::Reused { user: alice.id }
     );
     assert_eq!(
-        store.renew_session(s.id, 2, now, later).await.expect("after"),
+        store
+            .renew_session(s.id, 2, now, later)
+            .await
+            .expect("after"),
         Renewal::Ended,
         "the current generation no longer works either"
     );
@@ -76,7 +88,10 @@ async fn renewal_rotates_and_reuse_ends(store: &dyn Store) {
         .await
         .expect("create");
     assert_eq!(
-        store.renew_session(old.id, 0, now_micros(), later).await.expect("renew"),
+        store
+            .renew_session(old.id, 0, now_micros(), later)
+            .await
+            .expect("renew"),
         Renewal::Ended
     );
     let ended = store
@@ -150,7 +165,11 @@ async fn endings_and_limits(store: &dyn Store) {
         .expect("set earlier");
     let ended = store.ended_tokens(now).await.expect("ended");
     assert_eq!(
-        ended.users.iter().find(|(u, _)| *u == bob.id).map(|(_, t)| *t),
+        ended
+            .users
+            .iter()
+            .find(|(u, _)| *u == bob.id)
+            .map(|(_, t)| *t),
         Some(before)
     );
 

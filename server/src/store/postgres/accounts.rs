@@ -156,7 +156,10 @@ impl PostgresStore {
         let now = crate::ids::now_micros();
         self.run(async |client| {
             let stmt = client.prepare_cached(ERASE).await?;
-            client.query_one(&stmt, &[&ERASE_CHUNK, &now]).await?.try_get(0)
+            client
+                .query_one(&stmt, &[&ERASE_CHUNK, &now])
+                .await?
+                .try_get(0)
         })
         .await
     }

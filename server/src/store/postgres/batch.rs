@@ -59,8 +59,7 @@ const INSERT: &str = "\
 
 /// Which of the batch's conversations that stored nothing are archived (the rest are
 /// gone).
-const READ_ONLY: &str =
-    "SELECT id FROM conversations \
+const READ_ONLY: &str = "SELECT id FROM conversations \
      WHERE id = ANY($1::uuid[]) AND archived_at IS NOT NULL AND deleted_at IS NULL";
 
 /// The path after a repeat, on the batch's first six columns (`$6`: the client ids):

@@ -79,7 +79,8 @@ const UPDATE: &str = concat!(
         RETURNING ",
     conversation_columns!(),
     ")
-    SELECT changed.*, EXISTS (SELECT 1 FROM actor)
+    SELECT changed.*, EXISTS (SELECT 1 FROM actor),
+           EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL)
     FROM (SELECT 1) AS one LEFT JOIN changed ON true"
 );
 
@@ -102,7 +103,8 @@ const DELETE: &str = "\
     ), left_it AS (
         DELETE FROM participants WHERE conversation_id IN (SELECT id FROM marked)
     )
-    SELECT EXISTS (SELECT 1 FROM actor), EXISTS (SELECT 1 FROM marked)";
+    SELECT EXISTS (SELECT 1 FROM actor), EXISTS (SELECT 1 FROM marked),
+           EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL)";
 
 /// One chunk of the oldest deletion: its messages (their changes and reactions go with
 /// them), or once none are left, the conversation's row. Answers whether a deleted
@@ -147,6 +149,7 @@ const SET_ROLE: &str = "\
         RETURNING p.user_id, p.role
     )
     SELECT 'a', user_id, NULL::text FROM actor
+    UNION ALL SELECT 'l', id, NULL FROM conversations WHERE id = $1 AND deleted_at IS NULL
     UNION ALL SELECT 't', user_id, NULL FROM target
     UNION ALL SELECT 'c', user_id, role FROM demoted
     UNION ALL SELECT 'c', user_id, role FROM promoted";
@@ -183,7 +186,8 @@ const REMOVE: &str = "\
         RETURNING p.user_id
     )
     SELECT (SELECT role FROM gone), (SELECT user_id FROM crowned),
-           EXISTS (SELECT 1 FROM allowed), EXISTS (SELECT 1 FROM target)";
+           EXISTS (SELECT 1 FROM allowed), EXISTS (SELECT 1 FROM target),
+           EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL)";
 
 /// Adds the participant unless the conversation is archived or direct, its row
 /// share-locked so an archiving racing this goes first or waits. Answers whether it
@@ -205,6 +209,23 @@ const PARTICIPANT_PAGE: &str = "\
     FROM participants AS p JOIN users AS u ON u.id = p.user_id
     WHERE p.conversation_id = $1 AND ($2::uuid IS NULL OR p.user_id > $2)
     ORDER BY p.user_id LIMIT $3";
+
+/// Why an actor without the standing a change needs got nothing: the conversation is
+/// gone, or they may not. Asked in a statement of its own: the refused statement's
+/// snapshot predates a deletion it waited for.
+async fn refused_or_gone<T>(
+    client: &deadpool_postgres::Object,
+    id: ConversationId,
+) -> Result<Guarded<T>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached("SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL")
+        .await?;
+    Ok(if client.query_opt(&stmt, &[&id.0]).await?.is_some() {
+        Guarded::Refused
+    } else {
+        Guarded::Gone
+    })
+}
 
 impl PostgresStore {
     pub(super) async fn direct(
@@ -264,7 +285,9 @@ impl PostgresStore {
                 (false, _, None) => continue,
             }
         }
-        Err(StoreError::Conflict("direct conversation created concurrently"))
+        Err(StoreError::Conflict(
+            "direct conversation created concurrently",
+        ))
     }
 
     pub(super) async fn member_role(
@@ -317,11 +340,12 @@ impl PostgresStore {
                     ],
                 )
                 .await?;
-            Ok(match (row.try_get::<_, bool>(9)?, row.try_get::<_, Option<Uuid>>(0)?) {
-                (false, _) => Guarded::Refused,
-                (true, None) => Guarded::Missing,
-                (true, Some(_)) => Guarded::Done(conversation_row(&row)?),
-            })
+            let (allowed, live) = (row.try_get::<_, bool>(9)?, row.try_get::<_, bool>(10)?);
+            match row.try_get::<_, Option<Uuid>>(0)? {
+                Some(_) => Ok(Guarded::Done(conversation_row(&row)?)),
+                None if live && !allowed => refused_or_gone(client, id).await,
+                None => Ok(Guarded::Gone),
+            }
         })
         .await
     }
@@ -335,11 +359,11 @@ impl PostgresStore {
         self.run(async |client| {
             let stmt = client.prepare_cached(DELETE).await?;
             let row = client.query_one(&stmt, &[&id.0, &now, &actor.0]).await?;
-            Ok(match (row.try_get::<_, bool>(0)?, row.try_get::<_, bool>(1)?) {
-                (false, _) => Guarded::Refused,
-                (true, false) => Guarded::Missing,
-                (true, true) => Guarded::Done(()),
-            })
+            match (row.try_get::<_, bool>(0)?, row.try_get(1)?, row.try_get(2)?) {
+                (_, true, _) => Ok(Guarded::Done(())),
+                (false, _, true) => refused_or_gone(client, id).await,
+                _ => Ok(Guarded::Gone),
+            }
         })
         .await
     }
@@ -391,19 +415,22 @@ impl PostgresStore {
             let rows = client
                 .query(&stmt, &[&id.0, &user.0, &role.as_str(), &actor.0])
                 .await?;
-            let (mut owner, mut target, mut changed) = (false, false, Vec::new());
+            let (mut owner, mut live, mut target) = (false, false, false);
+            let mut changed = Vec::new();
             for row in &rows {
                 match row.try_get::<_, &str>(0)? {
                     "a" => owner = true,
+                    "l" => live = true,
                     "t" => target = true,
                     _ => changed.push((UserId(row.try_get(1)?), role_column(row, 2)?)),
                 }
             }
-            Ok(match (owner, target) {
-                (false, _) => Guarded::Refused,
-                (true, false) => Guarded::Missing,
-                (true, true) => Guarded::Done(changed),
-            })
+            match (live, owner, target) {
+                (false, ..) => Ok(Guarded::Gone),
+                (true, false, _) => refused_or_gone(client, id).await,
+                (true, true, false) => Ok(Guarded::Missing),
+                (true, true, true) => Ok(Guarded::Done(changed)),
+            }
         })
         .await
     }
@@ -423,10 +450,11 @@ impl PostgresStore {
                     new_owner: row.try_get::<_, Option<Uuid>>(1)?.map(UserId),
                 }));
             }
-            Ok(match (row.try_get::<_, bool>(2)?, row.try_get::<_, bool>(3)?) {
-                (_, false) => Guarded::Missing,
-                _ => Guarded::Refused,
-            })
+            match (row.try_get::<_, bool>(3)?, row.try_get::<_, bool>(4)?) {
+                (_, false) => Ok(Guarded::Gone),
+                (false, true) => Ok(Guarded::Missing),
+                (true, true) => refused_or_gone(client, id).await,
+            }
         })
         .await
     }
@@ -442,7 +470,7 @@ impl PostgresStore {
                 .query_one(&stmt, &[&id.0, &user.0, &crate::ids::now_micros()])
                 .await?;
             Ok(match row.try_get::<_, Option<bool>>(0)? {
-                None => Guarded::Missing,
+                None => Guarded::Gone,
                 Some(false) => Guarded::Refused,
                 Some(true) => Guarded::Done(()),
             })

@@ -12,10 +12,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{batch, PostgresStore};
-use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
-use crate::store::account::{
-    DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal,
-};
+use crate::ids::{ConversationId, MessageId, Role, Seq, SessionId, UserId};
+use crate::store::account::{DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal};
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
     ConversationSummary, Direct, Guarded, ListPage, MessageRecord, NewMessage, Page, Participant,
@@ -60,10 +58,7 @@ pub(super) fn conversation_row(row: &Row) -> Result<ConversationRecord, tokio_po
 
 /// Reads a `role` column; a value this build does not know reads as a member's.
 pub(super) fn role_column(row: &Row, at: usize) -> Result<Role, tokio_postgres::Error> {
-    Ok(row
-        .try_get::<_, &str>(at)?
-        .parse()
-        .unwrap_or(Role::Member))
+    Ok(row.try_get::<_, &str>(at)?.parse().unwrap_or(Role::Member))
 }
 
 /// Reads a row of `HISTORY_NEWEST` or `HISTORY_OLDEST`, of `conversation`.
@@ -514,13 +509,11 @@ impl Store for PostgresStore {
     ) -> Result<Option<ConversationRecord>, StoreError> {
         self.run(async |client| {
             let stmt = client
-                .prepare_cached(
-                    concat!(
-                        "SELECT ",
-                        conversation_columns!(),
-                        " FROM conversations WHERE id = $1 AND deleted_at IS NULL"
-                    ),
-                )
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    conversation_columns!(),
+                    " FROM conversations WHERE id = $1 AND deleted_at IS NULL"
+                ))
                 .await?;
             client
                 .query_opt(&stmt, &[&id.0])

@@ -167,9 +167,7 @@ impl PostgresStore {
     pub(super) async fn ended(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
         self.run(async |client| {
             let sessions = client
-                .prepare_cached(
-                    "SELECT id, user_id, ended_at FROM sessions WHERE ended_at >= $1",
-                )
+                .prepare_cached("SELECT id, user_id, ended_at FROM sessions WHERE ended_at >= $1")
                 .await?;
             let users = client
                 .prepare_cached(
@@ -180,7 +178,13 @@ impl PostgresStore {
                 .query(&sessions, &[&since])
                 .await?
                 .iter()
-                .map(|r| Ok((SessionId(r.try_get(0)?), UserId(r.try_get(1)?), r.try_get(2)?)))
+                .map(|r| {
+                    Ok((
+                        SessionId(r.try_get(0)?),
+                        UserId(r.try_get(1)?),
+                        r.try_get(2)?,
+                    ))
+                })
                 .collect::<Result<_, tokio_postgres::Error>>()?;
             let users = client
                 .query(&users, &[])

@@ -61,7 +61,12 @@ impl SqliteStore {
                      tokens_not_before = ?3, erase_pending = ?4 \
                      WHERE id = ?1 AND deleted_at IS NULL",
                 )?
-                .execute(params![Key(user.0), Micros(at), Micros(account_gone()), erase])?;
+                .execute(params![
+                    Key(user.0),
+                    Micros(at),
+                    Micros(account_gone()),
+                    erase
+                ])?;
             if marked == 0 {
                 return Ok(None);
             }

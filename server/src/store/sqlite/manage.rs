@@ -41,6 +41,16 @@ fn standing(
     .optional()
 }
 
+/// Why an actor without the standing a change needs gets nothing: the conversation
+/// is gone, or they may not.
+fn refused_or_gone<T>(tx: &Connection, id: ConversationId) -> rusqlite::Result<Guarded<T>> {
+    Ok(if live_conversation(tx, id)?.is_some() {
+        Guarded::Refused
+    } else {
+        Guarded::Gone
+    })
+}
+
 /// The live conversation with that id.
 fn live_conversation(
     tx: &Connection,
@@ -161,7 +171,7 @@ impl SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             match standing(&tx, id, actor)? {
                 Some((role, direct)) if role.moderates() || direct => {}
-                _ => return Ok(Guarded::Refused),
+                _ => return refused_or_gone(&tx, id),
             }
             if let Some(name) = &change.name {
                 tx.prepare_cached("UPDATE conversations SET name = ?2 WHERE id = ?1")?
@@ -185,7 +195,7 @@ impl SqliteStore {
             };
             let now = live_conversation(&tx, id)?;
             tx.commit()?;
-            Ok(now.map_or(Guarded::Missing, Guarded::Done))
+            Ok(now.map_or(Guarded::Gone, Guarded::Done))
         })
         .await
     }
@@ -200,7 +210,7 @@ impl SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             match standing(&tx, id, actor)? {
                 Some((Role::Owner, _)) | Some((_, true)) => {}
-                _ => return Ok(Guarded::Refused),
+                _ => return refused_or_gone(&tx, id),
             }
             // Gone for everyone: no pair key (the two may start afresh), archived so
             // nothing more is stored, no participants.
@@ -219,7 +229,7 @@ impl SqliteStore {
             Ok(if marked > 0 {
                 Guarded::Done(())
             } else {
-                Guarded::Missing
+                Guarded::Gone
             })
         })
         .await
@@ -241,7 +251,7 @@ impl SqliteStore {
                 .query_row([Key(id.0)], |row| row.get(0))
                 .optional()?;
             let outcome = match open {
-                None => Guarded::Missing,
+                None => Guarded::Gone,
                 Some(false) => Guarded::Refused,
                 Some(true) => {
                     tx.prepare_cached(
@@ -326,7 +336,7 @@ impl SqliteStore {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if !matches!(standing(&tx, id, actor)?, Some((Role::Owner, _))) {
-                return Ok(Guarded::Refused);
+                return refused_or_gone(&tx, id);
             }
             let current: Option<String> = tx
                 .prepare_cached(
@@ -370,6 +380,9 @@ impl SqliteStore {
     ) -> Result<Guarded<Removed>, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if live_conversation(&tx, id)?.is_none() {
+                return Ok(Guarded::Gone);
+            }
             let Some((theirs, _)) = standing(&tx, id, user)? else {
                 return Ok(Guarded::Missing);
             };

@@ -11,10 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
-use crate::ids::{ConversationId, MessageId, Role, SessionId, Seq, UserId};
-use crate::store::account::{
-    DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal,
-};
+use crate::ids::{ConversationId, MessageId, Role, Seq, SessionId, UserId};
+use crate::store::account::{DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal};
 use crate::store::model::{
     attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
     ConversationSummary, Direct, Guarded, ListPage, MessageRecord, NewMessage, Page, Participant,
@@ -173,7 +171,11 @@ fn archived(tx: &Connection, conversation: ConversationId) -> rusqlite::Result<O
 }
 
 /// Whether `user` is an owner or admin of the conversation.
-fn moderates(tx: &Connection, conversation: ConversationId, user: UserId) -> rusqlite::Result<bool> {
+fn moderates(
+    tx: &Connection,
+    conversation: ConversationId,
+    user: UserId,
+) -> rusqlite::Result<bool> {
     tx.prepare_cached(
         "SELECT 1 FROM participants \
          WHERE conversation_id = ?1 AND user_id = ?2 AND role IN ('owner', 'admin')",
@@ -295,7 +297,8 @@ impl Store for SqliteStore {
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
         let ids = ids.to_vec();
         self.read(move |conn| {
-            let mut exists = conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")?;
+            let mut exists =
+                conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")?;
             let mut missing = Vec::new();
             for id in distinct(&ids) {
                 if !exists.exists([Key(id.0)])? {

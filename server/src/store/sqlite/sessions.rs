@@ -82,7 +82,11 @@ impl SqliteStore {
                         "UPDATE sessions SET generation = generation + 1, last_used_at = ?2, \
                          expires_at = ?3 WHERE id = ?1",
                     )?
-                    .execute(params![Key(id.0), Micros(now), Micros(expires_at)])?;
+                    .execute(params![
+                        Key(id.0),
+                        Micros(now),
+                        Micros(expires_at)
+                    ])?;
                     Renewal::Renewed {
                         user: UserId(user.0),
                         generation: u64::try_from(current + 1).unwrap_or(0),
