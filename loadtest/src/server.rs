@@ -214,9 +214,12 @@ impl LocalServer {
             .with_context(|| format!("creating {}", log_path.display()))?;
         // Every simulated user registers and connects from this one machine: the
         // per-address limits, meant for one client each, would stop the run.
+        // Simulated users log in once and keep their sockets for the whole run, which
+        // may outlast a 15-minute access token: they get the original day-long one.
         let env = [
             ("REGISTER_MAX_PER_ADDRESS".to_owned(), "0".to_owned()),
             ("MAX_CONNECTIONS_PER_ADDRESS".to_owned(), "0".to_owned()),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES".to_owned(), "1440".to_owned()),
         ];
         let process = ServerProcess::start(&binary, &args, &env, Output::File(log_path.clone()))?;
         Ok(LocalServer {

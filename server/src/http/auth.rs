@@ -203,10 +203,10 @@ pub async fn me(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     security(("bearer" = [])),
     params(UserQuery),
     responses(
-        (status = 200, description = "With `username`: the matching user, or an empty list. With `q`: at most `limit` users whose name starts with it, whatever the case, in name order", body = Vec<UserSummary>,
+        (status = 200, description = "With `username`: the matching user, or an empty list. With `q`: at most `limit` users whose name starts with it, whatever the case, in name order. With neither: an empty list", body = Vec<UserSummary>,
             headers(("X-Next-Cursor" = String, description = "With `q`, when more users may follow: pass it as `cursor` for the next page"))),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 422, description = "Neither `username` nor `q`; `q` empty or over 32 characters; `limit` not an integer from 1 to 100", body = ErrorBody),
+        (status = 422, description = "`q` empty or over 32 characters; `limit` not an integer from 1 to 100", body = ErrorBody),
         (status = 429, description = "The caller searched `--user-search-per-minute` times this minute; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the caller may search again"))),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
@@ -214,11 +214,15 @@ pub async fn me(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
 )]
 pub async fn lookup(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let me = request::bearer(shard, &req)?;
+    // Checked whichever way the lookup goes: a malformed query is refused, not ignored.
+    let limit = request::limit(&req, SEARCH_DEFAULT, SEARCH_MAX)?;
     if let Some(q) = request::query_param(&req, "q") {
-        return search(shard, &req, me, q).await;
+        return search(shard, &req, me, q, limit).await;
     }
-    let name = request::query_param(&req, "username")
-        .ok_or_else(|| ApiError::field("query", "username", "missing", "Field required"))?;
+    // Asking for no one finds no one.
+    let Some(name) = request::query_param(&req, "username") else {
+        return Ok(json(StatusCode::OK, &Vec::<UserSummary>::new()));
+    };
     // A name outside the rules belongs to no one: the answer needs no store.
     let Ok(name) = Username::parse(name).map(Username::into_string) else {
         return Ok(json(StatusCode::OK, &Vec::<UserSummary>::new()));
@@ -238,11 +242,19 @@ pub async fn lookup(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     Ok(json(StatusCode::OK, &found))
 }
 
+/// Users per page of a search by prefix.
+const SEARCH_DEFAULT: u32 = 20;
+const SEARCH_MAX: u32 = 100;
+
 /// Users whose name starts with `q`, whatever the case, a page at a time; each
 /// search spends one of the caller's `--user-search-per-minute`.
-async fn search(shard: &ShardContext, req: &Request<Incoming>, me: UserId, q: String) -> Reply {
-    const SEARCH_DEFAULT: u32 = 20;
-    const SEARCH_MAX: u32 = 100;
+async fn search(
+    shard: &ShardContext,
+    req: &Request<Incoming>,
+    me: UserId,
+    q: String,
+    limit: u32,
+) -> Reply {
     let prefix = q.trim().to_lowercase();
     if prefix.is_empty() || prefix.chars().count() > text::USERNAME_MAX_CHARS {
         return Err(ApiError::field(
@@ -252,7 +264,6 @@ async fn search(shard: &ShardContext, req: &Request<Incoming>, me: UserId, q: St
             format!("q must hold 1 to {} characters", text::USERNAME_MAX_CHARS),
         ));
     }
-    let limit = request::limit(req, SEARCH_DEFAULT, SEARCH_MAX)?;
     let after = request::query_param(req, "cursor");
     shard
         .app

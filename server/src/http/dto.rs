@@ -118,7 +118,7 @@ pub struct ExportPage {
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// The `next_cursor` of the page before; the first page when absent.
-    #[param(pattern = "^[cm]:[0-9a-f-]{36}$")]
+    #[param(pattern = r"^[cm]:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub cursor: Option<String>,
 }
 

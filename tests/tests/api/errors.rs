@@ -48,7 +48,7 @@ async fn wrong_method(srv: &TestServer) -> anyhow::Result<()> {
         (Method::PATCH, "/api/chat/conversations".to_string()),
         (Method::PUT, format!("/api/chat/conversations/{id}")),
         (
-            Method::GET,
+            Method::PUT,
             format!("/api/chat/conversations/{id}/participants"),
         ),
         (

@@ -112,6 +112,7 @@ async fn participants_are_deduplicated_and_capped(srv: &TestServer) -> anyhow::R
     let [alice, bob, carol, dave] = api.new_users(["cap", "cap", "cap", "cap"]).await?;
     let body = json!({
         "name": "repeats",
+        "is_group": true,
         "participant_ids": [bob.user_id, alice.user_id, bob.user_id],
     });
     let created = api

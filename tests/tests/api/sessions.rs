@@ -368,9 +368,11 @@ async fn search_by_prefix(srv: &TestServer) -> anyhow::Result<()> {
     api.get("/api/users?q=", Some(&me.token))
         .await?
         .expect_validation(Some("q"))?;
-    api.get("/api/users", Some(&me.token))
+    let nobody = api.get("/api/users", Some(&me.token)).await?.expect(200)?;
+    ensure!(as_list(&nobody)?.is_empty(), "{nobody}");
+    api.get(&format!("/api/users?q={q}&limit=0"), Some(&me.token))
         .await?
-        .expect_validation(Some("username"))?;
+        .expect_validation(Some("limit"))?;
     api.get(&format!("/api/users?q={q}"), None)
         .await?
         .expect_error(401)?;

@@ -9,6 +9,7 @@ use tests::ws::ws_url;
 
 mod deleted;
 mod manage;
+mod sessions;
 mod user_stream;
 
 async fn with_cluster<F>(opts: ClusterOptions, scenario: F)
