@@ -6,8 +6,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::model::ConversationRecord;
-use crate::ids::{ConversationId, Role, SessionId, UserId};
+use async_trait::async_trait;
+
+use super::model::{ConversationRecord, MessageRecord, StoreError};
+use crate::ids::{ConversationId, MessageId, Role, SessionId, UserId};
 
 /// The most sessions a user keeps: a login past it ends the oldest one, so logging in
 /// in a loop costs a bounded number of rows.
@@ -72,4 +74,84 @@ pub struct Membership {
     pub conversation: ConversationRecord,
     pub role: Role,
     pub joined_at: DateTime<Utc>,
+}
+
+/// Logins: sessions, their renewal and ending, and what no longer counts.
+#[async_trait]
+pub trait Sessions {
+    /// Stores a new session; past `keep` live sessions of the user, the oldest end.
+    /// Answers the sessions it ended. The user's rows of sessions that ended (or
+    /// expired) before `forget_before` go.
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        keep: u32,
+        forget_before: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Moves a live session on from `generation` to the next, with a new expiry; an
+    /// older generation ends it (see `Renewal`).
+    async fn renew_session(
+        &self,
+        id: SessionId,
+        generation: u64,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Renewal, StoreError>;
+    /// Ends the user's live sessions that `which` names; answers which it ended.
+    async fn end_sessions(
+        &self,
+        user: UserId,
+        which: Ending,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Tokens of the user without a session, issued before `at`, no longer count.
+    async fn set_tokens_not_before(
+        &self,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The sessions that ended since `since`, and every user's `tokens_not_before`.
+    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError>;
+}
+
+/// Accounts: passwords, deletion, the export of a user's data, finding users.
+#[async_trait]
+pub trait Accounts {
+    /// Replaces the user's password hash.
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError>;
+    /// Deletes the account at `at`: its sessions end and no token of it counts again,
+    /// it leaves every conversation (an owner's hands over, as on leaving), and its
+    /// row stays under a name no one can register, without a password, so its
+    /// messages keep a sender; with `erase`, the purge erases them. `None` when there
+    /// is no such (live) account.
+    async fn delete_account(
+        &self,
+        user: UserId,
+        erase: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DeletedAccount>, StoreError>;
+    /// A page of the user's conversations for the export, in id order after `after`.
+    async fn export_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Membership>, StoreError>;
+    /// A page of the user's own live messages, in any conversation, in id (time)
+    /// order after `after`.
+    async fn export_messages(
+        &self,
+        user: UserId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
+    /// Live users whose name starts with `prefix` whatever the case (`prefix` given
+    /// in lower case), ordered by their lowered name then name, after the user named
+    /// `after`; at most `limit`.
+    async fn users_by_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>, StoreError>;
 }

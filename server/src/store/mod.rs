@@ -8,6 +8,7 @@
 pub mod account;
 #[cfg(test)]
 mod conformance;
+mod manage;
 mod model;
 mod postgres;
 mod sqlite;
@@ -16,11 +17,13 @@ pub mod writer;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use account::{Accounts, Sessions};
+pub use manage::{ConversationChange, Direct, Guarded, Management, Participant, Removed};
 pub use model::{
-    ChangeOutcome, ConversationChange, ConversationRecord, ConversationSummary, Direct, Guarded,
-    ListCursor, ListPage, MessageRecord, NewMessage, Original, Page, Participant, Preview,
-    Reaction, ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent,
-    StreamKind, UserRecord, PREVIEW_CHARS, REACTIONS_PER_PAGE, UNREAD_COUNT_MAX,
+    ChangeOutcome, ConversationRecord, ConversationSummary, Inbox, ListCursor, ListPage,
+    MessageRecord, NewMessage, Original, Page, Preview, Reaction, ReactionOutcome, ReadOutcome,
+    Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord, PREVIEW_CHARS,
+    REACTIONS_PER_PAGE, UNREAD_COUNT_MAX,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

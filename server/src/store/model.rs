@@ -9,8 +9,9 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::account::{DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal};
-use crate::ids::{ConversationId, MessageId, Role, Seq, SessionId, UserId};
+use super::account::{Accounts, Sessions};
+use super::manage::Management;
+use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
 use crate::text::{ClientId, Content};
 
 /// Why a store call failed. Only `Conflict` is caused by the caller; the rest mean the
@@ -47,55 +48,6 @@ pub struct ConversationRecord {
     pub archived_at: Option<DateTime<Utc>>,
     /// The one conversation of its two participants (see `Store::create_direct`).
     pub direct: bool,
-}
-
-/// What a change of a conversation sets; `None` leaves a field as it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConversationChange {
-    pub name: Option<Option<String>>,
-    pub description: Option<Option<String>>,
-    pub archived: Option<bool>,
-}
-
-/// A participant as the conversation's member list shows them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Participant {
-    pub user_id: UserId,
-    pub username: String,
-    pub role: Role,
-    pub joined_at: DateTime<Utc>,
-}
-
-/// What became of creating a direct conversation: the pair's one conversation, whether
-/// this call created it, and which of the two were participants again (one who had
-/// left it is back).
-#[derive(Clone, Debug)]
-pub struct Direct {
-    pub conversation: ConversationRecord,
-    pub created: bool,
-    pub rejoined: Vec<UserId>,
-}
-
-/// What became of a change that only some participants may make, checked at the
-/// moment of the write (so a role changed a moment before counts, and of two changes
-/// racing, the second sees what the first did).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Guarded<T> {
-    Done(T),
-    /// The actor may not (any more), or the conversation's state forbids it.
-    Refused,
-    /// The participant it names is not one.
-    Missing,
-    /// No such conversation (any more).
-    Gone,
-}
-
-/// What became of a removal: the role the user had, and who owns the conversation now
-/// when it was its owner who left (nobody, if no one is left).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Removed {
-    pub role: Role,
-    pub new_owner: Option<UserId>,
 }
 
 /// A message as history shows it.
@@ -403,103 +355,16 @@ impl StreamKind {
     }
 }
 
-/// The pair of a direct conversation as its unique key: the smaller id first, so
-/// either of the two creating it finds the same one.
-pub(super) fn direct_key(a: UserId, b: UserId) -> String {
-    let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    format!("{low}:{high}")
-}
-
 /// `ids` without repeats, each at its first place.
 pub(super) fn distinct(ids: &[UserId]) -> Vec<UserId> {
     let mut seen = HashSet::new();
     ids.iter().copied().filter(|id| seen.insert(*id)).collect()
 }
 
-/// The one interface both stores implement. Every method is a single logical
-/// operation; multi-statement ones run in a transaction.
+/// What a member's view of their conversations needs: the list with read markers,
+/// the memberships a user stream carries, and moving a read marker.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Fails with `Conflict` when the username is taken.
-    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
-    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
-    /// Live users whose name starts with `prefix` whatever the case (`prefix` given
-    /// in lower case), ordered by their lowered name then name, after the user named
-    /// `after`; at most `limit`.
-    async fn users_by_prefix(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(UserId, String)>, StoreError>;
-    /// The ids among `ids` that belong to no user.
-    async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
-
-    /// Creates the conversation with its participants (the creator included by the
-    /// caller, first: it becomes the owner).
-    async fn create_conversation(
-        &self,
-        conversation: &ConversationRecord,
-        participants: &[UserId],
-    ) -> Result<(), StoreError>;
-    /// Creates the direct conversation of `conversation.created_by` and `other`, both
-    /// members, or, when the pair has one already (on any node), answers it with both
-    /// of them participants again.
-    async fn create_direct(
-        &self,
-        conversation: &ConversationRecord,
-        other: UserId,
-    ) -> Result<Direct, StoreError>;
-    /// The conversation and the user's role in it (`None`: not a participant); `None`
-    /// when there is no such conversation.
-    async fn membership(
-        &self,
-        id: ConversationId,
-        user: UserId,
-    ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError>;
-    /// Applies the change if `actor` moderates the conversation (an owner or admin,
-    /// either person of a direct one) at the moment of the write; the conversation
-    /// as it is now. (`Guarded::Missing` is not an answer of the conversation-wide
-    /// changes: they name no participant.)
-    async fn update_conversation(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-        change: &ConversationChange,
-        at: DateTime<Utc>,
-    ) -> Result<Guarded<ConversationRecord>, StoreError>;
-    /// Deletes the conversation for everyone at once, if `actor` owns it (or is in it,
-    /// a direct one) at the moment of the write: its participants go, it reads as
-    /// absent and its stream takes nothing more. Its history stays until
-    /// `purge_deleted` removes it.
-    async fn delete_conversation(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-    ) -> Result<Guarded<()>, StoreError>;
-    /// Removes one bounded chunk of what deletions left: a deleted conversation's
-    /// messages (with their changes and reactions, then its row), or the messages of
-    /// an account deleted with `erase` (erased as a delete erases them); whether more
-    /// is left.
-    async fn purge_deleted(&self) -> Result<bool, StoreError>;
-    /// A page of the participants in user id order: at most `limit` after `after`.
-    async fn participant_page(
-        &self,
-        id: ConversationId,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> Result<Vec<Participant>, StoreError>;
-    /// Gives `user` the role if `actor` owns the conversation at the moment of the
-    /// write; making them owner makes the owner an admin, in the same transaction.
-    /// Answers every role that changed; `Missing` when `user` is not a participant.
-    async fn set_role(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-        user: UserId,
-        role: Role,
-    ) -> Result<Guarded<Vec<(UserId, Role)>>, StoreError>;
+pub trait Inbox {
     /// A page of the user's conversations, most recently active (`updated_at`) first,
     /// ties by id, descending (see `ListPage`), each with the user's read marker,
     /// unread count and the newest live message.
@@ -530,6 +395,28 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         seq: Seq,
     ) -> Result<ReadOutcome, StoreError>;
+}
+
+/// The one interface both stores implement, by concern: this trait the users,
+/// conversations, their streams and history; `Inbox`, `Management`, `Sessions` and
+/// `Accounts` the rest. Every method is a single logical operation; multi-statement
+/// ones run in a transaction.
+#[async_trait]
+pub trait Store: Inbox + Management + Sessions + Accounts + Send + Sync + 'static {
+    /// Fails with `Conflict` when the username is taken.
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// The ids among `ids` that belong to no user.
+    async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
+
+    /// Creates the conversation with its participants (the creator included by the
+    /// caller, first: it becomes the owner).
+    async fn create_conversation(
+        &self,
+        conversation: &ConversationRecord,
+        participants: &[UserId],
+    ) -> Result<(), StoreError>;
     async fn conversation(
         &self,
         id: ConversationId,
@@ -542,24 +429,6 @@ pub trait Store: Send + Sync + 'static {
         id: ConversationId,
         user: UserId,
     ) -> Result<Option<Seq>, StoreError>;
-    /// Adds the user unless the conversation is archived, direct or gone at the
-    /// moment of the write (`Refused`); adding an existing participant is a no-op.
-    async fn add_participant(
-        &self,
-        id: ConversationId,
-        user: UserId,
-    ) -> Result<Guarded<()>, StoreError>;
-    /// Removes `user` if `actor` may at the moment of the write: anyone may leave;
-    /// the owner removes anyone, an admin removes members. `Missing` when the user
-    /// is not a participant. An owner's leaving hands the conversation, in the same
-    /// transaction, to its longest-standing admin, or else its longest-standing
-    /// member.
-    async fn remove_participant(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-        user: UserId,
-    ) -> Result<Guarded<Removed>, StoreError>;
 
     /// A page of live messages in stream order (see `Page`). `None` when `before` or
     /// `after` names no message of this conversation (deleted ones still anchor).
@@ -612,68 +481,6 @@ pub trait Store: Send + Sync + 'static {
         after: Seq,
         upto: Seq,
     ) -> Result<Vec<StreamEvent>, StoreError>;
-
-    /// Stores a new session; past `keep` live sessions of the user, the oldest end.
-    /// Answers the sessions it ended. The user's rows of sessions that ended (or
-    /// expired) before `forget_before` go.
-    async fn create_session(
-        &self,
-        session: &NewSession,
-        keep: u32,
-        forget_before: DateTime<Utc>,
-    ) -> Result<Vec<SessionId>, StoreError>;
-    /// Moves a live session on from `generation` to the next, with a new expiry; an
-    /// older generation ends it (see `Renewal`).
-    async fn renew_session(
-        &self,
-        id: SessionId,
-        generation: u64,
-        now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<Renewal, StoreError>;
-    /// Ends the user's live sessions that `which` names; answers which it ended.
-    async fn end_sessions(
-        &self,
-        user: UserId,
-        which: Ending,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<SessionId>, StoreError>;
-    /// Tokens of the user without a session, issued before `at`, no longer count.
-    async fn set_tokens_not_before(
-        &self,
-        user: UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
-    /// The sessions that ended since `since`, and every user's `tokens_not_before`.
-    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError>;
-    /// Replaces the user's password hash.
-    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError>;
-    /// Deletes the account at `at`: its sessions end and no token of it counts again,
-    /// it leaves every conversation (an owner's hands over, as on leaving), and its
-    /// row stays under a name no one can register, without a password, so its
-    /// messages keep a sender; with `erase`, the purge erases them. `None` when there
-    /// is no such (live) account.
-    async fn delete_account(
-        &self,
-        user: UserId,
-        erase: bool,
-        at: DateTime<Utc>,
-    ) -> Result<Option<DeletedAccount>, StoreError>;
-    /// A page of the user's conversations for the export, in id order after `after`.
-    async fn export_conversations(
-        &self,
-        user: UserId,
-        after: Option<ConversationId>,
-        limit: u32,
-    ) -> Result<Vec<Membership>, StoreError>;
-    /// A page of the user's own live messages, in any conversation, in id (time)
-    /// order after `after`.
-    async fn export_messages(
-        &self,
-        user: UserId,
-        after: Option<MessageId>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError>;
 
     /// Cheap round trip for readiness.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -3,9 +3,9 @@
 
 use super::fixtures::{content, messages, pair, user, Pair};
 use crate::ids::{now_micros, ConversationId, Role, Seq, UserId};
+use crate::store::manage::{ConversationChange, Guarded, Removed};
 use crate::store::model::{
-    ChangeOutcome, ConversationChange, ConversationRecord, Guarded, Page, ReactionOutcome, Removed,
-    Store, Stored,
+    ChangeOutcome, ConversationRecord, Page, ReactionOutcome, Store, Stored,
 };
 
 pub(super) async fn run(store: &dyn Store) {

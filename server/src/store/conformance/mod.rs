@@ -12,9 +12,10 @@ mod manage;
 mod sessions;
 mod streams;
 
+use super::manage::Guarded;
 use super::model::{
-    ChangeOutcome, ConversationSummary, Guarded, ListCursor, ListPage, Page, ReactionOutcome,
-    Store, StoreError, Stored,
+    ChangeOutcome, ConversationSummary, ListCursor, ListPage, Page, ReactionOutcome, Store,
+    StoreError, Stored,
 };
 use crate::ids::{now_micros, ConversationId, MessageId, Seq, UserId};
 

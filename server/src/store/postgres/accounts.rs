@@ -5,13 +5,14 @@
 //! Like `queries`, it reaches the database only through `PostgresStore::run`; each
 //! operation is one statement.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::queries::{conversation_columns, conversation_row, role_column};
 use super::PostgresStore;
 use crate::ids::{ConversationId, MessageId, Seq, SessionId, UserId};
-use crate::store::account::{account_gone, DeletedAccount, Membership};
+use crate::store::account::{account_gone, Accounts, DeletedAccount, Membership};
 use crate::store::model::{MessageRecord, StoreError};
 
 /// How many messages of a deleted account one purge step erases.
@@ -103,8 +104,9 @@ const BY_PREFIX: &str = "\
            OR (lower(username) COLLATE \"C\", username) > (lower($3) COLLATE \"C\", $3))
     ORDER BY lower(username) COLLATE \"C\", username LIMIT $4";
 
-impl PostgresStore {
-    pub(super) async fn by_prefix(
+#[async_trait]
+impl Accounts for PostgresStore {
+    async fn users_by_prefix(
         &self,
         prefix: &str,
         after: Option<&str>,
@@ -124,7 +126,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn delete_user(
+    async fn delete_account(
         &self,
         user: UserId,
         erase: bool,
@@ -152,19 +154,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn erase(&self) -> Result<bool, StoreError> {
-        let now = crate::ids::now_micros();
-        self.run(async |client| {
-            let stmt = client.prepare_cached(ERASE).await?;
-            client
-                .query_one(&stmt, &[&ERASE_CHUNK, &now])
-                .await?
-                .try_get(0)
-        })
-        .await
-    }
-
-    pub(super) async fn memberships_page(
+    async fn export_conversations(
         &self,
         user: UserId,
         after: Option<ConversationId>,
@@ -189,7 +179,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn own_messages(
+    async fn export_messages(
         &self,
         user: UserId,
         after: Option<MessageId>,
@@ -217,6 +207,33 @@ impl PostgresStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        self.run(async |client| {
+            let stmt = client
+                .prepare_cached("UPDATE users SET password_hash = $2 WHERE id = $1")
+                .await?;
+            client.execute(&stmt, &[&user.0, &hash]).await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl PostgresStore {
+    /// One chunk of the messages of an account deleted with `erase`; whether one was
+    /// pending.
+    pub(super) async fn erase(&self) -> Result<bool, StoreError> {
+        let now = crate::ids::now_micros();
+        self.run(async |client| {
+            let stmt = client.prepare_cached(ERASE).await?;
+            client
+                .query_one(&stmt, &[&ERASE_CHUNK, &now])
+                .await?
+                .try_get(0)
         })
         .await
     }

@@ -6,13 +6,14 @@
 //! statement here may cost more than the page it answers: unread counts stop at
 //! `UNREAD_COUNT_MAX`, and the per-conversation reads run for the page's rows only.
 
+use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use super::queries::{conversation_row, role_column};
 use super::PostgresStore;
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
-    ConversationSummary, ListPage, Preview, ReadOutcome, StoreError, PREVIEW_CHARS,
+    ConversationSummary, Inbox, ListPage, Preview, ReadOutcome, StoreError, PREVIEW_CHARS,
     UNREAD_COUNT_MAX,
 };
 
@@ -85,8 +86,9 @@ fn summary_row(row: &Row) -> Result<ConversationSummary, tokio_postgres::Error> 
     })
 }
 
-impl PostgresStore {
-    pub(super) async fn summaries(
+#[async_trait]
+impl Inbox for PostgresStore {
+    async fn conversations_of(
         &self,
         user: UserId,
         page: ListPage,
@@ -110,7 +112,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn user_memberships(
+    async fn memberships(
         &self,
         user: UserId,
         limit: u32,
@@ -134,7 +136,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn positions_of(
+    async fn member_positions(
         &self,
         id: ConversationId,
         users: &[UserId],
@@ -158,7 +160,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn move_marker(
+    async fn mark_read(
         &self,
         id: ConversationId,
         user: UserId,

@@ -5,16 +5,17 @@
 //! operation is one statement: the one-owner constraint is checked at commit, so a
 //! hand-over demotes and promotes in the same statement.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::queries::{conversation_columns, conversation_row, role_column};
 use super::PostgresStore;
 use crate::ids::{ConversationId, Role, UserId};
-use crate::store::model::{
-    direct_key, ConversationChange, ConversationRecord, Direct, Guarded, Participant, Removed,
-    StoreError,
+use crate::store::manage::{
+    direct_key, ConversationChange, Direct, Guarded, Management, Participant, Removed,
 };
+use crate::store::model::{ConversationRecord, StoreError};
 
 /// How many messages of a deleted conversation one purge step removes.
 const PURGE_CHUNK: i64 = 2000;
@@ -227,8 +228,9 @@ async fn refused_or_gone<T>(
     })
 }
 
-impl PostgresStore {
-    pub(super) async fn direct(
+#[async_trait]
+impl Management for PostgresStore {
+    async fn create_direct(
         &self,
         c: &ConversationRecord,
         other: UserId,
@@ -290,7 +292,7 @@ impl PostgresStore {
         ))
     }
 
-    pub(super) async fn member_role(
+    async fn membership(
         &self,
         id: ConversationId,
         user: UserId,
@@ -311,7 +313,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn change(
+    async fn update_conversation(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -350,7 +352,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn delete(
+    async fn delete_conversation(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -368,15 +370,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn purge(&self) -> Result<bool, StoreError> {
-        self.run(async |client| {
-            let stmt = client.prepare_cached(PURGE).await?;
-            client.query_one(&stmt, &[&PURGE_CHUNK]).await?.try_get(0)
-        })
-        .await
-    }
-
-    pub(super) async fn members(
+    async fn participant_page(
         &self,
         id: ConversationId,
         after: Option<UserId>,
@@ -403,7 +397,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn assign(
+    async fn set_role(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -435,7 +429,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn leave(
+    async fn remove_participant(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -459,7 +453,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn join(
+    async fn add_participant(
         &self,
         id: ConversationId,
         user: UserId,
@@ -474,6 +468,21 @@ impl PostgresStore {
                 Some(false) => Guarded::Refused,
                 Some(true) => Guarded::Done(()),
             })
+        })
+        .await
+    }
+
+    async fn purge_deleted(&self) -> Result<bool, StoreError> {
+        Ok(self.purge().await? || self.erase().await?)
+    }
+}
+
+impl PostgresStore {
+    /// One chunk of the oldest deletion; whether there was one.
+    pub(super) async fn purge(&self) -> Result<bool, StoreError> {
+        self.run(async |client| {
+            let stmt = client.prepare_cached(PURGE).await?;
+            client.query_one(&stmt, &[&PURGE_CHUNK]).await?.try_get(0)
         })
         .await
     }

@@ -4,12 +4,13 @@
 //! Like `queries`, it reaches the database only through `PostgresStore::run`; each
 //! operation is one statement.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::PostgresStore;
 use crate::ids::{SessionId, UserId};
-use crate::store::account::{EndedTokens, Ending, NewSession, Renewal};
+use crate::store::account::{EndedTokens, Ending, NewSession, Renewal, Sessions};
 use crate::store::model::StoreError;
 
 /// Inserts the session, forgets the user's sessions long over, and ends the oldest
@@ -55,8 +56,9 @@ const RENEW: &str = "\
     SELECT s.user_id, (SELECT generation FROM renewed), EXISTS (SELECT 1 FROM reused)
     FROM s";
 
-impl PostgresStore {
-    pub(super) async fn new_session(
+#[async_trait]
+impl Sessions for PostgresStore {
+    async fn create_session(
         &self,
         session: &NewSession,
         keep: u32,
@@ -86,7 +88,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn renew(
+    async fn renew_session(
         &self,
         id: SessionId,
         generation: u64,
@@ -115,7 +117,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn end(
+    async fn end_sessions(
         &self,
         user: UserId,
         which: Ending,
@@ -146,7 +148,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn not_before(
+    async fn set_tokens_not_before(
         &self,
         user: UserId,
         at: DateTime<Utc>,
@@ -164,7 +166,7 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn ended(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
+    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
         self.run(async |client| {
             let sessions = client
                 .prepare_cached("SELECT id, user_id, ended_at FROM sessions WHERE ended_at >= $1")
@@ -193,17 +195,6 @@ impl PostgresStore {
                 .map(|r| Ok((UserId(r.try_get(0)?), r.try_get(1)?)))
                 .collect::<Result<_, tokio_postgres::Error>>()?;
             Ok(EndedTokens { sessions, users })
-        })
-        .await
-    }
-
-    pub(super) async fn password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
-        self.run(async |client| {
-            let stmt = client
-                .prepare_cached("UPDATE users SET password_hash = $2 WHERE id = $1")
-                .await?;
-            client.execute(&stmt, &[&user.0, &hash]).await?;
-            Ok(())
         })
         .await
     }

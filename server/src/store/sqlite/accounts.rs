@@ -6,6 +6,7 @@
 //! `SqliteStore::write`; an operation of several statements runs in one `IMMEDIATE`
 //! transaction.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
@@ -13,14 +14,15 @@ use super::columns::{Key, Micros};
 use super::queries::{conversation_columns, conversation_row, role_column};
 use super::SqliteStore;
 use crate::ids::{ConversationId, MessageId, Role, Seq, SessionId, UserId};
-use crate::store::account::{account_gone, DeletedAccount, Membership};
+use crate::store::account::{account_gone, Accounts, DeletedAccount, Membership};
 use crate::store::model::{MessageRecord, StoreError};
 
 /// How many messages of a deleted account one purge step erases.
 const ERASE_CHUNK: i64 = 2000;
 
-impl SqliteStore {
-    pub(super) async fn by_prefix(
+#[async_trait]
+impl Accounts for SqliteStore {
+    async fn users_by_prefix(
         &self,
         prefix: &str,
         after: Option<&str>,
@@ -45,7 +47,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn delete_user(
+    async fn delete_account(
         &self,
         user: UserId,
         erase: bool,
@@ -113,6 +115,82 @@ impl SqliteStore {
         .await
     }
 
+    async fn export_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Membership>, StoreError> {
+        let after = after.map_or(uuid::Uuid::nil(), |c| c.0);
+        self.read(move |conn| {
+            conn.prepare_cached(concat!(
+                "SELECT ",
+                conversation_columns!(),
+                ", p.role, p.joined_at \
+                 FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
+                 WHERE p.user_id = ?1 AND p.conversation_id > ?2 \
+                 ORDER BY p.conversation_id LIMIT ?3"
+            ))?
+            .query_map(params![Key(user.0), Key(after), limit], |row| {
+                Ok(Membership {
+                    conversation: conversation_row(row)?,
+                    role: role_column(row, 9)?,
+                    joined_at: row.get::<_, Micros>(10)?.0,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn export_messages(
+        &self,
+        user: UserId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let after = after.map_or(uuid::Uuid::nil(), |m| m.0);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT m.id, m.conversation_id, m.seq, m.content, m.is_edited, m.created_at, \
+                        m.updated_at, u.username \
+                 FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
+                 WHERE m.sender_id = ?1 AND m.deleted_at IS NULL AND m.id > ?2 \
+                 ORDER BY m.id LIMIT ?3",
+            )?
+            .query_map(params![Key(user.0), Key(after), limit], |row| {
+                Ok(MessageRecord {
+                    id: MessageId(row.get::<_, Key>(0)?.0),
+                    conversation_id: ConversationId(row.get::<_, Key>(1)?.0),
+                    seq: Seq::from_db(row.get(2)?),
+                    sender_id: user,
+                    content: row.get(3)?,
+                    is_edited: row.get(4)?,
+                    created_at: row.get::<_, Micros>(5)?.0,
+                    updated_at: row.get::<_, Micros>(6)?.0,
+                    sender_username: row.get(7)?,
+                    reactions: Vec::new(),
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        let hash = hash.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")?
+                .execute(params![Key(user.0), hash])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// One chunk of the messages of an account deleted with `erase`; whether one was
+    /// pending.
     pub(super) async fn erase(&self) -> Result<bool, StoreError> {
         let now = Micros(crate::ids::now_micros());
         self.write(move |conn| {
@@ -152,68 +230,6 @@ impl SqliteStore {
             .execute(params![user, chunk.last(), !chunk.is_empty()])?;
             tx.commit()?;
             Ok(true)
-        })
-        .await
-    }
-
-    pub(super) async fn memberships_page(
-        &self,
-        user: UserId,
-        after: Option<ConversationId>,
-        limit: u32,
-    ) -> Result<Vec<Membership>, StoreError> {
-        let after = after.map_or(uuid::Uuid::nil(), |c| c.0);
-        self.read(move |conn| {
-            conn.prepare_cached(concat!(
-                "SELECT ",
-                conversation_columns!(),
-                ", p.role, p.joined_at \
-                 FROM participants AS p JOIN conversations AS c ON c.id = p.conversation_id \
-                 WHERE p.user_id = ?1 AND p.conversation_id > ?2 \
-                 ORDER BY p.conversation_id LIMIT ?3"
-            ))?
-            .query_map(params![Key(user.0), Key(after), limit], |row| {
-                Ok(Membership {
-                    conversation: conversation_row(row)?,
-                    role: role_column(row, 9)?,
-                    joined_at: row.get::<_, Micros>(10)?.0,
-                })
-            })?
-            .collect()
-        })
-        .await
-    }
-
-    pub(super) async fn own_messages(
-        &self,
-        user: UserId,
-        after: Option<MessageId>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        let after = after.map_or(uuid::Uuid::nil(), |m| m.0);
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT m.id, m.conversation_id, m.seq, m.content, m.is_edited, m.created_at, \
-                        m.updated_at, u.username \
-                 FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
-                 WHERE m.sender_id = ?1 AND m.deleted_at IS NULL AND m.id > ?2 \
-                 ORDER BY m.id LIMIT ?3",
-            )?
-            .query_map(params![Key(user.0), Key(after), limit], |row| {
-                Ok(MessageRecord {
-                    id: MessageId(row.get::<_, Key>(0)?.0),
-                    conversation_id: ConversationId(row.get::<_, Key>(1)?.0),
-                    seq: Seq::from_db(row.get(2)?),
-                    sender_id: user,
-                    content: row.get(3)?,
-                    is_edited: row.get(4)?,
-                    created_at: row.get::<_, Micros>(5)?.0,
-                    updated_at: row.get::<_, Micros>(6)?.0,
-                    sender_username: row.get(7)?,
-                    reactions: Vec::new(),
-                })
-            })?
-            .collect()
         })
         .await
     }

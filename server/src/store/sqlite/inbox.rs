@@ -7,6 +7,7 @@
 //! unread counts stop at `UNREAD_COUNT_MAX`, and the per-conversation reads run for
 //! the page's rows only.
 
+use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::columns::{Key, Micros};
@@ -14,7 +15,7 @@ use super::queries::{conversation_row, role_column};
 use super::SqliteStore;
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::store::model::{
-    ConversationSummary, ListPage, Preview, ReadOutcome, StoreError, PREVIEW_CHARS,
+    ConversationSummary, Inbox, ListPage, Preview, ReadOutcome, StoreError, PREVIEW_CHARS,
     UNREAD_COUNT_MAX,
 };
 
@@ -76,8 +77,9 @@ fn summary_row(row: &Row<'_>) -> rusqlite::Result<ConversationSummary> {
     })
 }
 
-impl SqliteStore {
-    pub(super) async fn summaries(
+#[async_trait]
+impl Inbox for SqliteStore {
+    async fn conversations_of(
         &self,
         user: UserId,
         page: ListPage,
@@ -104,7 +106,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn user_memberships(
+    async fn memberships(
         &self,
         user: UserId,
         limit: u32,
@@ -126,7 +128,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn positions_of(
+    async fn member_positions(
         &self,
         id: ConversationId,
         users: &[UserId],
@@ -148,7 +150,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn move_marker(
+    async fn mark_read(
         &self,
         id: ConversationId,
         user: UserId,

@@ -5,6 +5,7 @@
 //! `SqliteStore::write`; every operation of more than one statement runs in one
 //! `IMMEDIATE` transaction (the writer connection is one, so they are serial).
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -12,10 +13,10 @@ use super::columns::{Key, Micros};
 use super::queries::{conversation_columns, conversation_row, role_column};
 use super::SqliteStore;
 use crate::ids::{ConversationId, Role, UserId};
-use crate::store::model::{
-    direct_key, ConversationChange, ConversationRecord, Direct, Guarded, Participant, Removed,
-    StoreError,
+use crate::store::manage::{
+    direct_key, ConversationChange, Direct, Guarded, Management, Participant, Removed,
 };
+use crate::store::model::{ConversationRecord, StoreError};
 
 /// How many messages of a deleted conversation one purge step removes.
 const PURGE_CHUNK: i64 = 2000;
@@ -65,8 +66,9 @@ fn live_conversation(
     .optional()
 }
 
-impl SqliteStore {
-    pub(super) async fn direct(
+#[async_trait]
+impl Management for SqliteStore {
+    async fn create_direct(
         &self,
         c: &ConversationRecord,
         other: UserId,
@@ -134,7 +136,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn member_role(
+    async fn membership(
         &self,
         id: ConversationId,
         user: UserId,
@@ -159,7 +161,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn change(
+    async fn update_conversation(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -200,7 +202,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn delete(
+    async fn delete_conversation(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -235,7 +237,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn join(
+    async fn add_participant(
         &self,
         id: ConversationId,
         user: UserId,
@@ -268,37 +270,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn purge(&self) -> Result<bool, StoreError> {
-        self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let doomed: Option<Key> = tx
-                .prepare_cached(
-                    "SELECT id FROM conversations WHERE deleted_at IS NOT NULL \
-                     ORDER BY deleted_at LIMIT 1",
-                )?
-                .query_row([], |row| row.get(0))
-                .optional()?;
-            let Some(doomed) = doomed else {
-                return Ok(false);
-            };
-            // Their changes and reactions go with the messages.
-            let gone = tx
-                .prepare_cached(
-                    "DELETE FROM messages WHERE id IN \
-                     (SELECT id FROM messages WHERE conversation_id = ?1 LIMIT ?2)",
-                )?
-                .execute(params![Key(doomed.0), PURGE_CHUNK])?;
-            if gone == 0 {
-                tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
-                    .execute([Key(doomed.0)])?;
-            }
-            tx.commit()?;
-            Ok(true)
-        })
-        .await
-    }
-
-    pub(super) async fn members(
+    async fn participant_page(
         &self,
         id: ConversationId,
         after: Option<UserId>,
@@ -326,7 +298,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn assign(
+    async fn set_role(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -372,7 +344,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn leave(
+    async fn remove_participant(
         &self,
         id: ConversationId,
         actor: UserId,
@@ -424,6 +396,43 @@ impl SqliteStore {
             }
             tx.commit()?;
             Ok(Guarded::Done(Removed { role, new_owner }))
+        })
+        .await
+    }
+
+    async fn purge_deleted(&self) -> Result<bool, StoreError> {
+        Ok(self.purge().await? || self.erase().await?)
+    }
+}
+
+impl SqliteStore {
+    /// One chunk of the oldest deletion; whether there was one.
+    pub(super) async fn purge(&self) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let doomed: Option<Key> = tx
+                .prepare_cached(
+                    "SELECT id FROM conversations WHERE deleted_at IS NOT NULL \
+                     ORDER BY deleted_at LIMIT 1",
+                )?
+                .query_row([], |row| row.get(0))
+                .optional()?;
+            let Some(doomed) = doomed else {
+                return Ok(false);
+            };
+            // Their changes and reactions go with the messages.
+            let gone = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE id IN \
+                     (SELECT id FROM messages WHERE conversation_id = ?1 LIMIT ?2)",
+                )?
+                .execute(params![Key(doomed.0), PURGE_CHUNK])?;
+            if gone == 0 {
+                tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
+                    .execute([Key(doomed.0)])?;
+            }
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }

@@ -11,13 +11,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::{Key, Micros};
 use super::{batch, SqliteStore};
-use crate::ids::{ConversationId, MessageId, Role, Seq, SessionId, UserId};
-use crate::store::account::{DeletedAccount, EndedTokens, Ending, Membership, NewSession, Renewal};
+use crate::ids::{ConversationId, MessageId, Role, Seq, UserId};
 use crate::store::model::{
-    attach_reactions, distinct, ChangeOutcome, ConversationChange, ConversationRecord,
-    ConversationSummary, Direct, Guarded, ListPage, MessageRecord, NewMessage, Page, Participant,
-    ReactionOutcome, ReadOutcome, Removed, Store, StoreError, Stored, StreamEvent, StreamKind,
-    UserRecord, REACTIONS_PER_PAGE,
+    attach_reactions, distinct, ChangeOutcome, ConversationRecord, MessageRecord, NewMessage, Page,
+    ReactionOutcome, Store, StoreError, Stored, StreamEvent, StreamKind, UserRecord,
+    REACTIONS_PER_PAGE,
 };
 use crate::text::Content;
 
@@ -285,15 +283,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn users_by_prefix(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(UserId, String)>, StoreError> {
-        self.by_prefix(prefix, after, limit).await
-    }
-
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
         let ids = ids.to_vec();
         self.read(move |conn| {
@@ -357,96 +346,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_direct(
-        &self,
-        conversation: &ConversationRecord,
-        other: UserId,
-    ) -> Result<Direct, StoreError> {
-        self.direct(conversation, other).await
-    }
-
-    async fn membership(
-        &self,
-        id: ConversationId,
-        user: UserId,
-    ) -> Result<Option<(ConversationRecord, Option<Role>)>, StoreError> {
-        self.member_role(id, user).await
-    }
-
-    async fn update_conversation(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-        change: &ConversationChange,
-        at: DateTime<Utc>,
-    ) -> Result<Guarded<ConversationRecord>, StoreError> {
-        self.change(id, actor, change, at).await
-    }
-
-    async fn delete_conversation(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-    ) -> Result<Guarded<()>, StoreError> {
-        self.delete(id, actor).await
-    }
-
-    async fn purge_deleted(&self) -> Result<bool, StoreError> {
-        Ok(self.purge().await? || self.erase().await?)
-    }
-
-    async fn participant_page(
-        &self,
-        id: ConversationId,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> Result<Vec<Participant>, StoreError> {
-        self.members(id, after, limit).await
-    }
-
-    async fn set_role(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-        user: UserId,
-        role: Role,
-    ) -> Result<Guarded<Vec<(UserId, Role)>>, StoreError> {
-        self.assign(id, actor, user, role).await
-    }
-
-    async fn conversations_of(
-        &self,
-        user: UserId,
-        page: ListPage,
-    ) -> Result<Vec<ConversationSummary>, StoreError> {
-        self.summaries(user, page).await
-    }
-
-    async fn memberships(
-        &self,
-        user: UserId,
-        limit: u32,
-    ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
-        self.user_memberships(user, limit).await
-    }
-
-    async fn member_positions(
-        &self,
-        id: ConversationId,
-        users: &[UserId],
-    ) -> Result<Vec<(UserId, Seq)>, StoreError> {
-        self.positions_of(id, users).await
-    }
-
-    async fn mark_read(
-        &self,
-        id: ConversationId,
-        user: UserId,
-        seq: Seq,
-    ) -> Result<ReadOutcome, StoreError> {
-        self.move_marker(id, user, seq).await
-    }
-
     async fn conversation(
         &self,
         id: ConversationId,
@@ -501,23 +400,6 @@ impl Store for SqliteStore {
             .map(|seq| seq.map(Seq::from_db))
         })
         .await
-    }
-
-    async fn add_participant(
-        &self,
-        id: ConversationId,
-        user: UserId,
-    ) -> Result<Guarded<()>, StoreError> {
-        self.join(id, user).await
-    }
-
-    async fn remove_participant(
-        &self,
-        id: ConversationId,
-        actor: UserId,
-        user: UserId,
-    ) -> Result<Guarded<Removed>, StoreError> {
-        self.leave(id, actor, user).await
     }
 
     async fn history(
@@ -722,77 +604,6 @@ impl Store for SqliteStore {
             Ok(events)
         })
         .await
-    }
-
-    async fn create_session(
-        &self,
-        session: &NewSession,
-        keep: u32,
-        forget_before: DateTime<Utc>,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        self.new_session(session, keep, forget_before).await
-    }
-
-    async fn renew_session(
-        &self,
-        id: SessionId,
-        generation: u64,
-        now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<Renewal, StoreError> {
-        self.renew(id, generation, now, expires_at).await
-    }
-
-    async fn end_sessions(
-        &self,
-        user: UserId,
-        which: Ending,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        self.end(user, which, at).await
-    }
-
-    async fn set_tokens_not_before(
-        &self,
-        user: UserId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.not_before(user, at).await
-    }
-
-    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
-        self.ended(since).await
-    }
-
-    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
-        self.password(user, hash).await
-    }
-
-    async fn delete_account(
-        &self,
-        user: UserId,
-        erase: bool,
-        at: DateTime<Utc>,
-    ) -> Result<Option<DeletedAccount>, StoreError> {
-        self.delete_user(user, erase, at).await
-    }
-
-    async fn export_conversations(
-        &self,
-        user: UserId,
-        after: Option<ConversationId>,
-        limit: u32,
-    ) -> Result<Vec<Membership>, StoreError> {
-        self.memberships_page(user, after, limit).await
-    }
-
-    async fn export_messages(
-        &self,
-        user: UserId,
-        after: Option<MessageId>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        self.own_messages(user, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

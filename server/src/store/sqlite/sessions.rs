@@ -5,17 +5,19 @@
 //! `SqliteStore::write`; an operation of several statements runs in one `IMMEDIATE`
 //! transaction.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::columns::{Key, Micros};
 use super::SqliteStore;
 use crate::ids::{SessionId, UserId};
-use crate::store::account::{EndedTokens, Ending, NewSession, Renewal};
+use crate::store::account::{EndedTokens, Ending, NewSession, Renewal, Sessions};
 use crate::store::model::StoreError;
 
-impl SqliteStore {
-    pub(super) async fn new_session(
+#[async_trait]
+impl Sessions for SqliteStore {
+    async fn create_session(
         &self,
         session: &NewSession,
         keep: u32,
@@ -57,7 +59,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn renew(
+    async fn renew_session(
         &self,
         id: SessionId,
         generation: u64,
@@ -115,7 +117,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn end(
+    async fn end_sessions(
         &self,
         user: UserId,
         which: Ending,
@@ -144,7 +146,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn not_before(
+    async fn set_tokens_not_before(
         &self,
         user: UserId,
         at: DateTime<Utc>,
@@ -160,7 +162,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn ended(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
+    async fn ended_tokens(&self, since: DateTime<Utc>) -> Result<EndedTokens, StoreError> {
         self.read(move |conn| {
             let sessions = conn
                 .prepare_cached("SELECT id, user_id, ended_at FROM sessions WHERE ended_at >= ?1")?
@@ -181,16 +183,6 @@ impl SqliteStore {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(EndedTokens { sessions, users })
-        })
-        .await
-    }
-
-    pub(super) async fn password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
-        let hash = hash.to_owned();
-        self.write(move |conn| {
-            conn.prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")?
-                .execute(params![Key(user.0), hash])?;
-            Ok(())
         })
         .await
     }
