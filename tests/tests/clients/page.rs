@@ -4,6 +4,11 @@
 //! messages, typing, reactions, edits, deletes, presence, history after a reload, a
 //! dropped connection resumed from each conversation's position and idempotent
 //! resends, and unread badges kept in step across a user's devices by the user stream.
+//! Then what the page offers beyond chatting: an owner renaming, archiving and
+//! deleting a group while a member watches it change live, roles and members from the
+//! "Details" panel, direct messages started from the username search, "log out
+//! everywhere else" sending another device back to the login screen, and the access
+//! token renewed in the background (and handed to the open socket) before it expires.
 //!
 //! The second user reaches the server through a small TCP relay that the test can cut
 //! and mute, so the page sees a real dropped connection, not a scripted one.
@@ -38,6 +43,28 @@ async fn two_users_chat_in_the_browser() {
 #[tokio::test]
 async fn unread_badges_follow_every_device() {
     tests::run_with(config(), |srv| Box::pin(unread_badges(srv))).await
+}
+
+#[tokio::test]
+async fn owners_manage_a_conversation_in_the_browser() {
+    tests::run_with(config(), |srv| Box::pin(manage(srv))).await
+}
+
+#[tokio::test]
+async fn direct_messages_start_from_the_search() {
+    tests::run_with(config(), |srv| Box::pin(direct_message(srv))).await
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_else_ends_other_pages() {
+    tests::run_with(config(), |srv| Box::pin(logout_everywhere(srv))).await
+}
+
+/// Access tokens of one minute: the page must renew its token to outlive the first.
+#[tokio::test]
+async fn the_page_renews_its_token_before_it_expires() {
+    let opts = config().env("ACCESS_TOKEN_EXPIRE_MINUTES", "1");
+    tests::run_with(opts, |srv| Box::pin(token_refresh(srv))).await
 }
 
 #[tokio::test]
@@ -176,6 +203,11 @@ const badge = (title) => {
   const shown = b.parentElement.querySelector('[data-testid="unread-badge"]');
   return shown.hidden ? '' : shown.textContent;
 };
+const match = (results, name) => [...$(results).querySelectorAll('[data-testid="user-result"]')]
+  .find((b) => b.dataset.username === name);
+const member = (name) => [...document.querySelectorAll('[data-testid="member"]')]
+  .find((li) => li.dataset.username === name);
+const shown = (id) => { const el = $(id); return !!el && !el.hidden && el.offsetParent !== null; };
 "#;
 
 fn script(expression: &str) -> String {
@@ -647,6 +679,547 @@ async fn two_users(srv: &TestServer) -> anyhow::Result<()> {
 
     screenshot(a, "page-chat-a.png").await?;
     screenshot(&mut b, "page-chat-b.png").await?;
+    Ok(())
+}
+
+// ---- managing conversations, direct messages, sessions ---------------------------
+
+/// Types `prefix` into the username search `input` and clicks `name` among the
+/// matches listed in `results`.
+async fn pick(
+    page: &mut Page,
+    input: &str,
+    results: &str,
+    prefix: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    run(page, &format!("fill({}, {})", lit(input), lit(prefix))).await?;
+    let found = format!("match({}, {})", lit(results), lit(name));
+    until(
+        page,
+        &format!("{name} among the matches for {prefix:?}"),
+        &format!("!!{found}"),
+    )
+    .await?;
+    run(page, &format!("click({found})")).await?;
+    Ok(())
+}
+
+/// The start of a `unique_name`, short of its last few random characters: a prefix
+/// only that user's name has.
+fn prefix_of(name: &str) -> &str {
+    &name[..name.len() - 6]
+}
+
+/// The access token a page keeps (in sessionStorage).
+async fn page_token(page: &mut Page) -> anyhow::Result<String> {
+    let token = run(
+        page,
+        "JSON.parse(sessionStorage.getItem('chat.session') || '{}').token || ''",
+    )
+    .await?;
+    Ok(token.as_str().context("a token")?.to_owned())
+}
+
+async fn log_in_api(srv: &TestServer, name: &str) -> anyhow::Result<Session> {
+    let login = srv.api().login(name, PASSWORD).await?.expect(200)?;
+    Ok(Session {
+        username: name.to_owned(),
+        user_id: str_field(&login, "user_id")?,
+        token: str_field(&login, "access_token")?,
+    })
+}
+
+/// What the "Details" panel offers: rename, archive, delete, leave, how many member
+/// controls (remove, make admin), and the caller's role as it says it.
+const OFFERED: &str = "[shown('rename-form'), shown('archive-toggle'), \
+    shown('conversation-delete'), shown('leave'), \
+    document.querySelectorAll('[data-testid=\"member-remove\"], [data-testid=\"member-make-admin\"]').length, \
+    text('my-role')]";
+
+/// An owner manages a group from the page's "Details" panel while a member's page
+/// follows every change live, offering only what the member's role allows: created
+/// with a participant picked from the username search, renamed and described, the
+/// member made an admin, a third person added from the search and removed, archived
+/// (the member's composer is disabled) and unarchived, and deleted.
+async fn manage(srv: &TestServer) -> anyhow::Result<()> {
+    let url = format!("{}/", srv.base_url());
+    let mut browser = Browser::open(&url).await?;
+    let mut b = browser.open_isolated(&url).await?;
+    let a = browser.page();
+    let (alice, bob) = (unique_name("own_a"), unique_name("own_b"));
+    let carol = srv.api().new_user("own_c").await?.username;
+    register(a, &alice).await?;
+    register(&mut b, &bob).await?;
+    connected(&mut b, "B").await?;
+    // Deleting and removing ask first; the test says yes.
+    run(a, "!!(window.confirm = () => true)").await?;
+
+    // A creates the group, picking B from the search by the start of B's name.
+    let title = "Plans";
+    run(
+        a,
+        &format!(
+            "click($('group-start')) && fill('new-name', {})",
+            lit(title)
+        ),
+    )
+    .await?;
+    pick(
+        a,
+        "new-participants",
+        "new-suggestions",
+        prefix_of(&bob),
+        &bob,
+    )
+    .await?;
+    until(
+        a,
+        "B picked",
+        &format!(
+            "[...document.querySelectorAll('[data-testid=\"picked\"]')].some((li) => li.textContent.startsWith({}))",
+            lit(&bob)
+        ),
+    )
+    .await?;
+    run(a, "click($('new-create'))").await?;
+    until(
+        a,
+        "A's room",
+        &format!("text('room-title') === {}", lit(title)),
+    )
+    .await?;
+    connected(a, "A").await?;
+    let conversation = run(a, "sessionStorage.getItem('chat.conversation')").await?;
+    let conversation = conversation
+        .as_str()
+        .context("open conversation")?
+        .to_owned();
+
+    // B is told of it and opens it: a member, offered leaving only.
+    until(
+        &mut b,
+        "the group in B's list",
+        &format!("!!item({})", lit(title)),
+    )
+    .await?;
+    run(&mut b, &format!("click(item({}))", lit(title))).await?;
+    until(
+        &mut b,
+        "B's room",
+        &format!("text('room-title') === {}", lit(title)),
+    )
+    .await?;
+    run(&mut b, "click($('manage-toggle'))").await?;
+    until(
+        &mut b,
+        "B's members panel",
+        &format!("!!member({}) && !!member({})", lit(&alice), lit(&bob)),
+    )
+    .await?;
+    let offered = run(&mut b, OFFERED).await?;
+    ensure!(
+        offered == json!([false, false, false, true, 0, "member"]),
+        "a member is offered {offered}"
+    );
+
+    // A, the owner, is offered everything; A renames and describes the group.
+    run(a, "click($('manage-toggle'))").await?;
+    until(
+        a,
+        "A's members panel",
+        &format!("!!member({}) && text('my-role') === 'owner'", lit(&bob)),
+    )
+    .await?;
+    let offered = run(a, OFFERED).await?;
+    ensure!(
+        offered == json!([true, true, true, true, 2, "owner"]),
+        "the owner is offered {offered}"
+    );
+    let (renamed, about) = ("Plans for June", "Where we go, and when");
+    run(
+        a,
+        &format!(
+            "fill('rename-name', {}) && fill('rename-description', {}) && click($('rename-save'))",
+            lit(renamed),
+            lit(about)
+        ),
+    )
+    .await?;
+    until(
+        &mut b,
+        "B to see the new name and description without a reload",
+        &format!(
+            "!!item({r}) && !item({t}) && text('room-title') === {r} && text('room-description') === {d}",
+            r = lit(renamed),
+            t = lit(title),
+            d = lit(about)
+        ),
+    )
+    .await?;
+
+    // A makes B an admin: B is offered renaming and archiving now, not deleting.
+    run(
+        a,
+        &format!("click($('member-make-admin', member({})))", lit(&bob)),
+    )
+    .await?;
+    until(
+        &mut b,
+        "B's panel to follow B's new role",
+        "text('my-role') === 'admin' && shown('rename-form') && shown('archive-toggle') && !shown('conversation-delete')",
+    )
+    .await?;
+    until(
+        a,
+        "A to list B as an admin",
+        &format!("member({}).dataset.role === 'admin'", lit(&bob)),
+    )
+    .await?;
+
+    // A adds a third person from the search, then removes them.
+    pick(
+        a,
+        "add-member-search",
+        "add-member-results",
+        prefix_of(&carol),
+        &carol,
+    )
+    .await?;
+    until(
+        a,
+        "C among the members",
+        &format!("!!member({})", lit(&carol)),
+    )
+    .await?;
+    let session = log_in_api(srv, &alice).await?;
+    let api = srv.api();
+    ensure!(api.participants(&session, &conversation).await?.len() == 3);
+    run(
+        a,
+        &format!("click($('member-remove', member({})))", lit(&carol)),
+    )
+    .await?;
+    until(a, "C removed", &format!("!member({})", lit(&carol))).await?;
+    ensure!(api.participants(&session, &conversation).await?.len() == 2);
+
+    // A archives it: B's composer is disabled, under a notice. B, an admin, opens it
+    // again, and the conversation is writable for both.
+    run(a, "click($('archive-toggle'))").await?;
+    until(
+        &mut b,
+        "B's composer to be disabled",
+        &format!(
+            "$('composer-input').disabled && $('composer-send').disabled && shown('archived-notice') \
+             && text('archive-toggle') === 'Unarchive' && item({}).dataset.archived === 'true'",
+            lit(renamed)
+        ),
+    )
+    .await?;
+    until(
+        a,
+        "A's composer to be disabled",
+        "$('composer-input').disabled",
+    )
+    .await?;
+    run(&mut b, "click($('archive-toggle'))").await?;
+    until(
+        a,
+        "A's composer to be enabled again",
+        "!$('composer-input').disabled && !shown('archived-notice')",
+    )
+    .await?;
+    until(
+        &mut b,
+        "B's composer enabled",
+        "!$('composer-input').disabled",
+    )
+    .await?;
+    send(&mut b, "Open again").await?;
+    until_shown(a, "A", "Open again").await?;
+    screenshot(a, "page-manage.png").await?;
+
+    // A deletes it (after the confirmation): gone from B's list and room at once.
+    run(a, "click($('conversation-delete'))").await?;
+    for (page, who) in [(&mut b, "B"), (&mut *a, "A")] {
+        until(
+            page,
+            &format!("the group gone from {who}'s page"),
+            &format!(
+                "!item({}) && $('room-body').hidden && text('room-empty').includes('deleted')",
+                lit(renamed)
+            ),
+        )
+        .await?;
+    }
+    api.get_conversation(&session, &conversation)
+        .await?
+        .expect_status(404)?;
+    Ok(())
+}
+
+/// A direct message started from the search box by typing the start of the other
+/// person's name: it opens, the other person's page lists it under the sender's name,
+/// and searching from the other side opens the same conversation, not a second one.
+async fn direct_message(srv: &TestServer) -> anyhow::Result<()> {
+    let url = format!("{}/", srv.base_url());
+    let mut browser = Browser::open(&url).await?;
+    let mut b = browser.open_isolated(&url).await?;
+    let a = browser.page();
+    let (alice, bob) = (unique_name("dm_a"), unique_name("dm_b"));
+    register(a, &alice).await?;
+    register(&mut b, &bob).await?;
+    connected(&mut b, "B").await?;
+
+    run(a, "click($('dm-start'))").await?;
+    pick(a, "dm-search", "dm-results", prefix_of(&bob), &bob).await?;
+    let (to_bob, to_alice) = (format!("@{bob}"), format!("@{alice}"));
+    until(
+        a,
+        "A's direct room",
+        &format!(
+            "text('room-title') === {} && $('room-body').dataset.role === 'direct'",
+            lit(&to_bob)
+        ),
+    )
+    .await?;
+    connected(a, "A").await?;
+    // No roles: either may rename or delete it, and nobody is added to it.
+    run(a, "click($('manage-toggle'))").await?;
+    until(
+        a,
+        "both members listed",
+        "document.querySelectorAll('[data-testid=\"member\"]').length === 2",
+    )
+    .await?;
+    let offered = run(
+        a,
+        "[shown('rename-form'), shown('conversation-delete'), shown('add-member'), \
+         document.querySelectorAll('[data-testid=\"member-role\"], [data-testid=\"member-remove\"]').length]",
+    )
+    .await?;
+    ensure!(
+        offered == json!([true, true, false, 0]),
+        "a direct conversation offers {offered}"
+    );
+    let hello = "Hi, just you and me";
+    send(a, hello).await?;
+    until_shown(a, "A", hello).await?;
+
+    // B's page lists it by A's name, live.
+    until(
+        &mut b,
+        "the direct conversation in B's list",
+        &format!("!!item({})", lit(&to_alice)),
+    )
+    .await?;
+    run(&mut b, &format!("click(item({}))", lit(&to_alice))).await?;
+    until_shown(&mut b, "B", hello).await?;
+    let back = "Hi back";
+    send(&mut b, back).await?;
+    until_shown(a, "A", back).await?;
+
+    // From B's side the search reopens the same conversation.
+    run(&mut b, "click($('dm-start'))").await?;
+    pick(&mut b, "dm-search", "dm-results", prefix_of(&alice), &alice).await?;
+    until(
+        &mut b,
+        "the same conversation reopened",
+        &format!(
+            "text('room-title') === {} && messages({}).length === 1",
+            lit(&to_alice),
+            lit(back)
+        ),
+    )
+    .await?;
+    let listed = run(
+        &mut b,
+        &format!(
+            "[...document.querySelectorAll('[data-testid=\"conversation-item\"]')].filter((b) => b.textContent === {}).length",
+            lit(&to_alice)
+        ),
+    )
+    .await?;
+    ensure!(listed == 1, "B lists it {listed} times");
+    let session = log_in_api(srv, &alice).await?;
+    let list = srv.api().list_conversations(&session).await?.expect(200)?;
+    let direct: Vec<&Value> = as_list(&list)?
+        .iter()
+        .filter(|c| c["is_direct"] == true)
+        .collect();
+    ensure!(direct.len() == 1, "direct conversations: {direct:?}");
+    Ok(())
+}
+
+/// One user on three pages (three sessions). "Log out everywhere else" on one sends
+/// the other two back to the login screen at once (their sockets are closed with
+/// `Session ended`) and says how many sessions ended; that one stays logged in, also
+/// across a reload. "Log out" then ends it too: its token is refused.
+async fn logout_everywhere(srv: &TestServer) -> anyhow::Result<()> {
+    let url = format!("{}/", srv.base_url());
+    let mut browser = Browser::open(&url).await?;
+    let mut laptop = browser.open_isolated(&url).await?;
+    let mut phone = browser.open_isolated(&url).await?;
+    let desk = browser.page();
+    let name = unique_name("everywhere");
+    register(desk, &name).await?;
+    login(&mut laptop, &name).await?;
+    login(&mut phone, &name).await?;
+    connected(desk, "the desk").await?;
+    connected(&mut laptop, "the laptop").await?;
+    connected(&mut phone, "the phone").await?;
+    let laptop_token = page_token(&mut laptop).await?;
+
+    run(desk, "click($('logout-all'))").await?;
+    until(
+        desk,
+        "how many sessions ended",
+        "$('session-status').dataset.ended === '2' && text('session-status').includes('2 other sessions')",
+    )
+    .await?;
+    for (page, who) in [(&mut laptop, "laptop"), (&mut phone, "phone")] {
+        until(
+            page,
+            &format!("the {who} back at the login screen"),
+            "!$('auth').hidden && $('chat').hidden && text('auth-error').includes('session has ended') \
+             && sessionStorage.getItem('chat.session') === null",
+        )
+        .await?;
+    }
+    let api = srv.api();
+    api.me(&laptop_token).await?.expect_status(401)?;
+
+    // The desk goes on, across a reload too.
+    ensure!(run(desk, "$('connection').dataset.state").await? == "open");
+    desk.reload().await?;
+    until(
+        desk,
+        "still logged in",
+        &format!("text('me') === {}", lit(&name)),
+    )
+    .await?;
+    connected(desk, "the desk after a reload").await?;
+    let desk_token = page_token(desk).await?;
+    api.me(&desk_token).await?.expect_status(200)?;
+
+    // "Log out" ends this session on the server too.
+    run(desk, "click($('logout'))").await?;
+    until(
+        desk,
+        "the desk at the login screen",
+        "!$('auth').hidden && text('auth-error') === '' && sessionStorage.getItem('chat.session') === null",
+    )
+    .await?;
+    api.me(&desk_token).await?.expect_status(401)?;
+    // And anyone logs in again as before.
+    login(&mut laptop, &name).await?;
+    connected(&mut laptop, "the laptop, logged in again").await?;
+    Ok(())
+}
+
+/// Watches a page's WebSockets from now on: how many it opens (`__opened`) and every
+/// frame it sends (`__sent`).
+const SPY: &str = r#"(() => {
+  window.__opened = 0;
+  window.__sent = [];
+  const Base = WebSocket;
+  window.WebSocket = class extends Base {
+    constructor(...args) { super(...args); window.__opened += 1; }
+  };
+  const send = Base.prototype.send;
+  Base.prototype.send = function (data) { window.__sent.push(String(data)); return send.call(this, data); };
+  return true;
+})()"#;
+
+/// With access tokens of one minute, the page renews its token in the background and
+/// hands the new one to its open socket (in-band `auth`), so after the first token has
+/// expired the same socket still sends and receives, REST still answers, and a reload
+/// carries on with the renewed pair.
+async fn token_refresh(srv: &TestServer) -> anyhow::Result<()> {
+    let url = format!("{}/", srv.base_url());
+    let mut browser = Browser::open(&url).await?;
+    let mut b = browser.open_isolated(&url).await?;
+    let a = browser.page();
+    let (alice, bob) = (unique_name("renew_a"), unique_name("renew_b"));
+    register(a, &alice).await?;
+    let logged_in = tokio::time::Instant::now();
+    let first = page_token(a).await?;
+    register(&mut b, &bob).await?;
+    connected(&mut b, "B").await?;
+    let title = "Renewals";
+    create(a, title, &bob).await?;
+    until(
+        a,
+        "A's room",
+        &format!("text('room-title') === {}", lit(title)),
+    )
+    .await?;
+    connected(a, "A").await?;
+    until(
+        &mut b,
+        "the room in B's list",
+        &format!("!!item({})", lit(title)),
+    )
+    .await?;
+    run(&mut b, &format!("click(item({}))", lit(title))).await?;
+    connected(&mut b, "B").await?;
+    run(a, SPY).await?;
+
+    // Renewed at 80% of the minute (48 s), well before the first token expires.
+    let renewed = "(JSON.parse(sessionStorage.getItem('chat.session') || '{}').token || '')";
+    a.wait_for(
+        "A to renew its token",
+        &script(&format!(
+            "{renewed} !== '' && {renewed} !== {}",
+            lit(&first)
+        )),
+        Duration::from_secs(75),
+    )
+    .await?;
+    let second = page_token(a).await?;
+    ensure!(
+        logged_in.elapsed() < Duration::from_secs(58),
+        "renewed only {:?} after login",
+        logged_in.elapsed()
+    );
+    until(
+        a,
+        "the renewed token handed to the socket",
+        &format!(
+            "window.__sent.map((f) => JSON.parse(f)).some((e) => e.type === 'auth' && e.token === {})",
+            lit(&second)
+        ),
+    )
+    .await?;
+
+    // Past the first token's expiry (a minute, and the server's 5 s of leeway for
+    // clocks): the server refuses it, and the page's socket (the same one: nothing was
+    // reopened) still carries messages both ways.
+    tokio::time::sleep_until(logged_in + Duration::from_secs(70)).await;
+    let api = srv.api();
+    api.me(&first).await?.expect_status(401)?;
+    let socket = run(a, "[window.__opened, $('connection').dataset.state]").await?;
+    ensure!(socket == json!([0, "open"]), "A's socket: {socket}");
+    let after = "Sent after the first token expired";
+    send(a, after).await?;
+    until_shown(a, "A", after).await?;
+    until_shown(&mut b, "B", after).await?;
+    let answer = "Answered after it expired";
+    send(&mut b, answer).await?;
+    until_shown(a, "A", answer).await?;
+    let socket = run(a, "[window.__opened, $('connection').dataset.state]").await?;
+    ensure!(socket == json!([0, "open"]), "A's socket: {socket}");
+
+    // A reload starts from the kept pair: logged in, the room and its history back.
+    a.reload().await?;
+    until(
+        a,
+        "A's room after a reload",
+        &format!("text('room-title') === {}", lit(title)),
+    )
+    .await?;
+    connected(a, "A after a reload").await?;
+    until_shown(a, "A after a reload", answer).await?;
     Ok(())
 }
 
