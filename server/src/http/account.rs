@@ -27,8 +27,10 @@ use crate::store::{self, UserRecord};
 use crate::text::{Password, Username};
 use crate::views::ConversationOut;
 
-/// Conversations, or messages, per page of the export.
+/// Conversations per page of the export.
 const EXPORT_PAGE: u32 = 500;
+/// Messages (anyone's) a page of the export looks through for the caller's.
+const EXPORT_SCAN: u32 = 5000;
 
 /// The caller's account, if their password is `password`: a wrong one counts as a
 /// failed login (the same throttle), so a stolen token cannot guess it.
@@ -199,7 +201,7 @@ impl ExportCursor {
     security(("bearer" = [])),
     params(ExportQuery),
     responses(
-        (status = 200, description = "A page: conversations first, then messages, at most 500 of either; follow `next_cursor` until it is absent", body = ExportPage),
+        (status = 200, description = "A page: conversations first (500 a page), then messages: each page looks through the next 5,000 messages of the server in time order for the caller's, so a page may hold none; follow `next_cursor` until it is absent", body = ExportPage),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 422, description = "`cursor` not one this server gave", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry", body = ErrorBody),
@@ -213,31 +215,27 @@ pub async fn export(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         .db
         .call(move |s| async move {
             let user = s.user_by_id(me).await?;
-            let mut conversations = Vec::new();
-            let mut messages = Vec::new();
-            let mut next = None;
-            match cursor {
+            let page = match cursor {
                 ExportCursor::Conversations(after) => {
-                    conversations = s.export_conversations(me, after, EXPORT_PAGE).await?;
-                    next = Some(match conversations.last() {
+                    let conversations = s.export_conversations(me, after, EXPORT_PAGE).await?;
+                    let next = match conversations.last() {
                         Some(last) if conversations.len() == EXPORT_PAGE as usize => {
                             format!("c:{}", last.conversation.id)
                         }
                         // The conversations are done: the messages come next.
                         _ => "m:00000000-0000-0000-0000-000000000000".to_owned(),
-                    });
+                    };
+                    (conversations, Vec::new(), Some(next))
                 }
                 ExportCursor::Messages(after) => {
-                    messages = s.export_messages(me, after, EXPORT_PAGE).await?;
-                    if messages.len() == EXPORT_PAGE as usize {
-                        next = messages.last().map(|m| format!("m:{}", m.id));
-                    }
+                    let (mine, last) = s.export_messages(me, after, EXPORT_SCAN).await?;
+                    (Vec::new(), mine, last.map(|id| format!("m:{id}")))
                 }
-            }
-            Ok((user, conversations, messages, next))
+            };
+            Ok((user, page))
         })
         .await?;
-    let (user, conversations, messages, next_cursor) = page;
+    let (user, (conversations, messages, next_cursor)) = page;
     let user = user.ok_or(ApiError::InvalidToken)?;
     Ok(json(
         StatusCode::OK,

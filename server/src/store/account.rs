@@ -137,14 +137,17 @@ pub trait Accounts {
         after: Option<ConversationId>,
         limit: u32,
     ) -> Result<Vec<Membership>, StoreError>;
-    /// A page of the user's own live messages, in any conversation, in id (time)
-    /// order after `after`.
+    /// The user's own live messages among the `scan` messages (any sender, any
+    /// conversation) that follow `after` in id (time) order, and the last of those
+    /// looked at: where the next chunk starts, `None` once the table is done. No
+    /// index by sender is kept for this (it would cost every insert), so a chunk is
+    /// bounded by what it reads, not by what it finds.
     async fn export_messages(
         &self,
         user: UserId,
         after: Option<MessageId>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError>;
+        scan: u32,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError>;
     /// Live users whose name starts with `prefix` whatever the case (`prefix` given
     /// in lower case), ordered by their lowered name then name, after the user named
     /// `after`; at most `limit`.

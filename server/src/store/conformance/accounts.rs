@@ -66,15 +66,26 @@ async fn export_pages(store: &dyn Store) {
     assert_eq!(convs.len(), 1);
     assert_eq!(convs[0].conversation.id, chat.id);
     assert_eq!(convs[0].role, Role::Owner);
-    let first = store
-        .export_messages(alice.id, None, 2)
-        .await
-        .expect("page");
-    let rest = store
-        .export_messages(alice.id, Some(first[1].id), 10)
-        .await
-        .expect("page");
-    let ids: Vec<_> = first.iter().chain(&rest).map(|m| m.id).collect();
+    // Two messages looked at per chunk: the walk goes on until a chunk is not full.
+    let (mut ids, mut after) = (Vec::new(), Some(crate::ids::MessageId(uuid::Uuid::nil())));
+    let mut chunks = 0;
+    while let Some(from) = after {
+        let (mine, next) = store
+            .export_messages(alice.id, Some(from), 2)
+            .await
+            .expect("chunk");
+        assert!(
+            mine.iter().all(|m| m.content.starts_with("message")),
+            "{mine:?}"
+        );
+        ids.extend(mine.iter().map(|m| m.id));
+        after = next;
+        chunks += 1;
+        assert!(chunks < 10_000, "the walk ends");
+    }
+    // Other tests' messages are in the same table: keep this conversation's.
+    let ours: std::collections::HashSet<_> = sent.iter().map(|m| m.id).collect();
+    ids.retain(|id| ours.contains(id));
     let own: Vec<_> = sent
         .iter()
         .filter(|m| m.sender_id == alice.id)

@@ -53,27 +53,29 @@ const DELETE: &str = "\
     UNION ALL SELECT 's', id, NULL FROM ended
     UNION ALL SELECT 'u', id, NULL FROM target";
 
-/// One chunk of the messages of an account deleted with `erase`, in id order after
-/// the last chunk; once none are left, the account is done. Answers whether one
-/// was pending.
+/// One chunk of the messages table, in id order after the last chunk, for an
+/// account deleted with `erase`: those of its messages the chunk holds are erased;
+/// once the table is done, so is the account. Answers whether one was pending.
 const ERASE: &str = "\
     WITH pending AS (
         SELECT id, erase_after FROM users WHERE erase_pending LIMIT 1
     ), chunk AS (
-        SELECT m.id FROM messages AS m JOIN pending AS p ON m.sender_id = p.id
+        SELECT m.id, m.sender_id FROM messages AS m, pending AS p
         WHERE p.erase_after IS NULL OR m.id > p.erase_after
         ORDER BY m.id LIMIT $1
     ), erased AS (
         UPDATE messages SET deleted_at = $2, updated_at = $2, content = '',
             original_content = NULL
-        WHERE id IN (SELECT id FROM chunk) AND deleted_at IS NULL
+        WHERE id IN (SELECT c.id FROM chunk AS c JOIN pending AS p ON c.sender_id = p.id)
+          AND deleted_at IS NULL
     ), edits AS (
         UPDATE message_changes SET content = NULL
-        WHERE message_id IN (SELECT id FROM chunk) AND content IS NOT NULL
+        WHERE message_id IN (SELECT c.id FROM chunk AS c JOIN pending AS p ON c.sender_id = p.id)
+          AND content IS NOT NULL
     ), progress AS (
         UPDATE users AS u
         SET erase_after = (SELECT id FROM chunk ORDER BY id DESC LIMIT 1),
-            erase_pending = EXISTS (SELECT 1 FROM chunk)
+            erase_pending = (SELECT count(*) FROM chunk) = $1
         FROM pending AS p WHERE u.id = p.id
     )
     SELECT EXISTS (SELECT 1 FROM pending)";
@@ -87,12 +89,24 @@ const EXPORT_CONVERSATIONS: &str = concat!(
     ORDER BY p.conversation_id LIMIT $3"
 );
 
+/// The next `$3` messages after `$2` in id order (the primary key's): the user's live
+/// ones among them (`mine`), and the last one looked at.
 const EXPORT_MESSAGES: &str = "\
-    SELECT m.id, m.conversation_id, m.seq, m.content, m.is_edited, m.created_at,
-           m.updated_at, u.username
-    FROM messages AS m JOIN users AS u ON u.id = m.sender_id
-    WHERE m.sender_id = $1 AND m.deleted_at IS NULL AND ($2::uuid IS NULL OR m.id > $2)
-    ORDER BY m.id LIMIT $3";
+    WITH chunk AS (
+        SELECT id, conversation_id, seq, content, is_edited, created_at, updated_at,
+               sender_id, deleted_at
+        FROM messages WHERE $2::uuid IS NULL OR id > $2
+        ORDER BY id LIMIT $3
+    )
+    SELECT c.id, c.conversation_id, c.seq, c.content, c.is_edited, c.created_at,
+           c.updated_at, u.username, true
+    FROM chunk AS c JOIN users AS u ON u.id = c.sender_id
+    WHERE c.sender_id = $1 AND c.deleted_at IS NULL
+    UNION ALL
+    SELECT (SELECT id FROM chunk ORDER BY id DESC LIMIT 1), NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, false
+    WHERE (SELECT count(*) FROM chunk) = $3
+    ORDER BY 9 DESC, 1";
 
 /// A prefix is the range `[prefix, prefix + "~")`: `~` sorts after every character a
 /// username may hold.
@@ -183,30 +197,33 @@ impl Accounts for PostgresStore {
         &self,
         user: UserId,
         after: Option<MessageId>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        let (after, limit) = (after.map(|m| m.0), i64::from(limit));
+        scan: u32,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        let (after, scan) = (after.map(|m| m.0), i64::from(scan));
         self.run(async |client| {
             let stmt = client.prepare_cached(EXPORT_MESSAGES).await?;
-            client
-                .query(&stmt, &[&user.0, &after, &limit])
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(MessageRecord {
-                        id: MessageId(row.try_get(0)?),
-                        conversation_id: ConversationId(row.try_get(1)?),
-                        seq: Seq::from_db(row.try_get(2)?),
-                        sender_id: user,
-                        content: row.try_get(3)?,
-                        is_edited: row.try_get(4)?,
-                        created_at: row.try_get(5)?,
-                        updated_at: row.try_get(6)?,
-                        sender_username: row.try_get(7)?,
-                        reactions: Vec::new(),
-                    })
-                })
-                .collect()
+            let (mut mine, mut next) = (Vec::new(), None);
+            for row in client.query(&stmt, &[&user.0, &after, &scan]).await? {
+                let id = MessageId(row.try_get(0)?);
+                if !row.try_get::<_, bool>(8)? {
+                    // The chunk was full: the table goes on after its last message.
+                    next = Some(id);
+                    continue;
+                }
+                mine.push(MessageRecord {
+                    id,
+                    conversation_id: ConversationId(row.try_get(1)?),
+                    seq: Seq::from_db(row.try_get(2)?),
+                    sender_id: user,
+                    content: row.try_get(3)?,
+                    is_edited: row.try_get(4)?,
+                    created_at: row.try_get(5)?,
+                    updated_at: row.try_get(6)?,
+                    sender_username: row.try_get(7)?,
+                    reactions: Vec::new(),
+                });
+            }
+            Ok((mine, next))
         })
         .await
     }

@@ -147,20 +147,29 @@ impl Accounts for SqliteStore {
         &self,
         user: UserId,
         after: Option<MessageId>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
+        scan: u32,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
         let after = after.map_or(uuid::Uuid::nil(), |m| m.0);
         self.read(move |conn| {
-            conn.prepare_cached(
+            // The next `scan` messages in id order (the primary key's): the user's live
+            // ones among them, and the last one looked at.
+            let mut stmt = conn.prepare_cached(
                 "SELECT m.id, m.conversation_id, m.seq, m.content, m.is_edited, m.created_at, \
-                        m.updated_at, u.username \
-                 FROM messages AS m JOIN users AS u ON u.id = m.sender_id \
-                 WHERE m.sender_id = ?1 AND m.deleted_at IS NULL AND m.id > ?2 \
-                 ORDER BY m.id LIMIT ?3",
-            )?
-            .query_map(params![Key(user.0), Key(after), limit], |row| {
-                Ok(MessageRecord {
-                    id: MessageId(row.get::<_, Key>(0)?.0),
+                        m.updated_at, m.sender_id, m.deleted_at IS NULL \
+                 FROM messages AS m WHERE m.id > ?1 ORDER BY m.id LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![Key(after), scan])?;
+            let (mut mine, mut last, mut seen) = (Vec::new(), None, 0u32);
+            while let Some(row) = rows.next()? {
+                seen += 1;
+                let id = MessageId(row.get::<_, Key>(0)?.0);
+                last = Some(id);
+                let (sender, live): (Key, bool) = (row.get(7)?, row.get(8)?);
+                if sender.0 != user.0 || !live {
+                    continue;
+                }
+                mine.push(MessageRecord {
+                    id,
                     conversation_id: ConversationId(row.get::<_, Key>(1)?.0),
                     seq: Seq::from_db(row.get(2)?),
                     sender_id: user,
@@ -168,11 +177,20 @@ impl Accounts for SqliteStore {
                     is_edited: row.get(4)?,
                     created_at: row.get::<_, Micros>(5)?.0,
                     updated_at: row.get::<_, Micros>(6)?.0,
-                    sender_username: row.get(7)?,
+                    sender_username: String::new(),
                     reactions: Vec::new(),
-                })
-            })?
-            .collect()
+                });
+            }
+            let name: Option<String> = conn
+                .prepare_cached("SELECT username FROM users WHERE id = ?1")?
+                .query_row([Key(user.0)], |row| row.get(0))
+                .optional()?;
+            for m in &mut mine {
+                m.sender_username
+                    .clone_from(name.as_ref().unwrap_or(&String::new()));
+            }
+            // A full chunk: the table may go on after its last message.
+            Ok((mine, last.filter(|_| seen == scan)))
         })
         .await
     }
@@ -203,12 +221,15 @@ impl SqliteStore {
                 return Ok(false);
             };
             let after = after.unwrap_or(Key(uuid::Uuid::nil()));
-            let chunk: Vec<Key> = tx
+            // The next chunk of the whole table in id order: no index by sender is kept
+            // (it would cost every insert), so the walk is bounded by what it reads.
+            let chunk: Vec<(Key, Key)> = tx
                 .prepare_cached(
-                    "SELECT id FROM messages WHERE sender_id = ?1 AND id > ?2 \
-                     ORDER BY id LIMIT ?3",
+                    "SELECT id, sender_id FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
                 )?
-                .query_map(params![user, after, ERASE_CHUNK], |row| row.get(0))?
+                .query_map(params![after, ERASE_CHUNK], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             {
                 let mut message = tx.prepare_cached(
@@ -219,15 +240,18 @@ impl SqliteStore {
                     "UPDATE message_changes SET content = NULL \
                      WHERE message_id = ?1 AND content IS NOT NULL",
                 )?;
-                for id in &chunk {
-                    message.execute(params![id, now])?;
-                    edits.execute([id])?;
+                for (id, sender) in &chunk {
+                    if sender.0 == user.0 {
+                        message.execute(params![id, now])?;
+                        edits.execute([id])?;
+                    }
                 }
             }
+            let full = chunk.len() == usize::try_from(ERASE_CHUNK).unwrap_or(usize::MAX);
             tx.prepare_cached(
                 "UPDATE users SET erase_after = ?2, erase_pending = ?3 WHERE id = ?1",
             )?
-            .execute(params![user, chunk.last(), !chunk.is_empty()])?;
+            .execute(params![user, chunk.last().map(|(id, _)| id), full])?;
             tx.commit()?;
             Ok(true)
         })
