@@ -482,6 +482,47 @@ impl Api {
         self.get(&path, Some(&who.token)).await
     }
 
+    /// The whole member list of a conversation (up to 500) as `who` gets it, in the
+    /// order served.
+    pub async fn members(&self, who: &Session, id: &str) -> anyhow::Result<Vec<Value>> {
+        let page = self
+            .participant_page(who, id, "limit=500")
+            .await?
+            .expect(200)?;
+        Ok(as_list(&page)?.clone())
+    }
+
+    /// Each participant's role, by user id, as `who` reads them.
+    pub async fn roles(
+        &self,
+        who: &Session,
+        id: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        self.members(who, id)
+            .await?
+            .iter()
+            .map(|p| Ok((str_field(p, "user_id")?, str_field(p, "role")?)))
+            .collect()
+    }
+
+    /// Asserts each participant's role, by user id, as `who` reads them; `what` names
+    /// the step.
+    pub async fn check_roles(
+        &self,
+        who: &Session,
+        id: &str,
+        want: &[(&Session, &str)],
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let got = self.roles(who, id).await?;
+        let want: std::collections::BTreeMap<String, String> = want
+            .iter()
+            .map(|(s, role)| (s.user_id.clone(), (*role).to_string()))
+            .collect();
+        ensure!(got == want, "{what}: roles {got:?}, expected {want:?}");
+        Ok(())
+    }
+
     /// `PATCH .../participants/{user_id}` with `{"role": role}` as `who`.
     pub async fn set_role(
         &self,

@@ -11,6 +11,7 @@
 
 mod auth;
 mod conversations;
+mod direct;
 mod docs;
 mod errors;
 mod history;

@@ -2,53 +2,12 @@
 //! conversations"): the member list with roles and its pages; renaming, describing and
 //! archiving; role changes and hand-over; who may remove whom, and who inherits from an
 //! owner who leaves; an owner's concurrent requests decided as if one after the other
-//! (two hand-overs, a hand-over and a delete); deleting a conversation; direct
-//! conversations, one per pair even when both people ask at once, and the quota they
-//! spend; what archiving refuses.
+//! (two hand-overs, a hand-over and a delete); deleting a conversation; what
+//! archiving refuses. Direct conversations are `direct`'s.
 
 use std::collections::BTreeMap;
 
 use tests::prelude::*;
-
-/// The whole member list of a conversation as `who` gets it, in the order served.
-async fn members(api: &Api, who: &Session, conv: &str) -> anyhow::Result<Vec<Value>> {
-    let page = api
-        .participant_page(who, conv, "limit=500")
-        .await?
-        .expect(200)?;
-    Ok(as_list(&page)?.clone())
-}
-
-/// Each participant's role, by user id.
-async fn roles(api: &Api, who: &Session, conv: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    members(api, who, conv)
-        .await?
-        .iter()
-        .map(|p| Ok((str_field(p, "user_id")?, str_field(p, "role")?)))
-        .collect()
-}
-
-/// The expected roles, by user id.
-fn expected(pairs: &[(&Session, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(s, role)| (s.user_id.clone(), (*role).to_string()))
-        .collect()
-}
-
-/// Asserts the roles of a conversation, `what` naming the step.
-async fn check_roles(
-    api: &Api,
-    who: &Session,
-    conv: &str,
-    want: &[(&Session, &str)],
-    what: &str,
-) -> anyhow::Result<()> {
-    let got = roles(api, who, conv).await?;
-    let want = expected(want);
-    ensure!(got == want, "{what}: roles {got:?}, expected {want:?}");
-    Ok(())
-}
 
 fn unknown_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -75,7 +34,7 @@ async fn participants_list(srv: &TestServer) -> anyhow::Result<()> {
         .new_conversation(&alice, "members", &[&bob, &carol, &dave])
         .await?;
 
-    let all = members(&api, &bob, &conv).await?;
+    let all = api.members(&bob, &conv).await?;
     let mut want_ids: Vec<String> = [&alice, &bob, &carol, &dave]
         .iter()
         .map(|s| s.user_id.clone())
@@ -106,8 +65,7 @@ async fn participants_list(srv: &TestServer) -> anyhow::Result<()> {
             .context("a listed participant is one of the four")?;
         ensure!(p["username"] == who.username.as_str(), "username: {p}");
     }
-    check_roles(
-        &api,
+    api.check_roles(
         &carol,
         &conv,
         &[
@@ -439,8 +397,7 @@ async fn role_changes(srv: &TestServer) -> anyhow::Result<()> {
             .await?
             .expect_error(409)?;
     }
-    check_roles(
-        &api,
+    api.check_roles(
         &alice,
         &conv,
         &[
@@ -462,8 +419,7 @@ async fn role_changes(srv: &TestServer) -> anyhow::Result<()> {
         handed == json!({"conversation_id": conv, "user_id": carol.user_id, "role": "owner"}),
         "{handed}"
     );
-    check_roles(
-        &api,
+    api.check_roles(
         &dave,
         &conv,
         &[
@@ -492,8 +448,7 @@ async fn role_changes(srv: &TestServer) -> anyhow::Result<()> {
     api.set_role(&carol, &conv, &dave.user_id, "owner")
         .await?
         .expect(200)?;
-    check_roles(
-        &api,
+    api.check_roles(
         &bob,
         &conv,
         &[
@@ -533,7 +488,7 @@ async fn concurrent_hand_overs(srv: &TestServer) -> anyhow::Result<()> {
             );
             let (to_bob, to_carol) = (to_bob?, to_carol?);
             let statuses = [to_bob.status.as_u16(), to_carol.status.as_u16()];
-            let roles = roles(api, bob, conv).await?;
+            let roles = api.roles(bob, conv).await?;
             let outcome = format!(
                 "to bob {} {}, to carol {} {}; roles then {roles:?}",
                 to_bob.status,
@@ -674,8 +629,7 @@ async fn removal_rules(srv: &TestServer) -> anyhow::Result<()> {
     api.remove_participant(&dave, &conv, &dave.user_id)
         .await?
         .expect_status(204)?;
-    check_roles(
-        &api,
+    api.check_roles(
         &bob,
         &conv,
         &[(&alice, "owner"), (&bob, "admin")],
@@ -686,7 +640,8 @@ async fn removal_rules(srv: &TestServer) -> anyhow::Result<()> {
     api.remove_participant(&bob, &conv, &bob.user_id)
         .await?
         .expect_status(204)?;
-    check_roles(&api, &alice, &conv, &[(&alice, "owner")], "alone").await?;
+    api.check_roles(&alice, &conv, &[(&alice, "owner")], "alone")
+        .await?;
     Ok(())
 }
 
@@ -717,7 +672,8 @@ async fn owner_leaving_hands_over(srv: &TestServer) -> anyhow::Result<()> {
             .expect(200)?;
     }
     // The setup means something only if they joined in that order.
-    let joined: BTreeMap<String, String> = members(&api, &alice, &conv)
+    let joined: BTreeMap<String, String> = api
+        .members(&alice, &conv)
         .await?
         .iter()
         .map(|p| Ok((str_field(p, "user_id")?, timestamp_field(p, "joined_at")?)))
@@ -740,8 +696,7 @@ async fn owner_leaving_hands_over(srv: &TestServer) -> anyhow::Result<()> {
     api.remove_participant(&alice, &conv, &alice.user_id)
         .await?
         .expect_status(204)?;
-    check_roles(
-        &api,
+    api.check_roles(
         &member_late,
         &conv,
         &[
@@ -756,8 +711,7 @@ async fn owner_leaving_hands_over(srv: &TestServer) -> anyhow::Result<()> {
     api.remove_participant(&admin_early, &conv, &admin_early.user_id)
         .await?
         .expect_status(204)?;
-    check_roles(
-        &api,
+    api.check_roles(
         &member_late,
         &conv,
         &[
@@ -771,8 +725,7 @@ async fn owner_leaving_hands_over(srv: &TestServer) -> anyhow::Result<()> {
     api.remove_participant(&admin_late, &conv, &admin_late.user_id)
         .await?
         .expect_status(204)?;
-    check_roles(
-        &api,
+    api.check_roles(
         &member_late,
         &conv,
         &[(&member_early, "owner"), (&member_late, "member")],
@@ -786,8 +739,7 @@ async fn owner_leaving_hands_over(srv: &TestServer) -> anyhow::Result<()> {
     api.remove_participant(&member_early, &conv, &member_early.user_id)
         .await?
         .expect_status(204)?;
-    check_roles(
-        &api,
+    api.check_roles(
         &member_late,
         &conv,
         &[(&member_late, "owner")],
@@ -865,265 +817,13 @@ async fn delete_conversation(srv: &TestServer) -> anyhow::Result<()> {
         .await?
         .expect_error(404)?;
     // The other conversation is untouched.
-    check_roles(
-        &api,
+    api.check_roles(
         &carol,
         &kept,
         &[(&alice, "owner"), (&bob, "member"), (&carol, "member")],
         "the other conversation",
     )
     .await?;
-    Ok(())
-}
-
-fn direct_body(with: &[&Session]) -> Value {
-    let ids: Vec<&str> = with.iter().map(|s| s.user_id.as_str()).collect();
-    json!({"name": null, "is_group": false, "participant_ids": ids})
-}
-
-/// `is_group: false` with one other person is the pair's one conversation: created
-/// once (201), then answered (200) to either of them, with whoever had left back in. It
-/// gains no members, has no roles, and removes nobody; either may rename it or delete
-/// it. With two others, or as a group, it is an ordinary conversation.
-async fn direct_conversations(srv: &TestServer) -> anyhow::Result<()> {
-    let api = srv.api();
-    let [alice, bob, carol] = api.new_users(["dm_a", "dm_b", "dm_c"]).await?;
-    let pair = {
-        let mut ids = vec![alice.user_id.clone(), bob.user_id.clone()];
-        ids.sort();
-        ids
-    };
-
-    let created = api
-        .create_conversation_raw(&alice, &direct_body(&[&bob]))
-        .await?
-        .expect(201)?;
-    let id = str_field(&created, "id")?;
-    ensure!(
-        created["is_direct"] == true && created["is_group"] == false,
-        "{created}"
-    );
-    ensure!(participant_ids(&created)? == pair, "{created}");
-    for (who, other) in [(&alice, &bob), (&bob, &alice), (&alice, &bob)] {
-        let again = api
-            .create_conversation_raw(who, &direct_body(&[other]))
-            .await?
-            .expect(200)
-            .with_context(|| format!("asked again by {}", who.username))?;
-        ensure!(
-            again["id"] == id.as_str() && again["is_direct"] == true,
-            "{again}"
-        );
-        ensure!(participant_ids(&again)? == pair, "{again}");
-    }
-    for who in [&alice, &bob] {
-        ensure!(
-            api.conversation_ids(who).await? == [id.clone()],
-            "{}'s list holds the pair's conversation once",
-            who.username
-        );
-    }
-    let got = api.get_conversation(&bob, &id).await?.expect(200)?;
-    ensure!(got["is_direct"] == true, "{got}");
-    check_roles(
-        &api,
-        &bob,
-        &id,
-        &[(&alice, "member"), (&bob, "member")],
-        "a direct conversation has no roles",
-    )
-    .await?;
-
-    // No one joins, no roles, no one removed.
-    api.add_participant(&alice, &id, &carol.user_id)
-        .await?
-        .expect_error(403)?;
-    for role in ["admin", "owner", "member"] {
-        api.set_role(&alice, &id, &bob.user_id, role)
-            .await?
-            .expect_error(403)?;
-    }
-    api.remove_participant(&alice, &id, &bob.user_id)
-        .await?
-        .expect_error(403)?;
-    ensure!(api.participants(&alice, &id).await? == pair, "unchanged");
-
-    // Either may rename it.
-    let renamed = api
-        .update_conversation(&bob, &id, &json!({"name": "us two"}))
-        .await?
-        .expect(200)?;
-    ensure!(renamed["name"] == "us two", "{renamed}");
-
-    // Leaving, and asking again.
-    api.remove_participant(&bob, &id, &bob.user_id)
-        .await?
-        .expect_status(204)?;
-    api.get_conversation(&bob, &id).await?.expect_error(403)?;
-    ensure!(
-        api.participants(&alice, &id).await? == [alice.user_id.clone()],
-        "bob left"
-    );
-    ensure!(api.conversation_ids(&bob).await?.is_empty(), "bob left");
-    let back = api
-        .create_conversation_raw(&bob, &direct_body(&[&alice]))
-        .await?
-        .expect(200)?;
-    ensure!(back["id"] == id.as_str(), "{back}");
-    ensure!(
-        api.participants(&alice, &id).await? == pair,
-        "the leaver is back in"
-    );
-    ensure!(
-        api.get_conversation(&bob, &id).await?.expect(200)?["name"] == "us two",
-        "the same conversation"
-    );
-    // The one who stayed asks; the one who left is back in.
-    api.remove_participant(&alice, &id, &alice.user_id)
-        .await?
-        .expect_status(204)?;
-    let back = api
-        .create_conversation_raw(&bob, &direct_body(&[&alice]))
-        .await?
-        .expect(200)?;
-    ensure!(back["id"] == id.as_str(), "{back}");
-    ensure!(participant_ids(&back)? == pair, "{back}");
-    ensure!(
-        api.participants(&bob, &id).await? == pair,
-        "alice is back in"
-    );
-    ensure!(
-        api.conversation_ids(&alice).await? == [id.clone()],
-        "alice lists it again"
-    );
-
-    // Two others: not direct, a new one each time; a group of two is not direct either.
-    let mut others = Vec::new();
-    for body in [
-        direct_body(&[&bob, &carol]),
-        direct_body(&[&bob, &carol]),
-        json!({"name": "pair group", "is_group": true, "participant_ids": [bob.user_id]}),
-        json!({"name": "pair group", "is_group": true, "participant_ids": [bob.user_id]}),
-    ] {
-        let made = api
-            .create_conversation_raw(&alice, &body)
-            .await?
-            .expect(201)
-            .with_context(|| format!("body {body}"))?;
-        ensure!(made["is_direct"] == false, "{made}");
-        let made_id = str_field(&made, "id")?;
-        ensure!(
-            made_id != id && !others.contains(&made_id),
-            "not a new conversation: {made}"
-        );
-        others.push(made_id);
-    }
-
-    // Either may delete it; then the pair starts afresh.
-    api.delete_conversation(&alice, &id)
-        .await?
-        .expect_status(204)?;
-    api.get_conversation(&bob, &id).await?.expect_error(404)?;
-    let fresh = api
-        .create_conversation_raw(&bob, &direct_body(&[&alice]))
-        .await?
-        .expect(201)?;
-    ensure!(
-        fresh["id"] != id.as_str() && fresh["is_direct"] == true,
-        "after the deletion: {fresh}"
-    );
-    Ok(())
-}
-
-/// Both people of 20 pairs ask for their direct conversation at the same moment (all
-/// pairs at once): each pair gets one conversation, created once.
-async fn direct_conversation_race(srv: &TestServer) -> anyhow::Result<()> {
-    const PAIRS: usize = 20;
-    let users = tests::realtime::members(srv, 2 * PAIRS).await?;
-    let api = srv.api();
-    let races = users.chunks(2).map(|pair| {
-        let api = api.clone();
-        async move {
-            let (a, b) = (&pair[0], &pair[1]);
-            let (to_b, to_a) = (direct_body(&[b]), direct_body(&[a]));
-            let (from_a, from_b) = tokio::join!(
-                api.create_conversation_raw(a, &to_b),
-                api.create_conversation_raw(b, &to_a),
-            );
-            let (from_a, from_b) = (from_a?, from_b?);
-            let mut statuses = [from_a.status.as_u16(), from_b.status.as_u16()];
-            statuses.sort_unstable();
-            ensure!(
-                statuses == [200, 201],
-                "one creates (201), the other gets it (200): {} {} / {} {}",
-                from_a.status,
-                from_a.text(),
-                from_b.status,
-                from_b.text()
-            );
-            let (ca, cb) = (from_a.json()?, from_b.json()?);
-            ensure!(
-                ca["id"] == cb["id"] && ca["is_direct"] == true && cb["is_direct"] == true,
-                "two conversations for one pair: {ca} / {cb}"
-            );
-            let id = str_field(&ca, "id")?;
-            for who in [a, b] {
-                ensure!(
-                    api.conversation_ids(who).await? == [id.clone()],
-                    "{}'s list after the race",
-                    who.username
-                );
-            }
-            let mut pair_ids = vec![a.user_id.clone(), b.user_id.clone()];
-            pair_ids.sort();
-            ensure!(api.participants(a, &id).await? == pair_ids, "{id}");
-            anyhow::Ok(())
-        }
-    });
-    for (i, outcome) in futures_util::future::join_all(races)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        outcome.with_context(|| format!("pair {i}"))?;
-    }
-    Ok(())
-}
-
-/// Only what is created spends the quota of new conversations (2 here): a direct
-/// conversation asked for again, or with an unknown person (404), spends none.
-async fn direct_answers_spend_no_quota(srv: &TestServer) -> anyhow::Result<()> {
-    let api = srv.api();
-    let [alice, bob] = api.new_users(["dq_a", "dq_b"]).await?;
-    let nobody = unknown_id();
-    api.create_conversation_raw(
-        &alice,
-        &json!({"is_group": false, "participant_ids": [nobody]}),
-    )
-    .await?
-    .expect_detail(404, &format!("User {nobody} not found"))?;
-    api.create_conversation_raw(&alice, &direct_body(&[&bob]))
-        .await?
-        .expect(201)?;
-    for _ in 0..5 {
-        api.create_conversation_raw(&alice, &direct_body(&[&bob]))
-            .await?
-            .expect(200)?;
-    }
-    api.new_conversation(&alice, "second", &[]).await?;
-    let refused = api
-        .create_conversation_raw(&alice, &json!({"name": "third", "participant_ids": []}))
-        .await?;
-    refused.expect_detail(429, "Too many new conversations, retry later")?;
-    ensure!(
-        refused.headers.contains_key("retry-after"),
-        "{:?}",
-        refused.headers
-    );
-    // Bob created nothing: his request answers the pair's conversation.
-    api.create_conversation_raw(&bob, &direct_body(&[&alice]))
-        .await?
-        .expect(200)?;
     Ok(())
 }
 
@@ -1206,16 +906,5 @@ tests::e2e!(
     removal_rules,
     owner_leaving_hands_over,
     delete_conversation,
-    direct_conversations,
     archived_conversations,
-);
-
-tests::e2e!(
-    options = |o| o.arg("--max-new-conversations").arg("2");
-    direct_answers_spend_no_quota
-);
-
-tests::e2e!(
-    options = |o| o.env("REGISTER_MAX_PER_ADDRESS", "0");
-    direct_conversation_race
 );
