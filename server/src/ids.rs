@@ -116,6 +116,11 @@ impl MessageIdGen {
     }
 }
 
+/// A time as Unix seconds, as tokens count it (0 before 1970).
+pub fn unix_seconds(at: DateTime<Utc>) -> u64 {
+    u64::try_from(at.timestamp()).unwrap_or(0)
+}
+
 /// A participant's role in a conversation: what they may do beyond taking part.
 /// A conversation has at most one owner; a direct conversation has none (its two
 /// people are members, and either may do what an owner does to the conversation).

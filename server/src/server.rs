@@ -16,6 +16,7 @@ use crate::auth::{Budgets, JwtKeys, LoginThrottle, PasswordPool, Revocations, EV
 use crate::bus::{Bus, ShardMsg};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::ids::unix_seconds;
 use crate::metrics::Metrics;
 use crate::shard;
 use crate::store::writer::{self, BatchPolicy};
@@ -173,15 +174,17 @@ fn learn_revocations(
     let ended = runtime
         .block_on(store.ended_tokens(since))
         .context("reading ended sessions")?;
-    let secs = |at: chrono::DateTime<chrono::Utc>| u64::try_from(at.timestamp()).unwrap_or(0);
-    for (session, _, at) in &ended.sessions {
-        revocations.end(&[*session], secs(*at));
-    }
+    revocations.end(
+        ended
+            .sessions
+            .iter()
+            .map(|(session, _, at)| (*session, unix_seconds(*at))),
+    );
     for (user, before) in &ended.users {
         let before = if *before >= store::account::account_gone() {
             EVERY_TOKEN
         } else {
-            secs(*before)
+            unix_seconds(*before)
         };
         revocations.refuse_before(*user, before);
     }

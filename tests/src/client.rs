@@ -659,6 +659,62 @@ pub fn participant_ids(conversation: &Value) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Both people of each pair of `users` (taken two by two) ask for their direct
+/// conversation at the same moment, the first through `via[0]` and the second through
+/// `via[1]` (which may be one server or two nodes), all pairs at once. Asserts that
+/// each pair gets one conversation, created once (one 201, one 200), direct, holding
+/// the two of them and the only one in either list (each read through the other's
+/// node).
+pub async fn race_direct_conversations(users: &[Session], via: [&Api; 2]) -> anyhow::Result<()> {
+    let races = users.chunks(2).map(|pair| async move {
+        let [a, b] = pair else {
+            bail!("users come in pairs");
+        };
+        let body = |other: &Session| json!({"is_group": false, "participant_ids": [other.user_id]});
+        let (to_b, to_a) = (body(b), body(a));
+        let (from_a, from_b) = tokio::join!(
+            via[0].create_conversation_raw(a, &to_b),
+            via[1].create_conversation_raw(b, &to_a),
+        );
+        let (from_a, from_b) = (from_a?, from_b?);
+        let mut statuses = [from_a.status.as_u16(), from_b.status.as_u16()];
+        statuses.sort_unstable();
+        ensure!(
+            statuses == [200, 201],
+            "one creates (201), the other gets it (200): {} {} / {} {}",
+            from_a.status,
+            from_a.text(),
+            from_b.status,
+            from_b.text()
+        );
+        let (ca, cb) = (from_a.json()?, from_b.json()?);
+        ensure!(
+            ca["id"] == cb["id"] && ca["is_direct"] == true && cb["is_direct"] == true,
+            "two conversations for one pair: {ca} / {cb}"
+        );
+        let id = str_field(&ca, "id")?;
+        for (who, api) in [(a, via[1]), (b, via[0])] {
+            ensure!(
+                api.conversation_ids(who).await? == [id.clone()],
+                "{}'s list after the race",
+                who.username
+            );
+        }
+        let mut pair_ids = vec![a.user_id.clone(), b.user_id.clone()];
+        pair_ids.sort();
+        ensure!(via[0].participants(a, &id).await? == pair_ids, "{id}");
+        anyhow::Ok(())
+    });
+    for (i, outcome) in futures_util::future::join_all(races)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        outcome.with_context(|| format!("pair {i}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,5 +12,5 @@ mod throttle;
 pub use budget::Budgets;
 pub use jwt::{JwtKeys, Refresh, TokenError, Verified};
 pub use password::{HashError, PasswordPool};
-pub use revoked::{Revocations, EVERY_TOKEN};
+pub use revoked::{Revocations, Revoked, EVERY_TOKEN};
 pub use throttle::LoginThrottle;

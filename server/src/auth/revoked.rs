@@ -22,6 +22,18 @@ pub const EVERY_TOKEN: u64 = u64::MAX;
 /// Slack beyond an access token's lifetime, as verification allows on `exp`.
 const LEEWAY_SECS: u64 = 5;
 
+/// A revocation, as the node that made it records it and tells the others: sessions
+/// of `user` that ended at `at` (Unix seconds), and, when given, the time before which
+/// the user's tokens without a session are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub user: UserId,
+    pub at: u64,
+    pub refuse_before: Option<u64>,
+    pub sessions: Vec<SessionId>,
+}
+
+/// The tokens that no longer count, on this node.
 pub struct Revocations {
     /// Ended sessions, each until no access token issued for it can still be valid
     /// (Unix seconds).
@@ -64,12 +76,22 @@ impl Revocations {
         })
     }
 
-    /// These sessions ended at `at` (Unix seconds): their tokens no longer count.
-    pub fn end(&self, sessions: &[SessionId], at: u64) {
-        if sessions.is_empty() {
+    /// Records a revocation: its sessions' tokens, and when it says so the user's
+    /// tokens without a session, no longer count.
+    pub fn record(&self, r: &Revoked) {
+        self.end(r.sessions.iter().map(|s| (*s, r.at)));
+        if let Some(before) = r.refuse_before {
+            self.refuse_before(r.user, before);
+        }
+    }
+
+    /// These sessions ended, each at its time (Unix seconds): their tokens no longer
+    /// count.
+    pub fn end(&self, sessions: impl IntoIterator<Item = (SessionId, u64)>) {
+        let mut sessions = sessions.into_iter().peekable();
+        if sessions.peek().is_none() {
             return;
         }
-        let until = at.saturating_add(self.access_ttl);
         let now = jsonwebtoken::get_current_timestamp();
         let mut ended = self
             .sessions
@@ -78,8 +100,8 @@ impl Revocations {
         // What no token can need any more goes, so the map holds at most one access
         // token lifetime's worth of endings.
         ended.retain(|_, until| *until > now);
-        for session in sessions {
-            ended.insert(*session, until);
+        for (session, at) in sessions {
+            ended.insert(session, at.saturating_add(self.access_ttl));
         }
     }
 
@@ -110,7 +132,7 @@ mod tests {
         let r = Revocations::new(Duration::from_secs(900));
         let now = jsonwebtoken::get_current_timestamp();
         let (user, ended, other) = (UserId::random(), SessionId::random(), SessionId::random());
-        r.end(&[ended], now);
+        r.end([(ended, now)]);
         assert!(!r.admits(&token(user, Some(ended), now)));
         assert!(r.admits(&token(user, Some(other), now)));
         assert!(r.admits(&token(user, None, now)));

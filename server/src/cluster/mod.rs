@@ -44,7 +44,6 @@ use messages::{Health, Outbound, PresenceOp, Subscription};
 use presence::Presence;
 use rate::Budget;
 use wire::NodeId;
-pub use wire::Revoked;
 
 /// This node's handle on the cluster; shared by every shard.
 pub struct Cluster {
@@ -170,7 +169,7 @@ impl Cluster {
 
     /// Tells every other node that some of a user's tokens no longer count (kept
     /// through an outage until Redis answers).
-    pub fn revoked(&self, revoked: &wire::Revoked) {
+    pub fn revoked(&self, revoked: &crate::auth::Revoked) {
         let payload = wire::encode_revoked(self.ctx.node, revoked);
         let _ = self.ctx.outbound.send(Outbound::Inbox(payload));
     }

@@ -341,10 +341,7 @@ fn dispatch(ctx: &Context, channel: &[u8], payload: &[u8]) {
                 }
                 Some((_, Inbox::Revoked(r))) => {
                     // Recorded before any shard is told, as on the node that ended it.
-                    ctx.revocations.end(&r.sessions, r.at);
-                    if let Some(before) = r.refuse_before {
-                        ctx.revocations.refuse_before(r.user, before);
-                    }
+                    ctx.revocations.record(&r);
                     ctx.bus
                         .broadcast(|| ShardMsg::TokensRevoked { user: r.user });
                 }

@@ -19,6 +19,7 @@
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::auth::Revoked;
 use crate::bus::{Audience, Remote};
 use crate::ids::{ConversationId, Seq, SessionId, UserId};
 
@@ -106,16 +107,6 @@ pub enum Inbox {
     },
     /// Some of a user's tokens no longer count.
     Revoked(Revoked),
-}
-
-/// A revocation: sessions of `user` that ended at `at` (Unix seconds), and, when
-/// given, the time before which the user's tokens without a session are refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Revoked {
-    pub user: UserId,
-    pub at: u64,
-    pub refuse_before: Option<u64>,
-    pub sessions: Vec<SessionId>,
 }
 
 /// A revocation, for the inbox channel.

@@ -15,13 +15,12 @@ use super::dto::{
 };
 use super::reply::{empty, json, Reply};
 use super::request;
-use super::sessions;
-use crate::auth::EVERY_TOKEN;
-use crate::cluster::Revoked;
+use super::{auth, sessions};
+use crate::auth::{Revoked, EVERY_TOKEN};
 use crate::config::DeletedMessages;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
-use crate::ids::{now_micros, ConversationId, MessageId, Role, UserId};
+use crate::ids::{now_micros, unix_seconds, ConversationId, MessageId, Role, UserId};
 use crate::protocol::role_event;
 use crate::store::{self, UserRecord};
 use crate::text::{Password, Username};
@@ -48,21 +47,11 @@ async fn with_password(
         .ok_or(ApiError::InvalidToken)?;
     // Stored names always pass the rules; one that does not cannot be throttled by.
     let name = Username::parse(user.username.clone()).map_err(|_| ApiError::InvalidToken)?;
-    let throttle = &shard.app.logins;
-    throttle.check(address, &name).map_err(|wait| {
-        shard.app.metrics.login_throttled.inc();
-        ApiError::TooManyLogins(wait.as_secs())
-    })?;
-    let verified = shard
-        .app
-        .passwords
-        .verify(password, Some(user.password_hash.clone()))
-        .await?;
-    if !verified {
-        throttle.failed(address, &name);
+    auth::check_throttle(shard, address, &name)?;
+    let hash = Some(user.password_hash.clone());
+    if !auth::verify_counted(shard, address, &name, password, hash).await? {
         return Err(ApiError::Forbidden("Current password is incorrect"));
     }
-    throttle.succeeded(address, &name);
     Ok(user)
 }
 
@@ -147,7 +136,7 @@ pub async fn delete(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         .ok_or(ApiError::InvalidToken)?;
     shard.hub.tokens_revoked(Revoked {
         user,
-        at: u64::try_from(now.timestamp()).unwrap_or(0),
+        at: unix_seconds(now),
         refuse_before: Some(EVERY_TOKEN),
         sessions: deleted.sessions,
     });

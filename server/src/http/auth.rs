@@ -1,6 +1,7 @@
 //! Accounts: register, login, who-am-I, and the username lookup clients use to find
 //! participant ids.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use http::StatusCode;
@@ -8,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::dto::{Credentials, ErrorBody, Token, UserOut, UserQuery, UserSummary};
-use super::reply::{json, Reply};
+use super::reply::{json, next_cursor, Reply};
 use super::request;
 use super::sessions;
 use crate::context::ShardContext;
@@ -140,11 +141,7 @@ pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
     let agent = sessions::user_agent(&req);
     let body = request::body(shard, req).await?;
     let (username, password) = credentials(request::json(&body)?)?;
-    let throttle = &shard.app.logins;
-    throttle.check(address, &username).map_err(|wait| {
-        shard.app.metrics.login_throttled.inc();
-        ApiError::TooManyLogins(wait.as_secs())
-    })?;
+    check_throttle(shard, address, &username)?;
     let name = username.as_str().to_owned();
     let user = shard
         .app
@@ -153,21 +150,45 @@ pub async fn login(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         .await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     // Unknown users are verified against a decoy too, so both failures take as long.
-    let verified = shard
-        .app
-        .passwords
-        .verify(password.into_secret(), hash)
-        .await?;
+    let verified = verify_counted(shard, address, &username, password.into_secret(), hash).await?;
     let user = match user {
         Some(user) if verified => user,
-        _ => {
-            throttle.failed(address, &username);
-            return Err(ApiError::BadCredentials);
-        }
+        _ => return Err(ApiError::BadCredentials),
     };
-    throttle.succeeded(address, &username);
     let token = sessions::open(shard, agent, user.id).await?;
     Ok(json(StatusCode::OK, &token))
+}
+
+/// Refuses while the login throttle holds (`address`, `username`).
+pub(super) fn check_throttle(
+    shard: &ShardContext,
+    address: IpAddr,
+    username: &Username,
+) -> Result<(), ApiError> {
+    shard.app.logins.check(address, username).map_err(|wait| {
+        shard.app.metrics.login_throttled.inc();
+        ApiError::TooManyLogins(wait.as_secs())
+    })
+}
+
+/// Whether `password` is the one `hash` was made from (`None`: checked against a
+/// decoy, taking as long), counted by the login throttle: a wrong one as a failure, a
+/// right one clearing the count.
+pub(super) async fn verify_counted(
+    shard: &ShardContext,
+    address: IpAddr,
+    username: &Username,
+    password: String,
+    hash: Option<String>,
+) -> Result<bool, ApiError> {
+    let verified = shard.app.passwords.verify(password, hash).await?;
+    let throttle = &shard.app.logins;
+    if verified {
+        throttle.succeeded(address, username);
+    } else {
+        throttle.failed(address, username);
+    }
+    Ok(verified)
 }
 
 /// The authenticated user.
@@ -296,8 +317,5 @@ async fn search(
             username,
         })
         .collect();
-    Ok(super::conversations::next_cursor(
-        json(StatusCode::OK, &out),
-        cursor,
-    ))
+    Ok(next_cursor(json(StatusCode::OK, &out), cursor))
 }

@@ -13,7 +13,7 @@ use super::dto::{
     ConversationItem, ConversationListQuery, ConversationOut, ConversationPatch, ErrorBody,
     HistoryQuery, MessageOut, NewConversation,
 };
-use super::reply::{empty, json, Reply};
+use super::reply::{empty, json, next_cursor, Reply};
 use super::request;
 use crate::context::ShardContext;
 use crate::error::{ApiError, FieldError};
@@ -362,20 +362,6 @@ pub async fn list(shard: &Rc<ShardContext>, req: Request<Incoming>) -> Reply {
         .filter(|_| more)
         .map(|last| ListCursor::after(&last.conversation).to_string());
     Ok(next_cursor(json(StatusCode::OK, &out), cursor))
-}
-
-/// The response header that carries the next page's cursor.
-const NEXT_CURSOR: http::HeaderName = http::HeaderName::from_static("x-next-cursor");
-
-/// `response` with the next page's cursor, when there is one.
-pub(super) fn next_cursor(
-    mut response: http::Response<super::reply::Body>,
-    cursor: Option<String>,
-) -> http::Response<super::reply::Body> {
-    if let Some(value) = cursor.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
-        response.headers_mut().insert(NEXT_CURSOR, value);
-    }
-    response
 }
 
 /// One conversation with its participants.

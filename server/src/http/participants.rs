@@ -8,14 +8,12 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::conversations::{
-    access, announce_added, guarded, next_cursor, not_found, with_participants, Access,
-};
+use super::conversations::{access, announce_added, guarded, not_found, with_participants, Access};
 use super::dto::{
     ConversationOut, ErrorBody, NewParticipant, ParticipantListQuery, ParticipantOut, RoleChange,
     RoleOut,
 };
-use super::reply::{empty, json, Reply};
+use super::reply::{empty, json, next_cursor, Reply};
 use super::request;
 use crate::context::ShardContext;
 use crate::error::ApiError;

@@ -1,5 +1,5 @@
 //! How every HTTP outcome is rendered: the body and result types, JSON and empty
-//! responses, an `ApiError` as its status, JSON body and headers, and the metrics
+//! responses, a paged list's next cursor, an `ApiError` as its status, JSON body and headers, and the metrics
 //! scrape.
 //!
 //! A leaf of `http`: the router and every handler use it; it uses none of them.
@@ -24,6 +24,17 @@ pub fn metrics_response(app: &App) -> Response<Body> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
+    response
+}
+
+/// The response header that carries the next page's cursor.
+const NEXT_CURSOR: http::HeaderName = http::HeaderName::from_static("x-next-cursor");
+
+/// `response` with the next page's cursor, when there is one.
+pub fn next_cursor(mut response: Response<Body>, cursor: Option<String>) -> Response<Body> {
+    if let Some(value) = cursor.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(NEXT_CURSOR, value);
+    }
     response
 }
 

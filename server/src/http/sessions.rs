@@ -13,19 +13,14 @@ use hyper::Request;
 use super::dto::{ErrorBody, LoggedOut, RefreshRequest, Token};
 use super::reply::{empty, json, Reply};
 use super::request;
-use crate::auth::Refresh;
-use crate::cluster::Revoked;
+use crate::auth::{Refresh, Revoked};
 use crate::context::ShardContext;
 use crate::error::ApiError;
-use crate::ids::{now_micros, SessionId, UserId};
+use crate::ids::{now_micros, unix_seconds, SessionId, UserId};
 use crate::store::account::{Ending, NewSession, Renewal, SESSIONS_PER_USER};
 
 /// The most characters of `User-Agent` a session keeps.
 const USER_AGENT_MAX_CHARS: usize = 200;
-
-fn unix(at: DateTime<Utc>) -> u64 {
-    u64::try_from(at.timestamp()).unwrap_or(0)
-}
 
 fn to_chrono(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
@@ -46,7 +41,7 @@ pub(super) fn user_agent(req: &Request<Incoming>) -> Option<String> {
 fn tokens(shard: &ShardContext, r: Refresh, now: DateTime<Utc>) -> Result<Token, ApiError> {
     let app = &shard.app;
     let refresh_ttl = app.config.refresh_ttl();
-    let refresh_until = unix(now + to_chrono(refresh_ttl));
+    let refresh_until = unix_seconds(now + to_chrono(refresh_ttl));
     let failed = |_| ApiError::InvalidToken;
     Ok(Token {
         access_token: app.jwt.issue(r.user, r.session).map_err(failed)?,
@@ -66,7 +61,7 @@ fn ended(shard: &ShardContext, user: UserId, sessions: Vec<SessionId>, refuse_be
     }
     shard.hub.tokens_revoked(Revoked {
         user,
-        at: unix(now_micros()),
+        at: unix_seconds(now_micros()),
         refuse_before,
         sessions,
     });
@@ -207,7 +202,7 @@ async fn refuse_sessionless(shard: &ShardContext, user: UserId) -> Result<(), Ap
         .db
         .call(move |s| async move { s.set_tokens_not_before(user, before).await })
         .await?;
-    ended(shard, user, Vec::new(), Some(unix(before)));
+    ended(shard, user, Vec::new(), Some(unix_seconds(before)));
     Ok(())
 }
 
@@ -228,7 +223,7 @@ pub(super) async fn end_others(
         })
         .await?;
     let count = sessions.len();
-    ended(shard, user, sessions, Some(unix(before)));
+    ended(shard, user, sessions, Some(unix_seconds(before)));
     Ok(count)
 }
 

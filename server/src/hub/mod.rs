@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::app::App;
+use crate::auth::Revoked;
 use crate::bus::{Audience, Remote, ShardMsg};
-use crate::cluster::Revoked;
 use bytes::Bytes;
 
 use crate::ids::{ConversationId, Seq, UserId};
@@ -180,10 +180,7 @@ impl Hub {
     /// does the same. Call after the store has recorded it.
     pub fn tokens_revoked(&self, revoked: Revoked) {
         let user = revoked.user;
-        self.app.revocations.end(&revoked.sessions, revoked.at);
-        if let Some(before) = revoked.refuse_before {
-            self.app.revocations.refuse_before(user, before);
-        }
+        self.app.revocations.record(&revoked);
         self.app.bus.broadcast(|| ShardMsg::TokensRevoked { user });
         if let Some(cluster) = &self.app.cluster {
             cluster.revoked(&revoked);

@@ -173,53 +173,7 @@ async fn direct_conversation_race(srv: &TestServer) -> anyhow::Result<()> {
     const PAIRS: usize = 20;
     let users = tests::realtime::members(srv, 2 * PAIRS).await?;
     let api = srv.api();
-    let races = users.chunks(2).map(|pair| {
-        let api = api.clone();
-        async move {
-            let (a, b) = (&pair[0], &pair[1]);
-            let (to_b, to_a) = (direct_body(&[b]), direct_body(&[a]));
-            let (from_a, from_b) = tokio::join!(
-                api.create_conversation_raw(a, &to_b),
-                api.create_conversation_raw(b, &to_a),
-            );
-            let (from_a, from_b) = (from_a?, from_b?);
-            let mut statuses = [from_a.status.as_u16(), from_b.status.as_u16()];
-            statuses.sort_unstable();
-            ensure!(
-                statuses == [200, 201],
-                "one creates (201), the other gets it (200): {} {} / {} {}",
-                from_a.status,
-                from_a.text(),
-                from_b.status,
-                from_b.text()
-            );
-            let (ca, cb) = (from_a.json()?, from_b.json()?);
-            ensure!(
-                ca["id"] == cb["id"] && ca["is_direct"] == true && cb["is_direct"] == true,
-                "two conversations for one pair: {ca} / {cb}"
-            );
-            let id = str_field(&ca, "id")?;
-            for who in [a, b] {
-                ensure!(
-                    api.conversation_ids(who).await? == [id.clone()],
-                    "{}'s list after the race",
-                    who.username
-                );
-            }
-            let mut pair_ids = vec![a.user_id.clone(), b.user_id.clone()];
-            pair_ids.sort();
-            ensure!(api.participants(a, &id).await? == pair_ids, "{id}");
-            anyhow::Ok(())
-        }
-    });
-    for (i, outcome) in futures_util::future::join_all(races)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        outcome.with_context(|| format!("pair {i}"))?;
-    }
-    Ok(())
+    tests::client::race_direct_conversations(&users, [&api, &api]).await
 }
 
 /// Only what is created spends the quota of new conversations (2 here): a direct

@@ -123,10 +123,7 @@ async fn password_change(srv: &TestServer) -> anyhow::Result<()> {
     let patch = |token: &str, body: Value| {
         let token = token.to_owned();
         let api = &api;
-        async move {
-            api.request(Method::PATCH, "/api/auth/me", Some(&token), Some(&body))
-                .await
-        }
+        async move { api.patch("/api/auth/me", Some(&token), &body).await }
     };
     patch(
         &carol.token,

@@ -119,53 +119,7 @@ async fn a_direct_conversation_raced_across_nodes_is_one() {
             const PAIRS: usize = 20;
             let users = tests::realtime::members(c.node(0), 2 * PAIRS).await?;
             let (api0, api1) = (c.api(0), c.api(1));
-            let races = users.chunks(2).map(|pair| {
-                let (api0, api1) = (api0.clone(), api1.clone());
-                async move {
-                    let (a, b) = (&pair[0], &pair[1]);
-                    let body = |other: &Session| {
-                        json!({"is_group": false, "participant_ids": [other.user_id]})
-                    };
-                    let (to_b, to_a) = (body(b), body(a));
-                    let (from_a, from_b) = tokio::join!(
-                        api0.create_conversation_raw(a, &to_b),
-                        api1.create_conversation_raw(b, &to_a),
-                    );
-                    let (from_a, from_b) = (from_a?, from_b?);
-                    let mut statuses = [from_a.status.as_u16(), from_b.status.as_u16()];
-                    statuses.sort_unstable();
-                    ensure!(
-                        statuses == [200, 201],
-                        "one creates (201), the other gets it (200): {} {} / {} {}",
-                        from_a.status,
-                        from_a.text(),
-                        from_b.status,
-                        from_b.text()
-                    );
-                    let (ca, cb) = (from_a.json()?, from_b.json()?);
-                    ensure!(
-                        ca["id"] == cb["id"] && ca["is_direct"] == true,
-                        "two conversations for one pair: {ca} / {cb}"
-                    );
-                    let id = str_field(&ca, "id")?;
-                    for (who, api) in [(a, &api1), (b, &api0)] {
-                        ensure!(
-                            api.conversation_ids(who).await? == [id.clone()],
-                            "{}'s list after the race",
-                            who.username
-                        );
-                    }
-                    anyhow::Ok(())
-                }
-            });
-            for (i, outcome) in futures_util::future::join_all(races)
-                .await
-                .into_iter()
-                .enumerate()
-            {
-                outcome.with_context(|| format!("pair {i}"))?;
-            }
-            Ok(())
+            tests::client::race_direct_conversations(&users, [&api0, &api1]).await
         })
     })
     .await;

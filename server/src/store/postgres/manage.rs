@@ -80,8 +80,7 @@ const UPDATE: &str = concat!(
         RETURNING ",
     conversation_columns!(),
     ")
-    SELECT changed.*, EXISTS (SELECT 1 FROM actor),
-           EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL)
+    SELECT changed.*, EXISTS (SELECT 1 FROM actor)
     FROM (SELECT 1) AS one LEFT JOIN changed ON true"
 );
 
@@ -104,8 +103,7 @@ const DELETE: &str = "\
     ), left_it AS (
         DELETE FROM participants WHERE conversation_id IN (SELECT id FROM marked)
     )
-    SELECT EXISTS (SELECT 1 FROM actor), EXISTS (SELECT 1 FROM marked),
-           EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND deleted_at IS NULL)";
+    SELECT EXISTS (SELECT 1 FROM actor), EXISTS (SELECT 1 FROM marked)";
 
 /// One chunk of the oldest deletion: its messages (their changes and reactions go with
 /// them), or once none are left, the conversation's row. Answers whether a deleted
@@ -150,7 +148,6 @@ const SET_ROLE: &str = "\
         RETURNING p.user_id, p.role
     )
     SELECT 'a', user_id, NULL::text FROM actor
-    UNION ALL SELECT 'l', id, NULL FROM conversations WHERE id = $1 AND deleted_at IS NULL
     UNION ALL SELECT 't', user_id, NULL FROM target
     UNION ALL SELECT 'c', user_id, role FROM demoted
     UNION ALL SELECT 'c', user_id, role FROM promoted";
@@ -342,10 +339,9 @@ impl Management for PostgresStore {
                     ],
                 )
                 .await?;
-            let (allowed, live) = (row.try_get::<_, bool>(9)?, row.try_get::<_, bool>(10)?);
             match row.try_get::<_, Option<Uuid>>(0)? {
                 Some(_) => Ok(Guarded::Done(conversation_row(&row)?)),
-                None if live && !allowed => refused_or_gone(client, id).await,
+                None if !row.try_get::<_, bool>(9)? => refused_or_gone(client, id).await,
                 None => Ok(Guarded::Gone),
             }
         })
@@ -361,10 +357,10 @@ impl Management for PostgresStore {
         self.run(async |client| {
             let stmt = client.prepare_cached(DELETE).await?;
             let row = client.query_one(&stmt, &[&id.0, &now, &actor.0]).await?;
-            match (row.try_get::<_, bool>(0)?, row.try_get(1)?, row.try_get(2)?) {
-                (_, true, _) => Ok(Guarded::Done(())),
-                (false, _, true) => refused_or_gone(client, id).await,
-                _ => Ok(Guarded::Gone),
+            match (row.try_get::<_, bool>(0)?, row.try_get(1)?) {
+                (_, true) => Ok(Guarded::Done(())),
+                (false, false) => refused_or_gone(client, id).await,
+                (true, false) => Ok(Guarded::Gone),
             }
         })
         .await
@@ -409,21 +405,19 @@ impl Management for PostgresStore {
             let rows = client
                 .query(&stmt, &[&id.0, &user.0, &role.as_str(), &actor.0])
                 .await?;
-            let (mut owner, mut live, mut target) = (false, false, false);
-            let mut changed = Vec::new();
+            let (mut owner, mut target, mut changed) = (false, false, Vec::new());
             for row in &rows {
                 match row.try_get::<_, &str>(0)? {
                     "a" => owner = true,
-                    "l" => live = true,
                     "t" => target = true,
                     _ => changed.push((UserId(row.try_get(1)?), role_column(row, 2)?)),
                 }
             }
-            match (live, owner, target) {
-                (false, ..) => Ok(Guarded::Gone),
-                (true, false, _) => refused_or_gone(client, id).await,
-                (true, true, false) => Ok(Guarded::Missing),
-                (true, true, true) => Ok(Guarded::Done(changed)),
+            match (owner, target) {
+                // Not (or no longer) the owner: or the conversation is gone.
+                (false, _) => refused_or_gone(client, id).await,
+                (true, false) => Ok(Guarded::Missing),
+                (true, true) => Ok(Guarded::Done(changed)),
             }
         })
         .await
