@@ -249,25 +249,35 @@ import sys
 
 import websockets
 
-async def stream(uri, resumed, other):
-    got = {resumed: [], other: []}
+async def stream(uri, resumed, other, got):
     async with websockets.connect(uri) as websocket:
-        ready = json.loads(await websocket.recv())
+        got['ready'] = json.loads(await websocket.recv())
         await websocket.send(json.dumps({'type': 'resume', 'positions': {resumed: 0}}))
         await websocket.send(json.dumps({'type': 'message', 'conversation_id': other,
                                          'content': 'from python', 'client_id': 'py-1'}))
+        acked = False
         async for message in websocket:
             data = json.loads(message)
             if data['type'] == 'message':
-                got[data['conversation_id']].append(data['content'])
-                if data.get('client_id') == 'py-1' and len(got[resumed]) == 2:
-                    break
+                got['got'][data['conversation_id']].append(data['content'])
+                acked = acked or data.get('client_id') == 'py-1'
             elif data['type'] == 'error':
-                got['error'] = data
+                got['got']['error'] = data
                 break
-    print(json.dumps({'ready': ready['type'], 'positions': ready['positions'], 'got': got}))
+            # The ack of the send and the replay of the other conversation may come
+            # in either order.
+            if acked and len(got['got'][resumed]) == 2:
+                break
 
-asyncio.run(stream(sys.argv[1], sys.argv[2], sys.argv[3]))
+resumed, other = sys.argv[2], sys.argv[3]
+got = {'ready': {}, 'got': {resumed: [], other: []}}
+try:
+    asyncio.run(asyncio.wait_for(stream(sys.argv[1], resumed, other, got), 30))
+except asyncio.TimeoutError:
+    got['got']['error'] = 'timed out'
+ready = got['ready']
+print(json.dumps({'ready': ready.get('type'), 'positions': ready.get('positions'),
+                  'got': got['got']}))
 "#;
 
 async fn python_user_stream(srv: &TestServer) -> anyhow::Result<()> {
